@@ -1,0 +1,213 @@
+"""Datasets as lists of samples: ids, labels, class names and a content fingerprint.
+
+Images are decoded lazily (one sample at a time) so that a DataLoader can spread decoding over
+workers; everything that determines the numbers is fingerprinted up front for the cache key.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from . import FeatcacheError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+CIFAR10_DEFAULT_CLASSES = ("cat", "dog", "horse")
+DEFAULT_CIFAR_ROOT = Path(os.environ.get("FEATCACHE_DATA_ROOT", Path.home() / ".cache" / "featcache" / "data"))
+
+
+@dataclass
+class Split:
+    """One split: per-sample ids and labels, and a way to read each sample's pixels."""
+
+    ids: list[str]
+    labels: np.ndarray
+    paths: list[Path] | None = None  # image folders
+    arrays: np.ndarray | None = None  # CIFAR-10: uint8 [N, H, W, 3]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read(self, index: int) -> Image.Image:
+        """The sample as an RGB PIL image; a corrupt file raises FeatcacheError naming it."""
+        if self.arrays is not None:
+            return Image.fromarray(self.arrays[index])
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise FeatcacheError(f"cannot read image {path}: {error}") from None
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    train: Split
+    test: Split
+    description: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """sha256 over the selected samples' ids, labels and raw bytes: what the pixels come from."""
+        digest = hashlib.sha256()
+        for split_name, split in (("train", self.train), ("test", self.test)):
+            digest.update(split_name.encode())
+            digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
+            digest.update("\0".join(split.ids).encode())
+            if split.arrays is not None:
+                digest.update(np.ascontiguousarray(split.arrays).tobytes())
+            else:
+                for path in split.paths:
+                    digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+
+def load_dataset(
+    data: str,
+    classes: list[str] | None = None,
+    per_class: int | None = 500,
+    test_per_class: int | None = None,
+    download: bool = False,
+    data_root: Path | None = None,
+) -> Dataset:
+    """`data` is "cifar10" (torchvision) or a folder with train/<class>/* and test/<class>/*.
+
+    Keeps the first `per_class` training images of each class in dataset order (None: all) and all
+    test images unless `test_per_class` says otherwise. Labels are 0..C-1 in the order of `classes`.
+    """
+    for name, value in (("--per-class", per_class), ("--test-per-class", test_per_class)):
+        if value is not None and value < 1:
+            raise FeatcacheError(f"{name} must be at least 1, got {value}")
+    if classes is not None:
+        if len(set(classes)) != len(classes):
+            raise FeatcacheError(f"--classes lists a class twice: {','.join(classes)}")
+        if len(classes) < 2:
+            raise FeatcacheError("--classes needs at least two classes to classify")
+    if data == "cifar10":
+        return _load_cifar10(list(classes or CIFAR10_DEFAULT_CLASSES), per_class, test_per_class,
+                             download, Path(data_root or DEFAULT_CIFAR_ROOT))
+    return _load_folder(Path(data), classes, per_class, test_per_class)
+
+
+def _check_classes(wanted: list[str], available: list[str], where: str) -> None:
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise FeatcacheError(
+            f"unknown class {', '.join(unknown)} in {where}; available: {', '.join(available)}")
+
+
+def _first_per_class(labels: np.ndarray, class_indices: list[int], limit: int | None) -> np.ndarray:
+    """Indices of the first `limit` samples of each wanted class, in dataset order."""
+    keep = []
+    for class_index in class_indices:
+        members = np.flatnonzero(labels == class_index)
+        keep.append(members[:limit] if limit is not None else members)
+    return np.sort(np.concatenate(keep))
+
+
+def _load_cifar10(classes, per_class, test_per_class, download, root: Path) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    splits = {}
+    for split_name, train, limit in (("train", True, per_class), ("test", False, test_per_class)):
+        try:
+            source = CIFAR10(str(root), train=train, download=download)
+        except RuntimeError as error:
+            raise FeatcacheError(
+                f"CIFAR-10 not found in {root} ({error}); pass --download to fetch it, "
+                "--data-root to point at an existing copy, or --data PATH for an image folder") from None
+        except OSError as error:
+            raise FeatcacheError(f"could not download CIFAR-10 to {root}: {error}") from None
+        _check_classes(classes, source.classes, "CIFAR-10")
+        wanted = [source.classes.index(name) for name in classes]
+        targets = np.asarray(source.targets)
+        keep = _first_per_class(targets, wanted, limit)
+        remap = {original: new for new, original in enumerate(wanted)}
+        splits[split_name] = Split(
+            ids=[f"{split_name}/{index}" for index in keep],
+            labels=np.array([remap[t] for t in targets[keep]], dtype=np.int64),
+            arrays=source.data[keep])
+    return Dataset("cifar10", classes, splits["train"], splits["test"],
+                   {"source": "torchvision CIFAR10", "per_class": per_class, "test_per_class": test_per_class})
+
+
+def _load_folder(root: Path, classes, per_class, test_per_class) -> Dataset:
+    if not root.is_dir():
+        raise FeatcacheError(f"data folder {root} does not exist")
+    splits = {}
+    for split_name, limit in (("train", per_class), ("test", test_per_class)):
+        split_dir = root / split_name
+        if not split_dir.is_dir():
+            raise FeatcacheError(f"data folder {root} has no {split_name}/ folder (expected {split_dir}/<class>/*)")
+        available = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        if classes is None:
+            classes = available
+            if len(classes) < 2:
+                raise FeatcacheError(f"{split_dir} needs at least two class folders, found {len(classes)}")
+        _check_classes(classes, available, str(split_dir))
+        ids, labels, paths = [], [], []
+        for label, name in enumerate(classes):
+            files = sorted(p for p in (split_dir / name).iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise FeatcacheError(f"class folder {split_dir / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            files = files[:limit] if limit is not None else files
+            paths += files
+            ids += [str(p.relative_to(root)) for p in files]
+            labels += [label] * len(files)
+        splits[split_name] = Split(ids=ids, labels=np.array(labels, dtype=np.int64), paths=paths)
+    return Dataset(root.resolve().name, list(classes), splits["train"], splits["test"],
+                   {"source": "image folder", "path": str(root.resolve()), "per_class": per_class,
+                    "test_per_class": test_per_class})
+
+
+def resize_size(image_size: int) -> int:
+    """The reference pipeline resizes to 256 before cropping 224; scale that ratio to any size."""
+    return int(round(image_size * 256 / 224))
+
+
+class DecodedSplit(torch.utils.data.Dataset):
+    """Sample i decoded and resized (shorter side to resize_size) as a uint8 [3, H, W] tensor.
+
+    The resize is the reference pipeline's first, deterministic step, done once on the PIL image
+    exactly as torchvision's Resize does; the random steps then run batched on tensors.
+    """
+
+    def __init__(self, split: Split, image_size: int):
+        self.split = split
+        self.size = resize_size(image_size)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = F.resize(self.split.read(index), [self.size])
+        return F.pil_to_tensor(image)
+
+
+class DecodedChunks(torch.utils.data.Dataset):
+    """Chunks of consecutive samples, so DataLoader workers decode a whole chunk at a time."""
+
+    def __init__(self, decoded: DecodedSplit, starts: list[int], chunk_size: int):
+        self.decoded, self.starts, self.chunk_size = decoded, starts, chunk_size
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, position: int):
+        start = self.starts[position]
+        stop = min(start + self.chunk_size, len(self.decoded))
+        return start, [self.decoded[i] for i in range(start, stop)]
+
+
+def decode_all(split: Split, image_size: int) -> list[torch.Tensor]:
+    """Every sample of a split decoded once, for the end-to-end trainers that revisit them each epoch."""
+    decoded = DecodedSplit(split, image_size)
+    return [decoded[i] for i in range(len(decoded))]

@@ -1,0 +1,53 @@
+"""Shared fixtures: a small synthetic image-folder dataset and helpers to run the CLI."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from featcache.cli import main
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-catdoghorse"
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+CLASSES = ("ant", "bee", "cow")
+
+
+def write_image_folder(root: Path, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
+    """Class-dependent colours plus noise, in mixed sizes and formats, so heads can learn something."""
+    rng = np.random.default_rng(seed)
+    sizes = [(32, 32), (40, 28), (24, 36)]
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                w, h = sizes[i % len(sizes)]
+                base = np.zeros((h, w, 3)) + 60
+                base[..., label] += 120
+                pixels = np.clip(base + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+                suffix = ".png" if i % 2 else ".jpg"
+                Image.fromarray(pixels).save(folder / f"{i:04d}{suffix}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("data") / "tiny", train_per_class=8, test_per_class=4)
+
+
+@pytest.fixture
+def run_cli():
+    """Invoke `featcache ARGS`; returns click's Result (stdout and stderr kept apart)."""
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+    return run
+
+
+def tree_digest(folder: Path) -> dict:
+    """Every file under folder with the sha256 of its bytes: to prove nothing was touched."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}

@@ -1,0 +1,115 @@
+"""Bad input: one clear line on stderr, a non-zero exit, no traceback, and existing caches untouched."""
+import shutil
+
+import h5py
+import pytest
+import torch
+from torchvision.models import resnet18, resnet34
+
+from conftest import tree_digest, write_image_folder
+
+SMALL = ["--weights", "random", "--image-size", "32", "--views", "2", "--batch-size", "8"]
+
+
+@pytest.fixture
+def workspace(tmp_path, run_cli):
+    """A dataset and a cache dir that already holds a finished cache."""
+    data = write_image_folder(tmp_path / "data", 3, 2)
+    cache_dir = tmp_path / "cache"
+    assert run_cli("extract", "--data", data, "--cache-dir", cache_dir, *SMALL).exit_code == 0
+    return data, cache_dir
+
+
+def assert_clean_failure(result, *words):
+    assert result.exit_code != 0
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def extract_args(data, cache_dir, *extra):
+    return ["extract", "--data", data, "--cache-dir", cache_dir, *(extra or SMALL)]
+
+
+def test_missing_folder(workspace, run_cli, tmp_path):
+    data, cache_dir = workspace
+    before = tree_digest(cache_dir)
+    assert_clean_failure(run_cli(*extract_args(tmp_path / "nope", cache_dir)), "nope", "does not exist")
+    assert tree_digest(cache_dir) == before
+
+
+def test_unknown_class(workspace, run_cli):
+    data, cache_dir = workspace
+    before = tree_digest(cache_dir)
+    assert_clean_failure(run_cli(*extract_args(data, cache_dir), "--classes", "ant,zebra"), "zebra", "ant, bee, cow")
+    assert tree_digest(cache_dir) == before
+
+
+def test_per_class_zero(workspace, run_cli):
+    data, cache_dir = workspace
+    assert_clean_failure(run_cli(*extract_args(data, cache_dir), "--per-class", "0"), "--per-class")
+
+
+def test_empty_class_folder(workspace, run_cli):
+    data, cache_dir = workspace
+    (data / "train" / "emu").mkdir()
+    (data / "test" / "emu").mkdir()
+    before = tree_digest(cache_dir)
+    assert_clean_failure(run_cli(*extract_args(data, cache_dir)), "emu", "no images")
+    assert tree_digest(cache_dir) == before
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_image_is_named(workspace, run_cli, damage):
+    data, cache_dir = workspace
+    victim = data / "train" / "bee" / "0002.jpg"
+    content = victim.read_bytes()
+    victim.write_bytes(b"not an image at all" if damage == "garbage" else content[: len(content) // 2])
+    before = tree_digest(cache_dir)
+    assert_clean_failure(run_cli(*extract_args(data, cache_dir)), str(victim))
+    assert all(tree_digest(cache_dir).get(name) == digest for name, digest in before.items())
+
+
+@pytest.mark.parametrize("kind", ["resnet34", "wrong_shape", "not_a_state_dict"])
+def test_weights_of_the_wrong_kind(workspace, run_cli, tmp_path, kind):
+    data, cache_dir = workspace
+    path = tmp_path / f"{kind}.pth"
+    if kind == "resnet34":
+        torch.save(resnet34().state_dict(), path)
+    elif kind == "wrong_shape":
+        state = resnet18().state_dict()
+        state["layer4.0.conv1.weight"] = torch.zeros(512, 256, 1, 1)
+        torch.save(state, path)
+    else:
+        path.write_text("hello")
+    before = tree_digest(cache_dir)
+    assert_clean_failure(run_cli(*extract_args(data, cache_dir, "--weights", path, "--image-size", "32")), str(path))
+    assert tree_digest(cache_dir) == before
+
+
+def test_imagenet_offline_says_where_the_file_goes(workspace, run_cli, monkeypatch, tmp_path):
+    data, cache_dir = workspace
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr("torch.hub.download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("network is unreachable")))
+    result = run_cli(*extract_args(data, cache_dir, "--weights", "imagenet", "--image-size", "32"))
+    assert_clean_failure(result, "resnet18-f37072fd.pth", "--weights PATH")
+
+
+@pytest.mark.parametrize("problem", ["not_featcache", "other_version", "not_hdf5"])
+def test_foreign_or_other_version_cache_file(workspace, run_cli, problem):
+    data, cache_dir = workspace
+    [path] = cache_dir.glob("*.h5")
+    if problem == "not_hdf5":
+        path.write_bytes(b"just some bytes")
+    else:
+        with h5py.File(path, "r+") as handle:
+            if problem == "not_featcache":
+                handle.attrs["format"] = "something-else"
+            else:
+                handle.attrs["format_version"] = 999
+    before = tree_digest(cache_dir)
+    assert_clean_failure(run_cli(*extract_args(data, cache_dir)), path.name)
+    assert tree_digest(cache_dir) == before

@@ -1,0 +1,165 @@
+"""featcache extract: determinism, content-keyed reuse, resume after a kill, and bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.models import resnet18
+
+from featcache import FeatcacheError
+from featcache.backbone import load_backbone, weights_hash
+from featcache.cache import cache_path, cache_provenance, extract, load_cache
+from featcache.data import load_dataset
+from conftest import SHARED_DATA, SHARED_WEIGHTS, tree_digest, write_image_folder
+
+SMALL = ["--weights", "random", "--image-size", "32", "--views", "2", "--batch-size", "5"]
+
+
+def _extract(image_folder, cache_dir, seed=0, batch_size=5, views=2, weights="random", on_chunk=None, force=False):
+    dataset = load_dataset(str(image_folder))
+    backbone = load_backbone(weights, seed)
+    provenance = cache_provenance(dataset, weights, weights_hash(backbone), 32, views, seed)
+    result = extract(dataset, backbone, provenance, cache_dir, batch_size=batch_size, progress=False,
+                     on_chunk=on_chunk, force=force)
+    return result
+
+
+def test_extract_writes_the_documented_layout(image_folder, tmp_path, run_cli):
+    result = run_cli("extract", "--data", image_folder, "--cache-dir", tmp_path, *SMALL)
+    assert result.exit_code == 0, result.output
+    [path] = tmp_path.glob("*.h5")
+    with h5py.File(path, "r") as handle:  # plain h5py, no featcache
+        assert handle["train/features"].shape == (24, 3, 512)
+        assert handle["test/features"].shape == (12, 512)
+        assert list(handle["train/labels"][()]) == [0] * 8 + [1] * 8 + [2] * 8
+        assert handle["train/ids"][0].decode() == "train/ant/0000.jpg"
+        assert handle.attrs["complete"] and handle.attrs["views"] == 2 and handle.attrs["format"] == "featcache"
+        assert np.isfinite(handle["train/features"][()]).all()
+    again = run_cli("extract", "--data", image_folder, "--cache-dir", tmp_path, *SMALL)
+    assert again.exit_code == 0 and "reused complete cache" in again.output
+
+
+def test_same_seed_same_features_other_seed_other_file(image_folder, tmp_path):
+    first = load_cache(_extract(image_folder, tmp_path / "a").path)
+    second = load_cache(_extract(image_folder, tmp_path / "b").path)
+    assert torch.equal(first.train_features, second.train_features)
+    assert torch.equal(first.test_features, second.test_features)
+    other = _extract(image_folder, tmp_path / "a", seed=1)
+    assert other.path != first.path and not other.reused
+
+
+def test_features_do_not_depend_on_batch_size(image_folder, tmp_path):
+    small = load_cache(_extract(image_folder, tmp_path / "a", batch_size=3).path)
+    large = load_cache(_extract(image_folder, tmp_path / "b", batch_size=16).path)
+    assert torch.allclose(small.train_features, large.train_features, atol=1e-4)
+    assert torch.allclose(small.test_features, large.test_features, atol=1e-4)
+
+
+def test_interrupted_extraction_resumes_to_the_same_result(image_folder, tmp_path):
+    reference = load_cache(_extract(image_folder, tmp_path / "ref").path)
+
+    def crash(split, rows):
+        if split == "train" and rows >= 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _extract(image_folder, tmp_path / "run", on_chunk=crash)
+    [partial] = (tmp_path / "run").glob("*.partial")
+    final = partial.with_name(partial.name.removesuffix(".partial"))
+    assert not final.exists()
+    with pytest.raises(FeatcacheError, match="unfinished extraction"):
+        load_cache(final)
+    resumed = _extract(image_folder, tmp_path / "run")
+    assert resumed.resumed_from == 10 and resumed.path == final
+    result = load_cache(final)
+    assert torch.equal(result.train_features, reference.train_features)
+    assert torch.equal(result.test_features, reference.test_features)
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_resumes_to_the_same_result(tmp_path):
+    data = write_image_folder(tmp_path / "data", train_per_class=40, test_per_class=10)
+    args = [sys.executable, "-m", "featcache.cli", "extract", "--data", str(data), "--cache-dir",
+            str(tmp_path / "cache"), "--weights", "random", "--image-size", "32", "--views", "4", "--batch-size", "4"]
+    rng = np.random.default_rng()
+    for attempt in range(6):
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while not list((tmp_path / "cache").glob("*.partial")) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.1, 0.6))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if not list((tmp_path / "cache").glob("*.h5")):
+            break
+        for path in (tmp_path / "cache").glob("*.h5"):
+            path.unlink()
+    else:
+        pytest.fail("extraction always finished before the kill; make the dataset larger")
+    finish = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    [final] = (tmp_path / "cache").glob("*.h5")
+    dataset = load_dataset(str(data))
+    backbone = load_backbone("random", 0)
+    reference = extract(dataset, backbone, cache_provenance(dataset, "random", weights_hash(backbone), 32, 4, 0),
+                        tmp_path / "reference", batch_size=4, progress=False)
+    resumed, uninterrupted = load_cache(final), load_cache(reference.path)
+    assert torch.allclose(resumed.train_features, uninterrupted.train_features, atol=1e-5)
+    assert torch.allclose(resumed.test_features, uninterrupted.test_features, atol=1e-5)
+
+
+def test_changed_weights_transform_or_views_never_reuse(image_folder, tmp_path, run_cli):
+    cache_dir = tmp_path / "cache"
+    assert run_cli("extract", "--data", image_folder, "--cache-dir", cache_dir, *SMALL).exit_code == 0
+    before = tree_digest(cache_dir)
+    weights = tmp_path / "w.pth"
+    model = resnet18()
+    torch.save(model.state_dict(), weights)
+    base = ["extract", "--data", image_folder, "--cache-dir", cache_dir, "--batch-size", "8"]
+    assert run_cli(*base, "--weights", weights, "--image-size", "32", "--views", "2").exit_code == 0
+    with torch.no_grad():
+        model.layer4[0].conv1.weight.mul_(1.01)  # same path, new content
+    torch.save(model.state_dict(), weights)
+    assert run_cli(*base, "--weights", weights, "--image-size", "32", "--views", "2").exit_code == 0
+    assert run_cli(*base, "--weights", "random", "--image-size", "40", "--views", "2").exit_code == 0
+    assert run_cli(*base, "--weights", "random", "--image-size", "32", "--views", "3").exit_code == 0
+    files = sorted(cache_dir.glob("*.h5"))
+    assert len(files) == 5
+    after = tree_digest(cache_dir)
+    assert all(after[name] == digest for name, digest in before.items())
+    copy = tmp_path / "elsewhere.pth"
+    copy.write_bytes(weights.read_bytes())
+    again = run_cli(*base, "--weights", copy, "--image-size", "32", "--views", "2")
+    assert "reused complete cache" in again.output  # identity is content, not path
+
+
+def test_changed_image_file_never_reuses(tmp_path, run_cli):
+    data = write_image_folder(tmp_path / "data", 3, 2)
+    args = ["extract", "--data", data, "--cache-dir", tmp_path / "cache", *SMALL]
+    assert run_cli(*args).exit_code == 0
+    image = data / "train" / "bee" / "0001.png"
+    pixels = np.array(Image.open(image))
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(image)
+    second = run_cli(*args)
+    assert second.exit_code == 0 and "reused" not in second.output
+    assert len(list((tmp_path / "cache").glob("*.h5"))) == 2
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (the reference CIFAR-10 subset) is not present")
+def test_real_data_with_stand_in_weights(tmp_path, run_cli):
+    result = run_cli("extract", "--data", SHARED_DATA, "--weights", SHARED_WEIGHTS / "resnet18-cifar10src-64px.pth",
+                     "--image-size", "64", "--views", "1", "--per-class", "6", "--test-per-class", "4",
+                     "--classes", "horse,cat", "--cache-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    cache = load_cache(next(tmp_path.glob("*.h5")))
+    assert cache.classes == ["horse", "cat"]
+    assert cache.train_features.shape == (12, 2, 512) and cache.test_features.shape == (8, 512)
+    assert cache.train_labels.tolist() == [0] * 6 + [1] * 6  # labels follow the order of --classes
