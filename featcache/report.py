@@ -1,0 +1,115 @@
+"""Comparison of runs (three-panel plot, summary table) and the notebook's inspection views."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from .runs import read_run  # noqa: E402
+
+COLOURS = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
+SUMMARY_COLUMNS = ["approach", "final_train_acc", "final_test_acc", "best_test_acc_on_test_set", "train_test_gap",
+                   "trainable_params", "wall_time_s", "device", "run_dir"]
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_row(run: dict) -> dict:
+    return {
+        "approach": run["approach"],
+        "final_train_acc": run["train_acc"][-1],
+        "final_test_acc": run["test_acc"][-1],
+        "best_test_acc_on_test_set": max(run["test_acc"]),  # picked on the test set: optimistic
+        "train_test_gap": run["train_acc"][-1] - run["test_acc"][-1],
+        "trainable_params": run.get("trainable_params", ""),
+        "wall_time_s": round(float(run.get("wall_time_s", float("nan"))), 2),
+        "device": run.get("device", ""),
+        "run_dir": run["run_dir"],
+    }
+
+
+def compare(run_dirs: list[Path], out: Path) -> dict:
+    """Plot and tabulate runs; returns the paths written and the summary rows."""
+    runs = [read_run(Path(folder)) for folder in run_dirs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for run in runs:
+        epochs = range(1, len(run["train_loss"]) + 1)
+        colour = COLOURS.get(run["approach"])
+        label = f"{run['approach']} ({Path(run['run_dir']).name})"
+        for axis, key in zip(axes, ("train_loss", "train_acc", "test_acc")):
+            axis.plot(epochs, run[key], marker="o", markersize=3, color=colour, label=label)
+    for axis, title in zip(axes, ("Training loss", "Training accuracy", "Test accuracy")):
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    png = out / "comparison.png"
+    figure.savefig(png, dpi=110)
+    plt.close(figure)
+    rows = [summary_row(run) for run in runs]
+    markdown = out / "summary.md"
+    markdown.write_text(markdown_table(rows, SUMMARY_COLUMNS) + "\n\n"
+                        "best_test_acc_on_test_set is the best epoch picked on the test set itself: an "
+                        "optimistic number, not a fair estimate.\n")
+    csv_path = out / "summary.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"png": png, "markdown": markdown, "csv": csv_path, "rows": rows}
+
+
+def parameter_table(model: nn.Module) -> list[dict]:
+    """Parameters per top-level module of a ResNet, and which approach trains them (notebook section 7)."""
+    rows = []
+    for name, module in model.named_children():
+        count = sum(p.numel() for p in module.parameters())
+        if count:
+            rows.append({"module": name, "parameters": count,
+                         "feature_extraction": "trained" if name == "fc" else "frozen",
+                         "fine_tuning": "trained" if name in ("fc", "layer4") else "frozen"})
+    total = sum(row["parameters"] for row in rows)
+    for approach in ("feature_extraction", "fine_tuning"):
+        trained = sum(row["parameters"] for row in rows if row[approach] == "trained")
+        rows.append({"module": f"trainable share, {approach.replace('_', ' ')}", "parameters": trained,
+                     approach: f"{100 * trained / total:.2f}%"})
+    rows.append({"module": "total", "parameters": total})
+    return rows
+
+
+def image_grid(views: torch.Tensor, labels: list[str], path: Path, columns: int = 8) -> Path:
+    """Save normalised views as a labelled PNG grid (the notebook's show_images)."""
+    from .augment import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    pixels = (views.cpu().float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    rows = (len(pixels) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 2.0 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, label in zip(axes.flat, pixels, labels):
+        axis.imshow(image)
+        axis.set_title(label, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

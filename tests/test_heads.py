@@ -1,0 +1,136 @@
+"""train-head: cached training equals the end-to-end loop; selection never sees test labels."""
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from featcache.backbone import load_backbone, weights_hash
+from featcache.cache import cache_provenance, extract, load_cache
+from featcache.data import decode_all, load_dataset
+from featcache.heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
+from featcache.train import EpochConfig, ImageData, reference_feature_extraction
+from conftest import tree_digest
+
+VIEWS = 3
+
+
+@pytest.fixture(scope="module")
+def cached(image_folder, tmp_path_factory):
+    dataset = load_dataset(str(image_folder))
+    backbone = load_backbone("random", 0)
+    provenance = cache_provenance(dataset, "random", weights_hash(backbone), 32, VIEWS, 0)
+    result = extract(dataset, backbone, provenance, tmp_path_factory.mktemp("cache"), batch_size=7, progress=False)
+    return dataset, result.path
+
+
+def test_cached_training_equals_the_end_to_end_reference_loop(cached):
+    dataset, path = cached
+    cache = load_cache(path)
+    config = EpochConfig(epochs=5, batch_size=4, seed=3)  # 5 epochs > 3 views: the view cycle wraps
+    head, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
+                                      cache.test_labels, config, lr=1e-2)
+    data = ImageData(decode_all(dataset.train, 32), torch.from_numpy(dataset.train.labels),
+                     decode_all(dataset.test, 32), torch.from_numpy(dataset.test.labels), dataset.classes, 32, 0)
+    reference_head, reference = reference_feature_extraction(data, load_backbone("random", 0), config, 1e-2, VIEWS,
+                                                             log=None)
+    assert torch.allclose(head.weight, reference_head.weight, atol=1e-4)
+    assert torch.allclose(head.bias, reference_head.bias, atol=1e-4)
+    assert np.allclose(history["train_loss"], reference["train_loss"], atol=1e-4)
+    assert history["train_acc"] == reference["train_acc"]
+    assert history["test_acc"] == reference["test_acc"]
+    assert len(set(history["train_loss"])) == 5  # it trained: the loss moved every epoch
+
+
+def test_train_head_cli_writes_a_run(cached, run_cli, tmp_path):
+    _, path = cached
+    result = run_cli("train-head", path, "--epochs", "4", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "Epoch 4/4 - Train Loss:" in result.output
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert all(len(history[key]) == 4 for key in ("train_loss", "train_acc", "test_acc"))
+    assert history["cache_key"] == load_cache(path).key and history["config"]["lr"] == 1e-3
+    state = torch.load(tmp_path / "run" / "weights.pt")
+    assert state["weight"].shape == (3, 512)
+    again = run_cli("train-head", path, "--epochs", "4", "--out", tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "history.json").read_text())["test_acc"] == history["test_acc"]
+
+
+def test_train_head_finds_the_cache_from_dataset_options(image_folder, run_cli, tmp_path):
+    args = ["--data", image_folder, "--weights", "random", "--image-size", "32", "--views", "2",
+            "--cache-dir", tmp_path / "cache"]
+    missing = run_cli("train-head", *args, "--out", tmp_path / "run")
+    assert missing.exit_code != 0 and "run featcache extract" in missing.stderr
+    assert run_cli("extract", *args).exit_code == 0
+    found = run_cli("train-head", *args, "--epochs", "2", "--out", tmp_path / "run")
+    assert found.exit_code == 0, found.output
+
+
+def test_sweep_never_looks_at_test_labels(cached, run_cli, tmp_path):
+    _, path = cached
+    scrambled = tmp_path / path.name
+    shutil.copy(path, scrambled)
+    with h5py.File(scrambled, "r+") as handle:
+        labels = handle["test/labels"][()]
+        handle["test/labels"][...] = (labels + 1) % 3  # every test label now wrong
+    outcomes = []
+    for cache_file, out in ((path, tmp_path / "a"), (scrambled, tmp_path / "b")):
+        result = run_cli("train-head", cache_file, "--sweep", "--epochs", "3", "--sweep-lrs", "1e-3,1e-2,1e-1",
+                         "--sweep-wds", "0,1e-2", "--quiet", "--out", out)
+        assert result.exit_code == 0, result.output
+        outcomes.append(json.loads((out / "history.json").read_text()))
+    assert outcomes[0]["sweep"] == outcomes[1]["sweep"]
+    assert outcomes[0]["test_acc"] != outcomes[1]["test_acc"]  # test labels did matter for reporting
+
+
+def test_sweep_heads_match_single_heads(cached):
+    cache = load_cache(cached[1])
+    config = EpochConfig(epochs=3, batch_size=4, seed=1)
+    result = sweep_heads(cache.train_features, cache.train_labels, [1e-3, 1e-1], [0.0, 1e-2], config, 0.25)
+    assert len(result.grid) == 4
+    assert result.best["val_acc"] == max(row["val_acc"] for row in result.grid)
+    # the batched heads are trained exactly like separate heads on the fit split
+    from featcache.heads import validation_split
+    fit, _ = validation_split(cache.train_labels, 0.25, 1)
+    for row in result.grid:
+        _, history = train_linear_head(cache.train_features[fit], cache.train_labels[fit], cache.test_features,
+                                       cache.test_labels, config, row["lr"], row["weight_decay"])
+        assert history["train_loss"][-1] == pytest.approx(row["final_train_loss"], abs=1e-4)
+
+
+def test_logreg_probe_and_its_linear_head_agree(cached):
+    cache = load_cache(cached[1])
+    probe = logistic_regression_probe(cache, "all", val_fraction=0.25)
+    head = logreg_as_linear(probe["model"], 3)
+    with torch.no_grad():
+        probabilities = head(cache.test_features).softmax(1).numpy()
+    assert np.allclose(probabilities, probe["model"].predict_proba(cache.test_features.numpy()), atol=1e-4)
+    assert probe["best"]["C"] in [row["C"] for row in probe["grid"]]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--epochs", "0"], "--epochs"), (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"),
+    (["--sweep", "--sweep-lrs", "abc"], "--sweep-lrs"), (["--val-fraction", "1.5", "--sweep"], "--val-fraction"),
+])
+def test_nonsense_training_settings(cached, run_cli, tmp_path, args, words):
+    _, path = cached
+    result = run_cli("train-head", path, *args, "--out", tmp_path / "run")
+    assert result.exit_code != 0 and words in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("problem", ["missing", "incomplete", "other_version"])
+def test_bad_cache(cached, run_cli, tmp_path, problem):
+    _, path = cached
+    target = tmp_path / path.name
+    if problem != "missing":
+        shutil.copy(path, target)
+        with h5py.File(target, "r+") as handle:
+            handle.attrs["complete" if problem == "incomplete" else "format_version"] = False if problem == "incomplete" else 0
+    before = tree_digest(tmp_path)
+    result = run_cli("train-head", target, "--out", tmp_path / "run")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert {"missing": "does not exist", "incomplete": "incomplete", "other_version": "version 0"}[problem] in result.stderr
+    assert all(tree_digest(tmp_path).get(k) == v for k, v in before.items())
