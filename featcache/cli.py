@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 import torch
+from tqdm import tqdm
 
 from . import FeatcacheError, __version__
 from .heads import DEFAULT_SWEEP_LRS, DEFAULT_SWEEP_WEIGHT_DECAYS
@@ -212,32 +213,35 @@ def train_head(cache, **options):
     the matching cache. Epoch e trains on augmented view 1 + e % V of every image. Writes history.json
     (per-epoch train_loss, train_acc, test_acc, config, cache key, wall time, device) and weights.pt.
     """
+    from .runs import prepare_run_dir
+
+    features = find_cache(cache, options)
+    out = prepare_run_dir(options["out"], "feature-extraction", options["overwrite"])
+    run_train_head(options, features, out)
+
+
+def run_train_head(options: dict, features, out: Path, **record) -> Path:
+    """Train the head the options ask for on a loaded cache and write its run directory."""
     from .backbone import BACKBONE_PARAMETERS
     from .heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
     from .report import markdown_table
-    from .runs import prepare_run_dir, write_run
+    from .runs import HISTORY, write_run
     from .train import EpochConfig, check_learning_rate
 
     config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
-    check_learning_rate("--lr", options["lr"])
-    if options["weight_decay"] < 0:
-        raise FeatcacheError(f"--weight-decay must be non-negative, got {options['weight_decay']}")
-    features = find_cache(cache, options)
-    out = prepare_run_dir(options["out"], "feature-extraction", options["overwrite"])
-    log = None if options["quiet"] else click.echo
+    lr, weight_decay = check_learning_rate("--lr", options["lr"]), options["weight_decay"]
+    if weight_decay < 0:
+        raise FeatcacheError(f"--weight-decay must be non-negative, got {weight_decay}")
     started = time.perf_counter()
-    extra = {}
-    lr, weight_decay = options["lr"], options["weight_decay"]
     if options["head_kind"] == "logreg":
         probe = logistic_regression_probe(features, options["logreg_views"], val_fraction=options["val_fraction"],
                                           seed=options["seed"])
         head = logreg_as_linear(probe["model"], len(features.classes))
         history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
                    "test_acc": [probe["test_acc"]]}
-        extra["logreg"] = {"grid": probe["grid"], "best": probe["best"]}
+        record["logreg"] = {"grid": probe["grid"], "best": probe["best"]}
         click.echo(markdown_table(probe["grid"], ["C", "val_acc"]))
-        click.echo(f"chosen C={probe['best']['C']} (validation accuracy {probe['best']['val_acc']:.4f}); "
-                   f"test accuracy {probe['test_acc']:.4f}")
+        click.echo(f"chosen C={probe['best']['C']} (validation accuracy {probe['best']['val_acc']:.4f})")
     else:
         if options["sweep"]:
             result = sweep_heads(features.train_features, features.train_labels,
@@ -247,17 +251,231 @@ def train_head(cache, **options):
             lr, weight_decay = result.best["lr"], result.best["weight_decay"]
             click.echo(f"chosen lr={lr:g}, weight_decay={weight_decay:g} on validation accuracy "
                        f"{result.best['val_acc']:.4f}; retraining on all training images")
-            extra["sweep"] = {"grid": result.grid, "best": result.best}
+            record["sweep"] = {"grid": result.grid, "best": result.best}
         head, history = train_linear_head(features.train_features, features.train_labels, features.test_features,
-                                          features.test_labels, config, lr, weight_decay, log)
+                                          features.test_labels, config, lr, weight_decay,
+                                          None if options["quiet"] else click.echo)
     wall = time.perf_counter() - started
-    run_config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
-                  "cache": str(features.path), "lr": lr, "weight_decay": weight_decay, "views": features.views}
     head_params = sum(p.numel() for p in head.parameters())
-    write_run(out, "feature-extraction", history, run_config, head.state_dict(), wall, torch.device("cpu"),
-              head_params, BACKBONE_PARAMETERS + head_params,
-              cache_key=features.key, classes=features.classes, cache_attrs=_jsonable(features.attrs), **extra)
-    click.echo(f"final test accuracy {history['test_acc'][-1]:.4f}; trained in {wall:.2f} s; run written to {out}")
+    write_run(out, "feature-extraction", history,
+              _config_record(options, cache=str(features.path), lr=lr, weight_decay=weight_decay, views=features.views),
+              head.state_dict(), wall, torch.device("cpu"), head_params, BACKBONE_PARAMETERS + head_params,
+              cache_key=features.key, classes=features.classes, cache_attrs=_jsonable(features.attrs), **record)
+    click.echo(f"feature extraction: final test accuracy {history['test_acc'][-1]:.4f}; head trained in "
+               f"{wall:.2f} s; run written to {out}")
+    return out / HISTORY
+
+
+def load_image_data(options: dict, view_seed: int):
+    """Decode both splits once (resized for --image-size), for the end-to-end trainers."""
+    from .backbone import resolve_device
+    from .data import decode_all
+    from .train import ImageData
+
+    dataset = load_dataset_from_options(options)
+    started = time.perf_counter()
+    data = ImageData(decode_all(dataset.train, options["image_size"]), torch.from_numpy(dataset.train.labels),
+                     decode_all(dataset.test, options["image_size"]), torch.from_numpy(dataset.test.labels),
+                     dataset.classes, options["image_size"], view_seed, resolve_device(options["device"]))
+    if not options.get("quiet"):
+        click.echo(f"decoded {len(dataset.train)} training and {len(dataset.test)} test images of "
+                   f"{', '.join(dataset.classes)} in {time.perf_counter() - started:.1f} s")
+    return dataset, data
+
+
+def _config_record(options: dict, **more) -> dict:
+    return {**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}, **more}
+
+
+def run_finetune(options: dict, data, dataset, out: Path) -> Path:
+    from .backbone import count_parameters
+    from .runs import HISTORY, WEIGHTS, read_run, write_run
+    from .train import EpochConfig, check_learning_rate, finetune, timed
+
+    config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
+    check_learning_rate("--lr-head", options["lr_head"])
+    check_learning_rate("--lr-backbone", options["lr_backbone"])
+    init_head = None
+    if options.get("init_head"):
+        head_run = read_run(options["init_head"])
+        if head_run.get("classes") not in (None, dataset.classes):
+            raise FeatcacheError(f"--init-head {options['init_head']} was trained on classes "
+                                 f"{head_run['classes']}, not {dataset.classes}")
+        init_head = torch.load(Path(options["init_head"]) / WEIGHTS, map_location="cpu", weights_only=True)
+    unfreeze = _split_classes(options["unfreeze"]) or []
+    (model, history), wall = timed(finetune, data, options["weights"], config, options["lr_head"],
+                                   options["lr_backbone"], unfreeze, options["frozen_bn"], init_head,
+                                   log=None if options["quiet"] else tqdm.write, progress=not options["quiet"])
+    trainable, total = count_parameters(model)
+    write_run(out, "fine-tuning", history, _config_record(options), model.state_dict(), wall, data.device,
+              trainable, total, classes=dataset.classes)
+    click.echo(f"fine-tuning: final test accuracy {history['test_acc'][-1]:.4f} in {wall:.1f} s; run written to {out}")
+    return out / HISTORY
+
+
+def run_scratch(options: dict, data, dataset, out: Path) -> Path:
+    from .backbone import count_parameters
+    from .runs import HISTORY, write_run
+    from .train import EpochConfig, check_learning_rate, scratch, timed
+
+    config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
+    check_learning_rate("--lr", options["lr"])
+    (model, history), wall = timed(scratch, data, config, options["lr"],
+                                   log=None if options["quiet"] else tqdm.write, progress=not options["quiet"])
+    trainable, total = count_parameters(model)
+    write_run(out, "scratch", history, _config_record(options), model.state_dict(), wall, data.device,
+              trainable, total, classes=dataset.classes)
+    click.echo(f"scratch: final test accuracy {history['test_acc'][-1]:.4f} in {wall:.1f} s; run written to {out}")
+    return out / HISTORY
+
+
+def finetune_options(function):
+    options = [
+        click.option("--lr-head", type=float, default=1e-3, show_default=True, help="Adam learning rate of the new head."),
+        click.option("--lr-backbone", type=float, default=1e-5, show_default=True,
+                     help="Adam learning rate of the unfrozen backbone stages."),
+        click.option("--unfreeze", default="layer4", show_default=True,
+                     help="Comma-separated backbone stages to train (conv1, bn1, layer1..layer4); the rest stay frozen."),
+        click.option("--frozen-bn", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
+                     help="'eval': frozen modules stay in eval mode, their BatchNorm statistics never change "
+                          "(and the frozen trunk's test outputs are computed once). 'train': the notebook's "
+                          "behaviour, whole model in train mode."),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), function)
+
+
+@main.command("finetune")
+@data_options
+@weights_options
+@run_options(32, "Training batch size.")
+@epoch_options
+@finetune_options
+@click.option("--init-head", type=click.Path(path_type=Path), default=None,
+              help="Start the head from a train-head run directory instead of a random init.")
+@out_options
+def finetune_command(**options):
+    """Fine-tune a pretrained ResNet-18 end to end: new head plus the --unfreeze stages, two learning
+    rates, the reference augmentation drawn fresh each epoch, test accuracy every epoch."""
+    from .runs import prepare_run_dir
+
+    out = prepare_run_dir(options["out"], "fine-tuning", options["overwrite"])
+    dataset, data = load_image_data(options, options["seed"])
+    run_finetune(options, data, dataset, out)
+
+
+@main.command("scratch")
+@data_options
+@click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True,
+              help="Crop size S; images are first resized to S*256/224.")
+@run_options(32, "Training batch size.")
+@epoch_options
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@out_options
+def scratch_command(**options):
+    """Train ResNet-18 from a seeded random init: every parameter, Adam, the reference augmentation."""
+    from .runs import prepare_run_dir
+
+    out = prepare_run_dir(options["out"], "scratch", options["overwrite"])
+    dataset, data = load_image_data(options, options["seed"])
+    run_scratch(options, data, dataset, out)
+
+
+@main.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "comparison", show_default=True,
+              help="Folder for comparison.png, summary.md and summary.csv.")
+def compare_command(run_dirs, out):
+    """Compare run directories: a three-panel PNG (training loss, training accuracy, test accuracy per
+    epoch; scratch red, feature extraction blue, fine-tuning green) and a summary table as Markdown and CSV."""
+    from .report import SUMMARY_COLUMNS, compare, markdown_table
+
+    result = compare(list(run_dirs), out)
+    click.echo(markdown_table(result["rows"], SUMMARY_COLUMNS))
+    click.echo(f"wrote {result['png']}, {result['markdown']} and {result['csv']}")
+
+
+@main.command("inspect")
+@data_options
+@click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True, help="Crop size S.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the augmented views shown.")
+@click.option("--count", type=click.IntRange(min=1, max=64), default=16, show_default=True,
+              help="Training images to show (spread over the classes).")
+@click.option("--view", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Which view to show: 0 clean, 1.. augmented (as extract caches them).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "inspect.png", show_default=True,
+              help="PNG file of the image grid.")
+def inspect_command(data, classes, per_class, test_per_class, download, data_root, image_size, seed, count, view, out):
+    """Show ResNet-18's parameters per module, the share each approach trains, and a grid of
+    training images as augmented, with their class names."""
+    import numpy as np
+    from torchvision.models import resnet18
+
+    from .augment import make_views
+    from .data import DecodedSplit, load_dataset
+    from .report import image_grid, markdown_table, parameter_table
+
+    dataset = load_dataset(data, _split_classes(classes), per_class, test_per_class, download, data_root)
+    rows = parameter_table(resnet18(num_classes=len(dataset.classes)))
+    click.echo(markdown_table(rows, ["module", "parameters", "feature_extraction", "fine_tuning"]))
+    picks = np.linspace(0, len(dataset.train) - 1, min(count, len(dataset.train))).round().astype(int).tolist()
+    decoded = DecodedSplit(dataset.train, image_size)
+    views = make_views([decoded[i] for i in picks], picks, view, "train", seed, image_size)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    image_grid(views, [dataset.classes[dataset.train.labels[i]] for i in picks], out)
+    click.echo(f"wrote {out}")
+
+
+@main.command("experiment")
+@data_options
+@weights_options
+@run_options(32, "Training batch size (all three approaches).")
+@epoch_options
+@click.option("--lr", type=float, default=1e-3, show_default=True,
+              help="Adam learning rate of scratch training and of the feature-extraction head.")
+@finetune_options
+@click.option("--views", type=click.IntRange(min=1), default=None,
+              help="Augmented views to cache. Default: --epochs, so every epoch sees a fresh augmentation "
+                   "as in the end-to-end runs.")
+@click.option("--extract-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per backbone forward during extraction.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("cache"), show_default=True,
+              help="Folder of cache files.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the three run directories and the comparison. Default: runs/experiment-<time>.")
+@click.option("--overwrite", is_flag=True, help="Replace runs already in --out.")
+@click.option("--quiet", is_flag=True, help="No per-epoch lines or progress bars.")
+def experiment(**options):
+    """The whole reference experiment: scratch, extract + train-head, finetune, then compare, into one
+    folder. Reference settings by default; scale down on a CPU with --image-size, --epochs, --per-class."""
+    from .cache import load_cache
+    from .report import SUMMARY_COLUMNS, compare, markdown_table
+    from .runs import prepare_run_dir
+    from .train import EpochConfig, build_finetune_model, check_learning_rate
+
+    EpochConfig(options["epochs"], options["batch_size"], options["seed"])  # fail before any work
+    for name in ("lr", "lr_head", "lr_backbone"):
+        check_learning_rate("--" + name.replace("_", "-"), options[name])
+    build_finetune_model(options["weights"], 2, options["seed"], _split_classes(options["unfreeze"]) or [])
+    out = options["out"] or Path("runs") / f"experiment-{time.strftime('%Y%m%d-%H%M%S')}"
+    folders = {approach: prepare_run_dir(out / approach, approach, options["overwrite"])
+               for approach in ("scratch", "feature-extraction", "fine-tuning")}
+    started = time.perf_counter()
+    dataset, data = load_image_data(options, options["seed"])
+    run_scratch(options, data, dataset, folders["scratch"])
+
+    extract_options = {**options, "views": options["views"] or options["epochs"],
+                       "batch_size": options["extract_batch_size"], "force": False}
+    extracted = prepare_cache(extract_options, progress=not options["quiet"])
+    click.echo(f"{'reused' if extracted.reused else 'wrote'} cache {extracted.path} in {extracted.seconds:.1f} s")
+    head_options = {**options, "weight_decay": 0.0, "head_kind": "linear", "sweep": False}
+    run_train_head(head_options, load_cache(extracted.path), folders["feature-extraction"],
+                   extract_wall_time_s=extracted.seconds, cache_reused=extracted.reused)
+
+    run_finetune({**options, "init_head": None}, data, dataset, folders["fine-tuning"])
+    result = compare(list(folders.values()), out)
+    click.echo(markdown_table(result["rows"], SUMMARY_COLUMNS))
+    click.echo(f"experiment finished in {time.perf_counter() - started:.1f} s; plot {result['png']}, "
+               f"tables {result['markdown']} and {result['csv']}")
 
 
 def _jsonable(attrs: dict) -> dict:

@@ -15,7 +15,7 @@ from .runs import read_run  # noqa: E402
 
 COLOURS = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
 SUMMARY_COLUMNS = ["approach", "final_train_acc", "final_test_acc", "best_test_acc_on_test_set", "train_test_gap",
-                   "trainable_params", "wall_time_s", "device", "run_dir"]
+                   "trainable_params", "wall_time_s", "extract_time_s", "device", "run_dir"]
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -37,7 +37,8 @@ def summary_row(run: dict) -> dict:
         "best_test_acc_on_test_set": max(run["test_acc"]),  # picked on the test set: optimistic
         "train_test_gap": run["train_acc"][-1] - run["test_acc"][-1],
         "trainable_params": run.get("trainable_params", ""),
-        "wall_time_s": round(float(run.get("wall_time_s", float("nan"))), 2),
+        "wall_time_s": float(run.get("wall_time_s", float("nan"))),
+        "extract_time_s": run.get("extract_wall_time_s", ""),  # a cached head's one-off extraction cost
         "device": run.get("device", ""),
         "run_dir": run["run_dir"],
     }
@@ -87,12 +88,12 @@ def parameter_table(model: nn.Module) -> list[dict]:
                          "feature_extraction": "trained" if name == "fc" else "frozen",
                          "fine_tuning": "trained" if name in ("fc", "layer4") else "frozen"})
     total = sum(row["parameters"] for row in rows)
+    shares = []
     for approach in ("feature_extraction", "fine_tuning"):
         trained = sum(row["parameters"] for row in rows if row[approach] == "trained")
-        rows.append({"module": f"trainable share, {approach.replace('_', ' ')}", "parameters": trained,
-                     approach: f"{100 * trained / total:.2f}%"})
-    rows.append({"module": "total", "parameters": total})
-    return rows
+        shares.append({"module": f"trainable, {approach.replace('_', ' ')}", "parameters": trained,
+                       approach: f"{100 * trained / total:.2f}%"})
+    return rows + shares + [{"module": "total", "parameters": total}]
 
 
 def image_grid(views: torch.Tensor, labels: list[str], path: Path, columns: int = 8) -> Path:

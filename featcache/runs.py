@@ -24,11 +24,11 @@ def default_run_dir(approach: str) -> Path:
 
 
 def prepare_run_dir(out: Path | None, approach: str, overwrite: bool = False) -> Path:
-    """The folder a run will write to; refuses to replace an earlier run unless asked."""
+    """The folder a run will write to (created when the run is written); refuses to replace an
+    earlier run unless asked, before any training time is spent."""
     out = Path(out) if out is not None else default_run_dir(approach)
     if (out / HISTORY).exists() and not overwrite:
         raise FeatcacheError(f"{out} already holds a run; choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -54,6 +54,7 @@ def write_run(out: Path, approach: str, history: dict, config: dict, state_dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }
+    out.mkdir(parents=True, exist_ok=True)
     torch.save(state_dict, out / WEIGHTS)
     (out / HISTORY).write_text(json.dumps(record, indent=2) + "\n")
     return out

@@ -1,0 +1,72 @@
+"""compare and experiment: the plot and the table come from real run directories."""
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def experiment_dir(image_folder, tmp_path_factory):
+    from click.testing import CliRunner
+    from featcache.cli import main
+
+    out = tmp_path_factory.mktemp("experiment")
+    result = CliRunner().invoke(main, ["experiment", "--data", str(image_folder), "--weights", "random",
+                                       "--image-size", "32", "--epochs", "2", "--out", str(out / "exp"),
+                                       "--cache-dir", str(out / "cache"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out / "exp"
+
+
+def test_experiment_writes_three_runs_a_plot_and_tables(experiment_dir):
+    for approach in ("scratch", "feature-extraction", "fine-tuning"):
+        record = json.loads((experiment_dir / approach / "history.json").read_text())
+        assert record["approach"] == approach and len(record["test_acc"]) == 2
+    with Image.open(experiment_dir / "comparison.png") as image:
+        assert image.size[0] > 1000 and image.size[1] > 300
+    rows = list(csv.DictReader((experiment_dir / "summary.csv").open()))
+    assert [row["approach"] for row in rows] == ["scratch", "feature-extraction", "fine-tuning"]
+    for row in rows:
+        history = json.loads((experiment_dir / row["approach"] / "history.json").read_text())
+        assert float(row["final_test_acc"]) == pytest.approx(history["test_acc"][-1])
+        assert float(row["final_train_acc"]) == pytest.approx(history["train_acc"][-1])
+        assert float(row["best_test_acc_on_test_set"]) == pytest.approx(max(history["test_acc"]))
+        assert float(row["train_test_gap"]) == pytest.approx(history["train_acc"][-1] - history["test_acc"][-1])
+        assert int(row["trainable_params"]) == history["trainable_params"]
+    markdown = (experiment_dir / "summary.md").read_text()
+    assert "picked on the test set" in markdown
+    assert sum(line.startswith("| ") for line in markdown.splitlines()) == 4  # header + three runs
+
+
+def test_compare_cli_on_run_dirs(experiment_dir, run_cli, tmp_path):
+    runs = [experiment_dir / name for name in ("scratch", "fine-tuning")]
+    result = run_cli("compare", *runs, "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 10_000
+    assert "| fine-tuning |" in result.output
+
+
+def test_compare_names_a_folder_that_is_not_a_run(experiment_dir, run_cli, tmp_path):
+    result = run_cli("compare", experiment_dir / "scratch", tmp_path, "--out", tmp_path / "cmp")
+    assert result.exit_code != 0 and str(tmp_path) in result.stderr and "not a featcache run" in result.stderr
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_experiment_refuses_to_overwrite_runs(experiment_dir, image_folder, run_cli):
+    before = (experiment_dir / "scratch" / "history.json").read_bytes()
+    result = run_cli("experiment", "--data", image_folder, "--weights", "random", "--image-size", "32",
+                     "--epochs", "1", "--out", experiment_dir)
+    assert result.exit_code != 0 and "--overwrite" in result.stderr
+    assert (experiment_dir / "scratch" / "history.json").read_bytes() == before
+
+
+def test_inspect_writes_parameter_table_and_grid(image_folder, run_cli, tmp_path):
+    result = run_cli("inspect", "--data", image_folder, "--image-size", "32", "--count", "6",
+                     "--out", tmp_path / "grid.png")
+    assert result.exit_code == 0, result.output
+    assert "| layer4 | 8393728 |" in result.output and "| total | 11178051 |" in result.output  # 3-class head
+    assert "| 0.01% |" in result.output and "| 75.10% |" in result.output
+    assert (tmp_path / "grid.png").stat().st_size > 5_000

@@ -1,0 +1,90 @@
+"""finetune and scratch: frozen means frozen, two learning rates on the right parameters."""
+import json
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from featcache.backbone import BACKBONE_PARAMETERS
+from featcache.data import decode_all, load_dataset
+from featcache.train import EpochConfig, ImageData, build_finetune_model, finetune, scratch
+
+
+@pytest.fixture(scope="module")
+def data(image_folder):
+    dataset = load_dataset(str(image_folder))
+    return ImageData(decode_all(dataset.train, 32), torch.from_numpy(dataset.train.labels),
+                     decode_all(dataset.test, 32), torch.from_numpy(dataset.test.labels), dataset.classes, 32, 0)
+
+
+def _frozen_bn_statistics(model):
+    return {f"{name}.{buffer}": getattr(module, buffer).clone()
+            for name, module in model.named_modules() if isinstance(module, nn.BatchNorm2d)
+            and not name.startswith("layer4") for buffer in ("running_mean", "running_var", "num_batches_tracked")}
+
+
+def test_frozen_batchnorm_statistics_never_change(data):
+    before = _frozen_bn_statistics(build_finetune_model("random", 3, 0, ["layer4"]))
+    model, _ = finetune(data, "random", EpochConfig(epochs=2, batch_size=8), log=None)
+    after = _frozen_bn_statistics(model)
+    assert before.keys() == after.keys() and len(before) > 10
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    # ... whereas the notebook's behaviour (whole model in train mode) does move them
+    notebook, _ = finetune(data, "random", EpochConfig(epochs=1, batch_size=8), frozen_bn="train", log=None)
+    moved = _frozen_bn_statistics(notebook)
+    assert any(not torch.equal(before[key], moved[key]) for key in before if key.endswith("running_mean"))
+
+
+def test_two_learning_rates_reach_the_right_parameters(data):
+    initial = build_finetune_model("random", 3, 0, ["layer4"]).state_dict()
+    model, _ = finetune(data, "random", EpochConfig(epochs=1, batch_size=100), lr_head=1e-3, lr_backbone=1e-5,
+                        log=None)  # one batch of all 24 images: exactly one Adam step
+    trained = model.state_dict()
+    parameters = dict(model.named_parameters())
+    for name, value in trained.items():
+        change = (value.float() - initial[name].float()).abs().max().item()
+        if name.startswith("fc."):
+            assert change == pytest.approx(1e-3, rel=1e-2), name  # Adam's first step moves by ~lr
+        elif name.startswith("layer4.") and name in parameters:
+            assert change == pytest.approx(1e-5, rel=1e-2), name
+        elif name in parameters:
+            assert change == 0, name
+    assert all(p.requires_grad == (n.startswith(("fc.", "layer4."))) for n, p in model.named_parameters())
+
+
+def test_unfreeze_other_stages_and_trunk_test_outputs_are_exact(data):
+    config = EpochConfig(epochs=2, batch_size=8)
+    _, cached_trunk = finetune(data, "random", config, unfreeze=("layer3", "layer4"), log=None)
+    _, again = finetune(data, "random", config, unfreeze=("layer3", "layer4"), log=None)
+    assert cached_trunk == again  # same seed, same numbers
+
+
+def test_scratch_trains_everything(data):
+    model, history = scratch(data, EpochConfig(epochs=2, batch_size=8), log=None)
+    assert all(p.requires_grad for p in model.parameters())
+    assert len(history["test_acc"]) == 2 and history["train_loss"][1] < history["train_loss"][0] * 1.5
+
+
+def test_backbone_parameter_constant():
+    model = resnet18()
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.fc.parameters()) \
+        == BACKBONE_PARAMETERS
+
+
+def test_finetune_cli_with_init_head(image_folder, run_cli, tmp_path):
+    args = ["--data", image_folder, "--weights", "random", "--image-size", "32"]
+    assert run_cli("extract", *args, "--views", "2", "--cache-dir", tmp_path / "cache").exit_code == 0
+    head = run_cli("train-head", *args, "--views", "2", "--cache-dir", tmp_path / "cache", "--epochs", "2",
+                   "--out", tmp_path / "head")
+    assert head.exit_code == 0, head.output
+    result = run_cli("finetune", *args, "--epochs", "1", "--init-head", tmp_path / "head", "--out", tmp_path / "ft",
+                     "--quiet")
+    assert result.exit_code == 0, result.output
+    state = torch.load(tmp_path / "ft" / "weights.pt")
+    head_state = torch.load(tmp_path / "head" / "weights.pt")
+    assert (state["fc.weight"] - head_state["weight"]).abs().max() <= 1.01e-3  # started from it, one epoch of steps
+    record = json.loads((tmp_path / "ft" / "history.json").read_text())
+    assert record["approach"] == "fine-tuning" and record["trainable_params"] == 8393728 + 3 * 512 + 3
+    bad = run_cli("finetune", *args, "--unfreeze", "layer9", "--out", tmp_path / "bad")
+    assert bad.exit_code != 0 and "layer9" in bad.stderr and "Traceback" not in bad.output
