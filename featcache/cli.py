@@ -24,18 +24,20 @@ class FriendlyGroup(click.Group):
             raise click.ClickException(str(error)) from None
 
 
-def data_options(function):
+def data_options(function=None, *, per_class: int = 500, test_per_class: int | None = None):
     """Options that pick the dataset, shared by every command that reads images."""
+    if function is None:
+        return functools.partial(data_options, per_class=per_class, test_per_class=test_per_class)
     options = [
         click.option("--data", default="cifar10", show_default=True,
                      help="'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and test/<class>/*."),
         click.option("--classes", default=None,
                      help="Comma-separated class names, in label order. Default: cat,dog,horse for "
                           "CIFAR-10, every class folder for a folder."),
-        click.option("--per-class", type=int, default=500, show_default=True,
+        click.option("--per-class", type=int, default=per_class, show_default=True,
                      help="Keep the first N training images of each class, in dataset order."),
-        click.option("--test-per-class", type=int, default=None,
-                     help="Keep the first N test images of each class. Default: all."),
+        click.option("--test-per-class", type=int, default=test_per_class, show_default=test_per_class is not None,
+                     help="Keep the first N test images of each class." + ("" if test_per_class else " Default: all.")),
         click.option("--download", is_flag=True, help="Download CIFAR-10 if it is not in --data-root."),
         click.option("--data-root", type=click.Path(path_type=Path), default=None,
                      help="Where CIFAR-10 lives or is downloaded to. Default: ~/.cache/featcache/data "
@@ -476,6 +478,35 @@ def experiment(**options):
     click.echo(markdown_table(result["rows"], SUMMARY_COLUMNS))
     click.echo(f"experiment finished in {time.perf_counter() - started:.1f} s; plot {result['png']}, "
                f"tables {result['markdown']} and {result['csv']}")
+
+
+@main.command("bench")
+@data_options(per_class=100, test_per_class=200)
+@weights_options
+@run_options(32, "Training batch size (head and end-to-end loop).")
+@epoch_options
+@click.option("--views", type=click.IntRange(min=1), default=10, show_default=True, help="Augmented views to extract.")
+@click.option("--extract-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per backbone forward, for extraction and the bare-forward ceiling.")
+@click.option("--no-end-to-end", is_flag=True, help="Skip the (slow) end-to-end loop: throughput figures only.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "bench", show_default=True,
+              help="Folder for bench.json and bench.md.")
+def bench_command(**options):
+    """Measure the accelerator: end-to-end feature extraction versus extract + train-head versus
+    train-head alone, extraction versus the bare backbone forward, and featcache's input pipeline
+    versus the notebook's, all in one process on one config. Defaults finish in a few minutes on a
+    2-core CPU; --per-class 500 --test-per-class 1000 is the reference task's size."""
+    from .backbone import resolve_device
+    from .bench import bench_markdown, run_bench, write_bench
+
+    dataset = load_dataset_from_options(options)
+    result = run_bench(dataset, options["weights"], options["image_size"], options["views"], options["epochs"],
+                       options["batch_size"], options["extract_batch_size"], resolve_device(options["device"]),
+                       options["num_workers"], options["seed"], not options["no_end_to_end"], log=click.echo)
+    command = "featcache " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("featcache") else "featcache bench"
+    json_path, md_path = write_bench(result, options["out"], command)
+    click.echo(bench_markdown(result, command))
+    click.echo(f"wrote {json_path} and {md_path}")
 
 
 def _jsonable(attrs: dict) -> dict:

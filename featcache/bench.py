@@ -1,0 +1,167 @@
+"""Cached versus end-to-end speed, measured side by side in one process.
+
+Every figure comes from the same dataset, config, device and batch size; ratios are computed from
+numbers measured in this run, never from constants.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torchvision import transforms
+
+from .augment import IMAGENET_MEAN, IMAGENET_STD, make_views
+from .backbone import load_backbone, weights_hash
+from .cache import cache_provenance, extract, load_cache
+from .data import Dataset, DecodedChunks, DecodedSplit, decode_all, resize_size
+from .heads import train_linear_head
+from .report import markdown_table
+from .train import EpochConfig, ImageData, reference_feature_extraction
+
+TARGETS = {
+    "extraction_vs_bare_forward": 0.90,
+    "head_speedup_vs_end_to_end": 1000.0,
+    "first_run_speedup_vs_end_to_end": 3.0,
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_forward_throughput(backbone, batch: torch.Tensor, batches: int) -> float:
+    """Images/s of the backbone alone on one prepared batch, the ceiling for extraction."""
+    device = batch.device
+    with torch.inference_mode():
+        backbone(batch)  # warm-up: allocator, kernels
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(batches):
+            backbone(batch).float().cpu()
+        _sync(device)
+    return batches * len(batch) / (time.perf_counter() - started)
+
+
+def notebook_pipeline_throughput(dataset: Dataset, image_size: int, batch_size: int, num_workers: int,
+                                 limit: int) -> float:
+    """Images/s of the reference notebook's input pipeline: PIL transforms per image in a DataLoader."""
+    transform = transforms.Compose([
+        transforms.Resize(resize_size(image_size)), transforms.RandomResizedCrop(image_size),
+        transforms.RandomHorizontalFlip(), transforms.ColorJitter(brightness=0.2, contrast=0.2),
+        transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    class PilDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return min(limit, len(dataset.train))
+
+        def __getitem__(self, index):
+            return transform(dataset.train.read(index)), int(dataset.train.labels[index])
+
+    loader = torch.utils.data.DataLoader(PilDataset(), batch_size=batch_size, num_workers=num_workers)
+    started = time.perf_counter()
+    count = sum(len(images) for images, _ in loader)
+    return count / (time.perf_counter() - started)
+
+
+def featcache_pipeline_throughput(dataset: Dataset, image_size: int, batch_size: int, num_workers: int,
+                                  limit: int, device: torch.device) -> float:
+    """Images/s of featcache's input pipeline as extract runs it: decode once, augment whole batches."""
+    count = min(limit, len(dataset.train))
+    chunks = DecodedChunks(DecodedSplit(dataset.train, image_size), list(range(0, count, batch_size)), batch_size)
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
+    started = time.perf_counter()
+    done = 0
+    for start, images in loader:
+        images = images[:count - start]
+        make_views(images, list(range(start, start + len(images))), 1, "train", 0, image_size, device)
+        done += len(images)
+    _sync(device)
+    return done / (time.perf_counter() - started)
+
+
+def machine_description(device: torch.device) -> dict:
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_bench(dataset: Dataset, weights: str, image_size: int, views: int, epochs: int, batch_size: int,
+              extract_batch_size: int, device: torch.device, num_workers: int = 0, seed: int = 0,
+              end_to_end: bool = True, log=print) -> dict:
+    """Time every path on one dataset and config; returns all figures, ratios and target checks."""
+    backbone = load_backbone(weights, seed).to(device).eval().to(memory_format=torch.channels_last)
+    provenance = cache_provenance(dataset, weights, weights_hash(backbone), image_size, views, seed)
+    decoded_test = decode_all(dataset.test, image_size)
+    probe_count = min(extract_batch_size, len(decoded_test))
+    probe = make_views(decoded_test[:probe_count], list(range(probe_count)), 0, "test", seed, image_size, device)
+    figures = {"train_images": len(dataset.train), "test_images": len(dataset.test), "image_size": image_size,
+               "views": views, "epochs": epochs, "batch_size": batch_size, "extract_batch_size": extract_batch_size}
+
+    log("timing the bare backbone forward ...")
+    figures["bare_forward_images_per_s"] = bare_forward_throughput(backbone, probe, batches=max(3, 256 // probe_count))
+    log("timing input pipelines ...")
+    limit = min(len(dataset.train), 512)
+    figures["notebook_pipeline_images_per_s"] = notebook_pipeline_throughput(
+        dataset, image_size, extract_batch_size, num_workers, limit)
+    figures["featcache_pipeline_images_per_s"] = featcache_pipeline_throughput(
+        dataset, image_size, extract_batch_size, num_workers, limit, device)
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        log(f"extracting {views} views (cold cache) ...")
+        extracted = extract(dataset, backbone, provenance, Path(cache_dir), batch_size=extract_batch_size,
+                            device=device, num_workers=num_workers, progress=False)
+        cache = load_cache(extracted.path)
+    figures["extract_s"] = extracted.seconds
+    figures["extract_images_per_s"] = extracted.images_per_second
+    figures["extract_share_outside_backbone"] = 1 - extracted.backbone_seconds / extracted.seconds
+    config = EpochConfig(epochs, batch_size, seed)
+    log(f"training the head on the cache for {epochs} epochs ...")
+    started = time.perf_counter()
+    train_linear_head(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels, config)
+    figures["head_s"] = time.perf_counter() - started
+    figures["first_run_s"] = figures["extract_s"] + figures["head_s"]
+    ratios = {"extraction_vs_bare_forward": figures["extract_images_per_s"] / figures["bare_forward_images_per_s"],
+              "featcache_vs_notebook_pipeline": figures["featcache_pipeline_images_per_s"]
+              / figures["notebook_pipeline_images_per_s"]}
+    if end_to_end:
+        log(f"running the end-to-end feature-extraction loop for {epochs} epochs ...")
+        data = ImageData(decode_all(dataset.train, image_size), torch.from_numpy(dataset.train.labels), decoded_test,
+                         torch.from_numpy(dataset.test.labels), dataset.classes, image_size, seed, device)
+        started = time.perf_counter()
+        reference_feature_extraction(data, backbone, config, 1e-3, views, log=None)
+        _sync(device)
+        figures["end_to_end_s"] = time.perf_counter() - started
+        ratios["head_speedup_vs_end_to_end"] = figures["end_to_end_s"] / figures["head_s"]
+        ratios["first_run_speedup_vs_end_to_end"] = figures["end_to_end_s"] / figures["first_run_s"]
+    checks = {name: {"value": ratios[name], "target": target, "met": ratios[name] >= target}
+              for name, target in TARGETS.items() if name in ratios}
+    return {"figures": figures, "ratios": ratios, "targets": checks, "machine": machine_description(device)}
+
+
+def bench_markdown(result: dict, command: str) -> str:
+    figure_rows = [{"figure": key, "value": value} for key, value in result["figures"].items()]
+    ratio_rows = [{"ratio": key, "value": value,
+                   "target": f">= {result['targets'][key]['target']:g}" if key in result["targets"] else "",
+                   "met": ("yes" if result["targets"][key]["met"] else "NO") if key in result["targets"] else ""}
+                  for key, value in result["ratios"].items()]
+    machine = ", ".join(f"{k}: {v}" for k, v in result["machine"].items())
+    return (f"Command: `{command}`\n\nMachine: {machine}\n\n"
+            f"{markdown_table(figure_rows, ['figure', 'value'])}\n\n"
+            f"{markdown_table(ratio_rows, ['ratio', 'value', 'target', 'met'])}\n")
+
+
+def write_bench(result: dict, out: Path, command: str) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "bench.json", out / "bench.md"
+    json_path.write_text(json.dumps({**result, "command": command}, indent=2) + "\n")
+    md_path.write_text(bench_markdown(result, command))
+    return json_path, md_path
