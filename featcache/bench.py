@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torchvision import transforms
 
+from . import FeatcacheError
+
 from .augment import IMAGENET_MEAN, IMAGENET_STD, make_views
 from .backbone import load_backbone, weights_hash
 from .cache import cache_provenance, extract, load_cache
@@ -77,6 +79,8 @@ def featcache_pipeline_throughput(dataset: Dataset, image_size: int, batch_size:
     started = time.perf_counter()
     done = 0
     for start, images in loader:
+        if isinstance(images, FeatcacheError):
+            raise images
         images = images[:count - start]
         make_views(images, list(range(start, start + len(images))), 1, "train", 0, image_size, device)
         done += len(images)

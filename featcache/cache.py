@@ -219,6 +219,8 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
             chunks = DecodedChunks(DecodedSplit(split, provenance["image_size"]), starts, batch_size)
             loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
             for start, images in loader:
+                if isinstance(images, FeatcacheError):
+                    raise images
                 indices = list(range(start, start + len(images)))
                 rows = np.empty((len(images), len(views), FEATURE_DIM), dtype=np.float32)
                 for position, view in enumerate(views):

@@ -202,9 +202,14 @@ class DecodedChunks(torch.utils.data.Dataset):
         return len(self.starts)
 
     def __getitem__(self, position: int):
+        """(start, images), or (start, FeatcacheError): returned, not raised, because a DataLoader
+        worker would wrap a raised error in a multi-line traceback message."""
         start = self.starts[position]
         stop = min(start + self.chunk_size, len(self.decoded))
-        return start, [self.decoded[i] for i in range(start, stop)]
+        try:
+            return start, [self.decoded[i] for i in range(start, stop)]
+        except FeatcacheError as error:
+            return start, error
 
 
 def decode_all(split: Split, image_size: int) -> list[torch.Tensor]:

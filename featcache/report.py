@@ -53,7 +53,8 @@ def compare(run_dirs: list[Path], out: Path) -> dict:
     for run in runs:
         epochs = range(1, len(run["train_loss"]) + 1)
         colour = COLOURS.get(run["approach"])
-        label = f"{run['approach']} ({Path(run['run_dir']).name})"
+        name = Path(run["run_dir"]).name
+        label = run["approach"] if name == run["approach"] else f"{run['approach']} ({name})"
         for axis, key in zip(axes, ("train_loss", "train_acc", "test_acc")):
             axis.plot(epochs, run[key], marker="o", markersize=3, color=colour, label=label)
     for axis, title in zip(axes, ("Training loss", "Training accuracy", "Test accuracy")):

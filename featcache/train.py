@@ -198,7 +198,8 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
             model.train()
             return
         model.eval()
-        rest.train()
+        for name in ("fc", *unfreeze):  # only modules with trainable parameters train
+            getattr(model, name).train()
 
     def train_inputs(epoch, indices):
         with torch.no_grad():  # nothing below the first unfrozen stage needs gradients

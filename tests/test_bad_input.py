@@ -61,14 +61,14 @@ def test_empty_class_folder(workspace, run_cli):
     assert tree_digest(cache_dir) == before
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupt_image_is_named(workspace, run_cli, damage):
+@pytest.mark.parametrize("damage, workers", [("garbage", "0"), ("truncated", "0"), ("truncated", "1")])
+def test_corrupt_image_is_named(workspace, run_cli, damage, workers):
     data, cache_dir = workspace
     victim = data / "train" / "bee" / "0002.jpg"
     content = victim.read_bytes()
     victim.write_bytes(b"not an image at all" if damage == "garbage" else content[: len(content) // 2])
     before = tree_digest(cache_dir)
-    assert_clean_failure(run_cli(*extract_args(data, cache_dir)), str(victim))
+    assert_clean_failure(run_cli(*extract_args(data, cache_dir), "--num-workers", workers), str(victim))
     assert all(tree_digest(cache_dir).get(name) == digest for name, digest in before.items())
 
 

@@ -18,16 +18,17 @@ def data(image_folder):
                      decode_all(dataset.test, 32), torch.from_numpy(dataset.test.labels), dataset.classes, 32, 0)
 
 
-def _frozen_bn_statistics(model):
+def _frozen_bn_statistics(model, unfrozen=("layer4",)):
     return {f"{name}.{buffer}": getattr(module, buffer).clone()
             for name, module in model.named_modules() if isinstance(module, nn.BatchNorm2d)
-            and not name.startswith("layer4") for buffer in ("running_mean", "running_var", "num_batches_tracked")}
+            and not name.startswith(unfrozen) for buffer in ("running_mean", "running_var", "num_batches_tracked")}
 
 
-def test_frozen_batchnorm_statistics_never_change(data):
-    before = _frozen_bn_statistics(build_finetune_model("random", 3, 0, ["layer4"]))
-    model, _ = finetune(data, "random", EpochConfig(epochs=2, batch_size=8), log=None)
-    after = _frozen_bn_statistics(model)
+@pytest.mark.parametrize("unfreeze", [("layer4",), ("layer2", "layer4")])
+def test_frozen_batchnorm_statistics_never_change(data, unfreeze):
+    before = _frozen_bn_statistics(build_finetune_model("random", 3, 0, list(unfreeze)), unfreeze)
+    model, _ = finetune(data, "random", EpochConfig(epochs=2, batch_size=8), unfreeze=unfreeze, log=None)
+    after = _frozen_bn_statistics(model, unfreeze)
     assert before.keys() == after.keys() and len(before) > 10
     assert all(torch.equal(before[key], after[key]) for key in before)
     # ... whereas the notebook's behaviour (whole model in train mode) does move them

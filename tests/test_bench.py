@@ -1,0 +1,25 @@
+"""featcache bench: every figure present, ratios computed from this run's figures (no timing asserted)."""
+import json
+
+import pytest
+
+
+def test_bench_reports_figures_ratios_and_targets(image_folder, run_cli, tmp_path):
+    result = run_cli("bench", "--data", image_folder, "--weights", "random", "--image-size", "32", "--views", "2",
+                     "--epochs", "2", "--extract-batch-size", "8", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench.json").read_text())
+    figures, ratios = report["figures"], report["ratios"]
+    assert figures["train_images"] == 24 and figures["test_images"] == 12
+    for key in ("bare_forward_images_per_s", "extract_images_per_s", "head_s", "end_to_end_s",
+                "notebook_pipeline_images_per_s", "featcache_pipeline_images_per_s"):
+        assert figures[key] > 0, key
+    assert 0 <= figures["extract_share_outside_backbone"] < 1
+    assert ratios["head_speedup_vs_end_to_end"] == pytest.approx(figures["end_to_end_s"] / figures["head_s"])
+    assert ratios["first_run_speedup_vs_end_to_end"] == pytest.approx(
+        figures["end_to_end_s"] / (figures["extract_s"] + figures["head_s"]))
+    assert set(report["targets"]) == {"extraction_vs_bare_forward", "head_speedup_vs_end_to_end",
+                                      "first_run_speedup_vs_end_to_end"}
+    for check in report["targets"].values():
+        assert check["met"] == (check["value"] >= check["target"])
+    assert report["machine"]["torch_version"] and "| head_speedup_vs_end_to_end |" in (tmp_path / "bench.md").read_text()
