@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from . import FeatcacheError, __version__
-from .augment import make_views, transform_description
+from .augment import ImageBatch, make_views, transform_description
 from .backbone import FEATURE_DIM
 from .data import Dataset, DecodedChunks, DecodedSplit
 
@@ -175,6 +175,20 @@ def _open_partial(partial: Path, key: str) -> h5py.File | None:
     return None
 
 
+def _view_batches(split, split_name: str, starts: list[int], views: list[int], provenance: dict, batch_size: int,
+                  num_workers: int, device):
+    """(chunk start, view position, normalised views) for every chunk from `starts`, every view."""
+    chunks = DecodedChunks(DecodedSplit(split, provenance["image_size"]), starts, batch_size)
+    for start, images in torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers):
+        if isinstance(images, FeatcacheError):
+            raise images
+        indices = list(range(start, start + len(images)))
+        batch = ImageBatch(images, device)
+        for position, view in enumerate(views):
+            yield start, position, make_views(batch, indices, view, split_name, provenance["seed"],
+                                              provenance["image_size"], device)
+
+
 def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache_dir: Path,
             batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0,
             force: bool = False, progress: bool = True,
@@ -216,28 +230,23 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
             views = views_per_split[split_name]
             features = handle[f"{split_name}/features"]
             starts = list(range(int(handle.attrs[f"{split_name}_done"]), len(split), batch_size))
-            chunks = DecodedChunks(DecodedSplit(split, provenance["image_size"]), starts, batch_size)
-            loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
-            for start, images in loader:
-                if isinstance(images, FeatcacheError):
-                    raise images
-                indices = list(range(start, start + len(images)))
-                rows = np.empty((len(images), len(views), FEATURE_DIM), dtype=np.float32)
-                for position, view in enumerate(views):
-                    batch = make_views(images, indices, view, split_name, provenance["seed"],
-                                       provenance["image_size"], device)
-                    forward_started = time.perf_counter()
-                    with torch.inference_mode():
-                        output = backbone(batch).float().cpu()
-                    result.backbone_seconds += time.perf_counter() - forward_started
-                    rows[:, position] = output.numpy()
-                    result.images += len(images)
-                    bar.update(len(images))
-                features[start:start + len(images)] = rows if split_name == "train" else rows[:, 0]
-                handle.attrs[f"{split_name}_done"] = start + len(images)
+            for start, position, batch in _view_batches(split, split_name, starts, views, provenance,
+                                                        batch_size, num_workers, device):
+                if position == 0:
+                    rows = np.empty((len(batch), len(views), FEATURE_DIM), dtype=np.float32)
+                forward_started = time.perf_counter()
+                with torch.inference_mode():
+                    rows[:, position] = backbone(batch).float().cpu().numpy()
+                result.backbone_seconds += time.perf_counter() - forward_started
+                result.images += len(batch)
+                bar.update(len(batch))
+                if position < len(views) - 1:
+                    continue
+                features[start:start + len(rows)] = rows if split_name == "train" else rows[:, 0]
+                handle.attrs[f"{split_name}_done"] = start + len(rows)
                 handle.flush()
                 if on_chunk is not None:
-                    on_chunk(split_name, start + len(images))
+                    on_chunk(split_name, start + len(rows))
         bar.close()
         handle.attrs["complete"] = True
     os.replace(partial, final)

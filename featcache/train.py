@@ -2,8 +2,8 @@
 
 `run_epochs` is the loop of the reference notebook (and of torchvision's references/classification):
 shuffle with a seeded generator, Adam step per batch of 32, per-epoch train loss, train accuracy (on
-the batches as they were trained) and test accuracy. The cached head trainer uses the same loop, so
-the only difference between cached and end-to-end feature extraction is where features come from.
+the batches as they were trained) and test accuracy. Linear heads (cached or end to end) use the
+same loop with a faster step, heads.train_heads.
 """
 from __future__ import annotations
 
@@ -121,28 +121,6 @@ class ImageData:
 
     def test_batch(self, window: slice) -> torch.Tensor:
         return self.views("test", list(range(len(self.test_images)))[window], 0)
-
-
-def reference_feature_extraction(data: ImageData, backbone: nn.Module, config: EpochConfig, lr: float,
-                                 views: int, log=tqdm.write, progress: bool = False) -> tuple[nn.Linear, dict]:
-    """The notebook's feature extraction: the frozen backbone runs on every batch, every epoch.
-
-    Epoch e trains on augmented view 1 + e % views of each image, exactly what a head trained from a
-    cache with `views` augmented views sees; kept as the reference the cache is checked and timed against.
-    """
-    backbone = backbone.to(data.device).eval().to(memory_format=torch.channels_last)
-    head = seeded_linear(FEATURE_DIM, len(data.classes), config.seed).to(data.device)
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
-
-    def features(epoch, indices):
-        with torch.no_grad():
-            return backbone(data.views("train", indices.tolist(), 1 + epoch % views))
-
-    model = nn.Sequential(backbone, head).eval()
-    history = run_epochs(head, optimizer, data.train_labels.to(data.device), features,
-                         lambda: accuracy(model, data.test_batch, data.test_labels.to(data.device)), config,
-                         log=log, progress=progress)
-    return head, history
 
 
 def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[str]) -> nn.Module:

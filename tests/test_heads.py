@@ -10,8 +10,9 @@ import torch
 from featcache.backbone import load_backbone, weights_hash
 from featcache.cache import cache_provenance, extract, load_cache
 from featcache.data import decode_all, load_dataset
-from featcache.heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
-from featcache.train import EpochConfig, ImageData, reference_feature_extraction
+from featcache.heads import (LinearHeads, logistic_regression_probe, logreg_as_linear, reference_feature_extraction,
+                             sweep_heads, train_linear_head, with_bias_column)
+from featcache.train import EpochConfig, ImageData, seeded_linear
 from conftest import tree_digest
 
 VIEWS = 3
@@ -42,6 +43,29 @@ def test_cached_training_equals_the_end_to_end_reference_loop(cached):
     assert history["train_acc"] == reference["train_acc"]
     assert history["test_acc"] == reference["test_acc"]
     assert len(set(history["train_loss"])) == 5  # it trained: the loss moved every epoch
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_hand_written_head_step_matches_torch_adam(weight_decay):
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 16, generator=generator) * 3
+    labels = torch.randint(0, 4, (40,), generator=generator)
+    reference = seeded_linear(16, 4, 5)
+    heads = LinearHeads([seeded_linear(16, 4, 5)], [3e-2], [weight_decay])
+    optimizer = torch.optim.Adam(reference.parameters(), lr=3e-2, weight_decay=weight_decay)
+    onehot = torch.nn.functional.one_hot(labels, 4).float()
+    for step in range(60):
+        batch = slice((step * 8) % 40, (step * 8) % 40 + 8)
+        log_probs = heads.step(with_bias_column(features[batch]), onehot[batch])
+        loss = torch.nn.functional.cross_entropy(reference(features[batch]), labels[batch])
+        assert -(log_probs[0] * onehot[batch]).sum(-1).mean().item() == pytest.approx(loss.item(), abs=1e-5)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    trained = heads.as_linear()
+    assert torch.allclose(trained.weight, reference.weight, atol=1e-5)
+    assert torch.allclose(trained.bias, reference.bias, atol=1e-5)
+    assert not torch.allclose(trained.weight, seeded_linear(16, 4, 5).weight, atol=1e-2)  # it did train
 
 
 def test_train_head_cli_writes_a_run(cached, run_cli, tmp_path):
