@@ -89,12 +89,13 @@ def with_bias_column(features: torch.Tensor) -> torch.Tensor:
     return nn.functional.pad(features, (0, 1), value=1.0)
 
 
-def train_heads(heads: LinearHeads, batch_features, labels: torch.Tensor, config: EpochConfig,
+def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config: EpochConfig,
                 test_accuracy=None, log=None) -> dict:
     """The reference epoch loop (seeded shuffle, batches, per-epoch train loss and accuracy on the
-    batches as trained, test accuracy) for G heads at once; batch_features(epoch, indices) -> [B, D+1].
+    batches as trained, test accuracy) for G heads at once.
 
-    Histories hold one value per head per epoch; the shuffle is run_epochs' (same seed, same order).
+    epoch_batches(epoch, order, batch_size) yields the feature batches [B, D+1] of the samples in
+    `order`, batch by batch. Histories hold one value per head per epoch; the shuffle is run_epochs'.
     """
     classes = heads.params.shape[1]
     onehot = nn.functional.one_hot(labels, classes).float()
@@ -103,17 +104,30 @@ def train_heads(heads: LinearHeads, batch_features, labels: torch.Tensor, config
     count = len(labels)
     for epoch in range(config.epochs):
         order = torch.randperm(count, generator=generator)
+        targets = onehot[order]
         log_probs = torch.empty(len(heads.params), count, classes)
-        for start in range(0, count, config.batch_size):
-            indices = order[start:start + config.batch_size]
-            log_probs[:, start:start + len(indices)] = heads.step(batch_features(epoch, indices), onehot[indices])
-        history["train_loss"].append((-(log_probs * onehot[order]).sum(-1).mean(-1)).tolist())
+        start = 0
+        for features in epoch_batches(epoch, order, config.batch_size):
+            stop = start + len(features)
+            log_probs[:, start:stop] = heads.step(features, targets[start:stop])
+            start = stop
+        history["train_loss"].append((-(log_probs * targets).sum(-1).mean(-1)).tolist())
         history["train_acc"].append((log_probs.argmax(-1) == labels[order]).float().mean(-1).tolist())
         history["test_acc"].append(test_accuracy().tolist() if test_accuracy is not None else None)
         if log is not None:
             log(log_epoch(epoch, config.epochs, history["train_loss"][-1][0], history["train_acc"][-1][0],
                           history["test_acc"][-1][0]))
     return history
+
+
+def cached_batches(features: torch.Tensor):
+    """epoch_batches over cached views [N, 1+V, D]: one gather per epoch, then slices (no per-batch copies)."""
+    views = features.shape[1] - 1
+
+    def batches(epoch, order, batch_size):
+        epoch_features = with_bias_column(features[order, view_for_epoch(epoch, views)])
+        return (epoch_features[start:start + batch_size] for start in range(0, len(order), batch_size))
+    return batches
 
 
 def single_head_history(history: dict) -> dict:
@@ -124,12 +138,10 @@ def train_linear_head(train_features: torch.Tensor, train_labels: torch.Tensor, 
                       test_labels: torch.Tensor, config: EpochConfig, lr: float = 1e-3,
                       weight_decay: float = 0.0, log=None) -> tuple[nn.Linear, dict]:
     """A Linear(512, C) head on cached views [N, 1+V, 512], with the reference loop and defaults."""
-    views = train_features.shape[1] - 1
     classes = int(max(train_labels.max(), test_labels.max())) + 1
     heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, config.seed)], [lr], [weight_decay])
-    features = with_bias_column(train_features)
-    history = train_heads(heads, lambda epoch, indices: features[indices, view_for_epoch(epoch, views)],
-                          train_labels, config, lambda: heads.accuracy(test_features, test_labels), log)
+    history = train_heads(heads, cached_batches(train_features), train_labels, config,
+                          lambda: heads.accuracy(test_features, test_labels), log)
     return heads.as_linear(), single_head_history(history)
 
 
@@ -145,8 +157,10 @@ def reference_feature_extraction(data: ImageData, backbone: nn.Module, config: E
     heads = LinearHeads([seeded_linear(FEATURE_DIM, len(data.classes), config.seed)], [lr], [0.0])
 
     @torch.inference_mode()
-    def train_features(epoch, indices):
-        return with_bias_column(backbone(data.views("train", indices.tolist(), view_for_epoch(epoch, views))).cpu())
+    def train_batches(epoch, order, batch_size):
+        for start in range(0, len(order), batch_size):  # the backbone runs batch by batch, as in the notebook
+            indices = order[start:start + batch_size].tolist()
+            yield with_bias_column(backbone(data.views("train", indices, view_for_epoch(epoch, views))).cpu())
 
     @torch.inference_mode()
     def test_accuracy():
@@ -157,7 +171,7 @@ def reference_feature_extraction(data: ImageData, backbone: nn.Module, config: E
             correct += heads.accuracy(features, data.test_labels[window]) * len(features)
         return correct / len(data.test_labels)
 
-    history = train_heads(heads, train_features, data.train_labels, config, test_accuracy, log)
+    history = train_heads(heads, train_batches, data.train_labels, config, test_accuracy, log)
     return heads.as_linear(), single_head_history(history)
 
 
@@ -198,10 +212,7 @@ def sweep_heads(train_features: torch.Tensor, train_labels: torch.Tensor, lrs, w
     classes = int(train_labels.max()) + 1
     heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, config.seed)] * len(settings),
                         [lr for lr, _ in settings], [wd for _, wd in settings])
-    views = train_features.shape[1] - 1
-    fit_features = with_bias_column(train_features[fit])
-    history = train_heads(heads, lambda epoch, indices: fit_features[indices, view_for_epoch(epoch, views)],
-                          train_labels[fit], config)
+    history = train_heads(heads, cached_batches(train_features[fit]), train_labels[fit], config)
     val_acc = heads.accuracy(train_features[val, 0], train_labels[val])
     grid = [{"lr": lr, "weight_decay": wd, "val_acc": float(acc), "final_train_loss": loss}
             for (lr, wd), acc, loss in zip(settings, val_acc, history["train_loss"][-1])]
