@@ -86,49 +86,54 @@ def view_params(seed: int, split: str, index: int, view: int, height: int, width
                       brightness_first=bool(rng.random() < 0.5))
 
 
-def _normalize(batch: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / std as one fused x * (1/std) + (-mean/std), laid out channels-last for the backbone."""
+def _normalize_(batch: torch.Tensor) -> torch.Tensor:
+    """In place: (x - mean) / std as one fused x * (1/std) + (-mean/std)."""
     mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
-    return torch.addcmul(-mean / std, batch, 1 / std).contiguous(memory_format=torch.channels_last)
+    return torch.addcmul(-mean / std, batch, 1 / std, out=batch)
 
 
 def _resized_crops(images: torch.Tensor, params: list[ViewParams], size: int) -> torch.Tensor:
-    """Crop each image to its box and resize to size x size, bilinear, in one grid_sample call."""
+    """Crop each image to its box, resize to size x size (bilinear) and mirror the flipped ones, in one
+    grid_sample call: a flip is the same sample points in reverse order, so it costs no extra pass."""
     _, _, height, width = images.shape
-    boxes = torch.tensor([[p.top, p.left, p.height, p.width] for p in params],
-                         dtype=torch.float32, device=images.device)
-    steps = (torch.arange(size, dtype=torch.float32, device=images.device) + 0.5) / size
+    device = images.device
+    boxes = torch.tensor([[p.top, p.left, p.height, p.width] for p in params], dtype=torch.float32, device=device)
+    steps = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size
     # Pixel-centre coordinates of the output in the source image, then grid_sample's [-1, 1] units.
     ys = boxes[:, 0:1] + steps * boxes[:, 2:3] - 0.5
     xs = boxes[:, 1:2] + steps * boxes[:, 3:4] - 0.5
     ys = (2 * ys + 1) / height - 1
     xs = (2 * xs + 1) / width - 1
+    flip = torch.tensor([p.flip for p in params], device=device)[:, None]
+    xs = torch.where(flip, xs.flip(-1), xs)
     grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)
     return nnf.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (x * factor).clamp_(0, 1)
+def _adjust_brightness_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return x.mul_(factor).clamp_(0, 1)
 
 
-def _adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _adjust_contrast_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with the mean of the grayscale image; mean(gray) = sum_c w_c mean(x_c), one reduction."""
     weights = torch.tensor([0.2989, 0.587, 0.114], device=x.device)  # torchvision's rgb_to_grayscale
     mean = (x.mean(dim=(2, 3)) @ weights).view(-1, 1, 1, 1)
-    return torch.addcmul((1 - factor) * mean, factor, x).clamp_(0, 1)
+    return x.mul_(factor).add_((1 - factor) * mean).clamp_(0, 1)
 
 
-def _color_jitter(batch: torch.Tensor, params: list[ViewParams]) -> torch.Tensor:
-    """torchvision's adjust_brightness/adjust_contrast, in each view's own random order."""
+def _color_jitter_(batch: torch.Tensor, params: list[ViewParams]) -> torch.Tensor:
+    """In place: torchvision's adjust_brightness/adjust_contrast, in each view's own random order.
+    In place because at 224 px every fresh batch-sized tensor costs as much as the arithmetic."""
     device = batch.device
     brightness = torch.tensor([p.brightness for p in params], device=device).view(-1, 1, 1, 1)
     contrast = torch.tensor([p.contrast for p in params], device=device).view(-1, 1, 1, 1)
-    out = _adjust_contrast(_adjust_brightness(batch, brightness), contrast)
     other = torch.tensor([not p.brightness_first for p in params], device=device).nonzero().flatten()
-    if len(other):  # the views that drew the other order: recompute just those
-        out[other] = _adjust_brightness(_adjust_contrast(batch[other], contrast[other]), brightness[other])
-    return out
+    contrast_first = batch[other] if len(other) else None  # a copy, taken before the in-place steps
+    _adjust_contrast_(_adjust_brightness_(batch, brightness), contrast)
+    if contrast_first is not None:
+        batch[other] = _adjust_brightness_(_adjust_contrast_(contrast_first, contrast[other]), brightness[other])
+    return batch
 
 
 class ImageBatch:
@@ -152,17 +157,16 @@ def make_views(images: list[torch.Tensor] | ImageBatch, indices: list[int], view
     parameters, so the pixels do not depend on how samples are batched.
     """
     batch = images if isinstance(images, ImageBatch) else ImageBatch(images, device)
-    out = torch.empty(batch.count, 3, image_size, image_size, device=batch.device)
+    out = torch.empty(batch.count, 3, image_size, image_size, device=batch.device,
+                      memory_format=torch.channels_last)  # the backbone's layout, kept by in-place ops
     if view == 0:
         for members, group in batch.groups:
             top, left = (int(round((extent - image_size) / 2.0)) for extent in group.shape[2:])
             out[members] = group[:, :, top:top + image_size, left:left + image_size]
-        return _normalize(out)
+        return _normalize_(out)
     params = [None] * batch.count
     for members, group in batch.groups:
         for k in members:
             params[k] = view_params(seed, split, indices[k], view, *group.shape[2:])
         out[members] = _resized_crops(group, [params[k] for k in members], image_size)
-    flip = [k for k, p in enumerate(params) if p.flip]
-    out[flip] = out[flip].flip(-1)
-    return _normalize(_color_jitter(out, params))
+    return _normalize_(_color_jitter_(out, params))
