@@ -145,8 +145,17 @@ class ImageBatch:
         by_shape: dict[tuple, list[int]] = {}
         for k, image in enumerate(images):
             by_shape.setdefault(tuple(image.shape), []).append(k)
-        self.groups = [(members, torch.stack([images[k] for k in members]).to(device).float().div_(255))
+        self.groups = [(members, _to_device(torch.stack([images[k] for k in members]), device).float().div_(255))
                        for members in by_shape.values()]
+
+
+def _to_device(images: torch.Tensor, device) -> torch.Tensor:
+    """uint8 images to the device before any float work: on a GPU the augmentation runs there, and
+    the copy comes from pinned memory without blocking."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return images
+    return images.pin_memory().to(device, non_blocking=True)
 
 
 def make_views(images: list[torch.Tensor] | ImageBatch, indices: list[int], view: int, split: str, seed: int,

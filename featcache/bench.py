@@ -49,6 +49,24 @@ def bare_forward_throughput(backbone, batch: torch.Tensor, batches: int) -> floa
     return batches * len(batch) / (time.perf_counter() - started)
 
 
+def bf16_agreement(backbone, batch: torch.Tensor) -> dict:
+    """How far bf16-autocast features are from fp32 ones on the same batch, and its throughput."""
+    device = batch.device
+    with torch.inference_mode():
+        reference = backbone(batch).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            backbone(batch)  # warm-up
+            _sync(device)
+            started = time.perf_counter()
+            low = backbone(batch).float()
+            _sync(device)
+            seconds = time.perf_counter() - started
+    cosine = torch.nn.functional.cosine_similarity(reference, low, dim=1)
+    return {"bf16_forward_images_per_s": len(batch) / seconds,
+            "bf16_feature_cosine_min": cosine.min().item(),
+            "bf16_feature_relative_error": ((low - reference).norm() / reference.norm()).item()}
+
+
 def notebook_pipeline_throughput(dataset: Dataset, image_size: int, batch_size: int, num_workers: int,
                                  limit: int) -> float:
     """Images/s of the reference notebook's input pipeline: PIL transforms per image in a DataLoader."""
@@ -113,6 +131,8 @@ def run_bench(dataset: Dataset, weights: str, image_size: int, views: int, epoch
     log("timing the bare backbone forward ...")
     batches = max(3, 512 // probe_count)
     bare_before = bare_forward_throughput(backbone, probe, batches)
+    log("comparing bf16 autocast features with fp32 ...")
+    figures.update(bf16_agreement(backbone, probe))
     log("timing input pipelines ...")
     limit = min(len(dataset.train), 512)
     figures["notebook_pipeline_images_per_s"] = notebook_pipeline_throughput(

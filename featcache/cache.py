@@ -39,8 +39,11 @@ FORMAT_VERSION = 1
 BACKBONE = "torchvision.resnet18"
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def cache_provenance(dataset: Dataset, weights_id: str, weights_digest: str, image_size: int,
-                     views: int, seed: int) -> dict:
+                     views: int, seed: int, precision: str = "fp32") -> dict:
     """Everything that determines the cached numbers; the cache key is a hash of exactly this."""
     return {
         "format_version": FORMAT_VERSION,
@@ -55,6 +58,7 @@ def cache_provenance(dataset: Dataset, weights_id: str, weights_digest: str, ima
         "transform": transform_description(image_size),
         "views": views,
         "seed": seed,
+        "precision": precision,  # bf16 autocast changes the features: another cache
     }
 
 
@@ -142,7 +146,7 @@ def _create_partial(partial: Path, dataset: Dataset, provenance: dict, chunk_row
             "key": cache_key(provenance), "complete": False, "backbone": BACKBONE,
             "weights": provenance["weights"], "weights_hash": provenance["weights_hash"],
             "image_size": provenance["image_size"], "transform": json.dumps(provenance["transform"]),
-            "views": provenance["views"], "seed": provenance["seed"],
+            "views": provenance["views"], "seed": provenance["seed"], "precision": provenance["precision"],
             "classes": json.dumps(provenance["classes"]),
             "dataset": json.dumps({"name": dataset.name, "fingerprint": provenance["dataset_fingerprint"],
                                    **dataset.description}),
@@ -175,11 +179,20 @@ def _open_partial(partial: Path, key: str) -> h5py.File | None:
     return None
 
 
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for the backbone when asked (fast on GPUs with bf16 units); fp32 otherwise."""
+    if precision not in PRECISIONS:
+        raise FeatcacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def _view_batches(split, split_name: str, starts: list[int], views: list[int], provenance: dict, batch_size: int,
                   num_workers: int, device):
     """(chunk start, view position, normalised views) for every chunk from `starts`, every view."""
     chunks = DecodedChunks(DecodedSplit(split, provenance["image_size"]), starts, batch_size)
-    for start, images in torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers):
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
+    for start, images in loader:
         if isinstance(images, FeatcacheError):
             raise images
         indices = list(range(start, start + len(images)))
@@ -235,7 +248,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
                 if position == 0:
                     rows = np.empty((len(batch), len(views), FEATURE_DIM), dtype=np.float32)
                 forward_started = time.perf_counter()
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast(device, provenance["precision"]):
                     rows[:, position] = backbone(batch).float().cpu().numpy()
                 result.backbone_seconds += time.perf_counter() - forward_started
                 result.images += len(batch)

@@ -75,12 +75,19 @@ def run_options(batch_size: int, batch_help: str):
     return decorate
 
 
+precision_option = click.option(
+    "--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+    help="Backbone arithmetic during extraction: fp32, or bf16 autocast (faster on GPUs with bf16 units; "
+         "`featcache bench` reports how far its features are from fp32's).")
+
+
 def cache_options(function):
     options = [
         click.option("--views", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Augmented views cached per training image (plus the clean view 0)."),
         click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("cache"), show_default=True,
                      help="Folder of cache files."),
+        precision_option,
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), function)
 
@@ -104,7 +111,7 @@ def prepare_cache(options: dict, progress: bool = True):
     dataset = load_dataset_from_options(options)
     backbone = load_backbone(options["weights"], options["seed"])
     provenance = cache_provenance(dataset, options["weights"], weights_hash(backbone),
-                                  options["image_size"], options["views"], options["seed"])
+                                  options["image_size"], options["views"], options["seed"], options["precision"])
     return extract(dataset, backbone, provenance, options["cache_dir"],
                    batch_size=options["batch_size"], device=resolve_device(options["device"]),
                    num_workers=options["num_workers"], force=options.get("force", False), progress=progress)
@@ -156,7 +163,7 @@ def find_cache(cache: Path | None, options: dict):
         dataset = load_dataset_from_options(options)
         backbone = load_backbone(options["weights"], options["seed"])
         provenance = cache_provenance(dataset, options["weights"], weights_hash(backbone),
-                                      options["image_size"], options["views"], options["seed"])
+                                      options["image_size"], options["views"], options["seed"], options["precision"])
         cache = cache_path(options["cache_dir"], dataset, provenance)
         if not cache.exists() and not cache.with_name(cache.name + ".partial").exists():
             raise FeatcacheError(f"no cache for these inputs ({cache}); run featcache extract with the same options")
@@ -188,6 +195,7 @@ def epoch_options(function):
               help="Augmented views of the cache to find (without CACHE).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("cache"), show_default=True,
               help="Folder of cache files (without CACHE).")
+@precision_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds head init, shuffling and the validation split (and picks the cache without CACHE).")
 @epoch_options
@@ -442,6 +450,7 @@ def inspect_command(data, classes, per_class, test_per_class, download, data_roo
               help="Images per backbone forward during extraction.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("cache"), show_default=True,
               help="Folder of cache files.")
+@precision_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the three run directories and the comparison. Default: runs/experiment-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace runs already in --out.")

@@ -130,8 +130,9 @@ def test_changed_weights_transform_or_views_never_reuse(image_folder, tmp_path, 
     assert run_cli(*base, "--weights", weights, "--image-size", "32", "--views", "2").exit_code == 0
     assert run_cli(*base, "--weights", "random", "--image-size", "40", "--views", "2").exit_code == 0
     assert run_cli(*base, "--weights", "random", "--image-size", "32", "--views", "3").exit_code == 0
+    assert run_cli(*base, "--weights", "random", "--image-size", "32", "--views", "2", "--precision", "bf16").exit_code == 0
     files = sorted(cache_dir.glob("*.h5"))
-    assert len(files) == 5
+    assert len(files) == 6
     after = tree_digest(cache_dir)
     assert all(after[name] == digest for name, digest in before.items())
     copy = tmp_path / "elsewhere.pth"
