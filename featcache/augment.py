@@ -3,7 +3,7 @@
 Training transform: Resize(s*256/224) -> RandomResizedCrop(s) -> RandomHorizontalFlip ->
 ColorJitter(brightness=0.2, contrast=0.2) -> ImageNet normalisation. Validation transform:
 Resize(s*256/224) -> CenterCrop(s) -> normalisation. The resize happens once at decode time
-(see data.DecodedSplit); this module does the rest.
+(DecodedSplit); the random steps then run on whole batches.
 
 A view is a pure function of (seed, split, sample index, view index): its random parameters come
 from a generator seeded by those four numbers, never from global RNG state, so the same view can be
@@ -21,28 +21,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as nnf
+import torchvision.transforms.v2.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from . import FeatcacheError
+from .data import Split
+from .spec import BRIGHTNESS, CONTRAST, IMAGENET_MEAN, IMAGENET_STD, RATIO, SCALE, resize_size
+
 SPLIT_CODES = {"train": 0, "test": 1}
-SCALE = (0.08, 1.0)
-RATIO = (3 / 4, 4 / 3)
-BRIGHTNESS = 0.2
-CONTRAST = 0.2
-
-
-def transform_description(image_size: int) -> dict:
-    """Everything about the transforms that determines the pixels, for provenance and the cache key."""
-    from .data import resize_size
-
-    return {
-        "train": [f"Resize({resize_size(image_size)})", f"RandomResizedCrop({image_size}, scale={SCALE}, "
-                  f"ratio=({RATIO[0]:.4f}, {RATIO[1]:.4f}))", "RandomHorizontalFlip(0.5)",
-                  f"ColorJitter(brightness={BRIGHTNESS}, contrast={CONTRAST})", "Normalize(ImageNet)"],
-        "val": [f"Resize({resize_size(image_size)})", f"CenterCrop({image_size})", "Normalize(ImageNet)"],
-        "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "params": "random.Random('featcache/{seed}/{split}/{index}/{view}')",
-        "sampling": "bilinear crop-resize (grid_sample), border padding",
-    }
 
 
 @dataclass(frozen=True)
@@ -179,3 +164,48 @@ def make_views(images: list[torch.Tensor] | ImageBatch, indices: list[int], view
             params[k] = view_params(seed, split, indices[k], view, *group.shape[2:])
         out[members] = _resized_crops(group, [params[k] for k in members], image_size)
     return _normalize_(_color_jitter_(out, params))
+
+
+class DecodedSplit(torch.utils.data.Dataset):
+    """Sample i decoded and resized (shorter side to resize_size) as a uint8 [3, H, W] tensor.
+
+    The resize is the reference pipeline's first, deterministic step, done once on the PIL image
+    exactly as torchvision's Resize does; the random steps then run batched on tensors.
+    """
+
+    def __init__(self, split: Split, image_size: int):
+        self.split = split
+        self.size = resize_size(image_size)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = F.resize(self.split.read(index), [self.size])
+        return F.pil_to_tensor(image)
+
+
+class DecodedChunks(torch.utils.data.Dataset):
+    """Chunks of consecutive samples, so DataLoader workers decode a whole chunk at a time."""
+
+    def __init__(self, decoded: DecodedSplit, starts: list[int], chunk_size: int):
+        self.decoded, self.starts, self.chunk_size = decoded, starts, chunk_size
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, position: int):
+        """(start, images), or (start, FeatcacheError): returned, not raised, because a DataLoader
+        worker would wrap a raised error in a multi-line traceback message."""
+        start = self.starts[position]
+        stop = min(start + self.chunk_size, len(self.decoded))
+        try:
+            return start, [self.decoded[i] for i in range(start, stop)]
+        except FeatcacheError as error:
+            return start, error
+
+
+def decode_all(split: Split, image_size: int) -> list[torch.Tensor]:
+    """Every sample of a split decoded once, for the end-to-end trainers that revisit them each epoch."""
+    decoded = DecodedSplit(split, image_size)
+    return [decoded[i] for i in range(len(decoded))]

@@ -1,7 +1,6 @@
 """torchvision ResNet-18 as a 512-d feature extractor, from ImageNet, a local file or a seeded random init."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -76,15 +75,6 @@ def load_backbone(weights: str = "imagenet", seed: int = 0) -> nn.Module:
         raise FeatcacheError(f"weights {weights} do not fit torchvision resnet18: {details}")
     model.load_state_dict(state)
     return model
-
-
-def weights_hash(model: nn.Module) -> str:
-    """sha256 of the backbone's parameters and buffers: the weights' identity, whatever the file path."""
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def resolve_device(device: str = "auto") -> torch.device:

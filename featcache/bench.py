@@ -16,10 +16,11 @@ from torchvision import transforms
 
 from . import FeatcacheError
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, make_views
-from .backbone import load_backbone, weights_hash
-from .cache import cache_provenance, extract, load_cache
-from .data import Dataset, DecodedChunks, DecodedSplit, decode_all, resize_size
+from .augment import DecodedChunks, DecodedSplit, decode_all, make_views
+from .backbone import load_backbone
+from .cache import extract, load_cache
+from .data import Dataset
+from .spec import IMAGENET_MEAN, IMAGENET_STD, cache_provenance, resize_size
 from .heads import reference_feature_extraction, train_linear_head
 from .report import markdown_table
 from .train import EpochConfig, ImageData
@@ -63,7 +64,7 @@ def bf16_agreement(backbone, batch: torch.Tensor) -> dict:
             seconds = time.perf_counter() - started
     cosine = torch.nn.functional.cosine_similarity(reference, low, dim=1)
     return {"bf16_forward_images_per_s": len(batch) / seconds,
-            "bf16_feature_cosine_min": cosine.min().item(),
+            "bf16_feature_cosine_distance_max": 1 - cosine.min().item(),
             "bf16_feature_relative_error": ((low - reference).norm() / reference.norm()).item()}
 
 
@@ -121,7 +122,7 @@ def run_bench(dataset: Dataset, weights: str, image_size: int, views: int, epoch
               end_to_end: bool = True, log=print) -> dict:
     """Time every path on one dataset and config; returns all figures, ratios and target checks."""
     backbone = load_backbone(weights, seed).to(device).eval().to(memory_format=torch.channels_last)
-    provenance = cache_provenance(dataset, weights, weights_hash(backbone), image_size, views, seed)
+    provenance = cache_provenance(dataset, weights, seed, image_size, views)
     decoded_test = decode_all(dataset.test, image_size)
     probe_count = min(extract_batch_size, len(decoded_test))
     probe = make_views(decoded_test[:probe_count], list(range(probe_count)), 0, "test", seed, image_size, device)

@@ -2,8 +2,8 @@
 
 Layout (readable with plain h5py):
     / attrs            format, format_version, featcache_version, key, complete, backbone,
-                       weights_hash, image_size, transform (JSON), views, seed, classes (JSON),
-                       dataset (JSON), train_done, test_done
+                       weights, image_size, transform (JSON), views, seed, precision,
+                       classes (JSON), dataset (JSON), train_done, test_done
     /train/features    float32 [N, 1+V, 512]   view 0 clean, views 1..V augmented
     /train/labels      int64 [N]
     /train/ids         str [N]
@@ -16,7 +16,6 @@ and a killed run resumes from the last recorded chunk.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -30,47 +29,11 @@ import torch
 from tqdm import tqdm
 
 from . import FeatcacheError, __version__
-from .augment import ImageBatch, make_views, transform_description
+from .augment import DecodedChunks, DecodedSplit, ImageBatch, make_views
 from .backbone import FEATURE_DIM
-from .data import Dataset, DecodedChunks, DecodedSplit
-
-FORMAT = "featcache"
-FORMAT_VERSION = 1
-BACKBONE = "torchvision.resnet18"
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def cache_provenance(dataset: Dataset, weights_id: str, weights_digest: str, image_size: int,
-                     views: int, seed: int, precision: str = "fp32") -> dict:
-    """Everything that determines the cached numbers; the cache key is a hash of exactly this."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "backbone": BACKBONE,
-        "weights": weights_id if weights_id in ("imagenet", "random") else "file",
-        "weights_hash": weights_digest,
-        "dataset_fingerprint": dataset.fingerprint(),
-        "classes": list(dataset.classes),
-        "train_ids_count": len(dataset.train),
-        "test_ids_count": len(dataset.test),
-        "image_size": image_size,
-        "transform": transform_description(image_size),
-        "views": views,
-        "seed": seed,
-        "precision": precision,  # bf16 autocast changes the features: another cache
-    }
-
-
-def cache_key(provenance: dict) -> str:
-    return hashlib.sha256(json.dumps(provenance, sort_keys=True).encode()).hexdigest()
-
-
-def cache_path(cache_dir: Path, dataset: Dataset, provenance: dict) -> Path:
-    key = cache_key(provenance)
-    name = f"{dataset.name}-resnet18-{provenance['image_size']}px-v{provenance['views']}-s{provenance['seed']}"
-    return Path(cache_dir) / f"{name}-{key[:16]}.h5"
-
+from .data import Dataset
+from .spec import (BACKBONE, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractResult, cache_key, cache_path,
+                   complete_cache_key, open_complete_cache)
 
 @dataclass
 class FeatureCache:
@@ -90,52 +53,17 @@ class FeatureCache:
         return self.train_features.shape[1] - 1
 
 
-def _check_format(handle: h5py.File, path: Path) -> None:
-    if handle.attrs.get("format") != FORMAT:
-        raise FeatcacheError(f"{path} is not a featcache cache file")
-    version = int(handle.attrs.get("format_version", -1))
-    if version != FORMAT_VERSION:
-        raise FeatcacheError(f"{path} is a featcache cache of format version {version}; this featcache "
-                             f"({__version__}) reads version {FORMAT_VERSION}: re-run featcache extract")
-
-
 def load_cache(path: Path) -> FeatureCache:
     """Read a cache file; anything but a complete featcache cache of this format is a FeatcacheError."""
-    path = Path(path)
-    if not path.is_file():
-        partial = path.with_name(path.name + ".partial")
-        hint = f" (an unfinished extraction is at {partial}; re-run extract to finish it)" if partial.exists() else ""
-        raise FeatcacheError(f"cache file {path} does not exist{hint}")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as error:
-        raise FeatcacheError(f"{path} is not a readable HDF5 file: {error}") from None
-    with handle:
-        _check_format(handle, path)
-        if not handle.attrs.get("complete", False):
-            raise FeatcacheError(f"cache {path} is incomplete; re-run featcache extract to finish it")
+    with open_complete_cache(path) as handle:
         attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in handle.attrs.items()}
         return FeatureCache(
-            path=path,
+            path=Path(path),
             train_features=torch.from_numpy(handle["train/features"][()]),
             train_labels=torch.from_numpy(handle["train/labels"][()]),
             test_features=torch.from_numpy(handle["test/features"][()]),
             test_labels=torch.from_numpy(handle["test/labels"][()]),
             classes=json.loads(attrs["classes"]), key=attrs["key"], attrs=attrs)
-
-
-@dataclass
-class ExtractResult:
-    path: Path
-    reused: bool
-    seconds: float
-    images: int = 0  # views run through the backbone by this call
-    backbone_seconds: float = 0.0
-    resumed_from: int = 0  # rows already done when this call started
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds else 0.0
 
 
 def _create_partial(partial: Path, dataset: Dataset, provenance: dict, chunk_rows: int) -> None:
@@ -144,7 +72,7 @@ def _create_partial(partial: Path, dataset: Dataset, provenance: dict, chunk_row
         handle.attrs.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "featcache_version": __version__,
             "key": cache_key(provenance), "complete": False, "backbone": BACKBONE,
-            "weights": provenance["weights"], "weights_hash": provenance["weights_hash"],
+            "weights": provenance["weights"],
             "image_size": provenance["image_size"], "transform": json.dumps(provenance["transform"]),
             "views": provenance["views"], "seed": provenance["seed"], "precision": provenance["precision"],
             "classes": json.dumps(provenance["classes"]),
@@ -217,9 +145,9 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
     final = cache_path(cache_dir, dataset, provenance)
     key = cache_key(provenance)
     if final.exists() and not force:
-        cached = load_cache(final)  # refuses a foreign or other-version file without touching it
-        if cached.key != key:
-            raise FeatcacheError(f"{final} holds a cache for other inputs (key {cached.key[:16]}); "
+        cached_key = complete_cache_key(final)  # refuses a foreign or other-version file without touching it
+        if cached_key != key:
+            raise FeatcacheError(f"{final} holds a cache for other inputs (key {cached_key[:16]}); "
                                  "move it away or pass --force to overwrite it")
         return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
     cache_dir.mkdir(parents=True, exist_ok=True)

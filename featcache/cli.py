@@ -7,11 +7,14 @@ import time
 from pathlib import Path
 
 import click
-import torch
 from tqdm import tqdm
 
 from . import FeatcacheError, __version__
-from .heads import DEFAULT_SWEEP_LRS, DEFAULT_SWEEP_WEIGHT_DECAYS
+
+# torch, sklearn and matplotlib are imported inside the commands that use them: finding an existing
+# cache (a repeated `featcache extract`) then answers in a fraction of a second.
+DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+DEFAULT_SWEEP_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
 
 
 class FriendlyGroup(click.Group):
@@ -104,14 +107,20 @@ def load_dataset_from_options(options: dict):
 
 
 def prepare_cache(options: dict, progress: bool = True):
-    """Resolve dataset and weights, then reuse, resume or write the matching cache."""
-    from .backbone import load_backbone, resolve_device, weights_hash
-    from .cache import cache_provenance, extract
+    """Reuse the matching complete cache (without importing torch), or resume or write it."""
+    from .spec import ExtractResult, cache_key, cache_path, cache_provenance, complete_cache_key
 
+    started = time.perf_counter()
     dataset = load_dataset_from_options(options)
+    provenance = cache_provenance(dataset, options["weights"], options["seed"], options["image_size"],
+                                  options["views"], options["precision"])
+    final = cache_path(options["cache_dir"], dataset, provenance)
+    if final.exists() and not options.get("force") and complete_cache_key(final) == cache_key(provenance):
+        return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
+    from .backbone import load_backbone, resolve_device
+    from .cache import extract
+
     backbone = load_backbone(options["weights"], options["seed"])
-    provenance = cache_provenance(dataset, options["weights"], weights_hash(backbone),
-                                  options["image_size"], options["views"], options["seed"], options["precision"])
     return extract(dataset, backbone, provenance, options["cache_dir"],
                    batch_size=options["batch_size"], device=resolve_device(options["device"]),
                    num_workers=options["num_workers"], force=options.get("force", False), progress=progress)
@@ -137,10 +146,9 @@ def extract(**options):
     clean view. The file name carries a key over everything that determines the features, so the
     same inputs reuse the file and any change writes a new one. A killed run resumes where it stopped.
     """
-    started = time.perf_counter()
     result = prepare_cache(options)
     if result.reused:
-        click.echo(f"reused complete cache {result.path} (found in {time.perf_counter() - started:.2f} s)")
+        click.echo(f"reused complete cache {result.path} (found in {result.seconds:.2f} s)")
     else:
         resumed = f", resumed after {result.resumed_from} rows" if result.resumed_from else ""
         click.echo(f"wrote {result.path}: {result.images} views in {result.seconds:.1f} s "
@@ -156,14 +164,13 @@ def _floats(text: str, name: str) -> list[float]:
 
 def find_cache(cache: Path | None, options: dict):
     """The cache named on the command line, or the one the dataset/weights options key to."""
-    from .backbone import load_backbone, weights_hash
-    from .cache import cache_path, cache_provenance, load_cache
+    from .cache import load_cache
+    from .spec import cache_path, cache_provenance
 
     if cache is None:
         dataset = load_dataset_from_options(options)
-        backbone = load_backbone(options["weights"], options["seed"])
-        provenance = cache_provenance(dataset, options["weights"], weights_hash(backbone),
-                                      options["image_size"], options["views"], options["seed"], options["precision"])
+        provenance = cache_provenance(dataset, options["weights"], options["seed"], options["image_size"],
+                                      options["views"], options["precision"])
         cache = cache_path(options["cache_dir"], dataset, provenance)
         if not cache.exists() and not cache.with_name(cache.name + ".partial").exists():
             raise FeatcacheError(f"no cache for these inputs ({cache}); run featcache extract with the same options")
@@ -232,6 +239,8 @@ def train_head(cache, **options):
 
 def run_train_head(options: dict, features, out: Path, **record) -> Path:
     """Train the head the options ask for on a loaded cache and write its run directory."""
+    import torch
+
     from .backbone import BACKBONE_PARAMETERS
     from .heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
     from .report import markdown_table
@@ -278,8 +287,10 @@ def run_train_head(options: dict, features, out: Path, **record) -> Path:
 
 def load_image_data(options: dict, view_seed: int):
     """Decode both splits once (resized for --image-size), for the end-to-end trainers."""
+    import torch
+
+    from .augment import decode_all
     from .backbone import resolve_device
-    from .data import decode_all
     from .train import ImageData
 
     dataset = load_dataset_from_options(options)
@@ -298,6 +309,8 @@ def _config_record(options: dict, **more) -> dict:
 
 
 def run_finetune(options: dict, data, dataset, out: Path) -> Path:
+    import torch
+
     from .backbone import count_parameters
     from .runs import HISTORY, WEIGHTS, read_run, write_run
     from .train import EpochConfig, check_learning_rate, finetune, timed
@@ -420,8 +433,8 @@ def inspect_command(data, classes, per_class, test_per_class, download, data_roo
     import numpy as np
     from torchvision.models import resnet18
 
-    from .augment import make_views
-    from .data import DecodedSplit, load_dataset
+    from .augment import DecodedSplit, make_views
+    from .data import load_dataset
     from .report import image_grid, markdown_table, parameter_table
 
     dataset = load_dataset(data, _split_classes(classes), per_class, test_per_class, download, data_root)

@@ -1,7 +1,8 @@
 """Datasets as lists of samples: ids, labels, class names and a content fingerprint.
 
-Images are decoded lazily (one sample at a time) so that a DataLoader can spread decoding over
-workers; everything that determines the numbers is fingerprinted up front for the cache key.
+Images are decoded lazily (augment.DecodedSplit) so that a DataLoader can spread decoding over
+workers; everything that determines the numbers is fingerprinted up front for the cache key. No
+torch here: finding an existing cache must not pay for importing it.
 """
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torchvision.transforms.v2.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from . import FeatcacheError
@@ -166,53 +165,3 @@ def _load_folder(root: Path, classes, per_class, test_per_class) -> Dataset:
     return Dataset(root.resolve().name, list(classes), splits["train"], splits["test"],
                    {"source": "image folder", "path": str(root.resolve()), "per_class": per_class,
                     "test_per_class": test_per_class})
-
-
-def resize_size(image_size: int) -> int:
-    """The reference pipeline resizes to 256 before cropping 224; scale that ratio to any size."""
-    return int(round(image_size * 256 / 224))
-
-
-class DecodedSplit(torch.utils.data.Dataset):
-    """Sample i decoded and resized (shorter side to resize_size) as a uint8 [3, H, W] tensor.
-
-    The resize is the reference pipeline's first, deterministic step, done once on the PIL image
-    exactly as torchvision's Resize does; the random steps then run batched on tensors.
-    """
-
-    def __init__(self, split: Split, image_size: int):
-        self.split = split
-        self.size = resize_size(image_size)
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        image = F.resize(self.split.read(index), [self.size])
-        return F.pil_to_tensor(image)
-
-
-class DecodedChunks(torch.utils.data.Dataset):
-    """Chunks of consecutive samples, so DataLoader workers decode a whole chunk at a time."""
-
-    def __init__(self, decoded: DecodedSplit, starts: list[int], chunk_size: int):
-        self.decoded, self.starts, self.chunk_size = decoded, starts, chunk_size
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, position: int):
-        """(start, images), or (start, FeatcacheError): returned, not raised, because a DataLoader
-        worker would wrap a raised error in a multi-line traceback message."""
-        start = self.starts[position]
-        stop = min(start + self.chunk_size, len(self.decoded))
-        try:
-            return start, [self.decoded[i] for i in range(start, stop)]
-        except FeatcacheError as error:
-            return start, error
-
-
-def decode_all(split: Split, image_size: int) -> list[torch.Tensor]:
-    """Every sample of a split decoded once, for the end-to-end trainers that revisit them each epoch."""
-    decoded = DecodedSplit(split, image_size)
-    return [decoded[i] for i in range(len(decoded))]

@@ -22,8 +22,6 @@ from .backbone import FEATURE_DIM
 from .cache import FeatureCache
 from .train import EVAL_BATCH, EpochConfig, ImageData, log_epoch, seeded_linear
 
-DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-DEFAULT_SWEEP_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
 DEFAULT_LOGREG_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 

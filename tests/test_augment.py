@@ -2,7 +2,8 @@
 import torch
 
 from featcache.augment import make_views, view_params
-from featcache.data import decode_all, load_dataset
+from featcache.augment import decode_all
+from featcache.data import load_dataset
 
 
 def _images(image_folder, size=32):

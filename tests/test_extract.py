@@ -14,8 +14,9 @@ from PIL import Image
 from torchvision.models import resnet18
 
 from featcache import FeatcacheError
-from featcache.backbone import load_backbone, weights_hash
-from featcache.cache import cache_path, cache_provenance, extract, load_cache
+from featcache.backbone import load_backbone
+from featcache.cache import extract, load_cache
+from featcache.spec import cache_provenance
 from featcache.data import load_dataset
 from conftest import SHARED_DATA, SHARED_WEIGHTS, tree_digest, write_image_folder
 
@@ -25,7 +26,7 @@ SMALL = ["--weights", "random", "--image-size", "32", "--views", "2", "--batch-s
 def _extract(image_folder, cache_dir, seed=0, batch_size=5, views=2, weights="random", on_chunk=None, force=False):
     dataset = load_dataset(str(image_folder))
     backbone = load_backbone(weights, seed)
-    provenance = cache_provenance(dataset, weights, weights_hash(backbone), 32, views, seed)
+    provenance = cache_provenance(dataset, weights, seed, 32, views)
     result = extract(dataset, backbone, provenance, cache_dir, batch_size=batch_size, progress=False,
                      on_chunk=on_chunk, force=force)
     return result
@@ -108,7 +109,7 @@ def test_sigkill_at_a_random_moment_resumes_to_the_same_result(tmp_path):
     [final] = (tmp_path / "cache").glob("*.h5")
     dataset = load_dataset(str(data))
     backbone = load_backbone("random", 0)
-    reference = extract(dataset, backbone, cache_provenance(dataset, "random", weights_hash(backbone), 32, 4, 0),
+    reference = extract(dataset, backbone, cache_provenance(dataset, "random", 0, 32, 4),
                         tmp_path / "reference", batch_size=4, progress=False)
     resumed, uninterrupted = load_cache(final), load_cache(reference.path)
     assert torch.allclose(resumed.train_features, uninterrupted.train_features, atol=1e-5)
@@ -164,3 +165,13 @@ def test_real_data_with_stand_in_weights(tmp_path, run_cli):
     assert cache.classes == ["horse", "cat"]
     assert cache.train_features.shape == (12, 2, 512) and cache.test_features.shape == (8, 512)
     assert cache.train_labels.tolist() == [0] * 6 + [1] * 6  # labels follow the order of --classes
+
+
+def test_reusing_a_cache_does_not_import_torch(image_folder, tmp_path, run_cli):
+    args = ["extract", "--data", str(image_folder), "--cache-dir", str(tmp_path), *SMALL]
+    assert run_cli(*args).exit_code == 0
+    probe = ("import sys; from featcache.cli import main; main(sys.argv[1:], standalone_mode=False); "
+             "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "reused complete cache" in result.stdout and "NO_TORCH" in result.stdout

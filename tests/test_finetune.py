@@ -7,7 +7,8 @@ from torch import nn
 from torchvision.models import resnet18
 
 from featcache.backbone import BACKBONE_PARAMETERS
-from featcache.data import decode_all, load_dataset
+from featcache.augment import decode_all
+from featcache.data import load_dataset
 from featcache.train import EpochConfig, ImageData, build_finetune_model, finetune, scratch
 
 

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.backbone import load_backbone, weights_hash
-from featcache.cache import cache_provenance, extract, load_cache
-from featcache.data import decode_all, load_dataset
+from featcache.backbone import load_backbone
+from featcache.cache import extract, load_cache
+from featcache.spec import cache_provenance
+from featcache.augment import decode_all
+from featcache.data import load_dataset
 from featcache.heads import (LinearHeads, logistic_regression_probe, logreg_as_linear, reference_feature_extraction,
                              sweep_heads, train_linear_head, with_bias_column)
 from featcache.train import EpochConfig, ImageData, seeded_linear
@@ -22,7 +24,7 @@ VIEWS = 3
 def cached(image_folder, tmp_path_factory):
     dataset = load_dataset(str(image_folder))
     backbone = load_backbone("random", 0)
-    provenance = cache_provenance(dataset, "random", weights_hash(backbone), 32, VIEWS, 0)
+    provenance = cache_provenance(dataset, "random", 0, 32, VIEWS)
     result = extract(dataset, backbone, provenance, tmp_path_factory.mktemp("cache"), batch_size=7, progress=False)
     return dataset, result.path
 

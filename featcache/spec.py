@@ -1,0 +1,134 @@
+"""What determines the cached numbers, and the cache key made of it; light enough to import without torch.
+
+`featcache extract` run a second time only needs this module, the dataset listing and h5py to find
+its finished cache, so it answers in well under a second instead of waiting for PyTorch to import.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import h5py
+
+from . import FeatcacheError, __version__
+
+FORMAT = "featcache"
+FORMAT_VERSION = 1
+BACKBONE = "torchvision.resnet18"
+PRECISIONS = ("fp32", "bf16")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCALE = (0.08, 1.0)
+RATIO = (3 / 4, 4 / 3)
+BRIGHTNESS = 0.2
+CONTRAST = 0.2
+
+
+def resize_size(image_size: int) -> int:
+    """The reference pipeline resizes to 256 before cropping 224; scale that ratio to any size."""
+    return int(round(image_size * 256 / 224))
+
+
+def transform_description(image_size: int) -> dict:
+    """Everything about the transforms that determines the pixels, for provenance and the cache key."""
+    return {
+        "train": [f"Resize({resize_size(image_size)})", f"RandomResizedCrop({image_size}, scale={SCALE}, "
+                  f"ratio=({RATIO[0]:.4f}, {RATIO[1]:.4f}))", "RandomHorizontalFlip(0.5)",
+                  f"ColorJitter(brightness={BRIGHTNESS}, contrast={CONTRAST})", "Normalize(ImageNet)"],
+        "val": [f"Resize({resize_size(image_size)})", f"CenterCrop({image_size})", "Normalize(ImageNet)"],
+        "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "params": "random.Random('featcache/{seed}/{split}/{index}/{view}')",
+        "sampling": "bilinear crop-resize (grid_sample), border padding",
+    }
+
+
+def weights_identity(weights: str, seed: int) -> str:
+    """The weights' identity for the cache key: a file's content hash (never its path); for the
+    built-in choices, what produces them (a seeded init depends on the torch version too)."""
+    if weights == "random":
+        return f"random:seed={seed}:torch=={version('torch')}:torchvision=={version('torchvision')}"
+    if weights == "imagenet":
+        return f"imagenet:ResNet18_Weights.IMAGENET1K_V1:torchvision=={version('torchvision')}"
+    if not Path(weights).is_file():
+        raise FeatcacheError(f"weights file {weights} does not exist (or pass --weights imagenet or random)")
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def cache_provenance(dataset, weights: str, seed: int, image_size: int, views: int,
+                     precision: str = "fp32") -> dict:
+    """Everything that determines the cached numbers; the cache key is a hash of exactly this."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone": BACKBONE,
+        "weights": weights_identity(weights, seed),
+        "dataset_fingerprint": dataset.fingerprint(),
+        "classes": list(dataset.classes),
+        "train_ids_count": len(dataset.train),
+        "test_ids_count": len(dataset.test),
+        "image_size": image_size,
+        "transform": transform_description(image_size),
+        "views": views,
+        "seed": seed,
+        "precision": precision,  # bf16 autocast changes the features: another cache
+    }
+
+
+def cache_key(provenance: dict) -> str:
+    return hashlib.sha256(json.dumps(provenance, sort_keys=True).encode()).hexdigest()
+
+
+def cache_path(cache_dir: Path, dataset, provenance: dict) -> Path:
+    key = cache_key(provenance)
+    name = f"{dataset.name}-resnet18-{provenance['image_size']}px-v{provenance['views']}-s{provenance['seed']}"
+    return Path(cache_dir) / f"{name}-{key[:16]}.h5"
+
+
+def open_complete_cache(path: Path) -> h5py.File:
+    """The cache file opened for reading, checked to be featcache's, of this format and complete."""
+    path = Path(path)
+    if not path.is_file():
+        partial = path.with_name(path.name + ".partial")
+        hint = f" (an unfinished extraction is at {partial}; re-run extract to finish it)" if partial.exists() else ""
+        raise FeatcacheError(f"cache file {path} does not exist{hint}")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise FeatcacheError(f"{path} is not a readable HDF5 file: {error}") from None
+    problem = None
+    version_found = int(handle.attrs.get("format_version", -1))
+    if handle.attrs.get("format") != FORMAT:
+        problem = f"{path} is not a featcache cache file"
+    elif version_found != FORMAT_VERSION:
+        problem = (f"{path} is a featcache cache of format version {version_found}; this featcache "
+                   f"({__version__}) reads version {FORMAT_VERSION}: re-run featcache extract")
+    elif not handle.attrs.get("complete", False):
+        problem = f"cache {path} is incomplete; re-run featcache extract to finish it"
+    if problem:
+        handle.close()
+        raise FeatcacheError(problem)
+    return handle
+
+
+def complete_cache_key(path: Path) -> str:
+    with open_complete_cache(path) as handle:
+        return str(handle.attrs["key"])
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    reused: bool
+    seconds: float
+    images: int = 0  # views run through the backbone by this call
+    backbone_seconds: float = 0.0
+    resumed_from: int = 0  # rows already done when this call started
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
