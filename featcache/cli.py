@@ -27,11 +27,16 @@ class FriendlyGroup(click.Group):
             raise click.ClickException(str(error)) from None
 
 
+def stacked(*options):
+    """One decorator applying click options in the order listed (as if written one above the other)."""
+    return lambda function: functools.reduce(lambda f, option: option(f), reversed(options), function)
+
+
 def data_options(function=None, *, per_class: int = 500, test_per_class: int | None = None):
     """Options that pick the dataset, shared by every command that reads images."""
     if function is None:
         return functools.partial(data_options, per_class=per_class, test_per_class=test_per_class)
-    options = [
+    return stacked(
         click.option("--data", default="cifar10", show_default=True,
                      help="'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and test/<class>/*."),
         click.option("--classes", default=None,
@@ -45,37 +50,30 @@ def data_options(function=None, *, per_class: int = 500, test_per_class: int | N
         click.option("--data-root", type=click.Path(path_type=Path), default=None,
                      help="Where CIFAR-10 lives or is downloaded to. Default: ~/.cache/featcache/data "
                           "or $FEATCACHE_DATA_ROOT."),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), function)
+    )(function)
 
 
-def weights_options(function):
-    """Options that pick the backbone weights and the image size."""
-    options = [
-        click.option("--weights", default="imagenet", show_default=True,
-                     help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, via torchvision's cache), "
-                          "'random' (seeded init, for tests) or a path to a ResNet-18 state dict (its fc is dropped)."),
-        click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True,
-                     help="Crop size S; images are first resized to S*256/224, as the reference 256/224 pipeline."),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), function)
+weights_options = stacked(
+    click.option("--weights", default="imagenet", show_default=True,
+                 help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, via torchvision's cache), "
+                      "'random' (seeded init, for tests) or a path to a ResNet-18 state dict (its fc is dropped)."),
+    click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True,
+                 help="Crop size S; images are first resized to S*256/224, as the reference 256/224 pipeline."),
+)
 
 
 def run_options(batch_size: int, batch_help: str):
     """Seed, device, batch size and decoding workers; batch size default differs per command."""
-    def decorate(function):
-        options = [
-            click.option("--seed", type=int, default=0, show_default=True,
-                         help="Seeds the augmented views, random weights, head init and shuffling."),
-            click.option("--device", default="auto", show_default=True,
-                         help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."),
-            click.option("--batch-size", type=click.IntRange(min=1), default=batch_size, show_default=True,
-                         help=batch_help),
-            click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
-                         help="DataLoader worker processes that decode images."),
-        ]
-        return functools.reduce(lambda f, option: option(f), reversed(options), function)
-    return decorate
+    return stacked(
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seeds the augmented views, random weights, head init and shuffling."),
+        click.option("--device", default="auto", show_default=True,
+                     help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=batch_size, show_default=True,
+                     help=batch_help),
+        click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="DataLoader worker processes that decode images."),
+    )
 
 
 precision_option = click.option(
@@ -84,25 +82,23 @@ precision_option = click.option(
          "`featcache bench` reports how far its features are from fp32's).")
 
 
-def cache_options(function):
-    options = [
-        click.option("--views", type=click.IntRange(min=1), default=10, show_default=True,
-                     help="Augmented views cached per training image (plus the clean view 0)."),
-        click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("cache"), show_default=True,
-                     help="Folder of cache files."),
-        precision_option,
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), function)
+cache_options = stacked(
+    click.option("--views", type=click.IntRange(min=1), default=10, show_default=True,
+                 help="Augmented views cached per training image (plus the clean view 0)."),
+    click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("cache"), show_default=True,
+                 help="Folder of cache files."),
+    precision_option,
+)
 
 
-def _split_classes(classes: str | None) -> list[str] | None:
+def _split_names(classes: str | None) -> list[str] | None:
     return [name.strip() for name in classes.split(",") if name.strip()] if classes else None
 
 
 def load_dataset_from_options(options: dict):
     from .data import load_dataset
 
-    return load_dataset(options["data"], _split_classes(options["classes"]), options["per_class"],
+    return load_dataset(options["data"], _split_names(options["classes"]), options["per_class"],
                         options["test_per_class"], options["download"], options["data_root"])
 
 
@@ -177,21 +173,13 @@ def find_cache(cache: Path | None, options: dict):
     return load_cache(cache)
 
 
-def out_options(function):
-    options = [
-        click.option("--out", type=click.Path(path_type=Path), default=None,
-                     help="Run directory for history.json and weights.pt. Default: runs/<approach>-<time>."),
-        click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
-        click.option("--quiet", is_flag=True, help="No per-epoch lines or progress bars."),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), function)
-
-
-def epoch_options(function):
-    options = [
-        click.option("--epochs", type=int, default=15, show_default=True, help="Training epochs."),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), function)
+out_options = stacked(
+    click.option("--out", type=click.Path(path_type=Path), default=None,
+                 help="Run directory for history.json and weights.pt. Default: runs/<approach>-<time>."),
+    click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
+    click.option("--quiet", is_flag=True, help="No per-epoch lines or progress bars."),
+)
+epoch_options = click.option("--epochs", type=int, default=15, show_default=True, help="Training epochs.")
 
 
 @main.command("train-head")
@@ -325,7 +313,7 @@ def run_finetune(options: dict, data, dataset, out: Path) -> Path:
             raise FeatcacheError(f"--init-head {options['init_head']} was trained on classes "
                                  f"{head_run['classes']}, not {dataset.classes}")
         init_head = torch.load(Path(options["init_head"]) / WEIGHTS, map_location="cpu", weights_only=True)
-    unfreeze = _split_classes(options["unfreeze"]) or []
+    unfreeze = _split_names(options["unfreeze"]) or []
     (model, history), wall = timed(finetune, data, options["weights"], config, options["lr_head"],
                                    options["lr_backbone"], unfreeze, options["frozen_bn"], init_head,
                                    log=None if options["quiet"] else tqdm.write, progress=not options["quiet"])
@@ -352,19 +340,17 @@ def run_scratch(options: dict, data, dataset, out: Path) -> Path:
     return out / HISTORY
 
 
-def finetune_options(function):
-    options = [
-        click.option("--lr-head", type=float, default=1e-3, show_default=True, help="Adam learning rate of the new head."),
-        click.option("--lr-backbone", type=float, default=1e-5, show_default=True,
-                     help="Adam learning rate of the unfrozen backbone stages."),
-        click.option("--unfreeze", default="layer4", show_default=True,
-                     help="Comma-separated backbone stages to train (conv1, bn1, layer1..layer4); the rest stay frozen."),
-        click.option("--frozen-bn", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
-                     help="'eval': frozen modules stay in eval mode, their BatchNorm statistics never change "
-                          "(and the frozen trunk's test outputs are computed once). 'train': the notebook's "
-                          "behaviour, whole model in train mode."),
-    ]
-    return functools.reduce(lambda f, option: option(f), reversed(options), function)
+finetune_options = stacked(
+    click.option("--lr-head", type=float, default=1e-3, show_default=True, help="Adam learning rate of the new head."),
+    click.option("--lr-backbone", type=float, default=1e-5, show_default=True,
+                 help="Adam learning rate of the unfrozen backbone stages."),
+    click.option("--unfreeze", default="layer4", show_default=True,
+                 help="Comma-separated backbone stages to train (conv1, bn1, layer1..layer4); the rest stay frozen."),
+    click.option("--frozen-bn", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
+                 help="'eval': frozen modules stay in eval mode, their BatchNorm statistics never change "
+                      "(and the frozen trunk's test outputs are computed once). 'train': the notebook's "
+                      "behaviour, whole model in train mode."),
+)
 
 
 @main.command("finetune")
@@ -437,7 +423,7 @@ def inspect_command(data, classes, per_class, test_per_class, download, data_roo
     from .data import load_dataset
     from .report import image_grid, markdown_table, parameter_table
 
-    dataset = load_dataset(data, _split_classes(classes), per_class, test_per_class, download, data_root)
+    dataset = load_dataset(data, _split_names(classes), per_class, test_per_class, download, data_root)
     rows = parameter_table(resnet18(num_classes=len(dataset.classes)))
     click.echo(markdown_table(rows, ["module", "parameters", "feature_extraction", "fine_tuning"]))
     picks = np.linspace(0, len(dataset.train) - 1, min(count, len(dataset.train))).round().astype(int).tolist()
@@ -479,7 +465,7 @@ def experiment(**options):
     EpochConfig(options["epochs"], options["batch_size"], options["seed"])  # fail before any work
     for name in ("lr", "lr_head", "lr_backbone"):
         check_learning_rate("--" + name.replace("_", "-"), options[name])
-    build_finetune_model(options["weights"], 2, options["seed"], _split_classes(options["unfreeze"]) or [])
+    build_finetune_model(options["weights"], 2, options["seed"], _split_names(options["unfreeze"]) or [])
     out = options["out"] or Path("runs") / f"experiment-{time.strftime('%Y%m%d-%H%M%S')}"
     folders = {approach: prepare_run_dir(out / approach, approach, options["overwrite"])
                for approach in ("scratch", "feature-extraction", "fine-tuning")}
