@@ -299,8 +299,7 @@ def _config_record(options: dict, **more) -> dict:
 def run_finetune(options: dict, data, dataset, out: Path) -> Path:
     import torch
 
-    from .backbone import count_parameters
-    from .runs import HISTORY, WEIGHTS, read_run, write_run
+    from .runs import WEIGHTS, read_run
     from .train import EpochConfig, check_learning_rate, finetune, timed
 
     config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
@@ -317,26 +316,28 @@ def run_finetune(options: dict, data, dataset, out: Path) -> Path:
     (model, history), wall = timed(finetune, data, options["weights"], config, options["lr_head"],
                                    options["lr_backbone"], unfreeze, options["frozen_bn"], init_head,
                                    log=None if options["quiet"] else tqdm.write, progress=not options["quiet"])
-    trainable, total = count_parameters(model)
-    write_run(out, "fine-tuning", history, _config_record(options), model.state_dict(), wall, data.device,
-              trainable, total, classes=dataset.classes)
-    click.echo(f"fine-tuning: final test accuracy {history['test_acc'][-1]:.4f} in {wall:.1f} s; run written to {out}")
-    return out / HISTORY
+    return _write_end_to_end_run("fine-tuning", model, history, wall, options, data.device, dataset.classes, out)
 
 
 def run_scratch(options: dict, data, dataset, out: Path) -> Path:
-    from .backbone import count_parameters
-    from .runs import HISTORY, write_run
     from .train import EpochConfig, check_learning_rate, scratch, timed
 
     config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
     check_learning_rate("--lr", options["lr"])
     (model, history), wall = timed(scratch, data, config, options["lr"],
                                    log=None if options["quiet"] else tqdm.write, progress=not options["quiet"])
+    return _write_end_to_end_run("scratch", model, history, wall, options, data.device, dataset.classes, out)
+
+
+def _write_end_to_end_run(approach: str, model, history: dict, wall: float, options: dict, device, classes,
+                          out: Path) -> Path:
+    from .backbone import count_parameters
+    from .runs import HISTORY, write_run
+
     trainable, total = count_parameters(model)
-    write_run(out, "scratch", history, _config_record(options), model.state_dict(), wall, data.device,
-              trainable, total, classes=dataset.classes)
-    click.echo(f"scratch: final test accuracy {history['test_acc'][-1]:.4f} in {wall:.1f} s; run written to {out}")
+    write_run(out, approach, history, _config_record(options), model.state_dict(), wall, device, trainable, total,
+              classes=classes)
+    click.echo(f"{approach}: final test accuracy {history['test_acc'][-1]:.4f} in {wall:.1f} s; run written to {out}")
     return out / HISTORY
 
 
