@@ -37,8 +37,9 @@ def _file_state_dict(path: Path) -> dict:
         raise FeatcacheError(f"weights file {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise FeatcacheError(f"weights file {path} is not a PyTorch state dict: {error}") from None
+    except Exception as error:  # torch.load's own messages run to many lines and suggest unsafe loading
+        raise FeatcacheError(f"weights file {path} is not a state dict that torch.load(weights_only=True) "
+                             f"can read ({type(error).__name__})") from None
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -24,7 +24,7 @@ class FriendlyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FeatcacheError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(" ".join(str(error).split())) from None  # one line, always
 
 
 def stacked(*options):
@@ -220,6 +220,8 @@ def train_head(cache, **options):
     """
     from .runs import prepare_run_dir
 
+    if options["sweep"] and options["head_kind"] == "logreg":
+        raise FeatcacheError("--sweep trains linear heads; --head logreg chooses its own C on the validation split")
     features = find_cache(cache, options)
     out = prepare_run_dir(options["out"], "feature-extraction", options["overwrite"])
     run_train_head(options, features, out)

@@ -72,7 +72,7 @@ def test_corrupt_image_is_named(workspace, run_cli, damage, workers):
     assert all(tree_digest(cache_dir).get(name) == digest for name, digest in before.items())
 
 
-@pytest.mark.parametrize("kind", ["resnet34", "wrong_shape", "not_a_state_dict"])
+@pytest.mark.parametrize("kind", ["resnet34", "wrong_shape", "not_a_state_dict", "json"])
 def test_weights_of_the_wrong_kind(workspace, run_cli, tmp_path, kind):
     data, cache_dir = workspace
     path = tmp_path / f"{kind}.pth"
@@ -82,6 +82,8 @@ def test_weights_of_the_wrong_kind(workspace, run_cli, tmp_path, kind):
         state = resnet18().state_dict()
         state["layer4.0.conv1.weight"] = torch.zeros(512, 256, 1, 1)
         torch.save(state, path)
+    elif kind == "json":
+        path.write_text('{"arch": "resnet18", "image_size": 64}')  # the stand-in weights' JSON, passed by mistake
     else:
         path.write_text("hello")
     before = tree_digest(cache_dir)

@@ -139,6 +139,7 @@ def test_logreg_probe_and_its_linear_head_agree(cached):
 @pytest.mark.parametrize("args, words", [
     (["--epochs", "0"], "--epochs"), (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"),
     (["--sweep", "--sweep-lrs", "abc"], "--sweep-lrs"), (["--val-fraction", "1.5", "--sweep"], "--val-fraction"),
+    (["--sweep", "--head", "logreg"], "--sweep"), (["--weight-decay", "-1"], "--weight-decay"),
 ])
 def test_nonsense_training_settings(cached, run_cli, tmp_path, args, words):
     _, path = cached
