@@ -18,12 +18,13 @@ DEFAULT_SWEEP_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
 
 
 class FriendlyGroup(click.Group):
-    """Turns FeatcacheError into one line on stderr and exit status 1, never a traceback."""
+    """Turns FeatcacheError, and the OSErrors of the environment (permissions, a full disk), into one
+    line on stderr and exit status 1, never a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except FeatcacheError as error:
+        except (FeatcacheError, OSError) as error:
             raise click.ClickException(" ".join(str(error).split())) from None  # one line, always
 
 

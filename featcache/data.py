@@ -139,7 +139,7 @@ def _load_cifar10(classes, per_class, test_per_class, download, root: Path) -> D
 
 def _load_folder(root: Path, classes, per_class, test_per_class) -> Dataset:
     if not root.is_dir():
-        raise FeatcacheError(f"data folder {root} does not exist")
+        raise FeatcacheError(f"data folder {root} " + ("is not a folder" if root.exists() else "does not exist"))
     splits = {}
     for split_name, limit in (("train", per_class), ("test", test_per_class)):
         split_dir = root / split_name

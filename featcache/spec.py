@@ -95,7 +95,7 @@ def open_complete_cache(path: Path) -> h5py.File:
     if not path.is_file():
         partial = path.with_name(path.name + ".partial")
         hint = f" (an unfinished extraction is at {partial}; re-run extract to finish it)" if partial.exists() else ""
-        raise FeatcacheError(f"cache file {path} does not exist{hint}")
+        raise FeatcacheError(f"cache file {path} " + ("is not a file" if path.exists() else f"does not exist{hint}"))
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
