@@ -115,3 +115,10 @@ def test_foreign_or_other_version_cache_file(workspace, run_cli, problem):
     before = tree_digest(cache_dir)
     assert_clean_failure(run_cli(*extract_args(data, cache_dir)), path.name)
     assert tree_digest(cache_dir) == before
+
+
+def test_cifar10_not_downloaded_says_how_to_get_it(run_cli, tmp_path):
+    result = run_cli("extract", "--data", "cifar10", "--data-root", tmp_path / "nothing-here", "--cache-dir",
+                     tmp_path / "cache", *SMALL)
+    assert_clean_failure(result, "CIFAR-10 not found", "--download")
+    assert not (tmp_path / "cache").exists()

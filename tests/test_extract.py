@@ -175,3 +175,16 @@ def test_reusing_a_cache_does_not_import_torch(image_folder, tmp_path, run_cli):
     result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "reused complete cache" in result.stdout and "NO_TORCH" in result.stdout
+
+
+def test_features_do_not_depend_on_decoding_workers(image_folder, tmp_path):
+    dataset = load_dataset(str(image_folder))
+    results = []
+    for workers in (0, 2):
+        backbone = load_backbone("random", 0)
+        provenance = cache_provenance(dataset, "random", 0, 32, 2)
+        path = extract(dataset, backbone, provenance, tmp_path / str(workers), batch_size=5, num_workers=workers,
+                       progress=False).path
+        results.append(load_cache(path))
+    assert torch.equal(results[0].train_features, results[1].train_features)
+    assert torch.equal(results[0].test_features, results[1].test_features)
