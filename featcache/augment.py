@@ -27,9 +27,6 @@ from . import FeatcacheError
 from .data import Split
 from .spec import BRIGHTNESS, CONTRAST, IMAGENET_MEAN, IMAGENET_STD, RATIO, SCALE, resize_size
 
-SPLIT_CODES = {"train": 0, "test": 1}
-
-
 @dataclass(frozen=True)
 class ViewParams:
     top: int
@@ -203,6 +200,19 @@ class DecodedChunks(torch.utils.data.Dataset):
             return start, [self.decoded[i] for i in range(start, stop)]
         except FeatcacheError as error:
             return start, error
+
+
+def decoded_chunks(split: Split, image_size: int, starts: list[int], chunk_size: int, num_workers: int = 0,
+                   device: torch.device | str = "cpu"):
+    """(start, decoded images) for each chunk from `starts`, decoded by `num_workers` DataLoader
+    workers; a decoding error is raised here, as the one-line FeatcacheError naming the file."""
+    chunks = DecodedChunks(DecodedSplit(split, image_size), starts, chunk_size)
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers,
+                                         pin_memory=torch.device(device).type == "cuda")
+    for start, images in loader:
+        if isinstance(images, FeatcacheError):
+            raise images
+        yield start, images
 
 
 def decode_all(split: Split, image_size: int) -> list[torch.Tensor]:

@@ -14,15 +14,13 @@ from pathlib import Path
 import torch
 from torchvision import transforms
 
-from . import FeatcacheError
-
-from .augment import DecodedChunks, DecodedSplit, decode_all, make_views
+from .augment import decode_all, decoded_chunks, make_views
 from .backbone import load_backbone
 from .cache import extract, load_cache
 from .data import Dataset
-from .spec import IMAGENET_MEAN, IMAGENET_STD, cache_provenance, resize_size
 from .heads import reference_feature_extraction, train_linear_head
 from .report import markdown_table
+from .spec import IMAGENET_MEAN, IMAGENET_STD, cache_provenance, resize_size
 from .train import EpochConfig, ImageData
 
 TARGETS = {
@@ -93,13 +91,10 @@ def featcache_pipeline_throughput(dataset: Dataset, image_size: int, batch_size:
                                   limit: int, device: torch.device) -> float:
     """Images/s of featcache's input pipeline as extract runs it: decode once, augment whole batches."""
     count = min(limit, len(dataset.train))
-    chunks = DecodedChunks(DecodedSplit(dataset.train, image_size), list(range(0, count, batch_size)), batch_size)
-    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)
     started = time.perf_counter()
     done = 0
-    for start, images in loader:
-        if isinstance(images, FeatcacheError):
-            raise images
+    for start, images in decoded_chunks(dataset.train, image_size, list(range(0, count, batch_size)), batch_size,
+                                        num_workers, device):
         images = images[:count - start]
         make_views(images, list(range(start, start + len(images))), 1, "train", 0, image_size, device)
         done += len(images)

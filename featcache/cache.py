@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from . import FeatcacheError, __version__
-from .augment import DecodedChunks, DecodedSplit, ImageBatch, make_views
+from .augment import ImageBatch, decoded_chunks, make_views
 from .backbone import FEATURE_DIM
 from .data import Dataset
 from .spec import (BACKBONE, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractResult, cache_key, cache_path,
@@ -117,12 +117,7 @@ def autocast(device: torch.device, precision: str):
 def _view_batches(split, split_name: str, starts: list[int], views: list[int], provenance: dict, batch_size: int,
                   num_workers: int, device):
     """(chunk start, view position, normalised views) for every chunk from `starts`, every view."""
-    chunks = DecodedChunks(DecodedSplit(split, provenance["image_size"]), starts, batch_size)
-    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers,
-                                         pin_memory=device.type == "cuda")
-    for start, images in loader:
-        if isinstance(images, FeatcacheError):
-            raise images
+    for start, images in decoded_chunks(split, provenance["image_size"], starts, batch_size, num_workers, device):
         indices = list(range(start, start + len(images)))
         batch = ImageBatch(images, device)
         for position, view in enumerate(views):

@@ -463,7 +463,7 @@ def experiment(**options):
     folder. Reference settings by default; scale down on a CPU with --image-size, --epochs, --per-class."""
     from .cache import load_cache
     from .report import SUMMARY_COLUMNS, compare, markdown_table
-    from .runs import prepare_run_dir
+    from .runs import APPROACHES, prepare_run_dir
     from .train import EpochConfig, build_finetune_model, check_learning_rate
 
     EpochConfig(options["epochs"], options["batch_size"], options["seed"])  # fail before any work
@@ -472,7 +472,7 @@ def experiment(**options):
     build_finetune_model(options["weights"], 2, options["seed"], _split_names(options["unfreeze"]) or [])
     out = options["out"] or Path("runs") / f"experiment-{time.strftime('%Y%m%d-%H%M%S')}"
     folders = {approach: prepare_run_dir(out / approach, approach, options["overwrite"])
-               for approach in ("scratch", "feature-extraction", "fine-tuning")}
+               for approach in APPROACHES}
     started = time.perf_counter()
     dataset, data = load_image_data(options, options["seed"])
     run_scratch(options, data, dataset, folders["scratch"])

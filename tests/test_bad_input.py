@@ -1,5 +1,4 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback, and existing caches untouched."""
-import shutil
 
 import h5py
 import pytest

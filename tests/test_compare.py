@@ -5,8 +5,6 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA
-
 
 @pytest.fixture(scope="module")
 def experiment_dir(image_folder, tmp_path_factory):

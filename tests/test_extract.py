@@ -1,10 +1,8 @@
 """featcache extract: determinism, content-keyed reuse, resume after a kill, and bad input."""
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np

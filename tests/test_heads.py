@@ -81,6 +81,7 @@ def test_train_head_cli_writes_a_run(cached, run_cli, tmp_path):
     state = torch.load(tmp_path / "run" / "weights.pt")
     assert state["weight"].shape == (3, 512)
     again = run_cli("train-head", path, "--epochs", "4", "--out", tmp_path / "again")
+    assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "again" / "history.json").read_text())["test_acc"] == history["test_acc"]
 
 
