@@ -98,10 +98,14 @@ def _adjust_brightness_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def _adjust_contrast_(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the mean of the grayscale image; mean(gray) = sum_c w_c mean(x_c), one reduction."""
-    weights = torch.tensor([0.2989, 0.587, 0.114], device=x.device)  # torchvision's rgb_to_grayscale
-    mean = (x.mean(dim=(2, 3)) @ weights).view(-1, 1, 1, 1)
-    return x.mul_(factor).add_((1 - factor) * mean).clamp_(0, 1)
+    """Blend with the mean of the grayscale image; mean(gray) = sum_c w_c mean(x_c), one reduction.
+
+    The weighted sum over channels is written out element-wise, never as a matmul: a GEMM across the
+    batch (MKL's AVX-512 kernels on Intel CPUs) rounds differently with the number of rows, and a
+    view's pixels must not depend on what else is in its batch."""
+    channel_means = x.mean(dim=(2, 3))
+    mean = (channel_means[:, 0] * 0.2989 + channel_means[:, 1] * 0.587 + channel_means[:, 2] * 0.114)
+    return x.mul_(factor).add_((1 - factor) * mean.view(-1, 1, 1, 1)).clamp_(0, 1)
 
 
 def _color_jitter_(batch: torch.Tensor, params: list[ViewParams]) -> torch.Tensor:
@@ -185,28 +189,27 @@ class DecodedSplit(torch.utils.data.Dataset):
 class DecodedChunks(torch.utils.data.Dataset):
     """Chunks of consecutive samples, so DataLoader workers decode a whole chunk at a time."""
 
-    def __init__(self, decoded: DecodedSplit, starts: list[int], chunk_size: int):
-        self.decoded, self.starts, self.chunk_size = decoded, starts, chunk_size
+    def __init__(self, decoded: DecodedSplit, ranges: list[tuple[int, int]]):
+        self.decoded, self.ranges = decoded, ranges
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.ranges)
 
     def __getitem__(self, position: int):
         """(start, images), or (start, FeatcacheError): returned, not raised, because a DataLoader
         worker would wrap a raised error in a multi-line traceback message."""
-        start = self.starts[position]
-        stop = min(start + self.chunk_size, len(self.decoded))
+        start, stop = self.ranges[position]
         try:
             return start, [self.decoded[i] for i in range(start, stop)]
         except FeatcacheError as error:
             return start, error
 
 
-def decoded_chunks(split: Split, image_size: int, starts: list[int], chunk_size: int, num_workers: int = 0,
+def decoded_chunks(split: Split, image_size: int, ranges: list[tuple[int, int]], num_workers: int = 0,
                    device: torch.device | str = "cpu"):
-    """(start, decoded images) for each chunk from `starts`, decoded by `num_workers` DataLoader
+    """(start, decoded images) for each (start, stop) range, decoded by `num_workers` DataLoader
     workers; a decoding error is raised here, as the one-line FeatcacheError naming the file."""
-    chunks = DecodedChunks(DecodedSplit(split, image_size), starts, chunk_size)
+    chunks = DecodedChunks(DecodedSplit(split, image_size), ranges)
     loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers,
                                          pin_memory=torch.device(device).type == "cuda")
     for start, images in loader:

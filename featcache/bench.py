@@ -93,9 +93,8 @@ def featcache_pipeline_throughput(dataset: Dataset, image_size: int, batch_size:
     count = min(limit, len(dataset.train))
     started = time.perf_counter()
     done = 0
-    for start, images in decoded_chunks(dataset.train, image_size, list(range(0, count, batch_size)), batch_size,
-                                        num_workers, device):
-        images = images[:count - start]
+    ranges = [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+    for start, images in decoded_chunks(dataset.train, image_size, ranges, num_workers, device):
         make_views(images, list(range(start, start + len(images))), 1, "train", 0, image_size, device)
         done += len(images)
     _sync(device)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -9,12 +11,18 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from . import FeatcacheError, __version__
+from . import FeatcacheError, ReportedElsewhere, __version__
 
 # torch, sklearn and matplotlib are imported inside the commands that use them: finding an existing
 # cache (a repeated `featcache extract`) then answers in a fraction of a second.
 DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_SWEEP_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
+DEFAULT_SHARD_SIZE = 256  # featcache.shards.DEFAULT_SHARD_SIZE, without importing h5py for --help
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or the only process): the one that prints progress and results."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 class FriendlyGroup(click.Group):
@@ -24,6 +32,8 @@ class FriendlyGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except ReportedElsewhere:
+            ctx.exit(1)
         except (FeatcacheError, OSError) as error:
             raise click.ClickException(" ".join(str(error).split())) from None  # one line, always
 
@@ -83,6 +93,12 @@ precision_option = click.option(
          "`featcache bench` reports how far its features are from fp32's).")
 
 
+shard_option = click.option(
+    "--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
+    help="Images per shard: extraction commits (and resumes, and deals out to torchrun ranks) this many "
+         "consecutive images at a time. Features are bit-identical for the same --shard-size and --batch-size.")
+
+
 cache_options = stacked(
     click.option("--views", type=click.IntRange(min=1), default=10, show_default=True,
                  help="Augmented views cached per training image (plus the clean view 0)."),
@@ -105,21 +121,21 @@ def load_dataset_from_options(options: dict):
 
 def prepare_cache(options: dict, progress: bool = True):
     """Reuse the matching complete cache (without importing torch), or resume or write it."""
-    from .spec import ExtractResult, cache_key, cache_path, cache_provenance, complete_cache_key
+    from .spec import ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache
 
     started = time.perf_counter()
     dataset = load_dataset_from_options(options)
     provenance = cache_provenance(dataset, options["weights"], options["seed"], options["image_size"],
                                   options["views"], options["precision"])
     final = cache_path(options["cache_dir"], dataset, provenance)
-    if final.exists() and not options.get("force") and complete_cache_key(final) == cache_key(provenance):
+    if not options.get("force") and reusable_cache(final, cache_key(provenance)):
         return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
     from .backbone import load_backbone, resolve_device
     from .cache import extract
 
     backbone = load_backbone(options["weights"], options["seed"])
-    return extract(dataset, backbone, provenance, options["cache_dir"],
-                   batch_size=options["batch_size"], device=resolve_device(options["device"]),
+    return extract(dataset, backbone, provenance, options["cache_dir"], batch_size=options["batch_size"],
+                   shard_size=options.get("shard_size", DEFAULT_SHARD_SIZE), device=resolve_device(options["device"]),
                    num_workers=options["num_workers"], force=options.get("force", False), progress=progress)
 
 
@@ -135,21 +151,48 @@ def main():
 @weights_options
 @run_options(64, "Images per backbone forward.")
 @cache_options
-@click.option("--force", is_flag=True, help="Recompute even if a complete cache for these inputs exists.")
+@shard_option
+@click.option("--force", is_flag=True, help="Recompute even if a complete cache (or finished shards) exists.")
 def extract(**options):
     """Run the frozen backbone once over every view and cache the 512-d features in HDF5.
 
     Each training image gets its clean view (view 0) and --views augmented views; each test image its
     clean view. The file name carries a key over everything that determines the features, so the
-    same inputs reuse the file and any change writes a new one. A killed run resumes where it stopped.
+    same inputs reuse the file and any change writes a new one. Work is committed in checksummed
+    shards: a killed run resumes from its finished shards. On several processes:
+    `torchrun --nproc-per-node N -m featcache extract ...` (see the README).
     """
-    result = prepare_cache(options)
+    result = prepare_cache(options, progress=is_main_process())
+    if not is_main_process():
+        return
     if result.reused:
         click.echo(f"reused complete cache {result.path} (found in {result.seconds:.2f} s)")
-    else:
-        resumed = f", resumed after {result.resumed_from} rows" if result.resumed_from else ""
-        click.echo(f"wrote {result.path}: {result.images} views in {result.seconds:.1f} s "
-                   f"({result.images_per_second:.1f} images/s{resumed})")
+        return
+    notes = [f"{result.world_size} processes"] if result.world_size > 1 else []
+    if result.shards_resumed:
+        notes.append(f"resumed: {result.shards_resumed} of {result.shards_total} shards were already done")
+    if result.shards_removed:
+        notes.append(f"recomputed {len(result.shards_removed)} damaged shards ({'; '.join(result.shards_removed)})")
+    click.echo(f"wrote {result.path}: {result.images} views in {result.seconds:.1f} s "
+               f"({result.images_per_second:.1f} images/s" + "".join(f"; {note}" for note in notes) + ")")
+
+
+@main.command()
+@click.argument("cache", type=click.Path(path_type=Path))
+def verify(cache):
+    """Recompute the sha256 of every shard's rows in CACHE and compare with the checksums recorded at
+    extraction. Exit status 1, naming the split and rows, if any differ."""
+    from .shards import verify_file
+    from .spec import open_complete_cache
+
+    with open_complete_cache(cache) as handle:  # a foreign, other-version or incomplete file: one line
+        ranges = sum(len(ranges) for ranges in json.loads(handle.attrs["checksums"]).values())
+    started = time.perf_counter()
+    mismatches = verify_file(cache)
+    if mismatches:
+        raise FeatcacheError(f"{cache} fails verification: {'; '.join(mismatches)}; recompute it with "
+                             "featcache extract --force (same options)")
+    click.echo(f"{cache}: all {ranges} checksummed row ranges match ({time.perf_counter() - started:.2f} s)")
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -162,6 +205,7 @@ def _floats(text: str, name: str) -> list[float]:
 def find_cache(cache: Path | None, options: dict):
     """The cache named on the command line, or the one the dataset/weights options key to."""
     from .cache import load_cache
+    from .shards import shard_folder
     from .spec import cache_path, cache_provenance
 
     if cache is None:
@@ -169,7 +213,7 @@ def find_cache(cache: Path | None, options: dict):
         provenance = cache_provenance(dataset, options["weights"], options["seed"], options["image_size"],
                                       options["views"], options["precision"])
         cache = cache_path(options["cache_dir"], dataset, provenance)
-        if not cache.exists() and not cache.with_name(cache.name + ".partial").exists():
+        if not cache.exists() and not shard_folder(cache).exists():
             raise FeatcacheError(f"no cache for these inputs ({cache}); run featcache extract with the same options")
     return load_cache(cache)
 

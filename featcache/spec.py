@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
 import h5py
 
 from . import FeatcacheError, __version__
+from .shards import shard_folder
 
 FORMAT = "featcache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sharded extraction, per-shard sha256 checksums, features chunked one view at a time
 BACKBONE = "torchvision.resnet18"
 PRECISIONS = ("fp32", "bf16")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,8 +95,8 @@ def open_complete_cache(path: Path) -> h5py.File:
     """The cache file opened for reading, checked to be featcache's, of this format and complete."""
     path = Path(path)
     if not path.is_file():
-        partial = path.with_name(path.name + ".partial")
-        hint = f" (an unfinished extraction is at {partial}; re-run extract to finish it)" if partial.exists() else ""
+        shards = shard_folder(path)
+        hint = f" (an unfinished extraction is at {shards}; re-run extract to finish it)" if shards.exists() else ""
         raise FeatcacheError(f"cache file {path} " + ("is not a file" if path.exists() else f"does not exist{hint}"))
     try:
         handle = h5py.File(path, "r")
@@ -120,14 +122,34 @@ def complete_cache_key(path: Path) -> str:
         return str(handle.attrs["key"])
 
 
+def reusable_cache(final: Path, key: str) -> bool:
+    """Whether the complete cache for `key` is already at `final`; a file there for other inputs is an error.
+
+    Shards a killed run left after renaming the finished file into place are removed."""
+    if not final.exists():
+        return False
+    cached_key = complete_cache_key(final)  # refuses a foreign or other-version file without touching it
+    if cached_key != key:
+        raise FeatcacheError(f"{final} holds a cache for other inputs (key {cached_key[:16]}); "
+                             "move it away or pass --force to overwrite it")
+    shutil.rmtree(shard_folder(final), ignore_errors=True)
+    return True
+
+
 @dataclass
 class ExtractResult:
     path: Path
     reused: bool
     seconds: float
-    images: int = 0  # views run through the backbone by this call
-    backbone_seconds: float = 0.0
-    resumed_from: int = 0  # rows already done when this call started
+    images: int = 0  # views run through the backbone in this run (on rank 0: by all ranks)
+    backbone_seconds: float = 0.0  # this process's
+    commit_seconds: float = 0.0  # this process's shard writes
+    assembly_seconds: float = 0.0  # rank 0's assembly (other ranks: waiting for it)
+    shards_total: int = 0
+    shards_resumed: int = 0  # shards already done when this run started
+    shards_removed: list = field(default_factory=list)  # damaged shard files found and recomputed
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def images_per_second(self) -> float:

@@ -21,13 +21,13 @@ from conftest import SHARED_DATA, SHARED_WEIGHTS, tree_digest, write_image_folde
 SMALL = ["--weights", "random", "--image-size", "32", "--views", "2", "--batch-size", "5"]
 
 
-def _extract(image_folder, cache_dir, seed=0, batch_size=5, views=2, weights="random", on_chunk=None, force=False):
+def _extract(image_folder, cache_dir, seed=0, batch_size=5, views=2, weights="random", on_shard=None, force=False,
+             shard_size=7):
     dataset = load_dataset(str(image_folder))
     backbone = load_backbone(weights, seed)
     provenance = cache_provenance(dataset, weights, seed, 32, views)
-    result = extract(dataset, backbone, provenance, cache_dir, batch_size=batch_size, progress=False,
-                     on_chunk=on_chunk, force=force)
-    return result
+    return extract(dataset, backbone, provenance, cache_dir, batch_size=batch_size, shard_size=shard_size,
+                   progress=False, on_shard=on_shard, force=force)
 
 
 def test_extract_writes_the_documented_layout(image_folder, tmp_path, run_cli):
@@ -64,19 +64,20 @@ def test_features_do_not_depend_on_batch_size(image_folder, tmp_path):
 def test_interrupted_extraction_resumes_to_the_same_result(image_folder, tmp_path):
     reference = load_cache(_extract(image_folder, tmp_path / "ref").path)
 
-    def crash(split, rows):
-        if split == "train" and rows >= 10:
+    def crash(shard):
+        if shard.split == "train" and shard.stop >= 14:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _extract(image_folder, tmp_path / "run", on_chunk=crash)
-    [partial] = (tmp_path / "run").glob("*.partial")
-    final = partial.with_name(partial.name.removesuffix(".partial"))
-    assert not final.exists()
+        _extract(image_folder, tmp_path / "run", on_shard=crash)
+    [shards] = (tmp_path / "run").glob("*.shards")
+    final = shards.with_name(shards.name.removesuffix(".shards"))
+    assert not final.exists() and sorted(p.name for p in shards.iterdir()) == ["train-000000.h5", "train-000001.h5"]
     with pytest.raises(FeatcacheError, match="unfinished extraction"):
         load_cache(final)
     resumed = _extract(image_folder, tmp_path / "run")
-    assert resumed.resumed_from == 10 and resumed.path == final
+    assert resumed.shards_resumed == 2 and resumed.shards_total == 4 + 2 and resumed.path == final
+    assert not shards.exists()  # removed after a verified assembly
     result = load_cache(final)
     assert torch.equal(result.train_features, reference.train_features)
     assert torch.equal(result.test_features, reference.test_features)
@@ -85,13 +86,13 @@ def test_interrupted_extraction_resumes_to_the_same_result(image_folder, tmp_pat
 @pytest.mark.slow
 def test_sigkill_at_a_random_moment_resumes_to_the_same_result(tmp_path):
     data = write_image_folder(tmp_path / "data", train_per_class=40, test_per_class=10)
-    args = [sys.executable, "-m", "featcache.cli", "extract", "--data", str(data), "--cache-dir",
-            str(tmp_path / "cache"), "--weights", "random", "--image-size", "32", "--views", "4", "--batch-size", "4"]
+    args = [sys.executable, "-m", "featcache", "extract", "--data", str(data), "--cache-dir", str(tmp_path / "cache"),
+            "--weights", "random", "--image-size", "32", "--views", "4", "--batch-size", "4", "--shard-size", "6"]
     rng = np.random.default_rng()
     for attempt in range(6):
         process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
-        while not list((tmp_path / "cache").glob("*.partial")) and time.time() < deadline:
+        while not list((tmp_path / "cache").glob("*.shards")) and time.time() < deadline:
             time.sleep(0.02)
         time.sleep(rng.uniform(0.1, 0.6))
         process.send_signal(signal.SIGKILL)
@@ -108,10 +109,10 @@ def test_sigkill_at_a_random_moment_resumes_to_the_same_result(tmp_path):
     dataset = load_dataset(str(data))
     backbone = load_backbone("random", 0)
     reference = extract(dataset, backbone, cache_provenance(dataset, "random", 0, 32, 4),
-                        tmp_path / "reference", batch_size=4, progress=False)
+                        tmp_path / "reference", batch_size=4, shard_size=6, progress=False)
     resumed, uninterrupted = load_cache(final), load_cache(reference.path)
-    assert torch.allclose(resumed.train_features, uninterrupted.train_features, atol=1e-5)
-    assert torch.allclose(resumed.test_features, uninterrupted.test_features, atol=1e-5)
+    assert torch.equal(resumed.train_features, uninterrupted.train_features)  # same cut: the same bytes
+    assert torch.equal(resumed.test_features, uninterrupted.test_features)
 
 
 def test_changed_weights_transform_or_views_never_reuse(image_folder, tmp_path, run_cli):

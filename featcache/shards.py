@@ -1,0 +1,278 @@
+"""Shards: extraction's unit of work and of durability, and the assembly of shards into the cache file.
+
+A shard is a fixed range of consecutive rows of one split. It is written whole to a temporary file,
+fsynced and atomically renamed, and carries its own record (key, row range, shard size, batch size,
+sha256 of its feature bytes), so a shard on disk under its final name is done, and nothing else is:
+no manifest, no progress counter that could reach the disk before the rows it counts. Any number of
+processes can write shards of one cache side by side. When all are done they are verified and
+copied in order into the single HDF5 cache file, which keeps each shard's checksum for `verify`.
+
+No torch here: `featcache verify` and finding a finished cache must not pay for importing it.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import FeatcacheError
+
+SHARD_FORMAT = "featcache-shard"
+DEFAULT_SHARD_SIZE = 256  # images; measured: see README "Performance"
+CHUNK_ROWS = 256  # HDF5 chunk rows of the assembled file; one chunk holds one view of 256 rows
+FEATURE_DIM = 512
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Shard:
+    split: str
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}.h5"
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def plan_shards(counts: dict[str, int], shard_size: int) -> list[Shard]:
+    """Every shard of a cache, training split first, each split cut from row 0 in steps of shard_size."""
+    if shard_size < 1:
+        raise FeatcacheError(f"--shard-size must be at least 1, got {shard_size}")
+    return [Shard(split, index, start, min(start + shard_size, counts[split]))
+            for split in SPLITS for index, start in enumerate(range(0, counts[split], shard_size))]
+
+
+def shard_folder(final: Path) -> Path:
+    """Where the shards of the cache file `final` live until it is assembled."""
+    return final.with_name(final.name + ".shards")
+
+
+def features_sha256(features: np.ndarray) -> str:
+    """sha256 of the float32 feature bytes in C order: the same in a shard and in the assembled file."""
+    return hashlib.sha256(np.ascontiguousarray(features, dtype=np.float32)).hexdigest()
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX: the directory entry needs its own fsync)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def environment_error(error: OSError, folder: Path, what: str, needed: int | None = None) -> FeatcacheError:
+    """One line for a failed write: which folder, and for a full disk how much room there is."""
+    code = getattr(error, "errno", None)
+    if code == errno.ENOSPC or "No space left" in str(error) or "errno = 28" in str(error):
+        free = free_bytes(folder)
+        need = f"; it needs {megabytes(needed)} more and {megabytes(free)} is free" if needed is not None else \
+            f"; {megabytes(free)} is free"
+        return FeatcacheError(f"no room left in {folder} while {what}{need}. Finished shards are kept: make room "
+                              "and re-run the same command to resume")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return FeatcacheError(f"cannot write to {folder} while {what}: {os.strerror(code)}")
+    if code == errno.ENOENT:
+        return FeatcacheError(f"folder {folder} disappeared while {what}; re-run the same command to start again")
+    return FeatcacheError(f"{what} in {folder} failed: {error}")
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the filesystem that holds `folder` (or its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def megabytes(count: int | None) -> str:
+    return f"{count / 1e6:,.1f} MB" if count is not None else "?"
+
+
+def write_shard(folder: Path, shard: Shard, features: np.ndarray, record: dict) -> None:
+    """Commit one shard: HDF5 built in memory, written with plain file I/O to a temporary name,
+    fsynced, renamed into place, and the rename fsynced.
+
+    Building in memory keeps HDF5's library state out of a failing write: a full disk is an ordinary
+    OSError from os.write, and the temporary file is removed.
+    """
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        handle.create_dataset("features", data=features)
+        handle.attrs.update({**record, "format": SHARD_FORMAT, "split": shard.split, "start": shard.start,
+                             "stop": shard.stop, "sha256": features_sha256(features)})
+    temporary = folder / (shard.name + f".{os.getpid()}.tmp")
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = buffer.getbuffer()
+            while len(view):
+                view = view[os.write(descriptor, view):]
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, folder / shard.name)
+        fsync_folder(folder)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise environment_error(error, folder, f"writing shard {shard.name}", len(buffer.getbuffer())) from None
+
+
+class BadShard(Exception):
+    """A shard file that must not be assembled: truncated, corrupt, or not this cut of this cache."""
+
+
+def shard_record(path: Path) -> dict:
+    """The record of a shard file (attributes only, cheap); BadShard when it cannot be read."""
+    try:
+        with h5py.File(path, "r") as handle:
+            record = {key: (value.item() if hasattr(value, "item") else value) for key, value in handle.attrs.items()}
+    except (OSError, RuntimeError, KeyError) as error:
+        raise BadShard(f"{path.name} is unreadable ({type(error).__name__})") from None
+    if record.get("format") != SHARD_FORMAT:
+        raise BadShard(f"{path.name} is not a featcache shard")
+    return record
+
+
+def read_shard(path: Path, shard: Shard, expected: dict) -> np.ndarray:
+    """A shard's features, after checking its record against `expected` and its bytes against its sha256."""
+    record = shard_record(path)
+    wanted = {**expected, "split": shard.split, "start": shard.start, "stop": shard.stop}
+    differing = [key for key, value in wanted.items() if record.get(key) != value]
+    if differing:
+        raise BadShard(f"{path.name} records other {', '.join(differing)}")
+    try:
+        with h5py.File(path, "r") as handle:
+            features = handle["features"][()]
+    except (OSError, RuntimeError, KeyError) as error:
+        raise BadShard(f"{path.name} is unreadable ({type(error).__name__})") from None
+    if features_sha256(features) != record.get("sha256"):
+        raise BadShard(f"{path.name} fails its sha256")
+    return features
+
+
+def check_cut(folder: Path, shard_size: int, batch_size: int) -> None:
+    """Refuse to resume shards cut with another shard or batch size: their rows would round differently
+    from this run's, and the cache promises every byte is what one cut computes."""
+    for path in sorted(folder.glob("*.h5")):
+        try:
+            record = shard_record(path)
+        except BadShard:
+            continue  # recomputed by the scan
+        if (record.get("shard_size"), record.get("batch_size")) != (shard_size, batch_size):
+            raise FeatcacheError(
+                f"the unfinished extraction in {folder} was cut with --shard-size {record.get('shard_size')} "
+                f"--batch-size {record.get('batch_size')}; re-run with those to resume it, or pass --force "
+                "to discard its shards and start again")
+
+
+def scan_shards(folder: Path, shards: list[Shard], expected: dict) -> tuple[list[Shard], list[str]]:
+    """(shards still to compute, what was wrong with the files that were removed). A shard file that is
+    truncated, corrupt or another cut is removed, so it is recomputed and never assembled; leftover
+    temporary files of killed writers are removed too. Call it while no process is writing."""
+    for temporary in folder.glob("*.tmp"):
+        temporary.unlink(missing_ok=True)
+    todo, removed = [], []
+    for shard in shards:
+        path = folder / shard.name
+        if not path.exists():
+            todo.append(shard)
+            continue
+        try:
+            read_shard(path, shard, expected)
+        except BadShard as problem:
+            removed.append(str(problem))
+            path.unlink()
+            todo.append(shard)
+    return todo, removed
+
+
+def feature_shape(split: str, rows: int, views: int) -> tuple[int, ...]:
+    return (rows, 1 + views, FEATURE_DIM) if split == "train" else (rows, FEATURE_DIM)
+
+
+def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, splits: dict, views: int) -> None:
+    """Copy verified shards in order into `<final>.partial`, fsync it, check the copy against the shards'
+    checksums, rename it to `final`, then remove the shards. A failure leaves the shards in place, so
+    the next run only assembles again.
+
+    `splits` maps split name to (labels, ids). Training features are chunked (rows, 1, 512): one view
+    of every row is read without touching the others.
+    """
+    folder = shard_folder(final)
+    partial = final.with_name(final.name + ".partial")
+    checksums = {split: [] for split in SPLITS}
+    try:
+        with h5py.File(partial, "w") as handle:
+            handle.attrs.update({**attrs, "complete": False})
+            for split, (labels, ids) in splits.items():
+                group = handle.create_group(split)
+                shape = feature_shape(split, len(labels), views)
+                chunks = (min(CHUNK_ROWS, shape[0]), 1, FEATURE_DIM) if split == "train" else \
+                    (min(CHUNK_ROWS, shape[0]), FEATURE_DIM)
+                features = group.create_dataset("features", shape=shape, dtype="float32", chunks=chunks)
+                group.create_dataset("labels", data=labels)
+                group.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
+                for shard in (s for s in shards if s.split == split):
+                    try:
+                        rows = read_shard(folder / shard.name, shard, expected)
+                    except BadShard as problem:
+                        (folder / shard.name).unlink(missing_ok=True)
+                        raise FeatcacheError(f"shard {problem} during assembly; it was removed: re-run the "
+                                             "same command to recompute it") from None
+                    features[shard.start:shard.stop] = rows
+                    checksums[split].append([shard.start, shard.stop, features_sha256(rows)])
+            handle.attrs["checksums"] = json.dumps(checksums)
+            handle.attrs["complete"] = True
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        mismatches = verify_file(partial)
+        if mismatches:
+            raise FeatcacheError(f"the assembled copy {partial} does not match its shards at "
+                                 f"{'; '.join(mismatches)}; the shards are kept: re-run to assemble again")
+        os.replace(partial, final)
+        fsync_folder(final.parent)
+    except (OSError, RuntimeError) as error:  # h5py reports a full disk as either
+        partial.unlink(missing_ok=True)
+        needed = sum(int(np.prod(feature_shape(s, len(labels), views))) * 4 for s, (labels, _) in splits.items())
+        raise environment_error(error if isinstance(error, OSError) else OSError(str(error)), final.parent,
+                                f"assembling {final.name}", needed) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def checksum_mismatches(checksums: dict, rows_of) -> list[str]:
+    """'split rows a-b' for every recorded range whose sha256 differs from `rows_of(split, a, b)`."""
+    return [f"{split} rows {start}-{stop - 1}" for split in SPLITS
+            for start, stop, digest in checksums.get(split, [])
+            if features_sha256(rows_of(split, start, stop)) != digest]
+
+
+def verify_file(path: Path) -> list[str]:
+    """Recompute every recorded checksum of a cache file, one range at a time (a cache larger than memory
+    is verified too); returns the ranges that do not match."""
+    try:
+        with h5py.File(path, "r") as handle:
+            checksums = json.loads(handle.attrs["checksums"])
+            counts = {split: handle[f"{split}/features"].shape[0] for split in SPLITS}
+            covered = {split: sum(stop - start for start, stop, _ in checksums.get(split, [])) for split in SPLITS}
+            missing = [f"{split} rows {covered[split]}-{counts[split] - 1} have no checksum"
+                       for split in SPLITS if covered[split] != counts[split]]
+            return missing + checksum_mismatches(checksums, lambda split, a, b: handle[f"{split}/features"][a:b])
+    except (OSError, RuntimeError, KeyError) as error:  # h5py: unreadable chunks, truncated file
+        return [f"the file cannot be read ({type(error).__name__}: {' '.join(str(error).split())})"]
