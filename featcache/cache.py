@@ -187,10 +187,10 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
                     bar.update(_views_of(shard, views))
 
         backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
-        _compute_shards(dataset, backbone, provenance, mine, batch_size, num_workers, device, final, expected,
-                        result, bar, on_shard, count_other_ranks_shards if group.rank == 0 else lambda: None)
-        group.wait_for_all(count_other_ranks_shards if group.rank == 0 else lambda: None)
-        bar.close()
+        with bar:  # closed before any error is printed, so the error has a line of its own
+            _compute_shards(dataset, backbone, provenance, mine, batch_size, num_workers, device, final, expected,
+                            result, bar, on_shard, count_other_ranks_shards if group.rank == 0 else lambda: None)
+            group.wait_for_all(count_other_ranks_shards if group.rank == 0 else lambda: None)
         assembly_started = time.perf_counter()
         splits = {name: (split.labels, split.ids) for name, split in (("train", dataset.train), ("test", dataset.test))}
         group.share(lambda: assemble(final, shards, expected, cache_attributes(dataset, provenance, shard_size,
@@ -208,6 +208,7 @@ def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[S
                     bar, on_shard, poll) -> None:
     """Compute and commit this process's shards, split by split, batch by batch."""
     folder = shard_folder(final)
+    assembled_bytes = (len(dataset.train) * (1 + provenance["views"]) + len(dataset.test)) * FEATURE_DIM * 4
     for split_name, split in (("train", dataset.train), ("test", dataset.test)):
         pending = [shard for shard in shards if shard.split == split_name]
         if not pending:
@@ -226,7 +227,9 @@ def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[S
             if position < len(views) - 1 or start + len(batch) < shard.stop:
                 continue
             commit_started = time.perf_counter()
-            write_shard(folder, shard, rows if split_name == "train" else rows[:, 0], expected)
+            still_to_write = (rows.size + sum(_views_of(later, provenance["views"]) for later in pending)
+                              * FEATURE_DIM) * 4 + assembled_bytes
+            write_shard(folder, shard, rows if split_name == "train" else rows[:, 0], expected, still_to_write)
             result.commit_seconds += time.perf_counter() - commit_started
             if on_shard is not None:
                 on_shard(shard)

@@ -79,8 +79,8 @@ def environment_error(error: OSError, folder: Path, what: str, needed: int | Non
     code = getattr(error, "errno", None)
     if code == errno.ENOSPC or "No space left" in str(error) or "errno = 28" in str(error):
         free = free_bytes(folder)
-        need = f"; it needs {megabytes(needed)} more and {megabytes(free)} is free" if needed is not None else \
-            f"; {megabytes(free)} is free"
+        need = f"; the cache needs {megabytes(needed)} more and {megabytes(free)} is free" if needed is not None \
+            else f"; {megabytes(free)} is free"
         return FeatcacheError(f"no room left in {folder} while {what}{need}. Finished shards are kept: make room "
                               "and re-run the same command to resume")
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -98,16 +98,17 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def megabytes(count: int | None) -> str:
-    return f"{count / 1e6:,.1f} MB" if count is not None else "?"
+def megabytes(count: int) -> str:
+    return f"{count / 1e6:,.2f} MB"
 
 
-def write_shard(folder: Path, shard: Shard, features: np.ndarray, record: dict) -> None:
+def write_shard(folder: Path, shard: Shard, features: np.ndarray, record: dict, room_needed: int) -> None:
     """Commit one shard: HDF5 built in memory, written with plain file I/O to a temporary name,
     fsynced, renamed into place, and the rename fsynced.
 
     Building in memory keeps HDF5's library state out of a failing write: a full disk is an ordinary
-    OSError from os.write, and the temporary file is removed.
+    OSError from os.write, and the temporary file is removed. `room_needed` is what this run still has
+    to write (this shard, the ones after it, the assembled file), for the message of a full disk.
     """
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as handle:
@@ -128,7 +129,7 @@ def write_shard(folder: Path, shard: Shard, features: np.ndarray, record: dict) 
         fsync_folder(folder)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        raise environment_error(error, folder, f"writing shard {shard.name}", len(buffer.getbuffer())) from None
+        raise environment_error(error, folder, f"writing shard {shard.name}", room_needed) from None
 
 
 class BadShard(Exception):

@@ -1,0 +1,252 @@
+"""Shards on disk: full disks, read-only and vanishing folders, damaged shards and damaged caches.
+
+Faults are real where this machine allows it (a small tmpfs fills up; a read-only mount) and injected
+where it does not (ENOSPC from os.write on a shard)."""
+import errno
+import os
+import shutil
+import subprocess
+import uuid
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from featcache import FeatcacheError
+from featcache.backbone import load_backbone
+from featcache.cache import extract, load_cache
+from featcache.data import load_dataset
+from featcache.shards import shard_folder
+from featcache.spec import cache_provenance
+from conftest import tree_digest
+from test_bad_input import assert_clean_failure
+
+SHARD_SIZE, BATCH_SIZE = 7, 5  # 24 training rows: shards 0-6, 7-13, 14-20, 21-23; 12 test rows: 0-6, 7-11
+
+
+def _extract(data, cache_dir, **kwargs):
+    dataset = load_dataset(str(data))
+    provenance = cache_provenance(dataset, "random", 0, 32, 2)
+    return extract(dataset, load_backbone("random", 0), provenance, cache_dir, batch_size=BATCH_SIZE,
+                   shard_size=SHARD_SIZE, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(image_folder, tmp_path_factory):
+    """An uninterrupted run: what every faulty run must end up equal to, bit for bit."""
+    return load_cache(_extract(image_folder, tmp_path_factory.mktemp("reference")).path)
+
+
+def assert_same_cache(path, reference):
+    result = load_cache(path)
+    assert torch.equal(result.train_features, reference.train_features)
+    assert torch.equal(result.test_features, reference.test_features)
+
+
+def assert_error_after_progress(result, *words):
+    """A failure in the middle of extraction: the progress bar, then the error on one line of its own."""
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and sum("Error" in line for line in lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[-1], lines[-1]
+
+
+def extract_cli(data, cache_dir, *extra):
+    return ["extract", "--data", data, "--cache-dir", cache_dir, "--weights", "random", "--image-size", "32",
+            "--views", "2", "--batch-size", BATCH_SIZE, "--shard-size", SHARD_SIZE, *extra]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size, options) -> a folder on a tmpfs of that size; skipped where mounting is not permitted."""
+    mounts = []
+
+    def mount(size: str, options: str = ""):
+        folder = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+        folder.mkdir()
+        spec = f"size={size}" + (f",{options}" if options else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", spec, "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not permitted'})")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill(folder) -> object:
+    """Take every free byte of folder's filesystem; returns the filler file to delete later."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+    return filler
+
+
+def test_too_small_a_disk_is_refused_before_any_work(image_folder, small_disk, run_cli):
+    disk = small_disk("200k")  # the features alone are 172 KB; shards and the assembled copy need twice that
+    result = run_cli(*extract_cli(image_folder, disk / "cache"))
+    assert_clean_failure(result, "not enough room", str(disk), "MB is free", "shards still to write")
+    assert not list(disk.rglob("*.h5"))
+
+
+def test_disk_filling_up_during_extraction_then_room_made(image_folder, small_disk, reference):
+    disk = small_disk("1m")
+    filler = None
+
+    def take_the_rest(shard):
+        nonlocal filler
+        if filler is None:
+            filler = fill(disk)
+
+    with pytest.raises(FeatcacheError) as failure:
+        _extract(image_folder, disk / "cache", on_shard=take_the_rest)
+    message = str(failure.value)
+    assert "\n" not in message and "no room left in" in message and "MB is free" in message
+    [shards] = (disk / "cache").glob("*.shards")
+    assert [p.name for p in shards.iterdir()] == ["train-000000.h5"]  # the finished shard is kept, no temp file
+    assert not list((disk / "cache").glob("*.h5"))
+    filler.unlink()
+    resumed = _extract(image_folder, disk / "cache")
+    assert resumed.shards_resumed == 1
+    assert_same_cache(resumed.path, reference)
+
+
+def test_disk_full_at_assembly_keeps_the_shards_and_the_rerun_only_assembles(image_folder, small_disk, reference):
+    disk = small_disk("1m")
+    filler = None
+
+    def fill_after_the_last_shard(shard):
+        nonlocal filler
+        if shard.split == "test" and shard.index == 1:
+            filler = fill(disk)
+
+    with pytest.raises(FeatcacheError, match="no room left in .* while assembling"):
+        _extract(image_folder, disk / "cache", on_shard=fill_after_the_last_shard)
+    assert not list((disk / "cache").glob("*.h5")) and not list((disk / "cache").glob("*.partial"))
+    filler.unlink()
+    resumed = _extract(image_folder, disk / "cache")
+    assert resumed.shards_resumed == resumed.shards_total == 6 and resumed.images == 0
+    assert_same_cache(resumed.path, reference)
+
+
+def test_injected_enospc_on_a_shard_write_is_one_line(image_folder, tmp_path, run_cli, monkeypatch, reference):
+    real_write = os.write
+    calls = {"count": 0}
+
+    def write_until_full(descriptor, data):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr("featcache.shards.os.write", write_until_full)
+    result = run_cli(*extract_cli(image_folder, tmp_path / "cache"))
+    assert_error_after_progress(result, "no room left in", "writing shard train-000002.h5", "the cache needs",
+                                "make room")
+    [shards] = (tmp_path / "cache").glob("*.shards")
+    assert sorted(p.name for p in shards.iterdir()) == ["train-000000.h5", "train-000001.h5"]
+    monkeypatch.setattr("featcache.shards.os.write", real_write)
+    again = run_cli(*extract_cli(image_folder, tmp_path / "cache"))
+    assert again.exit_code == 0 and "resumed: 2 of 6 shards" in again.output, again.output
+    assert_same_cache(next((tmp_path / "cache").glob("*.h5")), reference)
+
+
+def test_read_only_folder_is_one_line(image_folder, small_disk, run_cli):
+    disk = small_disk("1m", "ro")
+    assert_clean_failure(run_cli(*extract_cli(image_folder, disk)), "cannot write to", str(disk), "Read-only")
+
+
+def test_vanishing_folder_is_one_line(image_folder, tmp_path):
+    cache_dir = tmp_path / "cache"
+
+    def remove_the_folder(shard):
+        shutil.rmtree(cache_dir)
+
+    with pytest.raises(FeatcacheError, match="disappeared while writing shard") as failure:
+        _extract(image_folder, cache_dir, on_shard=remove_the_folder)
+    assert "\n" not in str(failure.value)
+
+
+def _interrupt_after(count):
+    done = []
+
+    def interrupt(shard):
+        done.append(shard)
+        if len(done) == count:
+            raise KeyboardInterrupt
+    return interrupt
+
+
+def _flip_byte(path, offset):
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_flipped_byte_and_truncated_shard_are_recomputed(image_folder, tmp_path, reference):
+    with pytest.raises(KeyboardInterrupt):
+        _extract(image_folder, tmp_path, on_shard=_interrupt_after(3))
+    [folder] = tmp_path.glob("*.shards")
+    with h5py.File(folder / "train-000001.h5", "r") as handle:
+        offset = handle["features"].id.get_offset()
+    _flip_byte(folder / "train-000001.h5", offset + 1000)  # inside the feature bytes
+    truncated = folder / "train-000002.h5"
+    truncated.write_bytes(truncated.read_bytes()[:truncated.stat().st_size // 2])
+    resumed = _extract(image_folder, tmp_path)
+    assert resumed.shards_resumed == 1  # only train-000000 survived the scan
+    assert len(resumed.shards_removed) == 2
+    assert "train-000001.h5 fails its sha256" in resumed.shards_removed[0]
+    assert "train-000002.h5 is unreadable" in resumed.shards_removed[1]
+    assert_same_cache(resumed.path, reference)
+
+
+def test_verify_names_the_rows_of_a_flipped_byte(image_folder, tmp_path, run_cli):
+    path = _extract(image_folder, tmp_path).path
+    good = run_cli("verify", path)
+    assert good.exit_code == 0 and "all 6 checksummed row ranges match" in good.output
+    with h5py.File(path, "r") as handle:
+        features = handle["train/features"]
+        assert features.chunks == (24, 1, 512)  # one view of every row is read alone
+        chunk = features.id.get_chunk_info_by_coord((0, 2, 0))  # view 2's chunk: rows 0-23
+    _flip_byte(path, chunk.byte_offset + 16 * 512 * 4 + 7)  # row 16, view 2
+    before = tree_digest(tmp_path)
+    assert_clean_failure(run_cli("verify", path), "fails verification", "train rows 14-20")
+    with pytest.raises(FeatcacheError, match="train rows 14-20 fail their sha256"):
+        load_cache(path)
+    assert tree_digest(tmp_path) == before
+
+
+def test_another_cut_is_refused_and_force_starts_again(image_folder, tmp_path, run_cli, reference):
+    with pytest.raises(KeyboardInterrupt):
+        _extract(image_folder, tmp_path, on_shard=_interrupt_after(2))
+    before = tree_digest(tmp_path)
+    other_cut = run_cli("extract", "--data", image_folder, "--cache-dir", tmp_path, "--weights", "random",
+                        "--image-size", "32", "--views", "2", "--batch-size", "4", "--shard-size", SHARD_SIZE)
+    assert_clean_failure(other_cut, f"--shard-size {SHARD_SIZE} --batch-size {BATCH_SIZE}", "--force")
+    assert tree_digest(tmp_path) == before
+    forced = run_cli("extract", "--data", image_folder, "--cache-dir", tmp_path, "--weights", "random",
+                     "--image-size", "32", "--views", "2", "--batch-size", "4", "--shard-size", "5", "--force")
+    assert forced.exit_code == 0 and "resumed" not in forced.output, forced.output
+    result = load_cache(next(tmp_path.glob("*.h5")))
+    assert result.attrs["batch_size"] == 4 and result.attrs["shard_size"] == 5
+    assert torch.allclose(result.train_features, reference.train_features, atol=1e-4)  # another cut: within tolerance
+
+
+def test_leftover_shards_of_a_finished_cache_are_removed_on_reuse(image_folder, tmp_path, run_cli):
+    path = _extract(image_folder, tmp_path).path
+    leftover = shard_folder(path)
+    leftover.mkdir()
+    (leftover / "train-000000.h5").write_bytes(b"killed between the rename and the clean-up")
+    again = run_cli(*extract_cli(image_folder, tmp_path))
+    assert again.exit_code == 0 and "reused complete cache" in again.output
+    assert not leftover.exists()
