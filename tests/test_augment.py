@@ -52,3 +52,26 @@ def test_view_params_follow_torchvision_ranges():
     assert 100 < flips < 200  # a fair coin, not a constant
     areas = [p.height * p.width / (256 * 300) for p in params]
     assert min(areas) < 0.2 and max(areas) > 0.8
+
+
+def test_view_arithmetic_has_no_matmul_across_the_batch(image_folder):
+    """On Intel CPUs MKL's AVX-512 GEMM rounds differently with the number of rows, so a matmul over the
+    batch would make a view depend on its batch mates; this CPU may not show it, the op list does."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RecordOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    images = _images(image_folder)[:6]
+    with RecordOps() as recorder:
+        for view in (0, 1, 2):
+            make_views(images, list(range(6)), view, "train", 0, 32)
+    assert "grid_sampler_2d" in recorder.ops  # the recorder sees the augmentation's ops
+    gemms = {"mm", "bmm", "addmm", "baddbmm", "matmul", "mv", "dot", "linear", "einsum", "tensordot"}
+    assert not recorder.ops & gemms, recorder.ops & gemms

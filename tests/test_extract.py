@@ -1,4 +1,5 @@
 """featcache extract: determinism, content-keyed reuse, resume after a kill, and bad input."""
+import json
 import signal
 import subprocess
 import sys
@@ -40,6 +41,10 @@ def test_extract_writes_the_documented_layout(image_folder, tmp_path, run_cli):
         assert list(handle["train/labels"][()]) == [0] * 8 + [1] * 8 + [2] * 8
         assert handle["train/ids"][0].decode() == "train/ant/0000.jpg"
         assert handle.attrs["complete"] and handle.attrs["views"] == 2 and handle.attrs["format"] == "featcache"
+        assert handle.attrs["format_version"] == 2 and handle.attrs["shard_size"] == 256
+        assert handle.attrs["batch_size"] == 5
+        assert json.loads(handle.attrs["checksums"])["train"][0][:2] == [0, 24]  # one shard of 256 covers all
+        assert handle["train/features"].chunks == (24, 1, 512)  # one view is read without the others
         assert np.isfinite(handle["train/features"][()]).all()
     again = run_cli("extract", "--data", image_folder, "--cache-dir", tmp_path, *SMALL)
     assert again.exit_code == 0 and "reused complete cache" in again.output
@@ -55,7 +60,8 @@ def test_same_seed_same_features_other_seed_other_file(image_folder, tmp_path):
 
 
 def test_features_do_not_depend_on_batch_size(image_folder, tmp_path):
-    small = load_cache(_extract(image_folder, tmp_path / "a", batch_size=3).path)
+    """The README's promise for another cut (batch or shard size): equal within 1e-4, not bit for bit."""
+    small = load_cache(_extract(image_folder, tmp_path / "a", batch_size=3, shard_size=5).path)
     large = load_cache(_extract(image_folder, tmp_path / "b", batch_size=16).path)
     assert torch.allclose(small.train_features, large.train_features, atol=1e-4)
     assert torch.allclose(small.test_features, large.test_features, atol=1e-4)
