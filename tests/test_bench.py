@@ -20,7 +20,13 @@ def test_bench_reports_figures_ratios_and_targets(image_folder, run_cli, tmp_pat
     assert ratios["first_run_speedup_vs_end_to_end"] == pytest.approx(
         figures["end_to_end_s"] / (figures["extract_s"] + figures["head_s"]))
     assert set(report["targets"]) == {"extraction_vs_bare_forward", "head_speedup_vs_end_to_end",
-                                      "first_run_speedup_vs_end_to_end"}
+                                      "first_run_speedup_vs_end_to_end", "shard_commit_and_assembly_share"}
     for check in report["targets"].values():
-        assert check["met"] == (check["value"] >= check["target"])
+        direction, target = check["target"].split()
+        assert check["met"] == (check["value"] >= float(target) if direction == ">=" else check["value"] <= float(target))
+    assert figures["extract_2_processes_images_per_s"] > 0 and figures["shard_commit_s"] > 0
+    assert ratios["shard_commit_and_assembly_share"] == pytest.approx(
+        (figures["shard_commit_s"] + figures["assembly_s"]) / figures["extract_s"])
+    assert ratios["extraction_2_vs_1_processes"] == pytest.approx(
+        figures["extract_2_processes_images_per_s"] / figures["extract_images_per_s"])
     assert report["machine"]["torch_version"] and "| head_speedup_vs_end_to_end |" in (tmp_path / "bench.md").read_text()
