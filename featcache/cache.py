@@ -19,6 +19,7 @@ most the shards in flight.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,9 +36,12 @@ from .backbone import FEATURE_DIM
 from .data import Dataset
 from .distributed import coordinator, local_device
 from .shards import (DEFAULT_SHARD_SIZE, Shard, assemble, check_cut, checksum_mismatches, environment_error,
-                     free_bytes, megabytes, plan_shards, scan_shards, shard_folder, write_shard)
+                     free_bytes, megabytes, plan_shards, scan_shards, write_shard)
 from .spec import (BACKBONE, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractResult, cache_key, cache_path,
-                   open_complete_cache, reusable_cache)
+                   open_complete_cache, reusable_cache, shard_folder)
+
+ASSEMBLY_ATTEMPTS = 3  # a shard damaged between its commit and assembly is recomputed; twice more is a bad disk
+
 
 @dataclass
 class FeatureCache:
@@ -124,25 +128,26 @@ def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int
     The room counted is what this run still writes: the remaining shards and the assembled file,
     which exist side by side until assembly has verified its copy."""
     folder = shard_folder(final)
-    if force and folder.exists():
-        shutil.rmtree(folder)
-    if folder.exists():
-        check_cut(folder, expected["shard_size"], expected["batch_size"])
-        todo, removed = scan_shards(folder, shards, expected)
-    else:
-        todo, removed = list(shards), []
-    shard_bytes = sum(_views_of(shard, views) for shard in todo) * FEATURE_DIM * 4
-    final_bytes = sum(_views_of(shard, views) for shard in shards) * FEATURE_DIM * 4
-    free = free_bytes(final.parent)
-    if shard_bytes + final_bytes > free:
-        raise FeatcacheError(
-            f"not enough room in {final.parent}: this cache needs {megabytes(shard_bytes + final_bytes)} "
-            f"({megabytes(shard_bytes)} of shards still to write, {megabytes(final_bytes)} for the assembled file) "
-            f"and {megabytes(free)} is free")
     try:
+        final.with_name(final.name + ".partial").unlink(missing_ok=True)  # an assembly killed half-way
+        if force and folder.exists():
+            shutil.rmtree(folder)
+        if folder.exists():
+            check_cut(folder, expected["shard_size"], expected["batch_size"])
+            todo, removed = scan_shards(folder, shards, expected)
+        else:
+            todo, removed = list(shards), []
+        shard_bytes = sum(_views_of(shard, views) for shard in todo) * FEATURE_DIM * 4
+        final_bytes = sum(_views_of(shard, views) for shard in shards) * FEATURE_DIM * 4
+        free = free_bytes(final.parent)
+        if shard_bytes + final_bytes > free:
+            raise FeatcacheError(
+                f"not enough room in {final.parent}: this cache needs {megabytes(shard_bytes + final_bytes)} "
+                f"({megabytes(shard_bytes)} of shards still to write, {megabytes(final_bytes)} for the assembled "
+                f"file) and {megabytes(free)} is free")
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise environment_error(error, final.parent, "creating the shard folder") from None
+        raise environment_error(error, final.parent, "preparing the shard folder") from None
     return todo, removed
 
 
@@ -153,8 +158,9 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
     """Run the frozen backbone once per view and cache the features; reuse or resume when possible.
 
     Under torchrun every process calls this with the same arguments: the shards still to do are dealt
-    round-robin over the ranks, and rank 0 assembles the file when all are written. `on_shard(shard)`
-    is called after each shard this process computed is safely on disk.
+    round-robin over the ranks, and rank 0 assembles the file when all are written. A shard found
+    damaged at assembly is recomputed and assembly tried again. `on_shard(shard)` is called after each
+    shard this process computed is safely on disk.
     """
     started = time.perf_counter()
     if batch_size < 1:
@@ -162,45 +168,73 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
     final = cache_path(Path(cache_dir), dataset, provenance)
     if not force and reusable_cache(final, cache_key(provenance)):
         return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
-    views = provenance["views"]
     shards = plan_shards({"train": len(dataset.train), "test": len(dataset.test)}, shard_size)
     expected = {"key": cache_key(provenance), "shard_size": shard_size, "batch_size": batch_size}
     device = local_device(torch.device(device))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False  # autotuning could pick other kernels on other ranks
+    backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
+    autotuning = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False  # autotuning could pick other kernels on other ranks
     group = coordinator(device)
+    result = ExtractResult(final, reused=False, seconds=0.0, shards_total=len(shards), rank=group.rank,
+                           world_size=group.world_size)
     try:
-        todo, removed = group.share(lambda: _prepare_shards(final, shards, expected, views, force))
-        result = ExtractResult(final, reused=False, seconds=0.0, shards_total=len(shards),
-                               shards_resumed=len(shards) - len(todo), shards_removed=removed,
-                               rank=group.rank, world_size=group.world_size)
-        mine = todo[group.rank::group.world_size]
-        bar = tqdm(total=sum(_views_of(shard, views) for shard in todo), unit="img", desc=f"extract {final.name}",
-                   disable=not progress or group.rank != 0, dynamic_ncols=True)
-        counted = set(mine)
-
-        def count_other_ranks_shards():
-            """Rank 0's bar counts the shards other ranks have committed: images/s over all ranks."""
-            for shard in todo:
-                if shard not in counted and (shard_folder(final) / shard.name).exists():
-                    counted.add(shard)
-                    bar.update(_views_of(shard, views))
-
-        backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
-        with bar:  # closed before any error is printed, so the error has a line of its own
-            _compute_shards(dataset, backbone, provenance, mine, batch_size, num_workers, device, final, expected,
-                            result, bar, on_shard, count_other_ranks_shards if group.rank == 0 else lambda: None)
-            group.wait_for_all(count_other_ranks_shards if group.rank == 0 else lambda: None)
-        assembly_started = time.perf_counter()
-        splits = {name: (split.labels, split.ids) for name, split in (("train", dataset.train), ("test", dataset.test))}
-        group.share(lambda: assemble(final, shards, expected, cache_attributes(dataset, provenance, shard_size,
-                                                                               batch_size), splits, views))
-        result.assembly_seconds = time.perf_counter() - assembly_started
+        for attempt in range(ASSEMBLY_ATTEMPTS):
+            todo, removed = group.share(lambda: _prepare_shards(final, shards, expected, provenance["views"],
+                                                                force and attempt == 0))
+            result.shards_resumed = result.shards_resumed if attempt else len(shards) - len(todo)
+            result.shards_removed += removed
+            _extract_shards(dataset, backbone, provenance, todo, group, batch_size, num_workers, device, final,
+                            expected, result, progress, on_shard)
+            damaged = group.share(lambda: assemble(final, shards, expected, cache_attributes(
+                dataset, provenance, shard_size, batch_size), _splits(dataset), provenance["views"]))
+            result.shards_removed += damaged
+            if not damaged:
+                break
+        else:
+            raise FeatcacheError(f"shards in {shard_folder(final)} were damaged again after being recomputed "
+                                 f"({'; '.join(damaged)}): check the disk")
+    except BaseException:
+        if group.rank == 0 and shard_folder(final).is_dir() and not any(shard_folder(final).iterdir()):
+            shard_folder(final).rmdir()  # a run that failed before its first shard leaves nothing behind
+        raise
     finally:
         group.close()
-    result.images = sum(_views_of(shard, views) for shard in (todo if group.rank == 0 else mine))
+        torch.backends.cudnn.benchmark = autotuning
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _splits(dataset: Dataset) -> dict:
+    return {name: (split.labels, split.ids) for name, split in (("train", dataset.train), ("test", dataset.test))}
+
+
+def _extract_shards(dataset: Dataset, backbone, provenance: dict, todo: list[Shard], group, batch_size: int,
+                    num_workers: int, device: torch.device, final: Path, expected: dict, result: ExtractResult,
+                    progress: bool, on_shard) -> None:
+    """This rank's share of `todo`, then a wait for every rank; rank 0's bar counts all ranks' work."""
+    views = provenance["views"]
+    mine = todo[group.rank::group.world_size]
+    others = {shard.name: shard for shard in todo if shard not in mine}
+    folder = shard_folder(final)
+    bar = tqdm(total=sum(_views_of(shard, views) for shard in todo), unit="img", desc=f"extract {final.name}",
+               disable=not progress or group.rank != 0, dynamic_ncols=True, delay=1)  # none for a quick failure
+    last_poll = [0.0]
+
+    def count_other_ranks_shards():
+        """One listing of the shard folder at most once a second: the shards other ranks committed."""
+        if group.rank != 0 or not others or time.perf_counter() - last_poll[0] < 1:
+            return
+        last_poll[0] = time.perf_counter()
+        for name in {entry.name for entry in os.scandir(folder)} & others.keys():
+            bar.update(_views_of(others.pop(name), views))
+
+    with bar:  # closed before any error is printed, so the error has a line of its own
+        _compute_shards(dataset, backbone, provenance, mine, batch_size, num_workers, device, final, expected,
+                        result, bar, on_shard, count_other_ranks_shards)
+        group.wait_for_all(count_other_ranks_shards)
+        last_poll[0] = 0.0
+        count_other_ranks_shards()
+    result.images += sum(_views_of(shard, views) for shard in (todo if group.rank == 0 else mine))
 
 
 def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[Shard], batch_size: int,

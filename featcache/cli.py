@@ -12,12 +12,12 @@ import click
 from tqdm import tqdm
 
 from . import FeatcacheError, ReportedElsewhere, __version__
+from .shards import DEFAULT_SHARD_SIZE
 
 # torch, sklearn and matplotlib are imported inside the commands that use them: finding an existing
 # cache (a repeated `featcache extract`) then answers in a fraction of a second.
 DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_SWEEP_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
-DEFAULT_SHARD_SIZE = 256  # featcache.shards.DEFAULT_SHARD_SIZE, without importing h5py for --help
 
 
 def is_main_process() -> bool:
@@ -35,7 +35,8 @@ class FriendlyGroup(click.Group):
         except ReportedElsewhere:
             ctx.exit(1)
         except (FeatcacheError, OSError) as error:
-            raise click.ClickException(" ".join(str(error).split())) from None  # one line, always
+            rank = "" if is_main_process() else f"rank {os.environ['RANK']}: "  # under torchrun, who failed
+            raise click.ClickException(rank + " ".join(str(error).split())) from None  # one line, always
 
 
 def stacked(*options):
@@ -124,16 +125,19 @@ def prepare_cache(options: dict, progress: bool = True):
     from .spec import ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache
 
     started = time.perf_counter()
-    dataset = load_dataset_from_options(options)
-    provenance = cache_provenance(dataset, options["weights"], options["seed"], options["image_size"],
-                                  options["views"], options["precision"])
-    final = cache_path(options["cache_dir"], dataset, provenance)
-    if not options.get("force") and reusable_cache(final, cache_key(provenance)):
-        return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
-    from .backbone import load_backbone, resolve_device
-    from .cache import extract
+    try:
+        dataset = load_dataset_from_options(options)
+        provenance = cache_provenance(dataset, options["weights"], options["seed"], options["image_size"],
+                                      options["views"], options["precision"])
+        final = cache_path(options["cache_dir"], dataset, provenance)
+        if not options.get("force") and reusable_cache(final, cache_key(provenance)):
+            return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
+        from .backbone import load_backbone, resolve_device
+        from .cache import extract
 
-    backbone = load_backbone(options["weights"], options["seed"])
+        backbone = load_backbone(options["weights"], options["seed"])
+    except FeatcacheError as error:  # every torchrun rank sees the same inputs: rank 0 alone says what is wrong
+        raise (error if is_main_process() else ReportedElsewhere(str(error))) from None
     return extract(dataset, backbone, provenance, options["cache_dir"], batch_size=options["batch_size"],
                    shard_size=options.get("shard_size", DEFAULT_SHARD_SIZE), device=resolve_device(options["device"]),
                    num_workers=options["num_workers"], force=options.get("force", False), progress=progress)
@@ -205,8 +209,7 @@ def _floats(text: str, name: str) -> list[float]:
 def find_cache(cache: Path | None, options: dict):
     """The cache named on the command line, or the one the dataset/weights options key to."""
     from .cache import load_cache
-    from .shards import shard_folder
-    from .spec import cache_path, cache_provenance
+    from .spec import cache_path, cache_provenance, shard_folder
 
     if cache is None:
         dataset = load_dataset_from_options(options)

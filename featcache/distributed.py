@@ -88,7 +88,7 @@ class ProcessGroup:
         try:
             return call()
         except (RuntimeError, ValueError) as error:  # gloo: a peer closed its connections
-            raise FeatcacheError(f"rank {self.rank}: another rank stopped during extraction "
+            raise FeatcacheError("another rank stopped during extraction "
                                  f"({' '.join(str(error).split())[:200]}); finished shards are kept: "
                                  "re-run the same command to resume") from None
 

@@ -24,11 +24,11 @@ import h5py
 import numpy as np
 
 from . import FeatcacheError
+from .spec import FEATURE_DIM, shard_folder
 
 SHARD_FORMAT = "featcache-shard"
 DEFAULT_SHARD_SIZE = 256  # images; measured: see README "Performance"
-CHUNK_ROWS = 256  # HDF5 chunk rows of the assembled file; one chunk holds one view of 256 rows
-FEATURE_DIM = 512
+CHUNK_ROWS = 256  # HDF5 chunk rows of the assembled file; one chunk holds one view of up to 256 rows
 SPLITS = ("train", "test")
 
 
@@ -53,11 +53,6 @@ def plan_shards(counts: dict[str, int], shard_size: int) -> list[Shard]:
         raise FeatcacheError(f"--shard-size must be at least 1, got {shard_size}")
     return [Shard(split, index, start, min(start + shard_size, counts[split]))
             for split in SPLITS for index, start in enumerate(range(0, counts[split], shard_size))]
-
-
-def shard_folder(final: Path) -> Path:
-    """Where the shards of the cache file `final` live until it is assembled."""
-    return final.with_name(final.name + ".shards")
 
 
 def features_sha256(features: np.ndarray) -> str:
@@ -136,33 +131,36 @@ class BadShard(Exception):
     """A shard file that must not be assembled: truncated, corrupt, or not this cut of this cache."""
 
 
-def shard_record(path: Path) -> dict:
-    """The record of a shard file (attributes only, cheap); BadShard when it cannot be read."""
+def _read(path: Path, with_features: bool) -> tuple[dict, np.ndarray | None]:
     try:
         with h5py.File(path, "r") as handle:
             record = {key: (value.item() if hasattr(value, "item") else value) for key, value in handle.attrs.items()}
+            features = handle["features"][()] if with_features else None
+    except FileNotFoundError:
+        raise
     except (OSError, RuntimeError, KeyError) as error:
         raise BadShard(f"{path.name} is unreadable ({type(error).__name__})") from None
     if record.get("format") != SHARD_FORMAT:
         raise BadShard(f"{path.name} is not a featcache shard")
-    return record
+    return record, features
 
 
-def read_shard(path: Path, shard: Shard, expected: dict) -> np.ndarray:
-    """A shard's features, after checking its record against `expected` and its bytes against its sha256."""
-    record = shard_record(path)
+def shard_record(path: Path) -> dict:
+    """The record of a shard file (attributes only, cheap); BadShard when it cannot be read."""
+    return _read(path, with_features=False)[0]
+
+
+def read_shard(path: Path, shard: Shard, expected: dict) -> tuple[np.ndarray, str]:
+    """A shard's features and sha256, after checking its record against `expected` and its bytes against
+    the sha256 it records. FileNotFoundError when it is not there."""
+    record, features = _read(path, with_features=True)
     wanted = {**expected, "split": shard.split, "start": shard.start, "stop": shard.stop}
     differing = [key for key, value in wanted.items() if record.get(key) != value]
     if differing:
         raise BadShard(f"{path.name} records other {', '.join(differing)}")
-    try:
-        with h5py.File(path, "r") as handle:
-            features = handle["features"][()]
-    except (OSError, RuntimeError, KeyError) as error:
-        raise BadShard(f"{path.name} is unreadable ({type(error).__name__})") from None
     if features_sha256(features) != record.get("sha256"):
         raise BadShard(f"{path.name} fails its sha256")
-    return features
+    return features, record["sha256"]
 
 
 def check_cut(folder: Path, shard_size: int, batch_size: int) -> None:
@@ -194,9 +192,9 @@ def scan_shards(folder: Path, shards: list[Shard], expected: dict) -> tuple[list
             continue
         try:
             read_shard(path, shard, expected)
-        except BadShard as problem:
+        except (BadShard, FileNotFoundError) as problem:
             removed.append(str(problem))
-            path.unlink()
+            path.unlink(missing_ok=True)
             todo.append(shard)
     return todo, removed
 
@@ -205,17 +203,26 @@ def feature_shape(split: str, rows: int, views: int) -> tuple[int, ...]:
     return (rows, 1 + views, FEATURE_DIM) if split == "train" else (rows, FEATURE_DIM)
 
 
-def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, splits: dict, views: int) -> None:
+def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, splits: dict, views: int) -> list[str]:
     """Copy verified shards in order into `<final>.partial`, fsync it, check the copy against the shards'
     checksums, rename it to `final`, then remove the shards. A failure leaves the shards in place, so
     the next run only assembles again.
 
-    `splits` maps split name to (labels, ids). Training features are chunked (rows, 1, 512): one view
-    of every row is read without touching the others.
+    Returns what was wrong with the shards it found damaged and removed (nothing assembled then: the
+    caller recomputes them and assembles again). `splits` maps split name to (labels, ids). Training
+    features are chunked (rows, 1, 512): one view of every row is read without touching the others.
     """
     folder = shard_folder(final)
+    missing = [shard.name for shard in shards if not (folder / shard.name).exists()]
+    if missing:
+        raise FeatcacheError(f"every rank finished, but shard {missing[0]} is not in {folder} ({len(missing)} "
+                             "missing): is --cache-dir the same shared folder on every node?")
     partial = final.with_name(final.name + ".partial")
-    checksums = {split: [] for split in SPLITS}
+    needed = sum(int(np.prod(feature_shape(s, len(labels), views))) * 4 for s, (labels, _) in splits.items())
+    if free_bytes(final.parent) < needed:  # HDF5 copes badly with a full disk: do not start what cannot finish
+        raise environment_error(OSError(errno.ENOSPC, "No space left"), final.parent, f"assembling {final.name}",
+                                needed)
+    checksums, damaged = {split: [] for split in SPLITS}, []
     try:
         with h5py.File(partial, "w") as handle:
             handle.attrs.update({**attrs, "complete": False})
@@ -229,15 +236,18 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
                 group.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
                 for shard in (s for s in shards if s.split == split):
                     try:
-                        rows = read_shard(folder / shard.name, shard, expected)
+                        rows, digest = read_shard(folder / shard.name, shard, expected)
                     except BadShard as problem:
                         (folder / shard.name).unlink(missing_ok=True)
-                        raise FeatcacheError(f"shard {problem} during assembly; it was removed: re-run the "
-                                             "same command to recompute it") from None
+                        damaged.append(str(problem))
+                        continue
                     features[shard.start:shard.stop] = rows
-                    checksums[split].append([shard.start, shard.stop, features_sha256(rows)])
+                    checksums[split].append([shard.start, shard.stop, digest])
             handle.attrs["checksums"] = json.dumps(checksums)
-            handle.attrs["complete"] = True
+            handle.attrs["complete"] = not damaged
+        if damaged:
+            partial.unlink()
+            return damaged
         with open(partial, "rb") as written:
             os.fsync(written.fileno())
         mismatches = verify_file(partial)
@@ -248,13 +258,13 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
         fsync_folder(final.parent)
     except (OSError, RuntimeError) as error:  # h5py reports a full disk as either
         partial.unlink(missing_ok=True)
-        needed = sum(int(np.prod(feature_shape(s, len(labels), views))) * 4 for s, (labels, _) in splits.items())
         raise environment_error(error if isinstance(error, OSError) else OSError(str(error)), final.parent,
                                 f"assembling {final.name}", needed) from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     shutil.rmtree(folder, ignore_errors=True)
+    return []
 
 
 def checksum_mismatches(checksums: dict, rows_of) -> list[str]:

@@ -15,11 +15,11 @@ from pathlib import Path
 import h5py
 
 from . import FeatcacheError, __version__
-from .shards import shard_folder
 
 FORMAT = "featcache"
 FORMAT_VERSION = 2  # 2: sharded extraction, per-shard sha256 checksums, features chunked one view at a time
 BACKBONE = "torchvision.resnet18"
+FEATURE_DIM = 512
 PRECISIONS = ("fp32", "bf16")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,6 +89,11 @@ def cache_path(cache_dir: Path, dataset, provenance: dict) -> Path:
     key = cache_key(provenance)
     name = f"{dataset.name}-resnet18-{provenance['image_size']}px-v{provenance['views']}-s{provenance['seed']}"
     return Path(cache_dir) / f"{name}-{key[:16]}.h5"
+
+
+def shard_folder(final: Path) -> Path:
+    """Where the shards of the cache file `final` live until it is assembled."""
+    return final.with_name(final.name + ".shards")
 
 
 def open_complete_cache(path: Path) -> h5py.File:

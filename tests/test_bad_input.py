@@ -68,7 +68,8 @@ def test_corrupt_image_is_named(workspace, run_cli, damage, workers):
     victim.write_bytes(b"not an image at all" if damage == "garbage" else content[: len(content) // 2])
     before = tree_digest(cache_dir)
     assert_clean_failure(run_cli(*extract_args(data, cache_dir), "--num-workers", workers), str(victim))
-    assert all(tree_digest(cache_dir).get(name) == digest for name, digest in before.items())
+    assert tree_digest(cache_dir) == before  # and no empty shard folder left behind
+    assert not list(cache_dir.glob("*.shards"))
 
 
 @pytest.mark.parametrize("kind", ["resnet34", "wrong_shape", "not_a_state_dict", "json"])

@@ -210,6 +210,19 @@ def test_flipped_byte_and_truncated_shard_are_recomputed(image_folder, tmp_path,
     assert_same_cache(resumed.path, reference)
 
 
+def test_a_shard_damaged_before_assembly_is_recomputed_in_the_same_run(image_folder, tmp_path, reference):
+    def damage_the_first_shard(shard):
+        if shard.split == "test" and shard.index == 1:  # the last shard: assembly comes next
+            [folder] = tmp_path.glob("*.shards")
+            with h5py.File(folder / "train-000000.h5", "r") as handle:
+                offset = handle["features"].id.get_offset()
+            _flip_byte(folder / "train-000000.h5", offset + 99)
+
+    result = _extract(image_folder, tmp_path, on_shard=damage_the_first_shard)
+    assert result.shards_removed == ["train-000000.h5 fails its sha256"]
+    assert_same_cache(result.path, reference)
+
+
 def test_verify_names_the_rows_of_a_flipped_byte(image_folder, tmp_path, run_cli):
     path = _extract(image_folder, tmp_path).path
     good = run_cli("verify", path)
