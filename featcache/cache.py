@@ -181,12 +181,15 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
         for attempt in range(ASSEMBLY_ATTEMPTS):
             todo, removed = group.share(lambda: _prepare_shards(final, shards, expected, provenance["views"],
                                                                 force and attempt == 0))
-            result.shards_resumed = result.shards_resumed if attempt else len(shards) - len(todo)
+            if attempt == 0:
+                result.shards_resumed = len(shards) - len(todo)
             result.shards_removed += removed
             _extract_shards(dataset, backbone, provenance, todo, group, batch_size, num_workers, device, final,
                             expected, result, progress, on_shard)
+            assembly_started = time.perf_counter()
             damaged = group.share(lambda: assemble(final, shards, expected, cache_attributes(
                 dataset, provenance, shard_size, batch_size), _splits(dataset), provenance["views"]))
+            result.assembly_seconds += time.perf_counter() - assembly_started
             result.shards_removed += damaged
             if not damaged:
                 break
@@ -225,7 +228,9 @@ def _extract_shards(dataset: Dataset, backbone, provenance: dict, todo: list[Sha
         if group.rank != 0 or not others or time.perf_counter() - last_poll[0] < 1:
             return
         last_poll[0] = time.perf_counter()
-        for name in {entry.name for entry in os.scandir(folder)} & others.keys():
+        with os.scandir(folder) as entries:
+            committed = {entry.name for entry in entries} & others.keys()
+        for name in committed:
             bar.update(_views_of(others.pop(name), views))
 
     with bar:  # closed before any error is printed, so the error has a line of its own

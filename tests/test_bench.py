@@ -24,7 +24,7 @@ def test_bench_reports_figures_ratios_and_targets(image_folder, run_cli, tmp_pat
     for check in report["targets"].values():
         direction, target = check["target"].split()
         assert check["met"] == (check["value"] >= float(target) if direction == ">=" else check["value"] <= float(target))
-    assert figures["extract_2_processes_images_per_s"] > 0 and figures["shard_commit_s"] > 0
+    assert figures["extract_2_processes_images_per_s"] > 0 and figures["shard_commit_s"] > 0 and figures["assembly_s"] > 0
     assert ratios["shard_commit_and_assembly_share"] == pytest.approx(
         (figures["shard_commit_s"] + figures["assembly_s"]) / figures["extract_s"])
     assert ratios["extraction_2_vs_1_processes"] == pytest.approx(
