@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as nnf
@@ -216,6 +216,29 @@ def decoded_chunks(split: Split, image_size: int, ranges: list[tuple[int, int]],
         if isinstance(images, FeatcacheError):
             raise images
         yield start, images
+
+
+@dataclass
+class ImageData:
+    """Decoded images of both splits (uint8, resized once) and everything needed to make their views."""
+
+    train_images: list[torch.Tensor]
+    train_labels: torch.Tensor
+    test_images: list[torch.Tensor]
+    test_labels: torch.Tensor
+    classes: list[str]
+    image_size: int
+    view_seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def views(self, split: str, indices: list[int], view: int) -> torch.Tensor:
+        images = self.train_images if split == "train" else self.test_images
+        return make_views([images[i] for i in indices], indices, view, split, self.view_seed,
+                          self.image_size, self.device)
+
+    def test_batch(self, window: slice) -> torch.Tensor:
+        return self.views("test", list(range(len(self.test_images)))[window], 0)
+
 
 
 def decode_all(split: Split, image_size: int) -> list[torch.Tensor]:

@@ -9,9 +9,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from . import FeatcacheError
-from .spec import FEATURE_DIM
 
-BACKBONE_PARAMETERS = 11_176_512  # torchvision resnet18 without fc; checked in tests/test_finetune.py
 STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 

@@ -16,14 +16,16 @@ from pathlib import Path
 import torch
 from torchvision import transforms
 
-from .augment import decode_all, decoded_chunks, make_views
+from .augment import ImageData, decode_all, decoded_chunks, make_views
 from .backbone import load_backbone
-from .cache import extract, load_cache
+from .cache import load_cache
+from .extraction import extract
 from .data import Dataset
-from .heads import reference_feature_extraction, train_linear_head
-from .report import markdown_table
+from .heads import train_linear_head
+from .loop import EpochConfig
 from .spec import IMAGENET_MEAN, IMAGENET_STD, cache_provenance, resize_size
-from .train import EpochConfig, ImageData
+from .tables import markdown_table
+from .train import reference_feature_extraction
 
 TARGETS = {  # ratio: (direction, target)
     "extraction_vs_bare_forward": (">=", 0.90),

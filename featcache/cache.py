@@ -1,46 +1,29 @@
-"""The HDF5 feature cache: content-keyed, extracted in checksummed shards by any number of processes.
+"""Reading the HDF5 feature cache: a complete file, every feature byte checked against its sha256.
 
 Layout (readable with plain h5py):
     / attrs            format, format_version, featcache_version, key, complete, backbone,
                        weights, image_size, transform (JSON), views, seed, precision,
                        classes (JSON), dataset (JSON), shard_size, batch_size, checksums (JSON)
-    /train/features    float32 [N, 1+V, 512]   view 0 clean, views 1..V augmented; chunks (256, 1, 512)
+    /train/features    float32 [N, 1+V, 512]   view 0 clean, views 1..V augmented; chunks (<=256, 1, 512)
     /train/labels      int64 [N]
     /train/ids         str [N]
     /test/features     float32 [M, 512]
     /test/labels, /test/ids
 
-Extraction computes fixed shards of consecutive rows (featcache.shards), dealt round-robin over the
-processes; each shard is committed to its own file. When all are done, rank 0 verifies them and copies
-them into `<name>.h5.partial`, which is renamed to `<name>.h5` only after the copy matches the shards'
-checksums: a reader never sees an incomplete file under the final name, and a killed run loses at
-most the shards in flight.
+The writer is featcache.extraction. Reading needs neither torchvision nor the augmentation, so a
+command that only trains heads does not pay for importing them.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
-from . import FeatcacheError, __version__
-from .augment import ImageBatch, decoded_chunks, make_views
-from .backbone import FEATURE_DIM
-from .data import Dataset
-from .distributed import coordinator, local_device
-from .shards import (DEFAULT_SHARD_SIZE, Shard, assemble, check_cut, checksum_mismatches, environment_error,
-                     free_bytes, megabytes, plan_shards, scan_shards, write_shard)
-from .spec import (BACKBONE, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractResult, cache_key, cache_path,
-                   open_complete_cache, reusable_cache, shard_folder)
-
-ASSEMBLY_ATTEMPTS = 3  # a shard damaged between its commit and assembly is recomputed; twice more is a bad disk
+from . import FeatcacheError
+from .shards import checksum_mismatches
+from .spec import open_complete_cache
 
 
 @dataclass
@@ -79,200 +62,3 @@ def load_cache(path: Path) -> FeatureCache:
         path=Path(path), train_features=torch.from_numpy(arrays["train"]), train_labels=torch.from_numpy(labels["train"]),
         test_features=torch.from_numpy(arrays["test"]), test_labels=torch.from_numpy(labels["test"]),
         classes=json.loads(attrs["classes"]), key=attrs["key"], attrs=attrs)
-
-
-def cache_attributes(dataset: Dataset, provenance: dict, shard_size: int, batch_size: int) -> dict:
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "featcache_version": __version__,
-        "key": cache_key(provenance), "backbone": BACKBONE, "weights": provenance["weights"],
-        "image_size": provenance["image_size"], "transform": json.dumps(provenance["transform"]),
-        "views": provenance["views"], "seed": provenance["seed"], "precision": provenance["precision"],
-        "classes": json.dumps(provenance["classes"]),
-        "dataset": json.dumps({"name": dataset.name, "fingerprint": provenance["dataset_fingerprint"],
-                               **dataset.description}),
-        "shard_size": shard_size, "batch_size": batch_size,
-    }
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the backbone when asked (fast on GPUs with bf16 units); fp32 otherwise."""
-    if precision not in PRECISIONS:
-        raise FeatcacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def _batch_ranges(shards: list[Shard], batch_size: int) -> list[tuple[int, int]]:
-    """Batches never cross a shard boundary, so a shard's numbers are the same whoever computes it."""
-    return [(start, min(start + batch_size, shard.stop))
-            for shard in shards for start in range(shard.start, shard.stop, batch_size)]
-
-
-def _view_batches(split, split_name: str, ranges: list[tuple[int, int]], views: list[int], provenance: dict,
-                  num_workers: int, device):
-    """(batch start, view position, normalised views) for every (start, stop) range, every view."""
-    for start, images in decoded_chunks(split, provenance["image_size"], ranges, num_workers, device):
-        indices = list(range(start, start + len(images)))
-        batch = ImageBatch(images, device)
-        for position, view in enumerate(views):
-            yield start, position, make_views(batch, indices, view, split_name, provenance["seed"],
-                                              provenance["image_size"], device)
-
-
-def _views_of(shard: Shard, views: int) -> int:
-    return len(shard) * (1 + views if shard.split == "train" else 1)
-
-
-def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int, force: bool):
-    """Rank 0, before any process writes: check the room, then find the shards still to compute.
-
-    The room counted is what this run still writes: the remaining shards and the assembled file,
-    which exist side by side until assembly has verified its copy."""
-    folder = shard_folder(final)
-    try:
-        final.with_name(final.name + ".partial").unlink(missing_ok=True)  # an assembly killed half-way
-        if force and folder.exists():
-            shutil.rmtree(folder)
-        if folder.exists():
-            check_cut(folder, expected["shard_size"], expected["batch_size"])
-            todo, removed = scan_shards(folder, shards, expected)
-        else:
-            todo, removed = list(shards), []
-        shard_bytes = sum(_views_of(shard, views) for shard in todo) * FEATURE_DIM * 4
-        final_bytes = sum(_views_of(shard, views) for shard in shards) * FEATURE_DIM * 4
-        free = free_bytes(final.parent)
-        if shard_bytes + final_bytes > free:
-            raise FeatcacheError(
-                f"not enough room in {final.parent}: this cache needs {megabytes(shard_bytes + final_bytes)} "
-                f"({megabytes(shard_bytes)} of shards still to write, {megabytes(final_bytes)} for the assembled "
-                f"file) and {megabytes(free)} is free")
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise environment_error(error, final.parent, "preparing the shard folder") from None
-    return todo, removed
-
-
-def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache_dir: Path,
-            batch_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE, device: torch.device | str = "cpu",
-            num_workers: int = 0, force: bool = False, progress: bool = True,
-            on_shard: Callable[[Shard], None] | None = None) -> ExtractResult:
-    """Run the frozen backbone once per view and cache the features; reuse or resume when possible.
-
-    Under torchrun every process calls this with the same arguments: the shards still to do are dealt
-    round-robin over the ranks, and rank 0 assembles the file when all are written. A shard found
-    damaged at assembly is recomputed and assembly tried again. `on_shard(shard)` is called after each
-    shard this process computed is safely on disk.
-    """
-    started = time.perf_counter()
-    if batch_size < 1:
-        raise FeatcacheError(f"--batch-size must be at least 1, got {batch_size}")
-    final = cache_path(Path(cache_dir), dataset, provenance)
-    if not force and reusable_cache(final, cache_key(provenance)):
-        return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
-    shards = plan_shards({"train": len(dataset.train), "test": len(dataset.test)}, shard_size)
-    expected = {"key": cache_key(provenance), "shard_size": shard_size, "batch_size": batch_size}
-    device = local_device(torch.device(device))
-    backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
-    autotuning = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = False  # autotuning could pick other kernels on other ranks
-    group = coordinator(device)
-    result = ExtractResult(final, reused=False, seconds=0.0, shards_total=len(shards), rank=group.rank,
-                           world_size=group.world_size)
-    try:
-        for attempt in range(ASSEMBLY_ATTEMPTS):
-            todo, removed = group.share(lambda: _prepare_shards(final, shards, expected, provenance["views"],
-                                                                force and attempt == 0))
-            if attempt == 0:
-                result.shards_resumed = len(shards) - len(todo)
-            result.shards_removed += removed
-            _extract_shards(dataset, backbone, provenance, todo, group, batch_size, num_workers, device, final,
-                            expected, result, progress, on_shard)
-            assembly_started = time.perf_counter()
-            damaged = group.share(lambda: assemble(final, shards, expected, cache_attributes(
-                dataset, provenance, shard_size, batch_size), _splits(dataset), provenance["views"]))
-            result.assembly_seconds += time.perf_counter() - assembly_started
-            result.shards_removed += damaged
-            if not damaged:
-                break
-        else:
-            raise FeatcacheError(f"shards in {shard_folder(final)} were damaged again after being recomputed "
-                                 f"({'; '.join(damaged)}): check the disk")
-    except BaseException:
-        if group.rank == 0 and shard_folder(final).is_dir() and not any(shard_folder(final).iterdir()):
-            shard_folder(final).rmdir()  # a run that failed before its first shard leaves nothing behind
-        raise
-    finally:
-        group.close()
-        torch.backends.cudnn.benchmark = autotuning
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def _splits(dataset: Dataset) -> dict:
-    return {name: (split.labels, split.ids) for name, split in (("train", dataset.train), ("test", dataset.test))}
-
-
-def _extract_shards(dataset: Dataset, backbone, provenance: dict, todo: list[Shard], group, batch_size: int,
-                    num_workers: int, device: torch.device, final: Path, expected: dict, result: ExtractResult,
-                    progress: bool, on_shard) -> None:
-    """This rank's share of `todo`, then a wait for every rank; rank 0's bar counts all ranks' work."""
-    views = provenance["views"]
-    mine = todo[group.rank::group.world_size]
-    others = {shard.name: shard for shard in todo if shard not in mine}
-    folder = shard_folder(final)
-    bar = tqdm(total=sum(_views_of(shard, views) for shard in todo), unit="img", desc=f"extract {final.name}",
-               disable=not progress or group.rank != 0, dynamic_ncols=True, delay=1)  # none for a quick failure
-    last_poll = [0.0]
-
-    def count_other_ranks_shards():
-        """One listing of the shard folder at most once a second: the shards other ranks committed."""
-        if group.rank != 0 or not others or time.perf_counter() - last_poll[0] < 1:
-            return
-        last_poll[0] = time.perf_counter()
-        with os.scandir(folder) as entries:
-            committed = {entry.name for entry in entries} & others.keys()
-        for name in committed:
-            bar.update(_views_of(others.pop(name), views))
-
-    with bar:  # closed before any error is printed, so the error has a line of its own
-        _compute_shards(dataset, backbone, provenance, mine, batch_size, num_workers, device, final, expected,
-                        result, bar, on_shard, count_other_ranks_shards)
-        group.wait_for_all(count_other_ranks_shards)
-        last_poll[0] = 0.0
-        count_other_ranks_shards()
-    result.images += sum(_views_of(shard, views) for shard in (todo if group.rank == 0 else mine))
-
-
-def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[Shard], batch_size: int,
-                    num_workers: int, device: torch.device, final: Path, expected: dict, result: ExtractResult,
-                    bar, on_shard, poll) -> None:
-    """Compute and commit this process's shards, split by split, batch by batch."""
-    folder = shard_folder(final)
-    assembled_bytes = (len(dataset.train) * (1 + provenance["views"]) + len(dataset.test)) * FEATURE_DIM * 4
-    for split_name, split in (("train", dataset.train), ("test", dataset.test)):
-        pending = [shard for shard in shards if shard.split == split_name]
-        if not pending:
-            continue
-        views = list(range(1 + provenance["views"])) if split_name == "train" else [0]
-        shard = pending.pop(0)
-        rows = np.empty((len(shard), len(views), FEATURE_DIM), dtype=np.float32)
-        for start, position, batch in _view_batches(split, split_name, _batch_ranges([shard] + pending, batch_size),
-                                                    views, provenance, num_workers, device):
-            forward_started = time.perf_counter()
-            with torch.inference_mode(), autocast(device, provenance["precision"]):
-                features = backbone(batch).float().cpu().numpy()
-            result.backbone_seconds += time.perf_counter() - forward_started
-            rows[start - shard.start:start - shard.start + len(batch), position] = features
-            bar.update(len(batch))
-            if position < len(views) - 1 or start + len(batch) < shard.stop:
-                continue
-            commit_started = time.perf_counter()
-            still_to_write = (rows.size + sum(_views_of(later, provenance["views"]) for later in pending)
-                              * FEATURE_DIM) * 4 + assembled_bytes
-            write_shard(folder, shard, rows if split_name == "train" else rows[:, 0], expected, still_to_write)
-            result.commit_seconds += time.perf_counter() - commit_started
-            if on_shard is not None:
-                on_shard(shard)
-            poll()
-            if pending:
-                shard = pending.pop(0)
-                rows = np.empty((len(shard), len(views), FEATURE_DIM), dtype=np.float32)

@@ -133,7 +133,7 @@ def prepare_cache(options: dict, progress: bool = True):
         if not options.get("force") and reusable_cache(final, cache_key(provenance)):
             return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
         from .backbone import load_backbone, resolve_device
-        from .cache import extract
+        from .extraction import extract
 
         backbone = load_backbone(options["weights"], options["seed"])
     except FeatcacheError as error:  # every torchrun rank sees the same inputs: rank 0 alone says what is wrong
@@ -279,11 +279,11 @@ def run_train_head(options: dict, features, out: Path, **record) -> Path:
     """Train the head the options ask for on a loaded cache and write its run directory."""
     import torch
 
-    from .backbone import BACKBONE_PARAMETERS
     from .heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
-    from .report import markdown_table
+    from .loop import EpochConfig, check_learning_rate
+    from .spec import BACKBONE_PARAMETERS
+    from .tables import markdown_table
     from .runs import HISTORY, write_run
-    from .train import EpochConfig, check_learning_rate
 
     config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
     lr, weight_decay = check_learning_rate("--lr", options["lr"]), options["weight_decay"]
@@ -327,9 +327,8 @@ def load_image_data(options: dict, view_seed: int):
     """Decode both splits once (resized for --image-size), for the end-to-end trainers."""
     import torch
 
-    from .augment import decode_all
+    from .augment import ImageData, decode_all
     from .backbone import resolve_device
-    from .train import ImageData
 
     dataset = load_dataset_from_options(options)
     started = time.perf_counter()
@@ -350,7 +349,8 @@ def run_finetune(options: dict, data, dataset, out: Path) -> Path:
     import torch
 
     from .runs import WEIGHTS, read_run
-    from .train import EpochConfig, check_learning_rate, finetune, timed
+    from .loop import EpochConfig, check_learning_rate
+    from .train import finetune, timed
 
     config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
     check_learning_rate("--lr-head", options["lr_head"])
@@ -370,7 +370,8 @@ def run_finetune(options: dict, data, dataset, out: Path) -> Path:
 
 
 def run_scratch(options: dict, data, dataset, out: Path) -> Path:
-    from .train import EpochConfig, check_learning_rate, scratch, timed
+    from .loop import EpochConfig, check_learning_rate
+    from .train import scratch, timed
 
     config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
     check_learning_rate("--lr", options["lr"])
@@ -447,7 +448,8 @@ def scratch_command(**options):
 def compare_command(run_dirs, out):
     """Compare run directories: a three-panel PNG (training loss, training accuracy, test accuracy per
     epoch; scratch red, feature extraction blue, fine-tuning green) and a summary table as Markdown and CSV."""
-    from .report import SUMMARY_COLUMNS, compare, markdown_table
+    from .report import SUMMARY_COLUMNS, compare
+    from .tables import markdown_table
 
     result = compare(list(run_dirs), out)
     click.echo(markdown_table(result["rows"], SUMMARY_COLUMNS))
@@ -472,7 +474,8 @@ def inspect_command(data, classes, per_class, test_per_class, download, data_roo
 
     from .augment import DecodedSplit, make_views
     from .data import load_dataset
-    from .report import image_grid, markdown_table, parameter_table
+    from .report import image_grid, parameter_table
+    from .tables import markdown_table
 
     dataset = load_dataset(data, _split_names(classes), per_class, test_per_class, download, data_root)
     rows = parameter_table(resnet18(num_classes=len(dataset.classes)))
@@ -509,9 +512,11 @@ def experiment(**options):
     """The whole reference experiment: scratch, extract + train-head, finetune, then compare, into one
     folder. Reference settings by default; scale down on a CPU with --image-size, --epochs, --per-class."""
     from .cache import load_cache
-    from .report import SUMMARY_COLUMNS, compare, markdown_table
+    from .loop import EpochConfig, check_learning_rate
+    from .report import SUMMARY_COLUMNS, compare
     from .runs import APPROACHES, prepare_run_dir
-    from .train import EpochConfig, build_finetune_model, check_learning_rate
+    from .tables import markdown_table
+    from .train import build_finetune_model
 
     EpochConfig(options["epochs"], options["batch_size"], options["seed"])  # fail before any work
     for name in ("lr", "lr_head", "lr_backbone"):

@@ -10,17 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from . import FeatcacheError
-from .backbone import FEATURE_DIM
 from .cache import FeatureCache
-from .train import EVAL_BATCH, EpochConfig, ImageData, log_epoch, seeded_linear
+from .loop import EpochConfig, log_epoch, seeded_linear
+from .spec import FEATURE_DIM
 
 DEFAULT_LOGREG_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 
@@ -143,38 +138,10 @@ def train_linear_head(train_features: torch.Tensor, train_labels: torch.Tensor, 
     return heads.as_linear(), single_head_history(history)
 
 
-def reference_feature_extraction(data: ImageData, backbone: nn.Module, config: EpochConfig, lr: float,
-                                 views: int, log=None) -> tuple[nn.Linear, dict]:
-    """The notebook's feature extraction: the frozen backbone runs on every batch, every epoch, and
-    over the whole test set every epoch.
-
-    Epoch e trains on augmented view 1 + e % views of each image, exactly what a head trained from a
-    cache with `views` augmented views sees; kept as the reference the cache is checked and timed against.
-    """
-    backbone = backbone.to(data.device).eval().to(memory_format=torch.channels_last)
-    heads = LinearHeads([seeded_linear(FEATURE_DIM, len(data.classes), config.seed)], [lr], [0.0])
-
-    @torch.inference_mode()
-    def train_batches(epoch, order, batch_size):
-        for start in range(0, len(order), batch_size):  # the backbone runs batch by batch, as in the notebook
-            indices = order[start:start + batch_size].tolist()
-            yield with_bias_column(backbone(data.views("train", indices, view_for_epoch(epoch, views))).cpu())
-
-    @torch.inference_mode()
-    def test_accuracy():
-        correct = torch.zeros(1)
-        for start in range(0, len(data.test_labels), EVAL_BATCH):
-            window = slice(start, start + EVAL_BATCH)
-            features = backbone(data.test_batch(window)).cpu()
-            correct += heads.accuracy(features, data.test_labels[window]) * len(features)
-        return correct / len(data.test_labels)
-
-    history = train_heads(heads, train_batches, data.train_labels, config, test_accuracy, log)
-    return heads.as_linear(), single_head_history(history)
-
-
 def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified (fit, validation) indices of the training samples."""
+    from sklearn.model_selection import train_test_split  # scikit-learn costs a second to import: only here
+
     if not 0 < fraction < 1:
         raise FeatcacheError(f"--val-fraction must be between 0 and 1, got {fraction}")
     indices = np.arange(len(labels))
@@ -224,6 +191,11 @@ def logistic_regression_probe(cache: FeatureCache, use_views: str = "clean", Cs=
 
     use_views: "clean" fits on view 0 only; "all" adds every augmented view as extra training rows.
     """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if use_views not in ("clean", "all"):
         raise FeatcacheError(f"--logreg-views must be 'clean' or 'all', got {use_views}")
     features, labels = cache.train_features.numpy(), cache.train_labels.numpy()

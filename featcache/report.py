@@ -4,29 +4,16 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure  # not pyplot: files only, and a notebook's backend stays as it is
+from torch import nn
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from .runs import read_run  # noqa: E402
+from .runs import read_run
+from .tables import markdown_table
 
 COLOURS = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
 SUMMARY_COLUMNS = ["approach", "final_train_acc", "final_test_acc", "best_test_acc_on_test_set", "train_test_gap",
                    "trainable_params", "wall_time_s", "extract_time_s", "device", "run_dir"]
-
-
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    def cell(value):
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def summary_row(run: dict) -> dict:
@@ -49,7 +36,8 @@ def compare(run_dirs: list[Path], out: Path) -> dict:
     runs = [read_run(Path(folder)) for folder in run_dirs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    figure = Figure(figsize=(16, 4.5))
+    axes = figure.subplots(1, 3)
     for run in runs:
         epochs = range(1, len(run["train_loss"]) + 1)
         colour = COLOURS.get(run["approach"])
@@ -65,7 +53,6 @@ def compare(run_dirs: list[Path], out: Path) -> dict:
     figure.tight_layout()
     png = out / "comparison.png"
     figure.savefig(png, dpi=110)
-    plt.close(figure)
     rows = [summary_row(run) for run in runs]
     markdown = out / "summary.md"
     markdown.write_text(markdown_table(rows, SUMMARY_COLUMNS) + "\n\n"
@@ -105,7 +92,8 @@ def image_grid(views: torch.Tensor, labels: list[str], path: Path, columns: int 
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     pixels = (views.cpu().float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     rows = (len(pixels) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 2.0 * rows), squeeze=False)
+    figure = Figure(figsize=(1.8 * columns, 2.0 * rows))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image, label in zip(axes.flat, pixels, labels):
@@ -113,5 +101,4 @@ def image_grid(views: torch.Tensor, labels: list[str], path: Path, columns: int 
         axis.set_title(label, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return Path(path)

@@ -1,15 +1,8 @@
-"""End-to-end training: one epoch loop shared by every approach, and the three end-to-end trainers.
-
-`run_epochs` is the loop of the reference notebook (and of torchvision's references/classification):
-shuffle with a seeded generator, Adam step per batch of 32, per-epoch train loss, train accuracy (on
-the batches as they were trained) and test accuracy. Linear heads (cached or end to end) use the
-same loop with a faster step, heads.train_heads.
-"""
+"""End-to-end training on images: fine-tuning, training from scratch, and the notebook's feature
+extraction (the reference the cache is checked and timed against), all on featcache.loop's epochs."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -17,111 +10,11 @@ from torchvision.models import resnet18
 from tqdm import tqdm
 
 from . import FeatcacheError
-from .augment import make_views
-from .backbone import FEATURE_DIM, STAGES, load_backbone
-
-EVAL_BATCH = 128
-
-
-@dataclass
-class EpochConfig:
-    epochs: int = 15
-    batch_size: int = 32
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise FeatcacheError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise FeatcacheError(f"--batch-size must be at least 1, got {self.batch_size}")
-
-
-def check_learning_rate(name: str, value: float) -> float:
-    if not (value > 0 and value < float("inf")):
-        raise FeatcacheError(f"{name} must be a positive finite number, got {value}")
-    return value
-
-
-def seeded_linear(in_features: int, classes: int, seed: int) -> nn.Linear:
-    """A new head whose init depends on the seed alone, not on global RNG history."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Linear(in_features, classes)
-
-
-def log_epoch(epoch: int, epochs: int, loss: float, train_acc: float, test_acc: float) -> str:
-    return (f"Epoch {epoch + 1}/{epochs} - Train Loss: {loss:.4f}, Train Acc: {100 * train_acc:.2f}%, "
-            f"Test Acc: {100 * test_acc:.2f}%")
-
-
-def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch.Tensor,
-               batch_inputs: Callable[[int, torch.Tensor], torch.Tensor], test_accuracy: Callable[[], float],
-               config: EpochConfig, set_train_mode: Callable[[], None] = lambda: None,
-               log: Callable[[str], None] | None = tqdm.write, progress: bool = False) -> dict:
-    """Train for config.epochs; batch_inputs(epoch, indices) gives the model's inputs for a batch.
-
-    Each epoch's line goes to `log` (tqdm.write keeps it above an active progress bar)."""
-    history = {"train_loss": [], "train_acc": [], "test_acc": []}
-    generator = torch.Generator().manual_seed(config.seed)
-    criterion = nn.CrossEntropyLoss()
-    count = len(labels)
-    bar = tqdm(total=config.epochs * count, unit="img", desc="train", disable=not progress, dynamic_ncols=True)
-    for epoch in range(config.epochs):
-        set_train_mode()
-        order = torch.randperm(count, generator=generator)
-        loss_sum = torch.zeros((), device=labels.device)
-        correct = torch.zeros((), dtype=torch.long, device=labels.device)
-        for start in range(0, count, config.batch_size):
-            indices = order[start:start + config.batch_size]
-            target = labels[indices.to(labels.device)]
-            logits = model(batch_inputs(epoch, indices))
-            loss = criterion(logits, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(indices)
-            correct += (logits.detach().argmax(1) == target).sum()
-            bar.update(len(indices))
-        history["train_loss"].append(loss_sum.item() / count)
-        history["train_acc"].append(correct.item() / count)
-        history["test_acc"].append(test_accuracy())
-        if log is not None:
-            log(log_epoch(epoch, config.epochs, *(history[k][-1] for k in ("train_loss", "train_acc", "test_acc"))))
-    bar.close()
-    return history
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: torch.Tensor) -> float:
-    """Accuracy of model over all samples, in evaluation batches; inputs(slice) gives a batch."""
-    correct = 0
-    for start in range(0, len(labels), EVAL_BATCH):
-        window = slice(start, start + EVAL_BATCH)
-        correct += (model(inputs(window)).argmax(1) == labels[window].to(labels.device)).sum().item()
-    return correct / len(labels)
-
-
-@dataclass
-class ImageData:
-    """Decoded images of both splits (uint8, resized once) and everything needed to make their views."""
-
-    train_images: list[torch.Tensor]
-    train_labels: torch.Tensor
-    test_images: list[torch.Tensor]
-    test_labels: torch.Tensor
-    classes: list[str]
-    image_size: int
-    view_seed: int
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    def views(self, split: str, indices: list[int], view: int) -> torch.Tensor:
-        images = self.train_images if split == "train" else self.test_images
-        return make_views([images[i] for i in indices], indices, view, split, self.view_seed,
-                          self.image_size, self.device)
-
-    def test_batch(self, window: slice) -> torch.Tensor:
-        return self.views("test", list(range(len(self.test_images)))[window], 0)
-
+from .augment import ImageData
+from .backbone import STAGES, load_backbone
+from .heads import LinearHeads, single_head_history, train_heads, view_for_epoch, with_bias_column
+from .loop import EVAL_BATCH, EpochConfig, accuracy, run_epochs, seeded_linear
+from .spec import FEATURE_DIM
 
 def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[str]) -> nn.Module:
     """Pretrained ResNet-18, everything frozen but a new seeded head and the `unfreeze` stages."""
@@ -231,3 +124,32 @@ def timed(function, *args, **kwargs):
         torch.cuda.synchronize()
     return result, time.perf_counter() - started
 
+
+def reference_feature_extraction(data: ImageData, backbone: nn.Module, config: EpochConfig, lr: float,
+                                 views: int, log=None) -> tuple[nn.Linear, dict]:
+    """The notebook's feature extraction: the frozen backbone runs on every batch, every epoch, and
+    over the whole test set every epoch.
+
+    Epoch e trains on augmented view 1 + e % views of each image, exactly what a head trained from a
+    cache with `views` augmented views sees; kept as the reference the cache is checked and timed against.
+    """
+    backbone = backbone.to(data.device).eval().to(memory_format=torch.channels_last)
+    heads = LinearHeads([seeded_linear(FEATURE_DIM, len(data.classes), config.seed)], [lr], [0.0])
+
+    @torch.inference_mode()
+    def train_batches(epoch, order, batch_size):
+        for start in range(0, len(order), batch_size):  # the backbone runs batch by batch, as in the notebook
+            indices = order[start:start + batch_size].tolist()
+            yield with_bias_column(backbone(data.views("train", indices, view_for_epoch(epoch, views))).cpu())
+
+    @torch.inference_mode()
+    def test_accuracy():
+        correct = torch.zeros(1)
+        for start in range(0, len(data.test_labels), EVAL_BATCH):
+            window = slice(start, start + EVAL_BATCH)
+            features = backbone(data.test_batch(window)).cpu()
+            correct += heads.accuracy(features, data.test_labels[window]) * len(features)
+        return correct / len(data.test_labels)
+
+    history = train_heads(heads, train_batches, data.train_labels, config, test_accuracy, log)
+    return heads.as_linear(), single_head_history(history)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from featcache.backbone import load_backbone
-from featcache.cache import extract, load_cache
+from featcache.cache import load_cache
+from featcache.extraction import extract
 from featcache.data import load_dataset
 from featcache.spec import cache_provenance
 from conftest import write_image_folder

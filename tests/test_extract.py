@@ -14,7 +14,8 @@ from torchvision.models import resnet18
 
 from featcache import FeatcacheError
 from featcache.backbone import load_backbone
-from featcache.cache import extract, load_cache
+from featcache.cache import load_cache
+from featcache.extraction import extract
 from featcache.spec import cache_provenance
 from featcache.data import load_dataset
 from conftest import SHARED_DATA, SHARED_WEIGHTS, tree_digest, write_image_folder

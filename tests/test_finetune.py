@@ -6,10 +6,12 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from featcache.backbone import BACKBONE_PARAMETERS
+from featcache.spec import BACKBONE_PARAMETERS
 from featcache.augment import decode_all
 from featcache.data import load_dataset
-from featcache.train import EpochConfig, ImageData, build_finetune_model, finetune, scratch
+from featcache.augment import ImageData
+from featcache.loop import EpochConfig
+from featcache.train import build_finetune_model, finetune, scratch
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,16 @@ import pytest
 import torch
 
 from featcache.backbone import load_backbone
-from featcache.cache import extract, load_cache
+from featcache.cache import load_cache
+from featcache.extraction import extract
 from featcache.spec import cache_provenance
 from featcache.augment import decode_all
 from featcache.data import load_dataset
-from featcache.heads import (LinearHeads, logistic_regression_probe, logreg_as_linear, reference_feature_extraction,
+from featcache.heads import (LinearHeads, logistic_regression_probe, logreg_as_linear,
                              sweep_heads, train_linear_head, with_bias_column)
-from featcache.train import EpochConfig, ImageData, seeded_linear
+from featcache.augment import ImageData
+from featcache.loop import EpochConfig, seeded_linear
+from featcache.train import reference_feature_extraction
 from conftest import tree_digest
 
 VIEWS = 3

@@ -9,13 +9,13 @@ import subprocess
 import uuid
 
 import h5py
-import numpy as np
 import pytest
 import torch
 
 from featcache import FeatcacheError
 from featcache.backbone import load_backbone
-from featcache.cache import extract, load_cache
+from featcache.cache import load_cache
+from featcache.extraction import extract
 from featcache.data import load_dataset
 from featcache.shards import shard_folder
 from featcache.spec import cache_provenance
