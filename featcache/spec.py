@@ -35,15 +35,22 @@ def resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
+# The identity of the code that turns an image file into a view's pixels (the decode resize in
+# augment.DecodedSplit, view_params, the crop, flip, jitter and normalisation in augment, and the
+# constants above): bump it with any change to them, which gives every cache a new key.
+# tests/test_transform_identity.py hashes that code and fails when it changes and this does not.
+TRANSFORM_VERSION = 1
+
+
 def transform_description(image_size: int) -> dict:
     """Everything about the transforms that determines the pixels, for provenance and the cache key."""
     return {
+        "version": TRANSFORM_VERSION,
         "train": [f"Resize({resize_size(image_size)})", f"RandomResizedCrop({image_size}, scale={SCALE}, "
                   f"ratio=({RATIO[0]:.4f}, {RATIO[1]:.4f}))", "RandomHorizontalFlip(0.5)",
                   f"ColorJitter(brightness={BRIGHTNESS}, contrast={CONTRAST})", "Normalize(ImageNet)"],
         "val": [f"Resize({resize_size(image_size)})", f"CenterCrop({image_size})", "Normalize(ImageNet)"],
         "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "params": "random.Random('featcache/{seed}/{split}/{index}/{view}')",
-        "sampling": "bilinear crop-resize (grid_sample), border padding",
     }
 
 
