@@ -43,6 +43,18 @@ class FeatureCache:
     def views(self) -> int:
         return self.train_features.shape[1] - 1
 
+    def dataset(self, split: str = "train", view: int = 0) -> torch.utils.data.TensorDataset:
+        """(features [512], label) pairs of one view, for a DataLoader in your own training loop: view 0
+        is the clean view, 1..V the augmented ones; the test split has view 0 only."""
+        if split not in ("train", "test"):
+            raise FeatcacheError(f"`split` must be 'train' or 'test', got {split!r}")
+        last = self.views if split == "train" else 0
+        if not 0 <= view <= last:
+            raise FeatcacheError(f"`view` must be between 0 and {last} for the {split} split, got {view}")
+        if split == "test":
+            return torch.utils.data.TensorDataset(self.test_features, self.test_labels)
+        return torch.utils.data.TensorDataset(self.train_features[:, view], self.train_labels)
+
 
 def load_cache(path: Path) -> FeatureCache:
     """Read a cache file and check every feature byte against its recorded sha256; anything but a

@@ -1,23 +1,21 @@
-"""The `featcache` command: a thin click layer over the library API."""
+"""The `featcache` command: each command parses its options, calls one function of featcache.api and
+prints what it returns. The API names its arguments in errors (`per_class`); FriendlyGroup prints the
+command's option (--per-class) there instead."""
 from __future__ import annotations
 
 import functools
-import json
 import os
+import re
 import sys
-import time
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
-from . import FeatcacheError, ReportedElsewhere, __version__
-from .shards import DEFAULT_SHARD_SIZE
+from . import FeatcacheError, ReportedElsewhere, __version__, api
 
-# torch, sklearn and matplotlib are imported inside the commands that use them: finding an existing
-# cache (a repeated `featcache extract`) then answers in a fraction of a second.
-DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-DEFAULT_SWEEP_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
+# featcache.api imports torch, scikit-learn and matplotlib inside the functions that use them: finding
+# an existing cache (a repeated `featcache extract`) answers in a fraction of a second.
 
 
 def is_main_process() -> bool:
@@ -35,8 +33,17 @@ class FriendlyGroup(click.Group):
         except ReportedElsewhere:
             ctx.exit(1)
         except (FeatcacheError, OSError) as error:
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
             rank = "" if is_main_process() else f"rank {os.environ['RANK']}: "  # under torchrun, who failed
-            raise click.ClickException(rank + " ".join(str(error).split())) from None  # one line, always
+            message = " ".join(option_names(str(error), command).split())  # one line, always
+            raise click.ClickException(rank + message) from None
+
+
+def option_names(message: str, command: click.Command | None) -> str:
+    """The API's `argument` names in a message as this command's --options (unknown ones unquoted)."""
+    options = {param.name: param.opts[0] for param in (command.params if command else [])
+               if isinstance(param, click.Option)}
+    return re.sub(r"`(\w+)`", lambda match: options.get(match.group(1), match.group(1)), message)
 
 
 def stacked(*options):
@@ -95,7 +102,7 @@ precision_option = click.option(
 
 
 shard_option = click.option(
-    "--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
+    "--shard-size", type=click.IntRange(min=1), default=api.DEFAULT_SHARD_SIZE, show_default=True,
     help="Images per shard: extraction commits (and resumes, and deals out to torchrun ranks) this many "
          "consecutive images at a time. Features are bit-identical for the same --shard-size and --batch-size.")
 
@@ -109,38 +116,30 @@ cache_options = stacked(
 )
 
 
-def _split_names(classes: str | None) -> list[str] | None:
-    return [name.strip() for name in classes.split(",") if name.strip()] if classes else None
+def _split_names(classes: str | None) -> tuple[str, ...] | None:
+    return tuple(name.strip() for name in classes.split(",") if name.strip()) if classes else None
 
 
-def load_dataset_from_options(options: dict):
-    from .data import load_dataset
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise FeatcacheError(f"{name} must be comma-separated numbers, got {text!r}") from None
 
-    return load_dataset(options["data"], _split_names(options["classes"]), options["per_class"],
+
+def data_spec(options: dict) -> api.DataSpec:
+    return api.DataSpec(options["data"], _split_names(options["classes"]), options["per_class"],
                         options["test_per_class"], options["download"], options["data_root"])
 
 
-def prepare_cache(options: dict, progress: bool = True):
-    """Reuse the matching complete cache (without importing torch), or resume or write it."""
-    from .spec import ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache
+def cache_spec(options: dict, views: int | None = None) -> api.CacheSpec:
+    return api.CacheSpec(data_spec(options), options["weights"], options["image_size"], views or options["views"],
+                         options["seed"], options["precision"], options["cache_dir"])
 
-    started = time.perf_counter()
-    try:
-        dataset = load_dataset_from_options(options)
-        provenance = cache_provenance(dataset, options["weights"], options["seed"], options["image_size"],
-                                      options["views"], options["precision"])
-        final = cache_path(options["cache_dir"], dataset, provenance)
-        if not options.get("force") and reusable_cache(final, cache_key(provenance)):
-            return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
-        from .backbone import load_backbone, resolve_device
-        from .extraction import extract
 
-        backbone = load_backbone(options["weights"], options["seed"])
-    except FeatcacheError as error:  # every torchrun rank sees the same inputs: rank 0 alone says what is wrong
-        raise (error if is_main_process() else ReportedElsewhere(str(error))) from None
-    return extract(dataset, backbone, provenance, options["cache_dir"], batch_size=options["batch_size"],
-                   shard_size=options.get("shard_size", DEFAULT_SHARD_SIZE), device=resolve_device(options["device"]),
-                   num_workers=options["num_workers"], force=options.get("force", False), progress=progress)
+def epoch_printer(options: dict):
+    """Per-epoch lines above any progress bar, unless --quiet."""
+    return None if options["quiet"] else tqdm.write
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -166,7 +165,9 @@ def extract(**options):
     shards: a killed run resumes from its finished shards. On several processes:
     `torchrun --nproc-per-node N -m featcache extract ...` (see the README).
     """
-    result = prepare_cache(options, progress=is_main_process())
+    result = api.extract(cache_spec(options), batch_size=options["batch_size"], shard_size=options["shard_size"],
+                         device=options["device"], num_workers=options["num_workers"], force=options["force"],
+                         progress=is_main_process())
     if not is_main_process():
         return
     if result.reused:
@@ -186,39 +187,8 @@ def extract(**options):
 def verify(cache):
     """Recompute the sha256 of every shard's rows in CACHE and compare with the checksums recorded at
     extraction. Exit status 1, naming the split and rows, if any differ."""
-    from .shards import verify_file
-    from .spec import open_complete_cache
-
-    with open_complete_cache(cache) as handle:  # a foreign, other-version or incomplete file: one line
-        ranges = sum(len(ranges) for ranges in json.loads(handle.attrs["checksums"]).values())
-    started = time.perf_counter()
-    mismatches = verify_file(cache)
-    if mismatches:
-        raise FeatcacheError(f"{cache} fails verification: {'; '.join(mismatches)}; recompute it with "
-                             "featcache extract --force (same options)")
-    click.echo(f"{cache}: all {ranges} checksummed row ranges match ({time.perf_counter() - started:.2f} s)")
-
-
-def _floats(text: str, name: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise FeatcacheError(f"{name} must be comma-separated numbers, got {text!r}") from None
-
-
-def find_cache(cache: Path | None, options: dict):
-    """The cache named on the command line, or the one the dataset/weights options key to."""
-    from .cache import load_cache
-    from .spec import cache_path, cache_provenance, shard_folder
-
-    if cache is None:
-        dataset = load_dataset_from_options(options)
-        provenance = cache_provenance(dataset, options["weights"], options["seed"], options["image_size"],
-                                      options["views"], options["precision"])
-        cache = cache_path(options["cache_dir"], dataset, provenance)
-        if not cache.exists() and not shard_folder(cache).exists():
-            raise FeatcacheError(f"no cache for these inputs ({cache}); run featcache extract with the same options")
-    return load_cache(cache)
+    ranges, seconds = api.verify(cache)
+    click.echo(f"{cache}: all {ranges} checksummed row ranges match ({seconds:.2f} s)")
 
 
 out_options = stacked(
@@ -245,14 +215,14 @@ epoch_options = click.option("--epochs", type=int, default=15, show_default=True
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Training batch size.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of the linear head.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="Adam weight decay of the head.")
-@click.option("--head", "head_kind", type=click.Choice(["linear", "logreg"]), default="linear", show_default=True,
+@click.option("--head", type=click.Choice(["linear", "logreg"]), default="linear", show_default=True,
               help="'linear': Linear(512, C) trained with Adam; 'logreg': scikit-learn LogisticRegression probe.")
 @click.option("--sweep", is_flag=True,
               help="Train a grid of linear heads (--sweep-lrs x --sweep-wds) at once, pick the best on a "
                    "validation split of the training images, retrain it on all of them.")
-@click.option("--sweep-lrs", default=",".join(map(str, DEFAULT_SWEEP_LRS)),
+@click.option("--sweep-lrs", default=",".join(map(str, api.DEFAULT_SWEEP_LRS)),
               show_default=True, help="Learning rates of the sweep grid.")
-@click.option("--sweep-wds", default=",".join(map(str, DEFAULT_SWEEP_WEIGHT_DECAYS)),
+@click.option("--sweep-wds", default=",".join(map(str, api.DEFAULT_SWEEP_WDS)),
               show_default=True, help="Weight decays of the sweep grid.")
 @click.option("--logreg-views", type=click.Choice(["clean", "all"]), default="clean", show_default=True,
               help="Fit the logreg probe on clean views only, or on clean plus every augmented view.")
@@ -266,130 +236,25 @@ def train_head(cache, **options):
     the matching cache. Epoch e trains on augmented view 1 + e % V of every image. Writes history.json
     (per-epoch train_loss, train_acc, test_acc, config, cache key, wall time, device) and weights.pt.
     """
-    from .runs import prepare_run_dir
-
-    if options["sweep"] and options["head_kind"] == "logreg":
+    if options["sweep"] and options["head"] == "logreg":  # before reading the cache
         raise FeatcacheError("--sweep trains linear heads; --head logreg chooses its own C on the validation split")
-    features = find_cache(cache, options)
-    out = prepare_run_dir(options["out"], "feature-extraction", options["overwrite"])
-    run_train_head(options, features, out)
-
-
-def run_train_head(options: dict, features, out: Path, **record) -> Path:
-    """Train the head the options ask for on a loaded cache and write its run directory."""
-    import torch
-
-    from .heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
-    from .loop import EpochConfig, check_learning_rate
-    from .spec import BACKBONE_PARAMETERS
-    from .tables import markdown_table
-    from .runs import HISTORY, write_run
-
-    config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
-    lr, weight_decay = check_learning_rate("--lr", options["lr"]), options["weight_decay"]
-    if weight_decay < 0:
-        raise FeatcacheError(f"--weight-decay must be non-negative, got {weight_decay}")
-    started = time.perf_counter()
-    if options["head_kind"] == "logreg":
-        probe = logistic_regression_probe(features, options["logreg_views"], val_fraction=options["val_fraction"],
-                                          seed=options["seed"])
-        head = logreg_as_linear(probe["model"], len(features.classes))
-        history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
-                   "test_acc": [probe["test_acc"]]}
-        record["logreg"] = {"grid": probe["grid"], "best": probe["best"]}
-        click.echo(markdown_table(probe["grid"], ["C", "val_acc"]))
-        click.echo(f"chosen C={probe['best']['C']} (validation accuracy {probe['best']['val_acc']:.4f})")
-    else:
-        if options["sweep"]:
-            result = sweep_heads(features.train_features, features.train_labels,
-                                 _floats(options["sweep_lrs"], "--sweep-lrs"),
-                                 _floats(options["sweep_wds"], "--sweep-wds"), config, options["val_fraction"])
-            click.echo(markdown_table(result.grid, ["lr", "weight_decay", "val_acc", "final_train_loss"]))
-            lr, weight_decay = result.best["lr"], result.best["weight_decay"]
-            click.echo(f"chosen lr={lr:g}, weight_decay={weight_decay:g} on validation accuracy "
-                       f"{result.best['val_acc']:.4f}; retraining on all training images")
-            record["sweep"] = {"grid": result.grid, "best": result.best}
-        head, history = train_linear_head(features.train_features, features.train_labels, features.test_features,
-                                          features.test_labels, config, lr, weight_decay,
-                                          None if options["quiet"] else click.echo)
-    wall = time.perf_counter() - started
-    head_params = sum(p.numel() for p in head.parameters())
-    write_run(out, "feature-extraction", history,
-              _config_record(options, cache=str(features.path), lr=lr, weight_decay=weight_decay, views=features.views),
-              head.state_dict(), wall, torch.device("cpu"), head_params, BACKBONE_PARAMETERS + head_params,
-              cache_key=features.key, classes=features.classes, cache_attrs=_jsonable(features.attrs), **record)
-    click.echo(f"feature extraction: final test accuracy {history['test_acc'][-1]:.4f}; head trained in "
-               f"{wall:.2f} s; run written to {out}")
-    return out / HISTORY
-
-
-def load_image_data(options: dict, view_seed: int):
-    """Decode both splits once (resized for --image-size), for the end-to-end trainers."""
-    import torch
-
-    from .augment import ImageData, decode_all
-    from .backbone import resolve_device
-
-    dataset = load_dataset_from_options(options)
-    started = time.perf_counter()
-    data = ImageData(decode_all(dataset.train, options["image_size"]), torch.from_numpy(dataset.train.labels),
-                     decode_all(dataset.test, options["image_size"]), torch.from_numpy(dataset.test.labels),
-                     dataset.classes, options["image_size"], view_seed, resolve_device(options["device"]))
-    if not options.get("quiet"):
-        click.echo(f"decoded {len(dataset.train)} training and {len(dataset.test)} test images of "
-                   f"{', '.join(dataset.classes)} in {time.perf_counter() - started:.1f} s")
-    return dataset, data
-
-
-def _config_record(options: dict, **more) -> dict:
-    return {**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}, **more}
-
-
-def run_finetune(options: dict, data, dataset, out: Path) -> Path:
-    import torch
-
-    from .runs import WEIGHTS, read_run
-    from .loop import EpochConfig, check_learning_rate
-    from .train import finetune, timed
-
-    config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
-    check_learning_rate("--lr-head", options["lr_head"])
-    check_learning_rate("--lr-backbone", options["lr_backbone"])
-    init_head = None
-    if options.get("init_head"):
-        head_run = read_run(options["init_head"])
-        if head_run.get("classes") not in (None, dataset.classes):
-            raise FeatcacheError(f"--init-head {options['init_head']} was trained on classes "
-                                 f"{head_run['classes']}, not {dataset.classes}")
-        init_head = torch.load(Path(options["init_head"]) / WEIGHTS, map_location="cpu", weights_only=True)
-    unfreeze = _split_names(options["unfreeze"]) or []
-    (model, history), wall = timed(finetune, data, options["weights"], config, options["lr_head"],
-                                   options["lr_backbone"], unfreeze, options["frozen_bn"], init_head,
-                                   log=None if options["quiet"] else tqdm.write, progress=not options["quiet"])
-    return _write_end_to_end_run("fine-tuning", model, history, wall, options, data.device, dataset.classes, out)
-
-
-def run_scratch(options: dict, data, dataset, out: Path) -> Path:
-    from .loop import EpochConfig, check_learning_rate
-    from .train import scratch, timed
-
-    config = EpochConfig(options["epochs"], options["batch_size"], options["seed"])
-    check_learning_rate("--lr", options["lr"])
-    (model, history), wall = timed(scratch, data, config, options["lr"],
-                                   log=None if options["quiet"] else tqdm.write, progress=not options["quiet"])
-    return _write_end_to_end_run("scratch", model, history, wall, options, data.device, dataset.classes, out)
-
-
-def _write_end_to_end_run(approach: str, model, history: dict, wall: float, options: dict, device, classes,
-                          out: Path) -> Path:
-    from .backbone import count_parameters
-    from .runs import HISTORY, write_run
-
-    trainable, total = count_parameters(model)
-    write_run(out, approach, history, _config_record(options), model.state_dict(), wall, device, trainable, total,
-              classes=classes)
-    click.echo(f"{approach}: final test accuracy {history['test_acc'][-1]:.4f} in {wall:.1f} s; run written to {out}")
-    return out / HISTORY
+    out = api.claim_run_dir(options["out"], "feature-extraction", options["overwrite"])
+    run = api.train_head(api.open_cache(cache or cache_spec(options)), head=options["head"], epochs=options["epochs"],
+                         batch_size=options["batch_size"], lr=options["lr"], weight_decay=options["weight_decay"],
+                         seed=options["seed"], sweep=options["sweep"],
+                         sweep_lrs=_floats(options["sweep_lrs"], "--sweep-lrs"),
+                         sweep_wds=_floats(options["sweep_wds"], "--sweep-wds"), val_fraction=options["val_fraction"],
+                         logreg_views=options["logreg_views"], out=out, overwrite=True, log=epoch_printer(options))
+    if "logreg" in run.record:
+        click.echo(api.markdown_table(run.record["logreg"]["grid"], ["C", "val_acc"]))
+        click.echo(f"chosen C={run.record['logreg']['best']['C']} (validation accuracy "
+                   f"{run.record['logreg']['best']['val_acc']:.4f})")
+    if "sweep" in run.record:
+        best = run.record["sweep"]["best"]
+        click.echo(api.markdown_table(run.record["sweep"]["grid"], ["lr", "weight_decay", "val_acc", "final_train_loss"]))
+        click.echo(f"chosen lr={best['lr']:g}, weight_decay={best['weight_decay']:g} on validation accuracy "
+                   f"{best['val_acc']:.4f}; retrained on all training images")
+    click.echo(api.summary_line(run))
 
 
 finetune_options = stacked(
@@ -405,6 +270,15 @@ finetune_options = stacked(
 )
 
 
+def _images(options: dict):
+    """Both splits decoded for the end-to-end trainers, with the line saying so (unless --quiet)."""
+    images, seconds = api.timed_load_images(data_spec(options), options["image_size"], options["seed"],
+                                            options["device"])
+    if not options["quiet"]:
+        click.echo(api.decoded_line(images, seconds))
+    return images
+
+
 @main.command("finetune")
 @data_options
 @weights_options
@@ -417,11 +291,13 @@ finetune_options = stacked(
 def finetune_command(**options):
     """Fine-tune a pretrained ResNet-18 end to end: new head plus the --unfreeze stages, two learning
     rates, the reference augmentation drawn fresh each epoch, test accuracy every epoch."""
-    from .runs import prepare_run_dir
-
-    out = prepare_run_dir(options["out"], "fine-tuning", options["overwrite"])
-    dataset, data = load_image_data(options, options["seed"])
-    run_finetune(options, data, dataset, out)
+    out = api.claim_run_dir(options["out"], "fine-tuning", options["overwrite"])
+    run = api.finetune(_images(options), options["weights"], epochs=options["epochs"], batch_size=options["batch_size"],
+                       seed=options["seed"], lr_head=options["lr_head"], lr_backbone=options["lr_backbone"],
+                       unfreeze=_split_names(options["unfreeze"]) or (), frozen_bn=options["frozen_bn"],
+                       init_head=options["init_head"], out=out, overwrite=True, log=epoch_printer(options),
+                       progress=not options["quiet"])
+    click.echo(api.summary_line(run))
 
 
 @main.command("scratch")
@@ -434,11 +310,11 @@ def finetune_command(**options):
 @out_options
 def scratch_command(**options):
     """Train ResNet-18 from a seeded random init: every parameter, Adam, the reference augmentation."""
-    from .runs import prepare_run_dir
-
-    out = prepare_run_dir(options["out"], "scratch", options["overwrite"])
-    dataset, data = load_image_data(options, options["seed"])
-    run_scratch(options, data, dataset, out)
+    out = api.claim_run_dir(options["out"], "scratch", options["overwrite"])
+    run = api.scratch(_images(options), epochs=options["epochs"], batch_size=options["batch_size"],
+                      seed=options["seed"], lr=options["lr"], out=out, overwrite=True, log=epoch_printer(options),
+                      progress=not options["quiet"])
+    click.echo(api.summary_line(run))
 
 
 @main.command("compare")
@@ -448,11 +324,8 @@ def scratch_command(**options):
 def compare_command(run_dirs, out):
     """Compare run directories: a three-panel PNG (training loss, training accuracy, test accuracy per
     epoch; scratch red, feature extraction blue, fine-tuning green) and a summary table as Markdown and CSV."""
-    from .report import SUMMARY_COLUMNS, compare
-    from .tables import markdown_table
-
-    result = compare(list(run_dirs), out)
-    click.echo(markdown_table(result["rows"], SUMMARY_COLUMNS))
+    result = api.compare(run_dirs, out)
+    click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS))
     click.echo(f"wrote {result['png']}, {result['markdown']} and {result['csv']}")
 
 
@@ -466,25 +339,11 @@ def compare_command(run_dirs, out):
               help="Which view to show: 0 clean, 1.. augmented (as extract caches them).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "inspect.png", show_default=True,
               help="PNG file of the image grid.")
-def inspect_command(data, classes, per_class, test_per_class, download, data_root, image_size, seed, count, view, out):
+def inspect_command(out, image_size, seed, count, view, **options):
     """Show ResNet-18's parameters per module, the share each approach trains, and a grid of
     training images as augmented, with their class names."""
-    import numpy as np
-    from torchvision.models import resnet18
-
-    from .augment import DecodedSplit, make_views
-    from .data import load_dataset
-    from .report import image_grid, parameter_table
-    from .tables import markdown_table
-
-    dataset = load_dataset(data, _split_names(classes), per_class, test_per_class, download, data_root)
-    rows = parameter_table(resnet18(num_classes=len(dataset.classes)))
-    click.echo(markdown_table(rows, ["module", "parameters", "feature_extraction", "fine_tuning"]))
-    picks = np.linspace(0, len(dataset.train) - 1, min(count, len(dataset.train))).round().astype(int).tolist()
-    decoded = DecodedSplit(dataset.train, image_size)
-    views = make_views([decoded[i] for i in picks], picks, view, "train", seed, image_size)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    image_grid(views, [dataset.classes[dataset.train.labels[i]] for i in picks], out)
+    rows = api.inspect(data_spec(options), out, image_size=image_size, seed=seed, count=count, view=view)
+    click.echo(api.markdown_table(rows, ["module", "parameters", "feature_extraction", "fine_tuning"]))
     click.echo(f"wrote {out}")
 
 
@@ -511,37 +370,17 @@ def inspect_command(data, classes, per_class, test_per_class, download, data_roo
 def experiment(**options):
     """The whole reference experiment: scratch, extract + train-head, finetune, then compare, into one
     folder. Reference settings by default; scale down on a CPU with --image-size, --epochs, --per-class."""
-    from .cache import load_cache
-    from .loop import EpochConfig, check_learning_rate
-    from .report import SUMMARY_COLUMNS, compare
-    from .runs import APPROACHES, prepare_run_dir
-    from .tables import markdown_table
-    from .train import build_finetune_model
-
-    EpochConfig(options["epochs"], options["batch_size"], options["seed"])  # fail before any work
-    for name in ("lr", "lr_head", "lr_backbone"):
-        check_learning_rate("--" + name.replace("_", "-"), options[name])
-    build_finetune_model(options["weights"], 2, options["seed"], _split_names(options["unfreeze"]) or [])
-    out = options["out"] or Path("runs") / f"experiment-{time.strftime('%Y%m%d-%H%M%S')}"
-    folders = {approach: prepare_run_dir(out / approach, approach, options["overwrite"])
-               for approach in APPROACHES}
-    started = time.perf_counter()
-    dataset, data = load_image_data(options, options["seed"])
-    run_scratch(options, data, dataset, folders["scratch"])
-
-    extract_options = {**options, "views": options["views"] or options["epochs"],
-                       "batch_size": options["extract_batch_size"], "force": False}
-    extracted = prepare_cache(extract_options, progress=not options["quiet"])
-    click.echo(f"{'reused' if extracted.reused else 'wrote'} cache {extracted.path} in {extracted.seconds:.1f} s")
-    head_options = {**options, "weight_decay": 0.0, "head_kind": "linear", "sweep": False}
-    run_train_head(head_options, load_cache(extracted.path), folders["feature-extraction"],
-                   extract_wall_time_s=extracted.seconds, cache_reused=extracted.reused)
-
-    run_finetune({**options, "init_head": None}, data, dataset, folders["fine-tuning"])
-    result = compare(list(folders.values()), out)
-    click.echo(markdown_table(result["rows"], SUMMARY_COLUMNS))
-    click.echo(f"experiment finished in {time.perf_counter() - started:.1f} s; plot {result['png']}, "
-               f"tables {result['markdown']} and {result['csv']}")
+    result = api.experiment(
+        cache_spec(options, views=options["views"] or options["epochs"]), options["out"], epochs=options["epochs"],
+        batch_size=options["batch_size"], lr=options["lr"], lr_head=options["lr_head"],
+        lr_backbone=options["lr_backbone"], unfreeze=_split_names(options["unfreeze"]) or (),
+        frozen_bn=options["frozen_bn"], extract_batch_size=options["extract_batch_size"], device=options["device"],
+        num_workers=options["num_workers"], overwrite=options["overwrite"],
+        echo=click.echo, log=epoch_printer(options), progress=not options["quiet"])
+    comparison = result["comparison"]
+    click.echo(api.markdown_table(comparison["rows"], api.SUMMARY_COLUMNS))
+    click.echo(f"experiment finished in {result['seconds']:.1f} s; plot {comparison['png']}, "
+               f"tables {comparison['markdown']} and {comparison['csv']}")
 
 
 @main.command("bench")
@@ -560,21 +399,14 @@ def bench_command(**options):
     train-head alone, extraction versus the bare backbone forward, and featcache's input pipeline
     versus the notebook's, all in one process on one config. Defaults finish in a few minutes on a
     2-core CPU; --per-class 500 --test-per-class 1000 is the reference task's size."""
-    from .backbone import resolve_device
-    from .bench import bench_markdown, run_bench, write_bench
-
-    dataset = load_dataset_from_options(options)
-    result = run_bench(dataset, options["weights"], options["image_size"], options["views"], options["epochs"],
-                       options["batch_size"], options["extract_batch_size"], resolve_device(options["device"]),
-                       options["num_workers"], options["seed"], not options["no_end_to_end"], log=click.echo)
     command = "featcache " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("featcache") else "featcache bench"
-    json_path, md_path = write_bench(result, options["out"], command)
-    click.echo(bench_markdown(result, command))
-    click.echo(f"wrote {json_path} and {md_path}")
-
-
-def _jsonable(attrs: dict) -> dict:
-    return {key: (value if isinstance(value, (str, int, float, bool)) else str(value)) for key, value in attrs.items()}
+    result = api.bench(data_spec(options), options["out"], weights=options["weights"],
+                       image_size=options["image_size"], views=options["views"], epochs=options["epochs"],
+                       batch_size=options["batch_size"], extract_batch_size=options["extract_batch_size"],
+                       device=options["device"], num_workers=options["num_workers"], seed=options["seed"],
+                       end_to_end=not options["no_end_to_end"], command=command, log=click.echo)
+    click.echo(result["markdown"])
+    click.echo(f"wrote {result['json']} and {result['md']}")
 
 
 if __name__ == "__main__":

@@ -81,14 +81,14 @@ def load_dataset(
     Keeps the first `per_class` training images of each class in dataset order (None: all) and all
     test images unless `test_per_class` says otherwise. Labels are 0..C-1 in the order of `classes`.
     """
-    for name, value in (("--per-class", per_class), ("--test-per-class", test_per_class)):
+    for name, value in (("`per_class`", per_class), ("`test_per_class`", test_per_class)):
         if value is not None and value < 1:
             raise FeatcacheError(f"{name} must be at least 1, got {value}")
     if classes is not None:
         if len(set(classes)) != len(classes):
-            raise FeatcacheError(f"--classes lists a class twice: {','.join(classes)}")
+            raise FeatcacheError(f"`classes` lists a class twice: {','.join(classes)}")
         if len(classes) < 2:
-            raise FeatcacheError("--classes needs at least two classes to classify")
+            raise FeatcacheError("`classes` needs at least two classes to classify")
     if data == "cifar10":
         return _load_cifar10(list(classes or CIFAR10_DEFAULT_CLASSES), per_class, test_per_class,
                              download, Path(data_root or DEFAULT_CIFAR_ROOT))
@@ -120,8 +120,8 @@ def _load_cifar10(classes, per_class, test_per_class, download, root: Path) -> D
             source = CIFAR10(str(root), train=train, download=download)
         except RuntimeError as error:
             raise FeatcacheError(
-                f"CIFAR-10 not found in {root} ({error}); pass --download to fetch it, "
-                "--data-root to point at an existing copy, or --data PATH for an image folder") from None
+                f"CIFAR-10 not found in {root} ({error}); pass `download` to fetch it, "
+                "`data_root` to point at an existing copy, or an image folder as `data`") from None
         except OSError as error:
             raise FeatcacheError(f"could not download CIFAR-10 to {root}: {error}") from None
         _check_classes(classes, source.classes, "CIFAR-10")

@@ -47,7 +47,7 @@ def cache_attributes(dataset: Dataset, provenance: dict, shard_size: int, batch_
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for the backbone when asked (fast on GPUs with bf16 units); fp32 otherwise."""
     if precision not in PRECISIONS:
-        raise FeatcacheError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision}")
+        raise FeatcacheError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {precision}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -114,7 +114,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
     """
     started = time.perf_counter()
     if batch_size < 1:
-        raise FeatcacheError(f"--batch-size must be at least 1, got {batch_size}")
+        raise FeatcacheError(f"`batch_size` must be at least 1, got {batch_size}")
     final = cache_path(Path(cache_dir), dataset, provenance)
     if not force and reusable_cache(final, cache_key(provenance)):
         return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)

@@ -143,7 +143,7 @@ def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     from sklearn.model_selection import train_test_split  # scikit-learn costs a second to import: only here
 
     if not 0 < fraction < 1:
-        raise FeatcacheError(f"--val-fraction must be between 0 and 1, got {fraction}")
+        raise FeatcacheError(f"`val_fraction` must be between 0 and 1, got {fraction}")
     indices = np.arange(len(labels))
     try:
         fit, val = train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels.numpy())
@@ -197,7 +197,7 @@ def logistic_regression_probe(cache: FeatureCache, use_views: str = "clean", Cs=
     from sklearn.preprocessing import StandardScaler
 
     if use_views not in ("clean", "all"):
-        raise FeatcacheError(f"--logreg-views must be 'clean' or 'all', got {use_views}")
+        raise FeatcacheError(f"`logreg_views` must be 'clean' or 'all', got {use_views}")
     features, labels = cache.train_features.numpy(), cache.train_labels.numpy()
 
     def rows(indices):

@@ -28,14 +28,14 @@ class EpochConfig:
 
     def __post_init__(self):
         if self.epochs < 1:
-            raise FeatcacheError(f"--epochs must be at least 1, got {self.epochs}")
+            raise FeatcacheError(f"`epochs` must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise FeatcacheError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise FeatcacheError(f"`batch_size` must be at least 1, got {self.batch_size}")
 
 
 def check_learning_rate(name: str, value: float) -> float:
     if not (value > 0 and value < float("inf")):
-        raise FeatcacheError(f"{name} must be a positive finite number, got {value}")
+        raise FeatcacheError(f"`{name}` must be a positive finite number, got {value}")
     return value
 
 

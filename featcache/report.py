@@ -9,11 +9,9 @@ from matplotlib.figure import Figure  # not pyplot: files only, and a notebook's
 from torch import nn
 
 from .runs import read_run
-from .tables import markdown_table
+from .tables import SUMMARY_COLUMNS, markdown_table
 
 COLOURS = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
-SUMMARY_COLUMNS = ["approach", "final_train_acc", "final_test_acc", "best_test_acc_on_test_set", "train_test_gap",
-                   "trainable_params", "wall_time_s", "extract_time_s", "device", "run_dir"]
 
 
 def summary_row(run: dict) -> dict:

@@ -28,7 +28,7 @@ def prepare_run_dir(out: Path | None, approach: str, overwrite: bool = False) ->
     earlier run unless asked, before any training time is spent."""
     out = Path(out) if out is not None else default_run_dir(approach)
     if (out / HISTORY).exists() and not overwrite:
-        raise FeatcacheError(f"{out} already holds a run; choose another --out or pass --overwrite")
+        raise FeatcacheError(f"{out} already holds a run; choose another `out` or pass `overwrite`")
     return out
 
 

@@ -50,7 +50,7 @@ class Shard:
 def plan_shards(counts: dict[str, int], shard_size: int) -> list[Shard]:
     """Every shard of a cache, training split first, each split cut from row 0 in steps of shard_size."""
     if shard_size < 1:
-        raise FeatcacheError(f"--shard-size must be at least 1, got {shard_size}")
+        raise FeatcacheError(f"`shard_size` must be at least 1, got {shard_size}")
     return [Shard(split, index, start, min(start + shard_size, counts[split]))
             for split in SPLITS for index, start in enumerate(range(0, counts[split], shard_size))]
 
@@ -173,8 +173,8 @@ def check_cut(folder: Path, shard_size: int, batch_size: int) -> None:
             continue  # recomputed by the scan
         if (record.get("shard_size"), record.get("batch_size")) != (shard_size, batch_size):
             raise FeatcacheError(
-                f"the unfinished extraction in {folder} was cut with --shard-size {record.get('shard_size')} "
-                f"--batch-size {record.get('batch_size')}; re-run with those to resume it, or pass --force "
+                f"the unfinished extraction in {folder} was cut with `shard_size` {record.get('shard_size')} "
+                f"`batch_size` {record.get('batch_size')}; re-run with those to resume it, or pass `force` "
                 "to discard its shards and start again")
 
 

@@ -62,7 +62,7 @@ def weights_identity(weights: str, seed: int) -> str:
     if weights == "imagenet":
         return f"imagenet:ResNet18_Weights.IMAGENET1K_V1:torchvision=={version('torchvision')}"
     if not Path(weights).is_file():
-        raise FeatcacheError(f"weights file {weights} does not exist (or pass --weights imagenet or random)")
+        raise FeatcacheError(f"weights file {weights} does not exist (or pass `weights` imagenet or random)")
     digest = hashlib.sha256()
     with open(weights, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -1,6 +1,9 @@
 """Tables as Markdown, for the terminal and for summary.md: no plotting library needed to print one."""
 from __future__ import annotations
 
+SUMMARY_COLUMNS = ["approach", "final_train_acc", "final_test_acc", "best_test_acc_on_test_set", "train_test_gap",
+                   "trainable_params", "wall_time_s", "extract_time_s", "device", "run_dir"]
+
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def cell(value):

@@ -20,7 +20,7 @@ def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[s
     """Pretrained ResNet-18, everything frozen but a new seeded head and the `unfreeze` stages."""
     unknown = [stage for stage in unfreeze if stage not in STAGES]
     if unknown:
-        raise FeatcacheError(f"--unfreeze: unknown stage {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+        raise FeatcacheError(f"`unfreeze`: unknown stage {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     model = load_backbone(weights, seed)
     model.fc = seeded_linear(FEATURE_DIM, classes, seed)
     for parameter in model.parameters():
@@ -50,14 +50,14 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
     frozen_bn="train" reproduces the notebook (whole model in train mode).
     """
     if frozen_bn not in ("eval", "train"):
-        raise FeatcacheError(f"--frozen-bn must be 'eval' or 'train', got {frozen_bn}")
+        raise FeatcacheError(f"`frozen_bn` must be 'eval' or 'train', got {frozen_bn}")
     unfreeze = list(unfreeze)
     model = build_finetune_model(weights, len(data.classes), config.seed, unfreeze)
     if init_head is not None:
         try:
             model.fc.load_state_dict(init_head)
         except RuntimeError as error:
-            raise FeatcacheError(f"--init-head does not fit this head ({len(data.classes)} classes): {error}") from None
+            raise FeatcacheError(f"`init_head` does not fit this head ({len(data.classes)} classes): {error}") from None
     model = model.to(data.device).to(memory_format=torch.channels_last)
     trunk, rest = split_trunk(model, unfreeze)
     backbone_params = [p for name in unfreeze for p in getattr(model, name).parameters()]

@@ -1,0 +1,427 @@
+"""featcache's Python API: what a notebook imports, and what each command of the CLI calls.
+
+    import featcache
+    spec = featcache.CacheSpec(featcache.DataSpec("../shared/data/cifar10-catdoghorse"),
+                               weights="../shared/weights/resnet18-cifar10src-64px.pth", image_size=64, views=15)
+    cache = featcache.open_cache(featcache.extract(spec).path)
+    head = featcache.train_head(cache, out="runs/fe")        # head.model is an nn.Linear(512, C)
+
+Arguments are named like the CLI's options (per_class is --per-class). Errors name them in backquotes
+(`per_class`), and the CLI prints its option names there instead. torch, torchvision, scikit-learn and
+matplotlib are imported by the functions that use them: `import featcache` stays light, and finding
+an existing cache needs no torch.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import FeatcacheError, ReportedElsewhere
+from .data import Dataset, load_dataset
+from .shards import DEFAULT_SHARD_SIZE
+from .spec import BACKBONE_PARAMETERS, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \
+    shard_folder
+from .tables import SUMMARY_COLUMNS, markdown_table
+
+__all__ = ["DataSpec", "CacheSpec", "Run", "extract", "open_cache", "train_head", "load_images", "finetune", "scratch",
+           "read_run", "compare", "experiment", "verify", "inspect", "bench", "claim_run_dir", "summary_line",
+           "markdown_table", "SUMMARY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS"]
+
+DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+DEFAULT_SWEEP_WDS = (0.0, 1e-4, 1e-3, 1e-2)
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images: 'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and test/<class>/*.
+
+    `classes` picks classes by name and fixes the label order; `per_class` keeps the first N training
+    images of each class (None: all), `test_per_class` likewise for the test split."""
+
+    data: str = "cifar10"
+    classes: tuple[str, ...] | None = None
+    per_class: int | None = 500
+    test_per_class: int | None = None
+    download: bool = False
+    data_root: Path | None = None
+
+    def load(self) -> Dataset:
+        return load_dataset(self.data, list(self.classes) if self.classes else None, self.per_class,
+                            self.test_per_class, self.download, self.data_root)
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """Everything that determines cached features. Both the backbone and the cache key are built from
+    it, so the features filed under a key are always those of the weights it names.
+
+    `weights` is 'imagenet', 'random' (seeded, for tests) or a path to a ResNet-18 state dict."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    weights: str = "imagenet"
+    image_size: int = 224
+    views: int = 10
+    seed: int = 0
+    precision: str = "fp32"
+    cache_dir: Path = Path("cache")
+
+    def locate(self) -> tuple[Dataset, dict, Path]:
+        """(dataset, provenance, the cache file's path), without importing torch."""
+        dataset = self.data.load()
+        provenance = cache_provenance(dataset, self.weights, self.seed, self.image_size, self.views, self.precision)
+        return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)
+
+
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def extract(spec: CacheSpec, *, batch_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE, device: str = "auto",
+            num_workers: int = 0, force: bool = False, progress: bool = True) -> ExtractResult:
+    """Find the complete cache for `spec` (without importing torch), or extract it: run the frozen
+    backbone once per view, in checksummed shards, resuming from finished ones. Under torchrun every
+    process calls this with the same arguments and the shards are dealt over them."""
+    started = time.perf_counter()
+    try:
+        dataset, provenance, final = spec.locate()
+        if not force and reusable_cache(final, cache_key(provenance)):
+            return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
+        from .backbone import load_backbone, resolve_device
+        from .extraction import extract as extract_shards
+
+        backbone = load_backbone(spec.weights, spec.seed)
+        device = resolve_device(device)
+    except FeatcacheError as error:  # every torchrun rank sees the same inputs: rank 0 alone reports them
+        raise (error if _main_process() else ReportedElsewhere(str(error))) from None
+    return extract_shards(dataset, backbone, provenance, spec.cache_dir, batch_size=batch_size, shard_size=shard_size,
+                          device=device, num_workers=num_workers, force=force, progress=progress)
+
+
+def open_cache(source: CacheSpec | str | Path):
+    """A complete cache in memory (featcache.cache.FeatureCache: tensors, classes, key), every byte
+    checked against its sha256. `source` is a cache file or the CacheSpec it was extracted from."""
+    from .cache import load_cache
+
+    if isinstance(source, CacheSpec):
+        _, _, path = source.locate()
+        if not path.exists() and not shard_folder(path).exists():
+            raise FeatcacheError(f"no cache for these inputs ({path}); run featcache extract with the same options "
+                                 "(in Python: featcache.extract with the same CacheSpec)")
+        source = path
+    return load_cache(Path(source))
+
+
+@dataclass
+class Run:
+    """A trained model and what a run directory records of it; `save` writes history.json and weights.pt."""
+
+    approach: str
+    model: object  # torch.nn.Module: the head alone for feature extraction
+    history: dict  # per-epoch train_loss, train_acc, test_acc
+    config: dict
+    wall_time_s: float
+    device: object  # torch.device
+    trainable_params: int
+    total_params: int
+    record: dict = field(default_factory=dict)  # what else history.json holds: classes, cache key, sweep grid...
+    path: Path | None = None
+
+    @property
+    def final_test_acc(self) -> float:
+        return self.history["test_acc"][-1]
+
+    def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
+        from .runs import prepare_run_dir, write_run
+
+        out = prepare_run_dir(out, self.approach, overwrite)
+        write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,
+                  self.device, self.trainable_params, self.total_params, **self.record)
+        self.path = out
+        return out
+
+
+def summary_line(run: Run) -> str:
+    """The one line each training command prints when it is done."""
+    where = f"; run written to {run.path}" if run.path else ""
+    if run.approach == "feature-extraction":
+        return (f"feature extraction: final test accuracy {run.final_test_acc:.4f}; head trained in "
+                f"{run.wall_time_s:.2f} s{where}")
+    return f"{run.approach}: final test accuracy {run.final_test_acc:.4f} in {run.wall_time_s:.1f} s{where}"
+
+
+def claim_run_dir(out: str | Path | None, approach: str, overwrite: bool = False) -> Path:
+    """The run directory a run will be written to (default runs/<approach>-<time>), refused before any
+    training time is spent if it already holds a run and `overwrite` is not set."""
+    from .runs import prepare_run_dir
+
+    return prepare_run_dir(Path(out) if out is not None else None, approach, overwrite)
+
+
+def _claim(out, approach: str, overwrite: bool) -> Path | None:
+    return claim_run_dir(out, approach, overwrite) if out is not None else None
+
+
+def _saved(run: Run, out, overwrite: bool, folder: Path | None) -> Run:
+    """Write the run where `_claim` said it may go (checked before training, so no time is lost)."""
+    if out is not None:
+        run.save(folder, overwrite=True)
+    return run
+
+
+def _jsonable(attrs: dict) -> dict:
+    return {key: (value if isinstance(value, (str, int, float, bool)) else str(value)) for key, value in attrs.items()}
+
+
+def train_head(cache, *, head: str = "linear", epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
+               weight_decay: float = 0.0, seed: int = 0, sweep: bool = False, sweep_lrs=DEFAULT_SWEEP_LRS,
+               sweep_wds=DEFAULT_SWEEP_WDS, val_fraction: float = 0.2, logreg_views: str = "clean",
+               out: str | Path | None = None, overwrite: bool = False, log: Log | None = None, **record) -> Run:
+    """A feature-extraction head trained on a cache (from open_cache), in seconds.
+
+    head='linear': Linear(512, C) with Adam, epoch e on augmented view 1 + e % V; with `sweep`, a grid of
+    heads (sweep_lrs x sweep_wds) trained at once, the best on a validation split of the training
+    images retrained on all of them. head='logreg': scikit-learn's logistic regression, C chosen on
+    the validation split (on clean views, or all views with logreg_views='all'). `log` gets the
+    per-epoch lines; `out` writes the run directory (refused before training if it holds a run)."""
+    from .heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
+    from .loop import EpochConfig, check_learning_rate
+
+    if head not in ("linear", "logreg"):
+        raise FeatcacheError(f"`head` must be 'linear' or 'logreg', got {head!r}")
+    if sweep and head == "logreg":
+        raise FeatcacheError("`sweep` trains linear heads; `head` logreg chooses its own C on the validation split")
+    config = EpochConfig(epochs, batch_size, seed)
+    check_learning_rate("lr", lr)
+    if weight_decay < 0:
+        raise FeatcacheError(f"`weight_decay` must be non-negative, got {weight_decay}")
+    folder = _claim(out, "feature-extraction", overwrite)
+    started = time.perf_counter()
+    if head == "logreg":
+        probe = logistic_regression_probe(cache, logreg_views, val_fraction=val_fraction, seed=seed)
+        model = logreg_as_linear(probe["model"], len(cache.classes))
+        history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
+                   "test_acc": [probe["test_acc"]]}
+        record["logreg"] = {"grid": probe["grid"], "best": probe["best"]}
+    else:
+        if sweep:
+            result = sweep_heads(cache.train_features, cache.train_labels, list(sweep_lrs), list(sweep_wds), config,
+                                 val_fraction)
+            lr, weight_decay = result.best["lr"], result.best["weight_decay"]
+            record["sweep"] = {"grid": result.grid, "best": result.best}
+        model, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
+                                           cache.test_labels, config, lr, weight_decay, log)
+    wall = time.perf_counter() - started
+    head_params = sum(p.numel() for p in model.parameters())
+    config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                     "seed": seed, "sweep": sweep, "val_fraction": val_fraction, "logreg_views": logreg_views,
+                     "cache": str(cache.path), "views": cache.views}
+    run = Run("feature-extraction", model, history, config_record, wall, "cpu", head_params,
+              BACKBONE_PARAMETERS + head_params,
+              {"cache_key": cache.key, "classes": cache.classes, "cache_attrs": _jsonable(cache.attrs), **record})
+    return _saved(run, out, overwrite, folder)
+
+
+def timed_load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: str = "auto"):
+    """(load_images(...), seconds it took)."""
+    started = time.perf_counter()
+    images = load_images(data, image_size, seed, device)
+    return images, time.perf_counter() - started
+
+
+def decoded_line(images, seconds: float) -> str:
+    return (f"decoded {len(images.train_labels)} training and {len(images.test_labels)} test images of "
+            f"{', '.join(images.classes)} in {seconds:.1f} s")
+
+
+def load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: str = "auto"):
+    """Both splits decoded once and resized for `image_size` (featcache.augment.ImageData): what the
+    end-to-end trainers draw their views from, seeded by `seed`."""
+    import torch
+
+    from .augment import ImageData, decode_all
+    from .backbone import resolve_device
+
+    dataset = data.load()
+    return ImageData(decode_all(dataset.train, image_size), torch.from_numpy(dataset.train.labels),
+                     decode_all(dataset.test, image_size), torch.from_numpy(dataset.test.labels),
+                     dataset.classes, image_size, seed, resolve_device(device))
+
+
+def _init_head_state(init_head, classes: list[str]):
+    """The state dict of a head to start fine-tuning from: a Run, or a run directory."""
+    import torch
+
+    from .runs import WEIGHTS, read_run
+
+    if isinstance(init_head, Run):
+        if init_head.record.get("classes") not in (None, classes):
+            raise FeatcacheError(f"`init_head` was trained on classes {init_head.record['classes']}, not {classes}")
+        return init_head.model.state_dict()
+    trained = read_run(init_head)
+    if trained.get("classes") not in (None, classes):
+        raise FeatcacheError(f"`init_head` {init_head} was trained on classes {trained['classes']}, not {classes}")
+    return torch.load(Path(init_head) / WEIGHTS, map_location="cpu", weights_only=True)
+
+
+def _end_to_end_run(approach: str, model, history: dict, wall: float, images, config: dict, out, overwrite: bool,
+                    folder) -> Run:
+    from .backbone import count_parameters
+
+    trainable, total = count_parameters(model)
+    run = Run(approach, model, history, config, wall, images.device, trainable, total, {"classes": images.classes})
+    return _saved(run, out, overwrite, folder)
+
+
+def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size: int = 32, seed: int = 0,
+             lr_head: float = 1e-3, lr_backbone: float = 1e-5, unfreeze=("layer4",), frozen_bn: str = "eval",
+             init_head=None, out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
+             progress: bool = False) -> Run:
+    """Fine-tune a pretrained ResNet-18 on `images` (from load_images): a new head (lr_head) and the
+    `unfreeze` stages (lr_backbone), the rest frozen in eval mode (frozen_bn='train': the notebook's
+    everything-in-train-mode). `init_head` starts the head from a Run or a run directory."""
+    from .loop import EpochConfig, check_learning_rate
+    from .train import finetune as finetune_model, timed
+
+    config = EpochConfig(epochs, batch_size, seed)
+    check_learning_rate("lr_head", lr_head)
+    check_learning_rate("lr_backbone", lr_backbone)
+    folder = _claim(out, "fine-tuning", overwrite)
+    initial = _init_head_state(init_head, images.classes) if init_head is not None else None
+    (model, history), wall = timed(finetune_model, images, weights, config, lr_head, lr_backbone, list(unfreeze),
+                                   frozen_bn, initial, log=log, progress=progress)
+    record = {"weights": weights, "image_size": images.image_size, "epochs": epochs, "batch_size": batch_size,
+              "seed": seed, "lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": list(unfreeze),
+              "frozen_bn": frozen_bn, "init_head": str(init_head.path if isinstance(init_head, Run) else init_head)
+              if init_head is not None else None}
+    return _end_to_end_run("fine-tuning", model, history, wall, images, record, out, overwrite, folder)
+
+
+def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr: float = 1e-3,
+            out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
+            progress: bool = False) -> Run:
+    """ResNet-18 from a seeded random init on `images` (from load_images): every parameter, Adam, the
+    reference augmentation drawn fresh each epoch."""
+    from .loop import EpochConfig, check_learning_rate
+    from .train import scratch as scratch_model, timed
+
+    config = EpochConfig(epochs, batch_size, seed)
+    check_learning_rate("lr", lr)
+    folder = _claim(out, "scratch", overwrite)
+    (model, history), wall = timed(scratch_model, images, config, lr, log=log, progress=progress)
+    record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed, "lr": lr}
+    return _end_to_end_run("scratch", model, history, wall, images, record, out, overwrite, folder)
+
+
+def read_run(folder: str | Path) -> dict:
+    """A run directory's history.json as a dict (with `run_dir` added)."""
+    from .runs import read_run as read
+
+    return read(Path(folder))
+
+
+def compare(run_dirs, out: str | Path) -> dict:
+    """comparison.png (loss, training and test accuracy per epoch), summary.md and summary.csv in `out`
+    from run directories; returns their paths and the summary rows."""
+    from .report import compare as compare_runs
+
+    return compare_runs([Path(folder) for folder in run_dirs], Path(out))
+
+
+def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 15, batch_size: int = 32,
+               lr: float = 1e-3, lr_head: float = 1e-3, lr_backbone: float = 1e-5, unfreeze=("layer4",),
+               frozen_bn: str = "eval", extract_batch_size: int = 64, device: str = "auto", num_workers: int = 0,
+               overwrite: bool = False, echo: Log | None = None, log: Log | None = None,
+               progress: bool = False) -> dict:
+    """The whole comparison into one folder: scratch, extract + a cached linear head, fine-tuning, then
+    compare. `spec` names the data, weights, image size, views and seed of all three; `echo` gets one
+    line per finished step, `log` the per-epoch lines. Returns the three Runs and compare's result."""
+    from .loop import EpochConfig, check_learning_rate
+    from .runs import APPROACHES
+    from .train import build_finetune_model
+
+    echo = echo or (lambda line: None)
+    EpochConfig(epochs, batch_size, spec.seed)  # every check before any work
+    for name, value in (("lr", lr), ("lr_head", lr_head), ("lr_backbone", lr_backbone)):
+        check_learning_rate(name, value)
+    build_finetune_model(spec.weights, 2, spec.seed, list(unfreeze))
+    out = Path(out) if out is not None else Path("runs") / f"experiment-{time.strftime('%Y%m%d-%H%M%S')}"
+    folders = {approach: _claim(out / approach, approach, overwrite) for approach in APPROACHES}
+    started = time.perf_counter()
+    images, seconds = timed_load_images(spec.data, spec.image_size, spec.seed, device)
+    echo(decoded_line(images, seconds))
+    runs = {}
+    runs["scratch"] = scratch(images, epochs=epochs, batch_size=batch_size, seed=spec.seed, lr=lr,
+                              out=folders["scratch"], overwrite=True, log=log, progress=progress)
+    echo(summary_line(runs["scratch"]))
+    extracted = extract(spec, batch_size=extract_batch_size, device=device, num_workers=num_workers,
+                        progress=progress)
+    echo(f"{'reused' if extracted.reused else 'wrote'} cache {extracted.path} in {extracted.seconds:.1f} s")
+    runs["feature-extraction"] = train_head(
+        open_cache(extracted.path), epochs=epochs, batch_size=batch_size, lr=lr, seed=spec.seed,
+        out=folders["feature-extraction"], overwrite=True, log=log, extract_wall_time_s=extracted.seconds,
+        cache_reused=extracted.reused)
+    echo(summary_line(runs["feature-extraction"]))
+    runs["fine-tuning"] = finetune(images, spec.weights, epochs=epochs, batch_size=batch_size, seed=spec.seed,
+                                   lr_head=lr_head, lr_backbone=lr_backbone, unfreeze=unfreeze, frozen_bn=frozen_bn,
+                                   out=folders["fine-tuning"], overwrite=True, log=log, progress=progress)
+    echo(summary_line(runs["fine-tuning"]))
+    comparison = compare(list(folders.values()), out)
+    return {"runs": runs, "comparison": comparison, "seconds": time.perf_counter() - started}
+
+
+def verify(path: str | Path) -> tuple[int, float]:
+    """Recompute every checksum of a cache file, one shard's rows at a time: (ranges checked, seconds).
+    A mismatch is a FeatcacheError naming the split and rows."""
+    import json
+
+    from .shards import verify_file
+    from .spec import open_complete_cache
+
+    with open_complete_cache(Path(path)) as handle:  # a foreign, other-version or incomplete file: one line
+        ranges = sum(len(rows) for rows in json.loads(handle.attrs["checksums"]).values())
+    started = time.perf_counter()
+    mismatches = verify_file(Path(path))
+    if mismatches:
+        raise FeatcacheError(f"{path} fails verification: {'; '.join(mismatches)}; recompute it with "
+                             "featcache extract --force (same options)")
+    return ranges, time.perf_counter() - started
+
+
+def inspect(data: DataSpec, out: str | Path, *, image_size: int = 224, seed: int = 0, count: int = 16,
+            view: int = 1) -> list[dict]:
+    """ResNet-18's parameters per module and the share each approach trains (returned as table rows),
+    and a PNG grid at `out` of `count` training images as view `view` makes them."""
+    import numpy as np
+    from torchvision.models import resnet18
+
+    from .augment import DecodedSplit, make_views
+    from .report import image_grid, parameter_table
+
+    dataset = data.load()
+    rows = parameter_table(resnet18(num_classes=len(dataset.classes)))
+    picks = np.linspace(0, len(dataset.train) - 1, min(count, len(dataset.train))).round().astype(int).tolist()
+    decoded = DecodedSplit(dataset.train, image_size)
+    views = make_views([decoded[i] for i in picks], picks, view, "train", seed, image_size)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    image_grid(views, [dataset.classes[dataset.train.labels[i]] for i in picks], Path(out))
+    return rows
+
+
+def bench(data: DataSpec, out: str | Path, *, weights: str = "imagenet", image_size: int = 224, views: int = 10,
+          epochs: int = 15, batch_size: int = 32, extract_batch_size: int = 64, device: str = "auto",
+          num_workers: int = 0, seed: int = 0, end_to_end: bool = True, command: str = "featcache bench",
+          log: Log | None = print) -> dict:
+    """featcache bench: every speed figure side by side in one process; writes bench.json and bench.md
+    to `out` and returns the result with their paths and the Markdown."""
+    from .backbone import resolve_device
+    from .bench import bench_markdown, run_bench, write_bench
+
+    result = run_bench(data.load(), weights, image_size, views, epochs, batch_size, extract_batch_size,
+                       resolve_device(device), num_workers, seed, end_to_end, log=log or (lambda line: None))
+    json_path, md_path = write_bench(result, Path(out), command)
+    return {**result, "json": json_path, "md": md_path, "markdown": bench_markdown(result, command)}
