@@ -1,0 +1,65 @@
+"""The Python API as a notebook uses it: scripts/quickstart.py runs on synthetic images, and is the
+README's API section word for word."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import featcache
+from conftest import write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quickstart_runs_through_import_featcache_alone(tmp_path):
+    data = write_image_folder(tmp_path / "data", 8, 4)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "quickstart.py"), "--data", str(data),
+                           "--weights", "random", "--image-size", "32", "--per-class", "8",
+                           "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("feature-extraction: final test accuracy ")
+    assert lines[1].startswith("fine-tuning: final test accuracy ")
+    for approach, line in zip(("feature-extraction", "fine-tuning"), lines):
+        record = featcache.read_run(tmp_path / "runs" / approach)
+        assert f"{record['test_acc'][-1]:.4f}" in line
+    assert (tmp_path / "runs" / "comparison.png").is_file()
+
+
+def test_readme_api_section_is_the_quickstart_script():
+    script = (ROOT / "scripts" / "quickstart.py").read_text()
+    assert f"```python\n{script}```" in (ROOT / "README.md").read_text()
+
+
+def test_one_spec_builds_the_key_and_a_cache_dataset_per_view(image_folder, tmp_path):
+    spec = featcache.CacheSpec(featcache.DataSpec(str(image_folder)), weights="random", image_size=32, views=2,
+                               cache_dir=tmp_path)
+    extracted = featcache.extract(spec, batch_size=8)
+    assert featcache.extract(spec).reused  # found from the spec alone
+    cache = featcache.open_cache(spec)
+    assert cache.path == extracted.path
+    features, label = cache.dataset("train", view=2)[5]
+    assert torch.equal(features, cache.train_features[5, 2]) and label == cache.train_labels[5]
+    assert len(cache.dataset("test")) == 12
+    with pytest.raises(featcache.FeatcacheError, match="`view` must be between 0 and 2"):
+        cache.dataset("train", view=3)
+
+
+def test_api_errors_name_the_arguments_and_the_cli_its_options(image_folder, tmp_path, run_cli):
+    with pytest.raises(featcache.FeatcacheError, match="`per_class` must be at least 1"):
+        featcache.DataSpec(str(image_folder), per_class=0).load()
+    result = run_cli("extract", "--data", image_folder, "--per-class", "0", "--cache-dir", tmp_path)
+    assert result.exit_code == 1 and "Error: --per-class must be at least 1" in result.stderr
+
+
+def test_importing_featcache_imports_no_torch_and_keeps_matplotlib_backend():
+    light = subprocess.run([sys.executable, "-c", "import sys, featcache; print('torch' in sys.modules)"],
+                           capture_output=True, text=True, timeout=120)
+    assert light.stdout.strip() == "False", light.stderr
+    probe = "import matplotlib; matplotlib.use('svg'); import featcache.report; print(matplotlib.get_backend())"
+    backend = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert backend.stdout.strip() == "svg", backend.stderr
