@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import FeatcacheError, ReportedElsewhere
+from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
 from .shards import DEFAULT_SHARD_SIZE
 from .spec import BACKBONE_PARAMETERS, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 
-from . import FeatcacheError
+from .errors import FeatcacheError
 from .data import Split
 from .spec import BRIGHTNESS, CONTRAST, IMAGENET_MEAN, IMAGENET_STD, RATIO, SCALE, resize_size
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from . import FeatcacheError
+from .errors import FeatcacheError
 
 STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 

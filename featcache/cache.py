@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import FeatcacheError
+from .errors import FeatcacheError
 from .shards import checksum_mismatches
 from .spec import open_complete_cache
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from . import FeatcacheError, ReportedElsewhere, __version__, api
+from . import api
+from ._version import __version__
+from .errors import FeatcacheError, ReportedElsewhere
 
 # featcache.api imports torch, scikit-learn and matplotlib inside the functions that use them: finding
 # an existing cache (a repeated `featcache extract`) answers in a fraction of a second.

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import torch
 
-from . import FeatcacheError, ReportedElsewhere
+from .errors import FeatcacheError, ReportedElsewhere
 
 PATIENCE = timedelta(days=7)
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import FeatcacheError, __version__
+from ._version import __version__
+from .errors import FeatcacheError
 from .augment import ImageBatch, decoded_chunks, make_views
 from .data import Dataset
 from .distributed import coordinator, local_device

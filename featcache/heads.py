@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import FeatcacheError
+from .errors import FeatcacheError
 from .cache import FeatureCache
 from .loop import EpochConfig, log_epoch, seeded_linear
 from .spec import FEATURE_DIM

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import FeatcacheError
+from .errors import FeatcacheError
 
 EVAL_BATCH = 128
 

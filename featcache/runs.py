@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from . import FeatcacheError, __version__
+from ._version import __version__
+from .errors import FeatcacheError
 
 HISTORY = "history.json"
 WEIGHTS = "weights.pt"

@@ -23,7 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import FeatcacheError
+from .errors import FeatcacheError
 from .spec import FEATURE_DIM, shard_folder
 
 SHARD_FORMAT = "featcache-shard"

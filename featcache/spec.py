@@ -14,7 +14,8 @@ from pathlib import Path
 
 import h5py
 
-from . import FeatcacheError, __version__
+from ._version import __version__
+from .errors import FeatcacheError
 
 FORMAT = "featcache"
 FORMAT_VERSION = 2  # 2: sharded extraction, per-shard sha256 checksums, features chunked one view at a time

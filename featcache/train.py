@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.models import resnet18
 from tqdm import tqdm
 
-from . import FeatcacheError
+from .errors import FeatcacheError
 from .augment import ImageData
 from .backbone import STAGES, load_backbone
 from .heads import LinearHeads, single_head_history, train_heads, view_for_epoch, with_bias_column
