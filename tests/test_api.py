@@ -56,6 +56,7 @@ def test_api_errors_name_the_arguments_and_the_cli_its_options(image_folder, tmp
     assert result.exit_code == 1 and "Error: --per-class must be at least 1" in result.stderr
 
 
+@pytest.mark.slow
 def test_importing_featcache_imports_no_torch_and_keeps_matplotlib_backend():
     light = subprocess.run([sys.executable, "-c", "import sys, featcache; print('torch' in sys.modules)"],
                            capture_output=True, text=True, timeout=120)

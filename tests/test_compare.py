@@ -44,7 +44,33 @@ def test_compare_cli_on_run_dirs(experiment_dir, run_cli, tmp_path):
     result = run_cli("compare", *runs, "--out", tmp_path / "cmp")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 10_000
-    assert "| fine-tuning |" in result.output
+    for name in ("scratch", "fine-tuning"):  # the printed table holds each run's numbers
+        history = json.loads((experiment_dir / name / "history.json").read_text())
+        assert f"| {name} | {history['train_acc'][-1]:.4g} | {history['test_acc'][-1]:.4g} |" in result.output
+
+
+def test_the_plot_shows_each_runs_history(experiment_dir, tmp_path, monkeypatch):
+    """What matplotlib is given: per panel, one line per run with that run's colour and per-epoch values."""
+    from matplotlib.axes import Axes
+
+    import featcache
+
+    plotted = []
+    real_plot = Axes.plot
+
+    def record(axis, x, y, **kwargs):
+        plotted.append((axis.get_title() or None, kwargs["label"], kwargs["color"], list(x), list(y)))
+        return real_plot(axis, x, y, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", record)
+    featcache.compare([experiment_dir / name for name in ("scratch", "feature-extraction", "fine-tuning")],
+                      tmp_path / "cmp")
+    assert len(plotted) == 9  # three panels x three runs
+    colours = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
+    for index, (_, label, colour, epochs, values) in enumerate(plotted):
+        approach, key = label, ("train_loss", "train_acc", "test_acc")[index % 3]
+        history = json.loads((experiment_dir / approach / "history.json").read_text())
+        assert colour == colours[approach] and epochs == [1, 2] and values == history[key]
 
 
 def test_compare_names_a_folder_that_is_not_a_run(experiment_dir, run_cli, tmp_path):

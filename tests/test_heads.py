@@ -16,7 +16,8 @@ from featcache.data import load_dataset
 from featcache.heads import (LinearHeads, logistic_regression_probe, logreg_as_linear,
                              sweep_heads, train_linear_head, with_bias_column)
 from featcache.augment import ImageData
-from featcache.loop import EpochConfig, seeded_linear
+from featcache.heads import validation_split, view_for_epoch
+from featcache.loop import EpochConfig, accuracy, run_epochs, seeded_linear
 from featcache.train import reference_feature_extraction
 from conftest import tree_digest
 
@@ -48,6 +49,25 @@ def test_cached_training_equals_the_end_to_end_reference_loop(cached):
     assert history["train_acc"] == reference["train_acc"]
     assert history["test_acc"] == reference["test_acc"]
     assert len(set(history["train_loss"])) == 5  # it trained: the loss moved every epoch
+
+
+def test_cached_head_loop_equals_plain_linear_and_torch_adam(cached):
+    """The written-out heads against nn.Linear + torch.optim.Adam in the shared epoch loop, on the same
+    cached views, order and seed: same weights, same history."""
+    cache = load_cache(cached[1])
+    config = EpochConfig(epochs=4, batch_size=5, seed=2)
+    head, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
+                                      cache.test_labels, config, lr=3e-3)
+    model = seeded_linear(512, 3, config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    reference = run_epochs(
+        model, optimizer, cache.train_labels,
+        lambda epoch, indices: cache.train_features[indices, view_for_epoch(epoch, cache.views)],
+        lambda: accuracy(model, lambda window: cache.test_features[window], cache.test_labels), config, log=None)
+    assert torch.allclose(head.weight, model.weight, atol=1e-5) and torch.allclose(head.bias, model.bias, atol=1e-5)
+    assert np.allclose(history["train_loss"], reference["train_loss"], atol=1e-5)
+    assert history["train_acc"] == reference["train_acc"] and history["test_acc"] == reference["test_acc"]
+    assert not torch.allclose(head.weight, seeded_linear(512, 3, config.seed).weight)  # it trained
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
@@ -119,15 +139,22 @@ def test_sweep_heads_match_single_heads(cached):
     cache = load_cache(cached[1])
     config = EpochConfig(epochs=3, batch_size=4, seed=1)
     result = sweep_heads(cache.train_features, cache.train_labels, [1e-3, 1e-1], [0.0, 1e-2], config, 0.25)
-    assert len(result.grid) == 4
-    assert result.best["val_acc"] == max(row["val_acc"] for row in result.grid)
-    # the batched heads are trained exactly like separate heads on the fit split
-    from featcache.heads import validation_split
-    fit, _ = validation_split(cache.train_labels, 0.25, 1)
+    assert [(row["lr"], row["weight_decay"]) for row in result.grid] == [(1e-3, 0.0), (1e-3, 1e-2), (1e-1, 0.0),
+                                                                           (1e-1, 1e-2)]
+    # each batched head trains exactly like a separate head on the fit split, and the choice is the
+    # separate heads' best clean-view validation accuracy (the first of equals in grid order)
+    fit, val = validation_split(cache.train_labels, 0.25, 1)
+    independent = []
     for row in result.grid:
-        _, history = train_linear_head(cache.train_features[fit], cache.train_labels[fit], cache.test_features,
-                                       cache.test_labels, config, row["lr"], row["weight_decay"])
+        head, history = train_linear_head(cache.train_features[fit], cache.train_labels[fit], cache.test_features,
+                                          cache.test_labels, config, row["lr"], row["weight_decay"])
         assert history["train_loss"][-1] == pytest.approx(row["final_train_loss"], abs=1e-4)
+        with torch.no_grad():
+            predictions = head(cache.train_features[val, 0]).argmax(1)
+        independent.append((predictions == cache.train_labels[val]).float().mean().item())
+    first_best = independent.index(max(independent))
+    assert (result.best["lr"], result.best["weight_decay"]) == (result.grid[first_best]["lr"],
+                                                               result.grid[first_best]["weight_decay"])
 
 
 def test_logreg_probe_and_its_linear_head_agree(cached):
@@ -137,7 +164,21 @@ def test_logreg_probe_and_its_linear_head_agree(cached):
     with torch.no_grad():
         probabilities = head(cache.test_features).softmax(1).numpy()
     assert np.allclose(probabilities, probe["model"].predict_proba(cache.test_features.numpy()), atol=1e-4)
-    assert probe["best"]["C"] in [row["C"] for row in probe["grid"]]
+    # the chosen C is the best of separately fitted probes on the validation split, first of equals
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    fit, val = validation_split(cache.train_labels, 0.25, 0)
+    features, labels = cache.train_features.numpy(), cache.train_labels.numpy()
+    scores = []
+    for row in probe["grid"]:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=row["C"], max_iter=2000))
+        model.fit(features[fit].reshape(-1, 512), np.repeat(labels[fit], features.shape[1]))
+        scores.append(model.score(features[val, 0], labels[val]))
+    assert probe["best"]["C"] == probe["grid"][scores.index(max(scores))]["C"]
+    assert probe["test_acc"] == pytest.approx(float((head(cache.test_features).argmax(1)
+                                                     == cache.test_labels).float().mean()))
 
 
 @pytest.mark.parametrize("args, words", [
