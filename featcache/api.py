@@ -17,18 +17,23 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
+from .runs import default_run_dir
 from .shards import DEFAULT_SHARD_SIZE
 from .spec import BACKBONE_PARAMETERS, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \
     shard_folder
 from .tables import SUMMARY_COLUMNS, markdown_table
 
 __all__ = ["DataSpec", "CacheSpec", "Run", "extract", "open_cache", "train_head", "load_images", "finetune", "scratch",
-           "read_run", "compare", "experiment", "verify", "inspect", "bench", "claim_run_dir", "summary_line",
+           "read_run", "compare", "experiment", "verify", "inspect", "bench", "claim_run_dir", "default_run_dir",
+           "summary_line",
            "markdown_table", "SUMMARY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS"]
+
+if TYPE_CHECKING:  # for annotations only: importing it needs torch
+    from .cache import FeatureCache
 
 DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_SWEEP_WDS = (0.0, 1e-4, 1e-3, 1e-2)
@@ -177,11 +182,11 @@ def _jsonable(attrs: dict) -> dict:
     return {key: (value if isinstance(value, (str, int, float, bool)) else str(value)) for key, value in attrs.items()}
 
 
-def train_head(cache, *, head: str = "linear", epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
+def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "linear", epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
                weight_decay: float = 0.0, seed: int = 0, sweep: bool = False, sweep_lrs=DEFAULT_SWEEP_LRS,
                sweep_wds=DEFAULT_SWEEP_WDS, val_fraction: float = 0.2, logreg_views: str = "clean",
                out: str | Path | None = None, overwrite: bool = False, log: Log | None = None, **record) -> Run:
-    """A feature-extraction head trained on a cache (from open_cache), in seconds.
+    """A feature-extraction head trained on a cache (from open_cache, or what open_cache takes), in seconds.
 
     head='linear': Linear(512, C) with Adam, epoch e on augmented view 1 + e % V; with `sweep`, a grid of
     heads (sweep_lrs x sweep_wds) trained at once, the best on a validation split of the training
@@ -200,6 +205,8 @@ def train_head(cache, *, head: str = "linear", epochs: int = 15, batch_size: int
     if weight_decay < 0:
         raise FeatcacheError(f"`weight_decay` must be non-negative, got {weight_decay}")
     folder = _claim(out, "feature-extraction", overwrite)
+    if isinstance(cache, (CacheSpec, str, Path)):
+        cache = open_cache(cache)
     started = time.perf_counter()
     if head == "logreg":
         probe = logistic_regression_probe(cache, logreg_views, val_fraction=val_fraction, seed=seed)
@@ -277,13 +284,24 @@ def _end_to_end_run(approach: str, model, history: dict, wall: float, images, co
     return _saved(run, out, overwrite, folder)
 
 
+def _images_of(images, image_size: int, seed: int, device: str, echo: Log | None):
+    """ImageData as given, or decoded from a DataSpec (saying so through `echo`)."""
+    if not isinstance(images, DataSpec):
+        return images
+    images, seconds = timed_load_images(images, image_size, seed, device)
+    if echo is not None:
+        echo(decoded_line(images, seconds))
+    return images
+
+
 def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size: int = 32, seed: int = 0,
              lr_head: float = 1e-3, lr_backbone: float = 1e-5, unfreeze=("layer4",), frozen_bn: str = "eval",
              init_head=None, out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
-             progress: bool = False) -> Run:
-    """Fine-tune a pretrained ResNet-18 on `images` (from load_images): a new head (lr_head) and the
-    `unfreeze` stages (lr_backbone), the rest frozen in eval mode (frozen_bn='train': the notebook's
-    everything-in-train-mode). `init_head` starts the head from a Run or a run directory."""
+             progress: bool = False, image_size: int = 224, device: str = "auto", echo: Log | None = None) -> Run:
+    """Fine-tune a pretrained ResNet-18 on `images` (from load_images, or a DataSpec to decode at
+    `image_size` on `device`): a new head (lr_head) and the `unfreeze` stages (lr_backbone), the rest
+    frozen in eval mode (frozen_bn='train': the notebook's everything-in-train-mode). `init_head` starts
+    the head from a Run or a run directory."""
     from .loop import EpochConfig, check_learning_rate
     from .train import finetune as finetune_model, timed
 
@@ -291,6 +309,7 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
     check_learning_rate("lr_head", lr_head)
     check_learning_rate("lr_backbone", lr_backbone)
     folder = _claim(out, "fine-tuning", overwrite)
+    images = _images_of(images, image_size, seed, device, echo)
     initial = _init_head_state(init_head, images.classes) if init_head is not None else None
     (model, history), wall = timed(finetune_model, images, weights, config, lr_head, lr_backbone, list(unfreeze),
                                    frozen_bn, initial, log=log, progress=progress)
@@ -303,15 +322,16 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
 
 def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr: float = 1e-3,
             out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
-            progress: bool = False) -> Run:
-    """ResNet-18 from a seeded random init on `images` (from load_images): every parameter, Adam, the
-    reference augmentation drawn fresh each epoch."""
+            progress: bool = False, image_size: int = 224, device: str = "auto", echo: Log | None = None) -> Run:
+    """ResNet-18 from a seeded random init on `images` (from load_images, or a DataSpec to decode at
+    `image_size` on `device`): every parameter, Adam, the reference augmentation drawn fresh each epoch."""
     from .loop import EpochConfig, check_learning_rate
     from .train import scratch as scratch_model, timed
 
     config = EpochConfig(epochs, batch_size, seed)
     check_learning_rate("lr", lr)
     folder = _claim(out, "scratch", overwrite)
+    images = _images_of(images, image_size, seed, device, echo)
     (model, history), wall = timed(scratch_model, images, config, lr, log=log, progress=progress)
     record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed, "lr": lr}
     return _end_to_end_run("scratch", model, history, wall, images, record, out, overwrite, folder)
@@ -349,7 +369,7 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 
     for name, value in (("lr", lr), ("lr_head", lr_head), ("lr_backbone", lr_backbone)):
         check_learning_rate(name, value)
     build_finetune_model(spec.weights, 2, spec.seed, list(unfreeze))
-    out = Path(out) if out is not None else Path("runs") / f"experiment-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out) if out is not None else default_run_dir("experiment")
     folders = {approach: _claim(out / approach, approach, overwrite) for approach in APPROACHES}
     started = time.perf_counter()
     images, seconds = timed_load_images(spec.data, spec.image_size, spec.seed, device)

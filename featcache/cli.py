@@ -139,6 +139,11 @@ def cache_spec(options: dict, views: int | None = None) -> api.CacheSpec:
                          options["seed"], options["precision"], options["cache_dir"])
 
 
+def run_dir(options: dict, approach: str) -> Path:
+    """--out, or runs/<approach>-<time>: a command always writes its run."""
+    return options["out"] or api.default_run_dir(approach)
+
+
 def epoch_printer(options: dict):
     """Per-epoch lines above any progress bar, unless --quiet."""
     return None if options["quiet"] else tqdm.write
@@ -238,15 +243,13 @@ def train_head(cache, **options):
     the matching cache. Epoch e trains on augmented view 1 + e % V of every image. Writes history.json
     (per-epoch train_loss, train_acc, test_acc, config, cache key, wall time, device) and weights.pt.
     """
-    if options["sweep"] and options["head"] == "logreg":  # before reading the cache
-        raise FeatcacheError("--sweep trains linear heads; --head logreg chooses its own C on the validation split")
-    out = api.claim_run_dir(options["out"], "feature-extraction", options["overwrite"])
-    run = api.train_head(api.open_cache(cache or cache_spec(options)), head=options["head"], epochs=options["epochs"],
+    run = api.train_head(cache or cache_spec(options), head=options["head"], epochs=options["epochs"],
                          batch_size=options["batch_size"], lr=options["lr"], weight_decay=options["weight_decay"],
                          seed=options["seed"], sweep=options["sweep"],
                          sweep_lrs=_floats(options["sweep_lrs"], "--sweep-lrs"),
                          sweep_wds=_floats(options["sweep_wds"], "--sweep-wds"), val_fraction=options["val_fraction"],
-                         logreg_views=options["logreg_views"], out=out, overwrite=True, log=epoch_printer(options))
+                         logreg_views=options["logreg_views"], out=run_dir(options, "feature-extraction"),
+                         overwrite=options["overwrite"], log=epoch_printer(options))
     if "logreg" in run.record:
         click.echo(api.markdown_table(run.record["logreg"]["grid"], ["C", "val_acc"]))
         click.echo(f"chosen C={run.record['logreg']['best']['C']} (validation accuracy "
@@ -272,15 +275,6 @@ finetune_options = stacked(
 )
 
 
-def _images(options: dict):
-    """Both splits decoded for the end-to-end trainers, with the line saying so (unless --quiet)."""
-    images, seconds = api.timed_load_images(data_spec(options), options["image_size"], options["seed"],
-                                            options["device"])
-    if not options["quiet"]:
-        click.echo(api.decoded_line(images, seconds))
-    return images
-
-
 @main.command("finetune")
 @data_options
 @weights_options
@@ -293,12 +287,13 @@ def _images(options: dict):
 def finetune_command(**options):
     """Fine-tune a pretrained ResNet-18 end to end: new head plus the --unfreeze stages, two learning
     rates, the reference augmentation drawn fresh each epoch, test accuracy every epoch."""
-    out = api.claim_run_dir(options["out"], "fine-tuning", options["overwrite"])
-    run = api.finetune(_images(options), options["weights"], epochs=options["epochs"], batch_size=options["batch_size"],
-                       seed=options["seed"], lr_head=options["lr_head"], lr_backbone=options["lr_backbone"],
-                       unfreeze=_split_names(options["unfreeze"]) or (), frozen_bn=options["frozen_bn"],
-                       init_head=options["init_head"], out=out, overwrite=True, log=epoch_printer(options),
-                       progress=not options["quiet"])
+    run = api.finetune(data_spec(options), options["weights"], epochs=options["epochs"],
+                       batch_size=options["batch_size"], seed=options["seed"], lr_head=options["lr_head"],
+                       lr_backbone=options["lr_backbone"], unfreeze=_split_names(options["unfreeze"]) or (),
+                       frozen_bn=options["frozen_bn"], init_head=options["init_head"],
+                       out=run_dir(options, "fine-tuning"), overwrite=options["overwrite"], log=epoch_printer(options),
+                       progress=not options["quiet"], image_size=options["image_size"], device=options["device"],
+                       echo=None if options["quiet"] else click.echo)
     click.echo(api.summary_line(run))
 
 
@@ -312,10 +307,11 @@ def finetune_command(**options):
 @out_options
 def scratch_command(**options):
     """Train ResNet-18 from a seeded random init: every parameter, Adam, the reference augmentation."""
-    out = api.claim_run_dir(options["out"], "scratch", options["overwrite"])
-    run = api.scratch(_images(options), epochs=options["epochs"], batch_size=options["batch_size"],
-                      seed=options["seed"], lr=options["lr"], out=out, overwrite=True, log=epoch_printer(options),
-                      progress=not options["quiet"])
+    run = api.scratch(data_spec(options), epochs=options["epochs"], batch_size=options["batch_size"],
+                      seed=options["seed"], lr=options["lr"], out=run_dir(options, "scratch"),
+                      overwrite=options["overwrite"], log=epoch_printer(options), progress=not options["quiet"],
+                      image_size=options["image_size"], device=options["device"],
+                      echo=None if options["quiet"] else click.echo)
     click.echo(api.summary_line(run))
 
 

@@ -9,8 +9,6 @@ import platform
 import time
 from pathlib import Path
 
-import torch
-
 from ._version import __version__
 from .errors import FeatcacheError
 
@@ -33,14 +31,18 @@ def prepare_run_dir(out: Path | None, approach: str, overwrite: bool = False) ->
     return out
 
 
-def device_description(device: torch.device) -> str:
+def device_description(device) -> str:
+    import torch
+
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def write_run(out: Path, approach: str, history: dict, config: dict, state_dict: dict, wall_time_s: float,
-              device: torch.device, trainable_params: int, total_params: int, **extra) -> Path:
+              device, trainable_params: int, total_params: int, **extra) -> Path:
+    import torch  # here, not at the top: finding a run directory needs no torch
+
     record = {
         "approach": approach,
         **{key: [float(v) for v in history[key]] for key in HISTORY_KEYS},
