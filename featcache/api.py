@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ._version import __version__
 from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
 from .runs import default_run_dir
@@ -27,7 +28,7 @@ from .spec import BACKBONE_PARAMETERS, ExtractResult, cache_key, cache_path, cac
     shard_folder
 from .tables import SUMMARY_COLUMNS, markdown_table
 
-__all__ = ["DataSpec", "CacheSpec", "Run", "extract", "open_cache", "train_head", "load_images", "finetune", "scratch",
+__all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "DataSpec", "CacheSpec", "Run", "extract", "open_cache", "train_head", "load_images", "finetune", "scratch",
            "read_run", "compare", "experiment", "verify", "inspect", "bench", "claim_run_dir", "default_run_dir",
            "summary_line",
            "markdown_table", "SUMMARY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS"]
@@ -140,6 +141,27 @@ class Run:
     def final_test_acc(self) -> float:
         return self.history["test_acc"][-1]
 
+    @classmethod
+    def load(cls, folder: str | Path) -> Run:
+        """A run directory as a Run, its model rebuilt (a Linear(512, C) head, or a ResNet-18) with the
+        saved weights."""
+        import torch
+        from torch import nn
+        from torchvision.models import resnet18
+
+        from .runs import HISTORY_KEYS, WEIGHTS, read_run as read
+
+        record = read(Path(folder))
+        state = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)
+        classes = len(state["weight"] if record["approach"] == "feature-extraction" else state["fc.weight"])
+        model = nn.Linear(512, classes) if record["approach"] == "feature-extraction" else resnet18(num_classes=classes)
+        model.load_state_dict(state)
+        known = {"approach", "config", "wall_time_s", "device", "trainable_params", "total_params", "run_dir",
+                 *HISTORY_KEYS}
+        return cls(record["approach"], model, {key: record[key] for key in HISTORY_KEYS}, record.get("config", {}),
+                   record["wall_time_s"], record["device"], record["trainable_params"], record["total_params"],
+                   {key: value for key, value in record.items() if key not in known}, Path(folder))
+
     def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
         from .runs import prepare_run_dir, write_run
 
@@ -171,9 +193,9 @@ def _claim(out, approach: str, overwrite: bool) -> Path | None:
     return claim_run_dir(out, approach, overwrite) if out is not None else None
 
 
-def _saved(run: Run, out, overwrite: bool, folder: Path | None) -> Run:
+def _saved(run: Run, folder: Path | None) -> Run:
     """Write the run where `_claim` said it may go (checked before training, so no time is lost)."""
-    if out is not None:
+    if folder is not None:
         run.save(folder, overwrite=True)
     return run
 
@@ -230,7 +252,7 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     run = Run("feature-extraction", model, history, config_record, wall, "cpu", head_params,
               BACKBONE_PARAMETERS + head_params,
               {"cache_key": cache.key, "classes": cache.classes, "cache_attrs": _jsonable(cache.attrs), **record})
-    return _saved(run, out, overwrite, folder)
+    return _saved(run, folder)
 
 
 def timed_load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: str = "auto"):
@@ -275,20 +297,36 @@ def _init_head_state(init_head, classes: list[str]):
     return torch.load(Path(init_head) / WEIGHTS, map_location="cpu", weights_only=True)
 
 
-def _end_to_end_run(approach: str, model, history: dict, wall: float, images, config: dict, out, overwrite: bool,
-                    folder) -> Run:
+def _data_record(images) -> dict | None:
+    """The DataSpec the images come from, for history.json (None for ImageData loaded elsewhere)."""
+    if not isinstance(images, DataSpec):
+        return None
+    return {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(images).items()}
+
+
+def _head_source(init_head) -> str | None:
+    if isinstance(init_head, Run):
+        return str(init_head.path) if init_head.path else "a Run in memory (not saved)"
+    return None if init_head is None else str(init_head)
+
+
+def _end_to_end_run(approach: str, model, history: dict, wall: float, images, config: dict, folder) -> Run:
     from .backbone import count_parameters
 
     trainable, total = count_parameters(model)
     run = Run(approach, model, history, config, wall, images.device, trainable, total, {"classes": images.classes})
-    return _saved(run, out, overwrite, folder)
+    return _saved(run, folder)
 
 
-def _images_of(images, image_size: int, seed: int, device: str, echo: Log | None):
-    """ImageData as given, or decoded from a DataSpec (saying so through `echo`)."""
+def _images_of(images, image_size: int | None, seed: int, device: str | None, echo: Log | None):
+    """ImageData as given (its image size, device and view seed are those it was loaded with), or
+    decoded from a DataSpec, saying so through `echo`."""
     if not isinstance(images, DataSpec):
+        if image_size not in (None, images.image_size) or (device is not None and device != str(images.device)):
+            raise FeatcacheError(f"`images` were decoded for image size {images.image_size} on {images.device}; "
+                                 "load them again with load_images to change either")
         return images
-    images, seconds = timed_load_images(images, image_size, seed, device)
+    images, seconds = timed_load_images(images, image_size or 224, seed, device or "auto")
     if echo is not None:
         echo(decoded_line(images, seconds))
     return images
@@ -297,9 +335,10 @@ def _images_of(images, image_size: int, seed: int, device: str, echo: Log | None
 def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size: int = 32, seed: int = 0,
              lr_head: float = 1e-3, lr_backbone: float = 1e-5, unfreeze=("layer4",), frozen_bn: str = "eval",
              init_head=None, out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
-             progress: bool = False, image_size: int = 224, device: str = "auto", echo: Log | None = None) -> Run:
+             progress: bool = False, image_size: int | None = None, device: str | None = None,
+             echo: Log | None = None) -> Run:
     """Fine-tune a pretrained ResNet-18 on `images` (from load_images, or a DataSpec to decode at
-    `image_size` on `device`): a new head (lr_head) and the `unfreeze` stages (lr_backbone), the rest
+    `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): a new head (lr_head) and the `unfreeze` stages (lr_backbone), the rest
     frozen in eval mode (frozen_bn='train': the notebook's everything-in-train-mode). `init_head` starts
     the head from a Run or a run directory."""
     from .loop import EpochConfig, check_learning_rate
@@ -309,32 +348,35 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
     check_learning_rate("lr_head", lr_head)
     check_learning_rate("lr_backbone", lr_backbone)
     folder = _claim(out, "fine-tuning", overwrite)
+    data = _data_record(images)
     images = _images_of(images, image_size, seed, device, echo)
     initial = _init_head_state(init_head, images.classes) if init_head is not None else None
     (model, history), wall = timed(finetune_model, images, weights, config, lr_head, lr_backbone, list(unfreeze),
                                    frozen_bn, initial, log=log, progress=progress)
     record = {"weights": weights, "image_size": images.image_size, "epochs": epochs, "batch_size": batch_size,
               "seed": seed, "lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": list(unfreeze),
-              "frozen_bn": frozen_bn, "init_head": str(init_head.path if isinstance(init_head, Run) else init_head)
-              if init_head is not None else None}
-    return _end_to_end_run("fine-tuning", model, history, wall, images, record, out, overwrite, folder)
+              "frozen_bn": frozen_bn, "init_head": _head_source(init_head), "data": data}
+    return _end_to_end_run("fine-tuning", model, history, wall, images, record, folder)
 
 
 def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr: float = 1e-3,
             out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
-            progress: bool = False, image_size: int = 224, device: str = "auto", echo: Log | None = None) -> Run:
+            progress: bool = False, image_size: int | None = None, device: str | None = None,
+            echo: Log | None = None) -> Run:
     """ResNet-18 from a seeded random init on `images` (from load_images, or a DataSpec to decode at
-    `image_size` on `device`): every parameter, Adam, the reference augmentation drawn fresh each epoch."""
+    `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): every parameter, Adam, the reference augmentation drawn fresh each epoch."""
     from .loop import EpochConfig, check_learning_rate
     from .train import scratch as scratch_model, timed
 
     config = EpochConfig(epochs, batch_size, seed)
     check_learning_rate("lr", lr)
     folder = _claim(out, "scratch", overwrite)
+    data = _data_record(images)
     images = _images_of(images, image_size, seed, device, echo)
     (model, history), wall = timed(scratch_model, images, config, lr, log=log, progress=progress)
-    record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed, "lr": lr}
-    return _end_to_end_run("scratch", model, history, wall, images, record, out, overwrite, folder)
+    record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed, "lr": lr,
+              "data": data}
+    return _end_to_end_run("scratch", model, history, wall, images, record, folder)
 
 
 def read_run(folder: str | Path) -> dict:
@@ -373,7 +415,8 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 
     folders = {approach: _claim(out / approach, approach, overwrite) for approach in APPROACHES}
     started = time.perf_counter()
     images, seconds = timed_load_images(spec.data, spec.image_size, spec.seed, device)
-    echo(decoded_line(images, seconds))
+    if log is not None:  # progress detail, like the per-epoch lines
+        log(decoded_line(images, seconds))
     runs = {}
     runs["scratch"] = scratch(images, epochs=epochs, batch_size=batch_size, seed=spec.seed, lr=lr,
                               out=folders["scratch"], overwrite=True, log=log, progress=progress)
@@ -435,7 +478,7 @@ def inspect(data: DataSpec, out: str | Path, *, image_size: int = 224, seed: int
 def bench(data: DataSpec, out: str | Path, *, weights: str = "imagenet", image_size: int = 224, views: int = 10,
           epochs: int = 15, batch_size: int = 32, extract_batch_size: int = 64, device: str = "auto",
           num_workers: int = 0, seed: int = 0, end_to_end: bool = True, command: str = "featcache bench",
-          log: Log | None = print) -> dict:
+          log: Log | None = None) -> dict:
     """featcache bench: every speed figure side by side in one process; writes bench.json and bench.md
     to `out` and returns the result with their paths and the Markdown."""
     from .backbone import resolve_device

@@ -26,7 +26,7 @@ def _imagenet_state_dict() -> dict:
     except Exception as error:  # urllib, ssl, hash and socket errors all mean the same to a user
         raise FeatcacheError(
             f"ImageNet ResNet-18 weights are not in torchvision's cache ({path}) and could not be "
-            f"downloaded ({type(error).__name__}: {error}); put the file there, or pass --weights PATH "
+            f"downloaded ({type(error).__name__}: {error}); put the file there, or pass `weights` PATH "
             "with a local state dict") from None
 
 

@@ -13,8 +13,7 @@ import click
 from tqdm import tqdm
 
 from . import api
-from ._version import __version__
-from .errors import FeatcacheError, ReportedElsewhere
+from .api import FeatcacheError, ReportedElsewhere, __version__
 
 # featcache.api imports torch, scikit-learn and matplotlib inside the functions that use them: finding
 # an existing cache (a repeated `featcache extract`) answers in a fraction of a second.
@@ -246,8 +245,9 @@ def train_head(cache, **options):
     run = api.train_head(cache or cache_spec(options), head=options["head"], epochs=options["epochs"],
                          batch_size=options["batch_size"], lr=options["lr"], weight_decay=options["weight_decay"],
                          seed=options["seed"], sweep=options["sweep"],
-                         sweep_lrs=_floats(options["sweep_lrs"], "--sweep-lrs"),
-                         sweep_wds=_floats(options["sweep_wds"], "--sweep-wds"), val_fraction=options["val_fraction"],
+                         sweep_lrs=_floats(options["sweep_lrs"], "--sweep-lrs") if options["sweep"] else (),
+                         sweep_wds=_floats(options["sweep_wds"], "--sweep-wds") if options["sweep"] else (),
+                         val_fraction=options["val_fraction"],
                          logreg_views=options["logreg_views"], out=run_dir(options, "feature-extraction"),
                          overwrite=options["overwrite"], log=epoch_printer(options))
     if "logreg" in run.record:

@@ -121,7 +121,7 @@ def _load_cifar10(classes, per_class, test_per_class, download, root: Path) -> D
         except RuntimeError as error:
             raise FeatcacheError(
                 f"CIFAR-10 not found in {root} ({error}); pass `download` to fetch it, "
-                "`data_root` to point at an existing copy, or an image folder as `data`") from None
+                "`data_root` to point at an existing copy, or `data` PATH for an image folder") from None
         except OSError as error:
             raise FeatcacheError(f"could not download CIFAR-10 to {root}: {error}") from None
         _check_classes(classes, source.classes, "CIFAR-10")

@@ -216,7 +216,7 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
     missing = [shard.name for shard in shards if not (folder / shard.name).exists()]
     if missing:
         raise FeatcacheError(f"every rank finished, but shard {missing[0]} is not in {folder} ({len(missing)} "
-                             "missing): is --cache-dir the same shared folder on every node?")
+                             "missing): is `cache_dir` the same shared folder on every node?")
     partial = final.with_name(final.name + ".partial")
     needed = sum(int(np.prod(feature_shape(s, len(labels), views))) * 4 for s, (labels, _) in splits.items())
     if free_bytes(final.parent) < needed:  # HDF5 copes badly with a full disk: do not start what cannot finish

@@ -145,7 +145,7 @@ def reusable_cache(final: Path, key: str) -> bool:
     cached_key = complete_cache_key(final)  # refuses a foreign or other-version file without touching it
     if cached_key != key:
         raise FeatcacheError(f"{final} holds a cache for other inputs (key {cached_key[:16]}); "
-                             "move it away or pass --force to overwrite it")
+                             "move it away or pass `force` to overwrite it")
     shutil.rmtree(shard_folder(final), ignore_errors=True)
     return True
 

@@ -35,6 +35,14 @@ def test_readme_api_section_is_the_quickstart_script():
     assert f"```python\n{script}```" in (ROOT / "README.md").read_text()
 
 
+@pytest.fixture
+def cached_run(image_folder, tmp_path):
+    spec = featcache.CacheSpec(featcache.DataSpec(str(image_folder)), weights="random", image_size=32, views=2,
+                               cache_dir=tmp_path / "cache")
+    featcache.extract(spec, batch_size=8, progress=False)
+    return featcache.train_head(spec, epochs=2, out=tmp_path / "head")
+
+
 def test_one_spec_builds_the_key_and_a_cache_dataset_per_view(image_folder, tmp_path):
     spec = featcache.CacheSpec(featcache.DataSpec(str(image_folder)), weights="random", image_size=32, views=2,
                                cache_dir=tmp_path)
@@ -47,6 +55,19 @@ def test_one_spec_builds_the_key_and_a_cache_dataset_per_view(image_folder, tmp_
     assert len(cache.dataset("test")) == 12
     with pytest.raises(featcache.FeatcacheError, match="`view` must be between 0 and 2"):
         cache.dataset("train", view=3)
+
+
+def test_a_saved_run_loads_back_with_its_model(cached_run, tmp_path):
+    run = featcache.Run.load(cached_run.path)
+    assert run.approach == "feature-extraction" and run.history == cached_run.history
+    assert run.record["classes"] == ["ant", "bee", "cow"] and run.path == cached_run.path
+    assert torch.equal(run.model.weight, cached_run.model.weight) and torch.equal(run.model.bias, cached_run.model.bias)
+
+
+def test_images_decoded_for_one_size_are_not_silently_used_for_another(image_folder):
+    images = featcache.load_images(featcache.DataSpec(str(image_folder)), image_size=32, device="cpu")
+    with pytest.raises(featcache.FeatcacheError, match="decoded for image size 32"):
+        featcache.scratch(images, epochs=1, image_size=64)
 
 
 def test_api_errors_name_the_arguments_and_the_cli_its_options(image_folder, tmp_path, run_cli):
