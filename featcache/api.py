@@ -207,14 +207,16 @@ def _jsonable(attrs: dict) -> dict:
 def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "linear", epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
                weight_decay: float = 0.0, seed: int = 0, sweep: bool = False, sweep_lrs=DEFAULT_SWEEP_LRS,
                sweep_wds=DEFAULT_SWEEP_WDS, val_fraction: float = 0.2, logreg_views: str = "clean",
-               out: str | Path | None = None, overwrite: bool = False, log: Log | None = None, **record) -> Run:
+               out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
+               echo: Log | None = None, **record) -> Run:
     """A feature-extraction head trained on a cache (from open_cache, or what open_cache takes), in seconds.
 
     head='linear': Linear(512, C) with Adam, epoch e on augmented view 1 + e % V; with `sweep`, a grid of
     heads (sweep_lrs x sweep_wds) trained at once, the best on a validation split of the training
     images retrained on all of them. head='logreg': scikit-learn's logistic regression, C chosen on
-    the validation split (on clean views, or all views with logreg_views='all'). `log` gets the
-    per-epoch lines; `out` writes the run directory (refused before training if it holds a run)."""
+    the validation split (on clean views, or all views with logreg_views='all'). `echo` gets the
+    selection's table and choice, `log` the per-epoch lines; `out` writes the run directory (refused
+    before training if it holds a run)."""
     from .heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
     from .loop import EpochConfig, check_learning_rate
 
@@ -236,12 +238,19 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
         history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
                    "test_acc": [probe["test_acc"]]}
         record["logreg"] = {"grid": probe["grid"], "best": probe["best"]}
+        if echo is not None:
+            echo(markdown_table(probe["grid"], ["C", "val_acc"]))
+            echo(f"chosen C={probe['best']['C']} (validation accuracy {probe['best']['val_acc']:.4f})")
     else:
         if sweep:
             result = sweep_heads(cache.train_features, cache.train_labels, list(sweep_lrs), list(sweep_wds), config,
                                  val_fraction)
             lr, weight_decay = result.best["lr"], result.best["weight_decay"]
             record["sweep"] = {"grid": result.grid, "best": result.best}
+            if echo is not None:
+                echo(markdown_table(result.grid, ["lr", "weight_decay", "val_acc", "final_train_loss"]))
+                echo(f"chosen lr={lr:g}, weight_decay={weight_decay:g} on validation accuracy "
+                     f"{result.best['val_acc']:.4f}; retraining on all training images")
         model, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
                                            cache.test_labels, config, lr, weight_decay, log)
     wall = time.perf_counter() - started

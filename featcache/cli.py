@@ -249,16 +249,7 @@ def train_head(cache, **options):
                          sweep_wds=_floats(options["sweep_wds"], "--sweep-wds") if options["sweep"] else (),
                          val_fraction=options["val_fraction"],
                          logreg_views=options["logreg_views"], out=run_dir(options, "feature-extraction"),
-                         overwrite=options["overwrite"], log=epoch_printer(options))
-    if "logreg" in run.record:
-        click.echo(api.markdown_table(run.record["logreg"]["grid"], ["C", "val_acc"]))
-        click.echo(f"chosen C={run.record['logreg']['best']['C']} (validation accuracy "
-                   f"{run.record['logreg']['best']['val_acc']:.4f})")
-    if "sweep" in run.record:
-        best = run.record["sweep"]["best"]
-        click.echo(api.markdown_table(run.record["sweep"]["grid"], ["lr", "weight_decay", "val_acc", "final_train_loss"]))
-        click.echo(f"chosen lr={best['lr']:g}, weight_decay={best['weight_decay']:g} on validation accuracy "
-                   f"{best['val_acc']:.4f}; retrained on all training images")
+                         overwrite=options["overwrite"], log=epoch_printer(options), echo=click.echo)
     click.echo(api.summary_line(run))
 
 
