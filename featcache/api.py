@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Callable
 from ._version import __version__
 from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
-from .runs import default_run_dir
+from .runs import APPROACHES, HISTORY_KEYS, WEIGHTS, default_run_dir, prepare_run_dir, read_run, write_run
 from .shards import DEFAULT_SHARD_SIZE
-from .spec import BACKBONE_PARAMETERS, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \
+from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \
     shard_folder
 from .tables import SUMMARY_COLUMNS, markdown_table
 
-__all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "DataSpec", "CacheSpec", "Run", "extract", "open_cache", "train_head", "load_images", "finetune", "scratch",
-           "read_run", "compare", "experiment", "verify", "inspect", "bench", "claim_run_dir", "default_run_dir",
-           "summary_line",
+__all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "DataSpec", "CacheSpec", "Run", "extract",
+           "open_cache", "train_head", "load_images", "finetune", "scratch", "read_run", "compare", "experiment",
+           "verify", "inspect", "bench", "claim_run_dir", "default_run_dir", "is_main_process", "summary_line",
            "markdown_table", "SUMMARY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS"]
 
 if TYPE_CHECKING:  # for annotations only: importing it needs torch
@@ -83,7 +83,8 @@ class CacheSpec:
         return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)
 
 
-def _main_process() -> bool:
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or the only process): the one that reports, prints progress and results."""
     return os.environ.get("RANK", "0") == "0"
 
 
@@ -103,7 +104,7 @@ def extract(spec: CacheSpec, *, batch_size: int = 64, shard_size: int = DEFAULT_
         backbone = load_backbone(spec.weights, spec.seed)
         device = resolve_device(device)
     except FeatcacheError as error:  # every torchrun rank sees the same inputs: rank 0 alone reports them
-        raise (error if _main_process() else ReportedElsewhere(str(error))) from None
+        raise (error if is_main_process() else ReportedElsewhere(str(error))) from None
     return extract_shards(dataset, backbone, provenance, spec.cache_dir, batch_size=batch_size, shard_size=shard_size,
                           device=device, num_workers=num_workers, force=force, progress=progress)
 
@@ -149,12 +150,11 @@ class Run:
         from torch import nn
         from torchvision.models import resnet18
 
-        from .runs import HISTORY_KEYS, WEIGHTS, read_run as read
-
-        record = read(Path(folder))
+        record = read_run(Path(folder))
         state = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)
-        classes = len(state["weight"] if record["approach"] == "feature-extraction" else state["fc.weight"])
-        model = nn.Linear(512, classes) if record["approach"] == "feature-extraction" else resnet18(num_classes=classes)
+        head = record["approach"] == "feature-extraction"
+        classes = len(state["weight"] if head else state["fc.weight"])
+        model = nn.Linear(FEATURE_DIM, classes) if head else resnet18(num_classes=classes)
         model.load_state_dict(state)
         known = {"approach", "config", "wall_time_s", "device", "trainable_params", "total_params", "run_dir",
                  *HISTORY_KEYS}
@@ -163,8 +163,6 @@ class Run:
                    {key: value for key, value in record.items() if key not in known}, Path(folder))
 
     def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
-        from .runs import prepare_run_dir, write_run
-
         out = prepare_run_dir(out, self.approach, overwrite)
         write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,
                   self.device, self.trainable_params, self.total_params, **self.record)
@@ -184,9 +182,7 @@ def summary_line(run: Run) -> str:
 def claim_run_dir(out: str | Path | None, approach: str, overwrite: bool = False) -> Path:
     """The run directory a run will be written to (default runs/<approach>-<time>), refused before any
     training time is spent if it already holds a run and `overwrite` is not set."""
-    from .runs import prepare_run_dir
-
-    return prepare_run_dir(Path(out) if out is not None else None, approach, overwrite)
+    return prepare_run_dir(out, approach, overwrite)
 
 
 def _claim(out, approach: str, overwrite: bool) -> Path | None:
@@ -204,8 +200,8 @@ def _jsonable(attrs: dict) -> dict:
     return {key: (value if isinstance(value, (str, int, float, bool)) else str(value)) for key, value in attrs.items()}
 
 
-def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "linear", epochs: int = 15, batch_size: int = 32, lr: float = 1e-3,
-               weight_decay: float = 0.0, seed: int = 0, sweep: bool = False, sweep_lrs=DEFAULT_SWEEP_LRS,
+def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "linear", epochs: int = 15,
+               batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0, sweep: bool = False, sweep_lrs=DEFAULT_SWEEP_LRS,
                sweep_wds=DEFAULT_SWEEP_WDS, val_fraction: float = 0.2, logreg_views: str = "clean",
                out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
                echo: Log | None = None, **record) -> Run:
@@ -292,18 +288,11 @@ def load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: st
 
 def _init_head_state(init_head, classes: list[str]):
     """The state dict of a head to start fine-tuning from: a Run, or a run directory."""
-    import torch
-
-    from .runs import WEIGHTS, read_run
-
-    if isinstance(init_head, Run):
-        if init_head.record.get("classes") not in (None, classes):
-            raise FeatcacheError(f"`init_head` was trained on classes {init_head.record['classes']}, not {classes}")
-        return init_head.model.state_dict()
-    trained = read_run(init_head)
-    if trained.get("classes") not in (None, classes):
-        raise FeatcacheError(f"`init_head` {init_head} was trained on classes {trained['classes']}, not {classes}")
-    return torch.load(Path(init_head) / WEIGHTS, map_location="cpu", weights_only=True)
+    trained = init_head if isinstance(init_head, Run) else Run.load(init_head)
+    if trained.record.get("classes") not in (None, classes):
+        raise FeatcacheError(f"`init_head` {_head_source(init_head)} was trained on classes "
+                             f"{trained.record['classes']}, not {classes}")
+    return trained.model.state_dict()
 
 
 def _data_record(images) -> dict | None:
@@ -347,8 +336,8 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
              progress: bool = False, image_size: int | None = None, device: str | None = None,
              echo: Log | None = None) -> Run:
     """Fine-tune a pretrained ResNet-18 on `images` (from load_images, or a DataSpec to decode at
-    `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): a new head (lr_head) and the `unfreeze` stages (lr_backbone), the rest
-    frozen in eval mode (frozen_bn='train': the notebook's everything-in-train-mode). `init_head` starts
+    `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): a new head
+    (lr_head) and the `unfreeze` stages (lr_backbone), the rest frozen in eval mode (frozen_bn='train': the notebook's everything-in-train-mode). `init_head` starts
     the head from a Run or a run directory."""
     from .loop import EpochConfig, check_learning_rate
     from .train import finetune as finetune_model, timed
@@ -373,7 +362,8 @@ def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr
             progress: bool = False, image_size: int | None = None, device: str | None = None,
             echo: Log | None = None) -> Run:
     """ResNet-18 from a seeded random init on `images` (from load_images, or a DataSpec to decode at
-    `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): every parameter, Adam, the reference augmentation drawn fresh each epoch."""
+    `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): every
+    parameter, Adam, the reference augmentation drawn fresh each epoch."""
     from .loop import EpochConfig, check_learning_rate
     from .train import scratch as scratch_model, timed
 
@@ -386,13 +376,6 @@ def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr
     record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed, "lr": lr,
               "data": data}
     return _end_to_end_run("scratch", model, history, wall, images, record, folder)
-
-
-def read_run(folder: str | Path) -> dict:
-    """A run directory's history.json as a dict (with `run_dir` added)."""
-    from .runs import read_run as read
-
-    return read(Path(folder))
 
 
 def compare(run_dirs, out: str | Path) -> dict:
@@ -412,7 +395,6 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 
     compare. `spec` names the data, weights, image size, views and seed of all three; `echo` gets one
     line per finished step, `log` the per-epoch lines. Returns the three Runs and compare's result."""
     from .loop import EpochConfig, check_learning_rate
-    from .runs import APPROACHES
     from .train import build_finetune_model
 
     echo = echo or (lambda line: None)

@@ -19,11 +19,6 @@ from .api import FeatcacheError, ReportedElsewhere, __version__
 # an existing cache (a repeated `featcache extract`) answers in a fraction of a second.
 
 
-def is_main_process() -> bool:
-    """Rank 0 under torchrun (or the only process): the one that prints progress and results."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 class FriendlyGroup(click.Group):
     """Turns FeatcacheError, and the OSErrors of the environment (permissions, a full disk), into one
     line on stderr and exit status 1, never a traceback."""
@@ -35,7 +30,7 @@ class FriendlyGroup(click.Group):
             ctx.exit(1)
         except (FeatcacheError, OSError) as error:
             command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
-            rank = "" if is_main_process() else f"rank {os.environ['RANK']}: "  # under torchrun, who failed
+            rank = "" if api.is_main_process() else f"rank {os.environ['RANK']}: "  # under torchrun, who failed
             message = " ".join(option_names(str(error), command).split())  # one line, always
             raise click.ClickException(rank + message) from None
 
@@ -173,8 +168,8 @@ def extract(**options):
     """
     result = api.extract(cache_spec(options), batch_size=options["batch_size"], shard_size=options["shard_size"],
                          device=options["device"], num_workers=options["num_workers"], force=options["force"],
-                         progress=is_main_process())
-    if not is_main_process():
+                         progress=api.is_main_process())
+    if not api.is_main_process():
         return
     if result.reused:
         click.echo(f"reused complete cache {result.path} (found in {result.seconds:.2f} s)")
