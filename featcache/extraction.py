@@ -24,8 +24,8 @@ from .errors import FeatcacheError
 from .augment import ImageBatch, decoded_chunks, make_views
 from .data import Dataset
 from .distributed import coordinator, local_device
-from .shards import (DEFAULT_SHARD_SIZE, Shard, assemble, check_cut, environment_error, free_bytes, megabytes,
-                     plan_shards, scan_shards, write_shard)
+from .shards import (DEFAULT_SHARD_SIZE, Shard, assemble, check_cut, environment_error, feature_bytes, free_bytes,
+                     megabytes, plan_shards, scan_shards, write_shard)
 from .spec import (BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractResult, cache_key, cache_path,
                    reusable_cache, shard_folder)
 
@@ -69,10 +69,6 @@ def _view_batches(split, split_name: str, ranges: list[tuple[int, int]], views: 
                                               provenance["image_size"], device)
 
 
-def _views_of(shard: Shard, views: int) -> int:
-    return len(shard) * (1 + views if shard.split == "train" else 1)
-
-
 def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int, force: bool):
     """Rank 0, before any process writes: check the room, then find the shards still to compute.
 
@@ -88,8 +84,7 @@ def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int
             todo, removed = scan_shards(folder, shards, expected)
         else:
             todo, removed = list(shards), []
-        shard_bytes = sum(_views_of(shard, views) for shard in todo) * FEATURE_DIM * 4
-        final_bytes = sum(_views_of(shard, views) for shard in shards) * FEATURE_DIM * 4
+        shard_bytes, final_bytes = feature_bytes(todo, views), feature_bytes(shards, views)
         free = free_bytes(final.parent)
         if shard_bytes + final_bytes > free:
             raise FeatcacheError(
@@ -136,7 +131,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
                 result.shards_resumed = len(shards) - len(todo)
             result.shards_removed += removed
             _extract_shards(dataset, backbone, provenance, todo, group, batch_size, num_workers, device, final,
-                            expected, result, progress, on_shard)
+                            expected, result, progress, on_shard, feature_bytes(shards, provenance["views"]))
             assembly_started = time.perf_counter()
             damaged = group.share(lambda: assemble(final, shards, expected, cache_attributes(
                 dataset, provenance, shard_size, batch_size), _splits(dataset), provenance["views"]))
@@ -164,13 +159,13 @@ def _splits(dataset: Dataset) -> dict:
 
 def _extract_shards(dataset: Dataset, backbone, provenance: dict, todo: list[Shard], group, batch_size: int,
                     num_workers: int, device: torch.device, final: Path, expected: dict, result: ExtractResult,
-                    progress: bool, on_shard) -> None:
+                    progress: bool, on_shard, assembled_bytes: int) -> None:
     """This rank's share of `todo`, then a wait for every rank; rank 0's bar counts all ranks' work."""
     views = provenance["views"]
     mine = todo[group.rank::group.world_size]
     others = {shard.name: shard for shard in todo if shard not in mine}
     folder = shard_folder(final)
-    bar = tqdm(total=sum(_views_of(shard, views) for shard in todo), unit="img", desc=f"extract {final.name}",
+    bar = tqdm(total=sum(shard.view_count(views) for shard in todo), unit="img", desc=f"extract {final.name}",
                disable=not progress or group.rank != 0, dynamic_ncols=True, delay=1)  # none for a quick failure
     last_poll = [0.0]
 
@@ -182,23 +177,24 @@ def _extract_shards(dataset: Dataset, backbone, provenance: dict, todo: list[Sha
         with os.scandir(folder) as entries:
             committed = {entry.name for entry in entries} & others.keys()
         for name in committed:
-            bar.update(_views_of(others.pop(name), views))
+            bar.update(others.pop(name).view_count(views))
 
     with bar:  # closed before any error is printed, so the error has a line of its own
         _compute_shards(dataset, backbone, provenance, mine, batch_size, num_workers, device, final, expected,
-                        result, bar, on_shard, count_other_ranks_shards)
+                        result, bar, on_shard, count_other_ranks_shards, assembled_bytes)
         group.wait_for_all(count_other_ranks_shards)
         last_poll[0] = 0.0
         count_other_ranks_shards()
-    result.images += sum(_views_of(shard, views) for shard in (todo if group.rank == 0 else mine))
+    result.images += sum(shard.view_count(views) for shard in (todo if group.rank == 0 else mine))
 
 
 def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[Shard], batch_size: int,
                     num_workers: int, device: torch.device, final: Path, expected: dict, result: ExtractResult,
-                    bar, on_shard, poll) -> None:
-    """Compute and commit this process's shards, split by split, batch by batch."""
+                    bar, on_shard, poll, assembled_bytes: int) -> None:
+    """Compute and commit this process's shards, split by split, batch by batch. For the message of a
+    full disk, what is still to write is this process's uncommitted shards plus the assembled file."""
     folder = shard_folder(final)
-    assembled_bytes = (len(dataset.train) * (1 + provenance["views"]) + len(dataset.test)) * FEATURE_DIM * 4
+    uncommitted = list(shards)
     for split_name, split in (("train", dataset.train), ("test", dataset.test)):
         pending = [shard for shard in shards if shard.split == split_name]
         if not pending:
@@ -217,9 +213,9 @@ def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[S
             if position < len(views) - 1 or start + len(batch) < shard.stop:
                 continue
             commit_started = time.perf_counter()
-            still_to_write = (rows.size + sum(_views_of(later, provenance["views"]) for later in pending)
-                              * FEATURE_DIM) * 4 + assembled_bytes
+            still_to_write = feature_bytes(uncommitted, provenance["views"]) + assembled_bytes
             write_shard(folder, shard, rows if split_name == "train" else rows[:, 0], expected, still_to_write)
+            uncommitted.remove(shard)
             result.commit_seconds += time.perf_counter() - commit_started
             if on_shard is not None:
                 on_shard(shard)

@@ -46,6 +46,15 @@ class Shard:
     def __len__(self) -> int:
         return self.stop - self.start
 
+    def view_count(self, views: int) -> int:
+        """Backbone views in this shard: every training row has 1 + `views`, every test row one."""
+        return len(self) * (1 + views if self.split == "train" else 1)
+
+
+def feature_bytes(shards: list[Shard], views: int) -> int:
+    """Bytes of float32 features the shards hold: on disk as shards, and again in the assembled file."""
+    return sum(shard.view_count(views) for shard in shards) * FEATURE_DIM * 4
+
 
 def plan_shards(counts: dict[str, int], shard_size: int) -> list[Shard]:
     """Every shard of a cache, training split first, each split cut from row 0 in steps of shard_size."""
@@ -218,7 +227,7 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
         raise FeatcacheError(f"every rank finished, but shard {missing[0]} is not in {folder} ({len(missing)} "
                              "missing): is `cache_dir` the same shared folder on every node?")
     partial = final.with_name(final.name + ".partial")
-    needed = sum(int(np.prod(feature_shape(s, len(labels), views))) * 4 for s, (labels, _) in splits.items())
+    needed = feature_bytes(shards, views)
     if free_bytes(final.parent) < needed:  # HDF5 copes badly with a full disk: do not start what cannot finish
         raise environment_error(OSError(errno.ENOSPC, "No space left"), final.parent, f"assembling {final.name}",
                                 needed)
