@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 from ._version import __version__
 from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
-from .runs import APPROACHES, HISTORY_KEYS, WEIGHTS, default_run_dir, prepare_run_dir, read_run, write_run
+from .runs import APPROACHES, HISTORY_KEYS, WEIGHTS, default_run_dir, prepare_run_dir, read_predictions, read_run, write_run
 from .shards import DEFAULT_SHARD_SIZE
 from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \
     shard_folder
@@ -30,6 +30,7 @@ from .tables import SUMMARY_COLUMNS, markdown_table
 
 __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "DataSpec", "CacheSpec", "Run", "extract",
            "open_cache", "train_head", "load_images", "finetune", "scratch", "read_run", "compare", "experiment",
+           "export", "load_model", "predict",
            "verify", "inspect", "bench", "claim_run_dir", "default_run_dir", "is_main_process", "summary_line",
            "markdown_table", "SUMMARY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS"]
 
@@ -88,6 +89,11 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def weights_source(weights: str) -> str:
+    """What a cache records of where its backbone came from: 'imagenet', 'random' or an absolute path."""
+    return weights if weights in ("imagenet", "random") else str(Path(weights).resolve())
+
+
 def extract(spec: CacheSpec, *, batch_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE, device: str = "auto",
             num_workers: int = 0, force: bool = False, progress: bool = True) -> ExtractResult:
     """Find the complete cache for `spec` (without importing torch), or extract it: run the frozen
@@ -106,7 +112,8 @@ def extract(spec: CacheSpec, *, batch_size: int = 64, shard_size: int = DEFAULT_
     except FeatcacheError as error:  # every torchrun rank sees the same inputs: rank 0 alone reports them
         raise (error if is_main_process() else ReportedElsewhere(str(error))) from None
     return extract_shards(dataset, backbone, provenance, spec.cache_dir, batch_size=batch_size, shard_size=shard_size,
-                          device=device, num_workers=num_workers, force=force, progress=progress)
+                          device=device, num_workers=num_workers, force=force, progress=progress,
+                          weights_source=weights_source(spec.weights))
 
 
 def open_cache(source: CacheSpec | str | Path):
@@ -137,6 +144,7 @@ class Run:
     total_params: int
     record: dict = field(default_factory=dict)  # what else history.json holds: classes, cache key, sweep grid...
     path: Path | None = None
+    predictions: dict | None = None  # last epoch's test ids, labels, probabilities [M, C] (predictions.npz)
 
     @property
     def final_test_acc(self) -> float:
@@ -160,12 +168,13 @@ class Run:
                  *HISTORY_KEYS}
         return cls(record["approach"], model, {key: record[key] for key in HISTORY_KEYS}, record.get("config", {}),
                    record["wall_time_s"], record["device"], record["trainable_params"], record["total_params"],
-                   {key: value for key, value in record.items() if key not in known}, Path(folder))
+                   {key: value for key, value in record.items() if key not in known}, Path(folder),
+                   read_predictions(Path(folder)))
 
     def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
         out = prepare_run_dir(out, self.approach, overwrite)
         write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,
-                  self.device, self.trainable_params, self.total_params, **self.record)
+                  self.device, self.trainable_params, self.total_params, self.predictions, **self.record)
         self.path = out
         return out
 
@@ -250,13 +259,19 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
         model, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
                                            cache.test_labels, config, lr, weight_decay, log)
     wall = time.perf_counter() - started
+    import torch
+
+    with torch.no_grad():  # the final head is the last epoch's: these are its test predictions
+        probabilities = model(cache.test_features).softmax(1)
+    predictions = {"ids": cache.test_ids, "labels": cache.test_labels, "probabilities": probabilities}
     head_params = sum(p.numel() for p in model.parameters())
     config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                      "seed": seed, "sweep": sweep, "val_fraction": val_fraction, "logreg_views": logreg_views,
                      "cache": str(cache.path), "views": cache.views}
     run = Run("feature-extraction", model, history, config_record, wall, "cpu", head_params,
               BACKBONE_PARAMETERS + head_params,
-              {"cache_key": cache.key, "classes": cache.classes, "cache_attrs": _jsonable(cache.attrs), **record})
+              {"cache_key": cache.key, "classes": cache.classes, "cache_attrs": _jsonable(cache.attrs), **record},
+              predictions=predictions)
     return _saved(run, folder)
 
 
@@ -283,7 +298,7 @@ def load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: st
     dataset = data.load()
     return ImageData(decode_all(dataset.train, image_size), torch.from_numpy(dataset.train.labels),
                      decode_all(dataset.test, image_size), torch.from_numpy(dataset.test.labels),
-                     dataset.classes, image_size, seed, resolve_device(device))
+                     dataset.classes, image_size, seed, resolve_device(device), dataset.test.ids)
 
 
 def _init_head_state(init_head, classes: list[str]):
@@ -312,7 +327,10 @@ def _end_to_end_run(approach: str, model, history: dict, wall: float, images, co
     from .backbone import count_parameters
 
     trainable, total = count_parameters(model)
-    run = Run(approach, model, history, config, wall, images.device, trainable, total, {"classes": images.classes})
+    predictions = {"ids": images.test_ids or [str(k) for k in range(len(images.test_labels))],
+                   "labels": images.test_labels, "probabilities": history.pop("test_probabilities")}
+    run = Run(approach, model, history, config, wall, images.device, trainable, total, {"classes": images.classes},
+              predictions=predictions)
     return _saved(run, folder)
 
 
@@ -380,7 +398,8 @@ def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr
 
 def compare(run_dirs, out: str | Path) -> dict:
     """comparison.png (loss, training and test accuracy per epoch), summary.md and summary.csv in `out`
-    from run directories; returns their paths and the summary rows."""
+    from run directories, and from each run's stored last-epoch predictions its per-class test
+    accuracy and confusion matrix (confusion.png, and in summary.md); returns the paths and results."""
     from .report import compare as compare_runs
 
     return compare_runs([Path(folder) for folder in run_dirs], Path(out))
@@ -426,6 +445,38 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 
     echo(summary_line(runs["fine-tuning"]))
     comparison = compare(list(folders.values()), out)
     return {"runs": runs, "comparison": comparison, "seconds": time.perf_counter() - started}
+
+
+def export(run_dir: str | Path, out: str | Path, *, weights: str | None = None) -> dict:
+    """Write `out`: a run (any approach) as one torch.export file that PyTorch alone loads: uint8 images
+    [N, 3, H, W] in, class probabilities out, the clean-view preprocessing inside, class names and
+    provenance in its featcache.json. A feature-extraction run's backbone is read from the weights its
+    cache recorded (or `weights`), refused if their sha256 is not the recorded one. Returns the metadata."""
+    from .export import export as export_run
+
+    return export_run(Path(run_dir), Path(out), weights)
+
+
+def load_model(model: str | Path, *, weights: str | None = None, device: str = "cpu"):
+    """(model, metadata) of an exported file or a run directory: model(uint8 images [N, 3, H, W]) gives
+    class probabilities in the order of metadata['classes']."""
+    from .backbone import resolve_device
+    from .predict import load_model as load
+
+    return load(model, resolve_device(device), weights)
+
+
+def predict(model: str | Path, inputs, out: str | Path, *, output_format: str = "csv", top_k: int = 3,
+            batch_size: int = 64, device: str = "auto", num_workers: int = 0, skip_bad: bool = False,
+            weights: str | None = None, progress: bool = True, echo: Log | None = None) -> dict:
+    """Classify image files and folders (recursively) with an exported model or a run directory; write
+    each file's top-k classes and probabilities to `out` as CSV or JSON, in input order. Returns the
+    rows, the counts and images/s."""
+    from .predict import predict as predict_files
+
+    return predict_files(model, list(inputs), out, output_format=output_format, top_k=top_k, batch_size=batch_size,
+                         device=device, num_workers=num_workers, skip_bad=skip_bad, weights=weights,
+                         progress=progress, echo=echo)
 
 
 def verify(path: str | Path) -> tuple[int, float]:

@@ -3,7 +3,8 @@
 Training transform: Resize(s*256/224) -> RandomResizedCrop(s) -> RandomHorizontalFlip ->
 ColorJitter(brightness=0.2, contrast=0.2) -> ImageNet normalisation. Validation transform:
 Resize(s*256/224) -> CenterCrop(s) -> normalisation. The resize happens once at decode time
-(DecodedSplit); the random steps then run on whole batches.
+(DecodedSplit), with featcache.preprocess's exactly named resize, the one an exported model runs;
+the random steps then run on whole batches.
 
 A view is a pure function of (seed, split, sample index, view index): its random parameters come
 from a generator seeded by those four numbers, never from global RNG state, so the same view can be
@@ -25,7 +26,8 @@ import torchvision.transforms.v2.functional as F
 
 from .errors import FeatcacheError
 from .data import Split
-from .spec import BRIGHTNESS, CONTRAST, IMAGENET_MEAN, IMAGENET_STD, RATIO, SCALE, resize_size
+from .preprocess import center_crop, normalize_, resize_shorter_side
+from .spec import BRIGHTNESS, CONTRAST, RATIO, SCALE, resize_size
 
 @dataclass(frozen=True)
 class ViewParams:
@@ -66,13 +68,6 @@ def view_params(seed: int, split: str, index: int, view: int, height: int, width
                       brightness=float(rng.uniform(1 - BRIGHTNESS, 1 + BRIGHTNESS)),
                       contrast=float(rng.uniform(1 - CONTRAST, 1 + CONTRAST)),
                       brightness_first=bool(rng.random() < 0.5))
-
-
-def _normalize_(batch: torch.Tensor) -> torch.Tensor:
-    """In place: (x - mean) / std as one fused x * (1/std) + (-mean/std)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1)
-    return torch.addcmul(-mean / std, batch, 1 / std, out=batch)
 
 
 def _resized_crops(images: torch.Tensor, params: list[ViewParams], size: int) -> torch.Tensor:
@@ -156,22 +151,22 @@ def make_views(images: list[torch.Tensor] | ImageBatch, indices: list[int], view
                       memory_format=torch.channels_last)  # the backbone's layout, kept by in-place ops
     if view == 0:
         for members, group in batch.groups:
-            top, left = (int(round((extent - image_size) / 2.0)) for extent in group.shape[2:])
-            out[members] = group[:, :, top:top + image_size, left:left + image_size]
-        return _normalize_(out)
+            out[members] = center_crop(group, image_size)
+        return normalize_(out)
     params = [None] * batch.count
     for members, group in batch.groups:
         for k in members:
             params[k] = view_params(seed, split, indices[k], view, *group.shape[2:])
         out[members] = _resized_crops(group, [params[k] for k in members], image_size)
-    return _normalize_(_color_jitter_(out, params))
+    return normalize_(_color_jitter_(out, params))
 
 
 class DecodedSplit(torch.utils.data.Dataset):
     """Sample i decoded and resized (shorter side to resize_size) as a uint8 [3, H, W] tensor.
 
-    The resize is the reference pipeline's first, deterministic step, done once on the PIL image
-    exactly as torchvision's Resize does; the random steps then run batched on tensors.
+    The resize is the reference pipeline's first, deterministic step, done once per image with
+    preprocess.resize_shorter_side, exactly as an exported model does it; the random steps then run
+    batched on tensors.
     """
 
     def __init__(self, split: Split, image_size: int):
@@ -182,8 +177,8 @@ class DecodedSplit(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        image = F.resize(self.split.read(index), [self.size])
-        return F.pil_to_tensor(image)
+        image = F.pil_to_tensor(self.split.read(index))
+        return resize_shorter_side(image[None], self.size)[0].to(torch.uint8)
 
 
 class DecodedChunks(torch.utils.data.Dataset):
@@ -230,6 +225,7 @@ class ImageData:
     image_size: int
     view_seed: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    test_ids: list[str] | None = None  # what a run's stored predictions are keyed by
 
     def views(self, split: str, indices: list[int], view: int) -> torch.Tensor:
         images = self.train_images if split == "train" else self.test_images

@@ -38,6 +38,7 @@ class FeatureCache:
     classes: list[str]
     key: str
     attrs: dict
+    test_ids: list[str]
 
     @property
     def views(self) -> int:
@@ -66,6 +67,7 @@ def load_cache(path: Path) -> FeatureCache:
         attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in handle.attrs.items()}
         arrays = {split: handle[f"{split}/features"][()] for split in ("train", "test")}
         labels = {split: handle[f"{split}/labels"][()] for split in ("train", "test")}
+        test_ids = [name.decode() if isinstance(name, bytes) else str(name) for name in handle["test/ids"][()]]
     mismatches = checksum_mismatches(json.loads(attrs["checksums"]), lambda split, a, b: arrays[split][a:b])
     if mismatches:
         raise FeatcacheError(f"cache {path} is damaged: {'; '.join(mismatches)} fail their sha256; recompute it "
@@ -73,4 +75,4 @@ def load_cache(path: Path) -> FeatureCache:
     return FeatureCache(
         path=Path(path), train_features=torch.from_numpy(arrays["train"]), train_labels=torch.from_numpy(labels["train"]),
         test_features=torch.from_numpy(arrays["test"]), test_labels=torch.from_numpy(labels["test"]),
-        classes=json.loads(attrs["classes"]), key=attrs["key"], attrs=attrs)
+        classes=json.loads(attrs["classes"]), key=attrs["key"], attrs=attrs, test_ids=test_ids)

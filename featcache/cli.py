@@ -194,7 +194,8 @@ def verify(cache):
 
 out_options = stacked(
     click.option("--out", type=click.Path(path_type=Path), default=None,
-                 help="Run directory for history.json and weights.pt. Default: runs/<approach>-<time>."),
+                 help="Run directory for history.json, weights.pt and predictions.npz (the last epoch's test "
+                      "predictions). Default: runs/<approach>-<time>."),
     click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
     click.option("--quiet", is_flag=True, help="No per-epoch lines or progress bars."),
 )
@@ -307,10 +308,61 @@ def scratch_command(**options):
               help="Folder for comparison.png, summary.md and summary.csv.")
 def compare_command(run_dirs, out):
     """Compare run directories: a three-panel PNG (training loss, training accuracy, test accuracy per
-    epoch; scratch red, feature extraction blue, fine-tuning green) and a summary table as Markdown and CSV."""
+    epoch; scratch red, feature extraction blue, fine-tuning green), a summary table as Markdown and CSV,
+    and from each run's stored last-epoch predictions its per-class test accuracy and confusion matrix
+    (confusion.png, and in summary.md)."""
     result = api.compare(run_dirs, out)
     click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS))
-    click.echo(f"wrote {result['png']}, {result['markdown']} and {result['csv']}")
+    confusion = f", {result['confusion_png']}" if result["confusion_png"] else ""
+    click.echo(f"wrote {result['png']}{confusion}, {result['markdown']} (with per-class accuracy and confusion "
+               f"matrices) and {result['csv']}")
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="File to write (by convention .pt2); replaced if it exists.")
+@click.option("--weights", default=None,
+              help="Feature extraction only: the backbone weights file, if it is no longer where the cache "
+                   "recorded it. Its sha256 must be the one the cache recorded.")
+def export_command(run_dir, out, weights):
+    """Export RUN_DIR (any approach) as one file that PyTorch alone loads with torch.export.load: uint8 RGB
+    images [N, 3, H, W] of any size in, class probabilities out, the clean-view resize, crop and
+    normalisation inside; class names and provenance in its extra file featcache.json."""
+    metadata = api.export(run_dir, out, weights=weights)
+    click.echo(f"exported {metadata['approach']} run {run_dir} ({len(metadata['classes'])} classes: "
+               f"{', '.join(metadata['classes'])}; {metadata['image_size']} px) to {out}")
+
+
+@main.command("predict")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="CSV (or JSON) file to write.")
+@click.option("--format", "output_format", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
+              help="csv: path, class_k and probability_k for k = 1..--top-k, error; json: the same as a list.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Classes listed per image, most probable first.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per forward pass (images of any sizes are batched together).")
+@click.option("--device", default="auto", show_default=True,
+              help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes that decode images.")
+@click.option("--skip-bad", is_flag=True,
+              help="Report a file that is not a readable image, list it with its error, and go on "
+                   "(default: stop with an error naming it, writing nothing).")
+@click.option("--weights", default=None, help="MODEL a feature-extraction run directory: as for featcache export.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict_command(model, inputs, out, output_format, top_k, batch_size, device, num_workers, skip_bad, weights,
+                    quiet):
+    """Classify INPUTS (image files and folders, searched recursively) with MODEL, a file from featcache
+    export or a run directory, and write each image's top-k classes to --out in input order."""
+    result = api.predict(model, inputs, out, output_format=output_format, top_k=top_k, batch_size=batch_size,
+                         device=device, num_workers=num_workers, skip_bad=skip_bad, weights=weights,
+                         progress=not quiet, echo=lambda line: click.echo(line, err=True))
+    skipped = f", {result['unreadable']} unreadable (listed with their error)" if result["unreadable"] else ""
+    click.echo(f"classified {result['images']} images{skipped} at {result['images_per_second']:.0f} images/s; "
+               f"wrote {result['path']}")
 
 
 @main.command("inspect")

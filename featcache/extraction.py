@@ -32,7 +32,10 @@ from .spec import (BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION, PRECISIONS, Ex
 ASSEMBLY_ATTEMPTS = 3  # a shard damaged between its commit and assembly is recomputed; twice more is a bad disk
 
 
-def cache_attributes(dataset: Dataset, provenance: dict, shard_size: int, batch_size: int) -> dict:
+def cache_attributes(dataset: Dataset, provenance: dict, shard_size: int, batch_size: int,
+                     weights_source: str) -> dict:
+    """The file's attributes: provenance, layout and where the weights were read from (`weights` is
+    their identity, in the key; `weights_source` is the path, not in the key, for featcache export)."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "featcache_version": __version__,
         "key": cache_key(provenance), "backbone": BACKBONE, "weights": provenance["weights"],
@@ -41,7 +44,7 @@ def cache_attributes(dataset: Dataset, provenance: dict, shard_size: int, batch_
         "classes": json.dumps(provenance["classes"]),
         "dataset": json.dumps({"name": dataset.name, "fingerprint": provenance["dataset_fingerprint"],
                                **dataset.description}),
-        "shard_size": shard_size, "batch_size": batch_size,
+        "shard_size": shard_size, "batch_size": batch_size, "weights_source": weights_source,
     }
 
 
@@ -100,7 +103,7 @@ def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int
 def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache_dir: Path,
             batch_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE, device: torch.device | str = "cpu",
             num_workers: int = 0, force: bool = False, progress: bool = True,
-            on_shard: Callable[[Shard], None] | None = None) -> ExtractResult:
+            on_shard: Callable[[Shard], None] | None = None, weights_source: str = "") -> ExtractResult:
     """Run the frozen backbone once per view and cache the features; reuse or resume when possible.
 
     Under torchrun every process calls this with the same arguments: the shards still to do are dealt
@@ -134,7 +137,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
                             expected, result, progress, on_shard, feature_bytes(shards, provenance["views"]))
             assembly_started = time.perf_counter()
             damaged = group.share(lambda: assemble(final, shards, expected, cache_attributes(
-                dataset, provenance, shard_size, batch_size), _splits(dataset), provenance["views"]))
+                dataset, provenance, shard_size, batch_size, weights_source), _splits(dataset), provenance["views"]))
             result.assembly_seconds += time.perf_counter() - assembly_started
             result.shards_removed += damaged
             if not damaged:

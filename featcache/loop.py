@@ -89,10 +89,18 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: torch.Tensor) -> float:
-    """Accuracy of model over all samples, in evaluation batches; inputs(slice) gives a batch."""
-    correct = 0
+def evaluate(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """(accuracy, class probabilities [N, C] on the CPU) of model over all samples, in evaluation
+    batches; inputs(slice) gives a batch. The probabilities are what a run stores of its last epoch."""
+    correct, probabilities = 0, []
     for start in range(0, len(labels), EVAL_BATCH):
         window = slice(start, start + EVAL_BATCH)
-        correct += (model(inputs(window)).argmax(1) == labels[window].to(labels.device)).sum().item()
-    return correct / len(labels)
+        logits = model(inputs(window)).float()
+        correct += (logits.argmax(1) == labels[window].to(labels.device)).sum().item()
+        probabilities.append(logits.softmax(1).cpu())
+    return correct / len(labels), torch.cat(probabilities)
+
+
+def accuracy(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: torch.Tensor) -> float:
+    """Accuracy of model over all samples, in evaluation batches; inputs(slice) gives a batch."""
+    return evaluate(model, inputs, labels)[0]

@@ -4,11 +4,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure  # not pyplot: files only, and a notebook's backend stays as it is
 from torch import nn
 
-from .runs import read_run
+from .runs import read_predictions, read_run
 from .tables import SUMMARY_COLUMNS, markdown_table
 
 COLOURS = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
@@ -39,8 +40,7 @@ def compare(run_dirs: list[Path], out: Path) -> dict:
     for run in runs:
         epochs = range(1, len(run["train_loss"]) + 1)
         colour = COLOURS.get(run["approach"])
-        name = Path(run["run_dir"]).name
-        label = run["approach"] if name == run["approach"] else f"{run['approach']} ({name})"
+        label = run_label(run)
         for axis, key in zip(axes, ("train_loss", "train_acc", "test_acc")):
             axis.plot(epochs, run[key], marker="o", markersize=3, color=colour, label=label)
     for axis, title in zip(axes, ("Training loss", "Training accuracy", "Test accuracy")):
@@ -52,16 +52,84 @@ def compare(run_dirs: list[Path], out: Path) -> dict:
     png = out / "comparison.png"
     figure.savefig(png, dpi=110)
     rows = [summary_row(run) for run in runs]
+    per_class = per_class_results(runs)
     markdown = out / "summary.md"
     markdown.write_text(markdown_table(rows, SUMMARY_COLUMNS) + "\n\n"
                         "best_test_acc_on_test_set is the best epoch picked on the test set itself: an "
-                        "optimistic number, not a fair estimate.\n")
+                        "optimistic number, not a fair estimate.\n" + per_class_markdown(per_class))
     csv_path = out / "summary.csv"
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    return {"png": png, "markdown": markdown, "csv": csv_path, "rows": rows}
+    confusion_png = plot_confusion(per_class, out / "confusion.png") if per_class["runs"] else None
+    return {"png": png, "markdown": markdown, "csv": csv_path, "rows": rows, "confusion_png": confusion_png,
+            "per_class": per_class}
+
+
+def run_label(run: dict) -> str:
+    name = Path(run["run_dir"]).name
+    return run["approach"] if name == run["approach"] else f"{run['approach']} ({name})"
+
+
+def per_class_results(runs: list[dict]) -> dict:
+    """Each run's confusion matrix (rows: true class, columns: predicted) and per-class test accuracy,
+    from the predictions it stored at its last epoch; runs without stored predictions are listed apart."""
+    from sklearn.metrics import confusion_matrix
+
+    results, missing = [], []
+    for run in runs:
+        predictions = read_predictions(Path(run["run_dir"]))
+        classes = run.get("classes")
+        if predictions is None or not classes:
+            missing.append(run_label(run))
+            continue
+        matrix = confusion_matrix(predictions["labels"], predictions["predicted"], labels=range(len(classes)))
+        results.append({"label": run_label(run), "approach": run["approach"], "classes": list(classes),
+                        "confusion": matrix, "accuracy": {name: (matrix[k, k] / matrix[k].sum() if matrix[k].sum() else
+                                                                 float("nan")) for k, name in enumerate(classes)}})
+    return {"runs": results, "without_predictions": missing}
+
+
+def per_class_markdown(per_class: dict) -> str:
+    """summary.md's per-class section: accuracy per class and run, then each run's confusion matrix."""
+    if not per_class["runs"]:
+        return ""
+    classes = list(dict.fromkeys(name for result in per_class["runs"] for name in result["classes"]))
+    labels = [result["label"] for result in per_class["runs"]]
+    rows = [{"class": name, **{result["label"]: result["accuracy"].get(name, "") for result in per_class["runs"]}}
+            for name in classes]
+    text = "\n## Per-class test accuracy (last epoch)\n\n" + markdown_table(rows, ["class", *labels]) + "\n"
+    for result in per_class["runs"]:
+        matrix_rows = [{"true \\ predicted": name, **dict(zip(result["classes"], map(int, result["confusion"][k])))}
+                       for k, name in enumerate(result["classes"])]
+        text += (f"\n### Confusion matrix: {result['label']}\n\n"
+                 + markdown_table(matrix_rows, ["true \\ predicted", *result["classes"]]) + "\n")
+    if per_class["without_predictions"]:
+        text += f"\nNo stored predictions (runs written before featcache 0.2): {', '.join(per_class['without_predictions'])}\n"
+    return text
+
+
+def plot_confusion(per_class: dict, path: Path) -> Path:
+    """One confusion matrix per run, side by side, each cell's count written in it."""
+    results = per_class["runs"]
+    figure = Figure(figsize=(4.2 * len(results), 4.2))
+    axes = figure.subplots(1, len(results), squeeze=False)[0]
+    for axis, result in zip(axes, results):
+        matrix, classes = result["confusion"], result["classes"]
+        axis.imshow(matrix, cmap="Blues", vmin=0)
+        for (row, column), count in np.ndenumerate(matrix):
+            axis.text(column, row, str(count), ha="center", va="center",
+                      color="white" if count > matrix.max() / 2 else "black")
+        axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        axis.set_yticks(range(len(classes)), classes)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        accuracy = np.trace(matrix) / matrix.sum()
+        axis.set_title(f"{result['label']}\ntest accuracy {accuracy:.4f}", color=COLOURS.get(result["approach"]))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return Path(path)
 
 
 def parameter_table(model: nn.Module) -> list[dict]:

@@ -1,6 +1,8 @@
-"""Run directories: history.json plus weights, one format for every approach.
+"""Run directories: history.json, weights.pt and predictions.npz, one format for every approach.
 
 `compare` reads only these, so runs made on different days or machines compare cleanly.
+predictions.npz holds the last epoch's test predictions: ids [M] (the test images' ids, relative to
+the data folder), labels [M] and probabilities [M, C] (float32), loadable with numpy alone.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from .errors import FeatcacheError
 
 HISTORY = "history.json"
 WEIGHTS = "weights.pt"
+PREDICTIONS = "predictions.npz"
 APPROACHES = ("scratch", "feature-extraction", "fine-tuning")
 HISTORY_KEYS = ("train_loss", "train_acc", "test_acc")
 
@@ -40,7 +43,9 @@ def device_description(device) -> str:
 
 
 def write_run(out: Path, approach: str, history: dict, config: dict, state_dict: dict, wall_time_s: float,
-              device, trainable_params: int, total_params: int, **extra) -> Path:
+              device, trainable_params: int, total_params: int, predictions: dict | None = None, **extra) -> Path:
+    """history.json, weights.pt and, given test `predictions` (ids, labels, probabilities), predictions.npz."""
+    import numpy as np
     import torch  # here, not at the top: finding a run directory needs no torch
 
     record = {
@@ -59,6 +64,10 @@ def write_run(out: Path, approach: str, history: dict, config: dict, state_dict:
     }
     out.mkdir(parents=True, exist_ok=True)
     torch.save(state_dict, out / WEIGHTS)
+    if predictions is not None:
+        np.savez(out / PREDICTIONS, ids=np.asarray(predictions["ids"], dtype=str),
+                 labels=np.asarray(predictions["labels"], dtype=np.int64),
+                 probabilities=np.asarray(predictions["probabilities"], dtype=np.float32))
     (out / HISTORY).write_text(json.dumps(record, indent=2) + "\n")
     return out
 
@@ -77,3 +86,19 @@ def read_run(folder: Path) -> dict:
         raise FeatcacheError(f"{path} lacks {', '.join(missing)}: not a featcache run history")
     record["run_dir"] = str(folder)
     return record
+
+
+def read_predictions(folder: Path) -> dict | None:
+    """A run's stored test predictions (ids, labels, probabilities, predicted), or None for a run
+    written before featcache stored them."""
+    import numpy as np
+
+    path = Path(folder) / PREDICTIONS
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            predictions = {key: stored[key] for key in ("ids", "labels", "probabilities")}
+    except (OSError, ValueError, KeyError) as error:
+        raise FeatcacheError(f"{path} is not a featcache predictions file: {error}") from None
+    return {**predictions, "predicted": predictions["probabilities"].argmax(1)}

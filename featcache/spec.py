@@ -36,17 +36,20 @@ def resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-# The identity of the code that turns an image file into a view's pixels (the decode resize in
-# augment.DecodedSplit, view_params, the crop, flip, jitter and normalisation in augment, and the
-# constants above): bump it with any change to them, which gives every cache a new key.
+# The identity of the code that turns an image file into a view's pixels (the decode resize and
+# clean view in featcache.preprocess, view_params, the crop, flip, jitter and normalisation in
+# augment, and the constants above): bump it with any change to them, which gives every cache a new key.
 # tests/test_transform_identity.py hashes that code and fails when it changes and this does not.
-TRANSFORM_VERSION = 1
+# 2: the decode resize is torch's float32 antialiased bilinear interpolate, rounded (was PIL's), the
+# one an exported model runs; the centre crop starts at floor((extent - S) / 2).
+TRANSFORM_VERSION = 2
 
 
 def transform_description(image_size: int) -> dict:
     """Everything about the transforms that determines the pixels, for provenance and the cache key."""
     return {
         "version": TRANSFORM_VERSION,
+        "resize": "float32 interpolate(bilinear, antialias=True, align_corners=False), round half to even, clamp 0..255",
         "train": [f"Resize({resize_size(image_size)})", f"RandomResizedCrop({image_size}, scale={SCALE}, "
                   f"ratio=({RATIO[0]:.4f}, {RATIO[1]:.4f}))", "RandomHorizontalFlip(0.5)",
                   f"ColorJitter(brightness={BRIGHTNESS}, contrast={CONTRAST})", "Normalize(ImageNet)"],

@@ -13,7 +13,7 @@ from .errors import FeatcacheError
 from .augment import ImageData
 from .backbone import STAGES, load_backbone
 from .heads import LinearHeads, single_head_history, train_heads, view_for_epoch, with_bias_column
-from .loop import EVAL_BATCH, EpochConfig, accuracy, run_epochs, seeded_linear
+from .loop import EVAL_BATCH, EpochConfig, evaluate, run_epochs, seeded_linear
 from .spec import FEATURE_DIM
 
 def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[str]) -> nn.Module:
@@ -77,6 +77,7 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
             return trunk(data.views("train", indices.tolist(), 1 + epoch))
 
     test_labels = data.test_labels.to(data.device)
+    last = {}  # the latest epoch's test probabilities: the run stores its last epoch's
     if frozen_bn == "eval":
         trunk.eval()
         with torch.no_grad():
@@ -85,15 +86,17 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
 
         def test_accuracy():
             rest.eval()
-            return accuracy(rest, lambda window: test_trunk[window], test_labels)
+            accuracy, last["probabilities"] = evaluate(rest, lambda window: test_trunk[window], test_labels)
+            return accuracy
     else:
         def test_accuracy():
             model.eval()
-            return accuracy(nn.Sequential(trunk, rest), data.test_batch, test_labels)
+            accuracy, last["probabilities"] = evaluate(nn.Sequential(trunk, rest), data.test_batch, test_labels)
+            return accuracy
 
     history = run_epochs(rest, optimizer, data.train_labels.to(data.device), train_inputs, test_accuracy,
                          config, set_train_mode, log, progress)
-    return model, history
+    return model, {**history, "test_probabilities": last["probabilities"]}
 
 
 def scratch(data: ImageData, config: EpochConfig, lr: float = 1e-3, log=tqdm.write,
@@ -105,15 +108,17 @@ def scratch(data: ImageData, config: EpochConfig, lr: float = 1e-3, log=tqdm.wri
     model = model.to(data.device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     test_labels = data.test_labels.to(data.device)
+    last = {}  # the latest epoch's test probabilities: the run stores its last epoch's
 
     def test_accuracy():
         model.eval()
-        return accuracy(model, data.test_batch, test_labels)
+        accuracy, last["probabilities"] = evaluate(model, data.test_batch, test_labels)
+        return accuracy
 
     history = run_epochs(model, optimizer, data.train_labels.to(data.device),
                          lambda epoch, indices: data.views("train", indices.tolist(), 1 + epoch),
                          test_accuracy, config, model.train, log, progress)
-    return model, history
+    return model, {**history, "test_probabilities": last["probabilities"]}
 
 
 def timed(function, *args, **kwargs):

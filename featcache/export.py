@@ -1,0 +1,183 @@
+"""A run as one file that PyTorch alone loads and runs, and featcache's own model of a run directory.
+
+The file is a torch.export program (torch.export.save; TorchScript is deprecated): uint8 RGB images
+[N, 3, H, W], any N, H and W, in; class probabilities [N, C] out. Inside: preprocess.CleanView (the
+resize featcache decodes with, the centre crop, ImageNet normalisation), the ResNet-18 with the run's
+head, softmax. The extra file featcache.json holds the class names and provenance:
+
+    extra = {"featcache.json": ""}
+    model = torch.export.load("model.pt2", extra_files=extra).module()
+    probabilities = model(images)                      # uint8 [N, 3, H, W]
+    classes = json.loads(extra["featcache.json"])["classes"]
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._version import __version__
+from .errors import FeatcacheError
+from .preprocess import CROP, RESIZE, CleanView
+from .runs import WEIGHTS, read_run
+from .spec import FEATURE_DIM, IMAGENET_MEAN, IMAGENET_STD, resize_size, weights_identity
+
+METADATA = "featcache.json"
+EXPORT_FORMAT = "featcache-export"
+EXPORT_FORMAT_VERSION = 1
+
+
+class Classifier(nn.Module):
+    """uint8 images [N, 3, H, W] to class probabilities [N, C]: the clean view, the network, softmax."""
+
+    def __init__(self, network: nn.Module, image_size: int):
+        super().__init__()
+        self.clean_view, self.network = CleanView(image_size), network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(self.clean_view(images)).softmax(1)
+
+
+def _run_weights(run_dir: Path) -> dict:
+    path = run_dir / WEIGHTS
+    if not path.is_file():
+        raise FeatcacheError(f"run directory {run_dir} has no {WEIGHTS}: the trained weights are missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load's messages run to many lines
+        raise FeatcacheError(f"{path} is not a state dict torch.load(weights_only=True) can read "
+                             f"({type(error).__name__})") from None
+
+
+def _load_into(module: nn.Module, state: dict, path: Path, what: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else type(error).__name__)
+        raise FeatcacheError(f"{path} does not fit {what}: {detail}") from None
+
+
+def _backbone_source(record: dict, weights: str | None, run_dir: Path) -> tuple[str, str, int]:
+    """(weights to load, recorded identity, seed) of a feature-extraction run's backbone, checked
+    against the identity the cache recorded: the head is only right on the backbone it was trained on."""
+    attrs = record.get("cache_attrs", {})
+    identity, seed = attrs.get("weights"), int(attrs.get("seed", 0))
+    if not identity:
+        raise FeatcacheError(f"{run_dir} does not record its cache's backbone weights: not a featcache "
+                             "feature-extraction run")
+    source = weights or attrs.get("weights_source")
+    if not source:
+        raise FeatcacheError(f"{run_dir} does not record where its backbone weights were read from (a cache "
+                             "written before featcache 0.2); pass `weights` PATH")
+    if source not in ("imagenet", "random") and not Path(source).is_file():
+        raise FeatcacheError(f"backbone weights {source} " + ("recorded for this run " if not weights else "")
+                             + "do not exist; pass `weights` PATH to the file the cache was extracted with")
+    found = weights_identity(source, seed)
+    if found != identity:
+        if source in ("imagenet", "random"):
+            raise FeatcacheError(f"the head of {run_dir} was trained on {identity}, but here {source} weights are "
+                                 f"{found}: install those torch/torchvision versions, or pass `weights` PATH to a file")
+        raise FeatcacheError(f"backbone weights {source} ({found[:23]}…) are not those the head of {run_dir} was "
+                             f"trained on ({identity[:23]}…); pass `weights` PATH to the right file")
+    return source, identity, seed
+
+
+def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifier, dict]:
+    """featcache's own model of a run directory, in eval mode on the CPU, and the metadata an export of
+    it records. For a feature-extraction run the backbone comes from the weights the cache recorded
+    (or `weights`), checked against their recorded identity."""
+    from torchvision.models import resnet18
+
+    from .backbone import load_backbone
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FeatcacheError(f"run directory {run_dir} " + ("is not a folder" if run_dir.exists() else "does not exist"))
+    record = read_run(run_dir)
+    classes, approach = record.get("classes"), record["approach"]
+    if not classes:
+        raise FeatcacheError(f"{run_dir} does not record its class names: not a run this featcache can export")
+    state = _run_weights(run_dir)
+    provenance = {"approach": approach, "run_dir": str(run_dir.resolve()), "config": record.get("config", {}),
+                  "final_test_acc": record["test_acc"][-1], "featcache_version_of_run": record.get("featcache_version")}
+    if approach == "feature-extraction":
+        source, identity, seed = _backbone_source(record, weights, run_dir)
+        network = load_backbone(source, seed)
+        network.fc = nn.Linear(FEATURE_DIM, len(classes))
+        _load_into(network.fc, state, run_dir / WEIGHTS, f"a Linear({FEATURE_DIM}, {len(classes)}) head")
+        image_size = int(record["cache_attrs"]["image_size"])
+        provenance.update(cache_key=record.get("cache_key"),
+                          backbone_weights={"source": source, "identity": identity})
+    else:
+        network = resnet18(num_classes=len(classes))
+        _load_into(network, state, run_dir / WEIGHTS, f"a ResNet-18 with {len(classes)} classes")
+        image_size = int(record.get("config", {}).get("image_size", 224))
+        provenance["backbone_weights"] = {"source": record.get("config", {}).get("weights", "random init")}
+    metadata = {
+        "format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "classes": list(classes),
+        "image_size": image_size, "input": "uint8 RGB images [N, 3, H, W], any N, H, W",
+        "output": "class probabilities [N, C], float32, in the order of `classes`",
+        "preprocess": {"resize": RESIZE.replace("round(S*256/224)", str(resize_size(image_size))),
+                       "crop": CROP.replace("S x S", f"{image_size} x {image_size}"),
+                       "normalize": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}},
+        **provenance,
+        "featcache_version": __version__, "torch_version": version("torch"),
+        "torchvision_version": version("torchvision"), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return Classifier(network, image_size).eval().requires_grad_(False), metadata
+
+
+def export(run_dir: str | Path, out: str | Path, weights: str | None = None) -> dict:
+    """Write `out`: the run's model as a torch.export program with dynamic batch, height and width,
+    and featcache.json beside it in the same file. Written to a temporary name, then renamed."""
+    classifier, metadata = run_model(run_dir, weights)
+    size = classifier.clean_view.image_size
+    batch, height, width = (torch.export.Dim(name, min=1 if name == "batch" else 2, max=1 << 16)
+                            for name in ("batch", "height", "width"))
+    example = torch.zeros(2, 3, size + 3, size + 7, dtype=torch.uint8)  # sizes unlike any constant in the graph
+    with torch.no_grad():
+        program = torch.export.export(classifier, (example,), dynamic_shapes=({0: batch, 2: height, 3: width},))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()  # any file name the user likes: torch.export.save warns on names without .pt2
+    torch.export.save(program, buffer, extra_files={METADATA: json.dumps(metadata, indent=2)})
+    partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {**metadata, "path": out}
+
+
+def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """(the program as a module on `device`, its featcache.json) of an exported file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatcacheError(f"model {path} " + ("is not a file" if path.exists() else "does not exist"))
+    extra = {METADATA: ""}
+    try:
+        with open(path, "rb") as handle:
+            program = torch.export.load(io.BytesIO(handle.read()), extra_files=extra)
+    except Exception as error:  # zip, pickle and schema errors alike mean: not an exported program
+        raise FeatcacheError(f"{path} is not a model written by featcache export ({type(error).__name__})") from None
+    try:
+        metadata = json.loads(extra[METADATA])
+    except json.JSONDecodeError:
+        metadata = {}
+    if metadata.get("format") != EXPORT_FORMAT:
+        raise FeatcacheError(f"{path} is a torch.export program but not one written by featcache export "
+                             f"(no {METADATA})")
+    if torch.device(device).type != "cpu":
+        program = torch.export.passes.move_to_device_pass(program, torch.device(device))
+    return program.module(), metadata
