@@ -5,10 +5,10 @@ from ._version import __version__
 # The Python API (featcache.api). Light to import: torch and the rest load when a function needs them.
 from .errors import FeatcacheError, ReportedElsewhere
 from .api import (SUMMARY_COLUMNS, CacheSpec, DataSpec, Run, bench, claim_run_dir, compare, default_run_dir,
-                  experiment, extract, finetune, inspect, load_images, markdown_table, open_cache, read_run, scratch,
-                  summary_line, train_head, verify)
+                  experiment, export, extract, finetune, inspect, load_images, load_model, markdown_table, open_cache,
+                  predict, read_run, scratch, summary_line, train_head, verify)
 
 __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "SUMMARY_COLUMNS", "CacheSpec", "DataSpec", "Run",
-           "bench", "claim_run_dir", "compare", "default_run_dir", "experiment", "extract", "finetune", "inspect",
-           "load_images", "markdown_table", "open_cache", "read_run", "scratch", "summary_line", "train_head",
-           "verify"]
+           "bench", "claim_run_dir", "compare", "default_run_dir", "experiment", "export", "extract", "finetune",
+           "inspect", "load_images", "load_model", "markdown_table", "open_cache", "predict", "read_run", "scratch",
+           "summary_line", "train_head", "verify"]

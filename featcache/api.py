@@ -452,7 +452,7 @@ def export(run_dir: str | Path, out: str | Path, *, weights: str | None = None) 
     [N, 3, H, W] in, class probabilities out, the clean-view preprocessing inside, class names and
     provenance in its featcache.json. A feature-extraction run's backbone is read from the weights its
     cache recorded (or `weights`), refused if their sha256 is not the recorded one. Returns the metadata."""
-    from .export import export as export_run
+    from .exported import export as export_run
 
     return export_run(Path(run_dir), Path(out), weights)
 
@@ -461,7 +461,7 @@ def load_model(model: str | Path, *, weights: str | None = None, device: str = "
     """(model, metadata) of an exported file or a run directory: model(uint8 images [N, 3, H, W]) gives
     class probabilities in the order of metadata['classes']."""
     from .backbone import resolve_device
-    from .predict import load_model as load
+    from .prediction import load_model as load
 
     return load(model, resolve_device(device), weights)
 
@@ -472,7 +472,7 @@ def predict(model: str | Path, inputs, out: str | Path, *, output_format: str = 
     """Classify image files and folders (recursively) with an exported model or a run directory; write
     each file's top-k classes and probabilities to `out` as CSV or JSON, in input order. Returns the
     rows, the counts and images/s."""
-    from .predict import predict as predict_files
+    from .prediction import predict as predict_files
 
     return predict_files(model, list(inputs), out, output_format=output_format, top_k=top_k, batch_size=batch_size,
                          device=device, num_workers=num_workers, skip_bad=skip_bad, weights=weights,

@@ -66,8 +66,8 @@ class LinearHeads:
         return log_probs
 
     def accuracy(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Accuracy of each head, [G]."""
-        return (self.log_probs(features).argmax(-1) == labels).float().mean(-1)
+        """Accuracy of each head, [G]: in float64, so that it is exactly correct / count, as run_epochs reports it."""
+        return (self.log_probs(features).argmax(-1) == labels).double().mean(-1)
 
     def as_linear(self, index: int = 0) -> nn.Linear:
         classes, width = self.params.shape[1], self.params.shape[2] - 1
@@ -105,7 +105,7 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
             log_probs[:, start:stop] = heads.step(features, targets[start:stop])
             start = stop
         history["train_loss"].append((-(log_probs * targets).sum(-1).mean(-1)).tolist())
-        history["train_acc"].append((log_probs.argmax(-1) == labels[order]).float().mean(-1).tolist())
+        history["train_acc"].append((log_probs.argmax(-1) == labels[order]).double().mean(-1).tolist())
         history["test_acc"].append(test_accuracy().tolist() if test_accuracy is not None else None)
         if log is not None:
             log(log_epoch(epoch, config.epochs, history["train_loss"][-1][0], history["train_acc"][-1][0],

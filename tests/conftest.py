@@ -51,3 +51,13 @@ def tree_digest(folder: Path) -> dict:
     """Every file under folder with the sha256 of its bytes: to prove nothing was touched."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def assert_clean_failure(result, *words):
+    """One line on stderr holding each of `words`, exit status 1, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for word in words:
+        assert word in lines[0], lines[0]

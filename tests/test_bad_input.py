@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.models import resnet18, resnet34
 
-from conftest import tree_digest, write_image_folder
+from conftest import assert_clean_failure, tree_digest, write_image_folder
 
 SMALL = ["--weights", "random", "--image-size", "32", "--views", "2", "--batch-size", "8"]
 
@@ -17,15 +17,6 @@ def workspace(tmp_path, run_cli):
     cache_dir = tmp_path / "cache"
     assert run_cli("extract", "--data", data, "--cache-dir", cache_dir, *SMALL).exit_code == 0
     return data, cache_dir
-
-
-def assert_clean_failure(result, *words):
-    assert result.exit_code != 0
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def extract_args(data, cache_dir, *extra):

@@ -36,7 +36,35 @@ def test_experiment_writes_three_runs_a_plot_and_tables(experiment_dir):
         assert int(row["trainable_params"]) == history["trainable_params"]
     markdown = (experiment_dir / "summary.md").read_text()
     assert "picked on the test set" in markdown
-    assert sum(line.startswith("| ") for line in markdown.splitlines()) == 4  # header + three runs
+    summary = markdown.split("\n\n")[0].splitlines()
+    assert sum(line.startswith("| ") for line in summary) == 4  # header + three runs
+
+
+def test_each_run_stores_its_last_epochs_predictions_and_compare_shows_them_per_class(experiment_dir):
+    import numpy as np
+
+    import featcache
+
+    markdown = (experiment_dir / "summary.md").read_text()
+    with Image.open(experiment_dir / "confusion.png") as image:
+        assert image.size[0] > 3 * 300
+    for approach in ("scratch", "feature-extraction", "fine-tuning"):
+        run = featcache.Run.load(experiment_dir / approach)
+        stored = run.predictions
+        labels, predicted = stored["labels"], stored["probabilities"].argmax(1)
+        assert len(stored["ids"]) == len(labels) == 12 and stored["probabilities"].shape == (12, 3)
+        np.testing.assert_allclose(stored["probabilities"].sum(1), 1, atol=1e-6)
+        assert (predicted == labels).sum() / len(labels) == run.final_test_acc  # exactly the last epoch's
+        classes = run.record["classes"]
+        for k, name in enumerate(classes):  # summary.md's per-class table, column of this run
+            accuracy = (predicted[labels == k] == k).mean()
+            row = next(line for line in markdown.split("## Per-class")[1].splitlines() if line.startswith(f"| {name} |"))
+            assert row.split("|")[2 + ("scratch", "feature-extraction", "fine-tuning").index(approach)].strip() \
+                == f"{accuracy:.4g}"
+        confusion = markdown.split(f"### Confusion matrix: {approach}\n")[1]
+        for k, name in enumerate(classes):
+            counts = [int(((labels == k) & (predicted == j)).sum()) for j in range(len(classes))]
+            assert f"| {name} | {' | '.join(map(str, counts))} |" in confusion
 
 
 def test_compare_cli_on_run_dirs(experiment_dir, run_cli, tmp_path):

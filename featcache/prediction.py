@@ -65,7 +65,7 @@ class Prepared(torch.utils.data.Dataset):
 
 def load_model(model: str | Path, device: torch.device, weights: str | None = None):
     """(callable on uint8 batches, metadata) for an exported file or a run directory."""
-    from .export import load_exported, run_model
+    from .exported import load_exported, run_model
 
     if Path(model).is_dir():
         classifier, metadata = run_model(model, weights)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -166,11 +168,17 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple
     if not path.is_file():
         raise FeatcacheError(f"model {path} " + ("is not a file" if path.exists() else "does not exist"))
     extra = {METADATA: ""}
+    export_log = logging.getLogger("torch.export")  # logs a traceback for any file it cannot read
+    quiet, export_log.disabled = export_log.disabled, True
     try:
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not a zip archive")
         with open(path, "rb") as handle:
             program = torch.export.load(io.BytesIO(handle.read()), extra_files=extra)
     except Exception as error:  # zip, pickle and schema errors alike mean: not an exported program
-        raise FeatcacheError(f"{path} is not a model written by featcache export ({type(error).__name__})") from None
+        raise FeatcacheError(f"{path} is not a model written by featcache export ({error})") from None
+    finally:
+        export_log.disabled = quiet
     try:
         metadata = json.loads(extra[METADATA])
     except json.JSONDecodeError:
