@@ -24,7 +24,7 @@ from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
 from .runs import APPROACHES, HISTORY_KEYS, WEIGHTS, default_run_dir, prepare_run_dir, read_predictions, read_run, write_run
 from .shards import DEFAULT_SHARD_SIZE
-from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \
+from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, TRANSFORM_VERSION, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \
     shard_folder
 from .tables import SUMMARY_COLUMNS, markdown_table
 
@@ -241,7 +241,7 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
         probe = logistic_regression_probe(cache, logreg_views, val_fraction=val_fraction, seed=seed)
         model = logreg_as_linear(probe["model"], len(cache.classes))
         history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
-                   "test_acc": [probe["test_acc"]]}
+                   "test_acc": [probe["test_acc"]], "test_probabilities": probe["test_probabilities"]}
         record["logreg"] = {"grid": probe["grid"], "best": probe["best"]}
         if echo is not None:
             echo(markdown_table(probe["grid"], ["C", "val_acc"]))
@@ -259,11 +259,8 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
         model, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
                                            cache.test_labels, config, lr, weight_decay, log)
     wall = time.perf_counter() - started
-    import torch
-
-    with torch.no_grad():  # the final head is the last epoch's: these are its test predictions
-        probabilities = model(cache.test_features).softmax(1)
-    predictions = {"ids": cache.test_ids, "labels": cache.test_labels, "probabilities": probabilities}
+    predictions = {"ids": cache.test_ids, "labels": cache.test_labels,
+                   "probabilities": history.pop("test_probabilities")}  # as the last test accuracy saw them
     head_params = sum(p.numel() for p in model.parameters())
     config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                      "seed": seed, "sweep": sweep, "val_fraction": val_fraction, "logreg_views": logreg_views,
@@ -329,8 +326,8 @@ def _end_to_end_run(approach: str, model, history: dict, wall: float, images, co
     trainable, total = count_parameters(model)
     predictions = {"ids": images.test_ids or [str(k) for k in range(len(images.test_labels))],
                    "labels": images.test_labels, "probabilities": history.pop("test_probabilities")}
-    run = Run(approach, model, history, config, wall, images.device, trainable, total, {"classes": images.classes},
-              predictions=predictions)
+    run = Run(approach, model, history, config, wall, images.device, trainable, total,
+              {"classes": images.classes, "transform_version": TRANSFORM_VERSION}, predictions=predictions)
     return _saved(run, folder)
 
 

@@ -53,8 +53,9 @@ def load_backbone(weights: str = "imagenet", seed: int = 0) -> nn.Module:
     own fc is dropped, and a file for another architecture is a FeatcacheError naming what differs.
     """
     if weights == "random":
-        torch.manual_seed(seed)
-        model = resnet18()
+        with torch.random.fork_rng(devices=[]):  # the seeded init leaves the caller's random state alone
+            torch.manual_seed(seed)
+            model = resnet18()
         model.fc = nn.Identity()
         return model
     state = _imagenet_state_dict() if weights == "imagenet" else _file_state_dict(Path(weights))

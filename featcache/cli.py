@@ -332,6 +332,9 @@ def export_command(run_dir, out, weights):
     metadata = api.export(run_dir, out, weights=weights)
     click.echo(f"exported {metadata['approach']} run {run_dir} ({len(metadata['classes'])} classes: "
                f"{', '.join(metadata['classes'])}; {metadata['image_size']} px) to {out}")
+    if metadata.get("cache_precision") == "bf16":
+        click.echo("note: the head was trained on bf16-autocast features; the exported backbone runs in fp32, "
+                   "so a few predictions can differ from the run's own")
 
 
 @main.command("predict")
@@ -351,7 +354,8 @@ def export_command(run_dir, out, weights):
 @click.option("--skip-bad", is_flag=True,
               help="Report a file that is not a readable image, list it with its error, and go on "
                    "(default: stop with an error naming it, writing nothing).")
-@click.option("--weights", default=None, help="MODEL a feature-extraction run directory: as for featcache export.")
+@click.option("--weights", default=None, help="When MODEL is a feature-extraction run directory: its backbone weights file, as for "
+                   "featcache export.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict_command(model, inputs, out, output_format, top_k, batch_size, device, num_workers, skip_bad, weights,
                     quiet):

@@ -12,6 +12,7 @@ head, softmax. The extra file featcache.json holds the class names and provenanc
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ from ._version import __version__
 from .errors import FeatcacheError
 from .preprocess import CROP, RESIZE, CleanView
 from .runs import WEIGHTS, read_run
-from .spec import FEATURE_DIM, IMAGENET_MEAN, IMAGENET_STD, resize_size, weights_identity
+from .spec import FEATURE_DIM, IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size, weights_identity
 
 METADATA = "featcache.json"
 EXPORT_FORMAT = "featcache-export"
@@ -76,19 +77,32 @@ def _backbone_source(record: dict, weights: str | None, run_dir: Path) -> tuple[
                              "feature-extraction run")
     source = weights or attrs.get("weights_source")
     if not source:
-        raise FeatcacheError(f"{run_dir} does not record where its backbone weights were read from (a cache "
-                             "written before featcache 0.2); pass `weights` PATH")
+        raise FeatcacheError(f"{run_dir} does not record where its backbone weights were read from; pass "
+                             "`weights` PATH")
     if source not in ("imagenet", "random") and not Path(source).is_file():
         raise FeatcacheError(f"backbone weights {source} " + ("recorded for this run " if not weights else "")
                              + "do not exist; pass `weights` PATH to the file the cache was extracted with")
     found = weights_identity(source, seed)
     if found != identity:
+        if found.split(":")[0] != identity.split(":")[0]:
+            raise FeatcacheError(f"the head of {run_dir} was trained on {identity[:23]}… weights, not {source}; "
+                                 "pass `weights` PATH to the file the cache was extracted with")
         if source in ("imagenet", "random"):
             raise FeatcacheError(f"the head of {run_dir} was trained on {identity}, but here {source} weights are "
                                  f"{found}: install those torch/torchvision versions, or pass `weights` PATH to a file")
         raise FeatcacheError(f"backbone weights {source} ({found[:23]}…) are not those the head of {run_dir} was "
                              f"trained on ({identity[:23]}…); pass `weights` PATH to the right file")
     return source, identity, seed
+
+
+def _transform_version(record: dict) -> int | None:
+    """The preprocessing a run was trained with: its cache's for a head, its own record otherwise."""
+    if record["approach"] == "feature-extraction":
+        try:
+            return json.loads(record.get("cache_attrs", {}).get("transform", "{}")).get("version")
+        except json.JSONDecodeError:
+            return None
+    return record.get("transform_version")
 
 
 def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifier, dict]:
@@ -106,6 +120,13 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     classes, approach = record.get("classes"), record["approach"]
     if not classes:
         raise FeatcacheError(f"{run_dir} does not record its class names: not a run this featcache can export")
+    if weights is not None and approach != "feature-extraction":
+        raise FeatcacheError(f"`weights` is for feature-extraction runs; {run_dir} is a {approach} run, whose "
+                             f"{WEIGHTS} holds the whole network")
+    if _transform_version(record) != TRANSFORM_VERSION:
+        raise FeatcacheError(f"{run_dir} was trained on images preprocessed by an older featcache (transform "
+                             f"version {_transform_version(record)}, not {TRANSFORM_VERSION}); an export would "
+                             "resize differently: train it again with this featcache")
     state = _run_weights(run_dir)
     provenance = {"approach": approach, "run_dir": str(run_dir.resolve()), "config": record.get("config", {}),
                   "final_test_acc": record["test_acc"][-1], "featcache_version_of_run": record.get("featcache_version")}
@@ -115,13 +136,14 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
         network.fc = nn.Linear(FEATURE_DIM, len(classes))
         _load_into(network.fc, state, run_dir / WEIGHTS, f"a Linear({FEATURE_DIM}, {len(classes)}) head")
         image_size = int(record["cache_attrs"]["image_size"])
-        provenance.update(cache_key=record.get("cache_key"),
+        provenance.update(cache_key=record.get("cache_key"), cache_precision=record["cache_attrs"].get("precision"),
                           backbone_weights={"source": source, "identity": identity})
     else:
         network = resnet18(num_classes=len(classes))
         _load_into(network, state, run_dir / WEIGHTS, f"a ResNet-18 with {len(classes)} classes")
         image_size = int(record.get("config", {}).get("image_size", 224))
-        provenance["backbone_weights"] = {"source": record.get("config", {}).get("weights", "random init")}
+        provenance["backbone_weights"] = {"source": record.get("config", {}).get("weights", "random init"),
+                                          "identity": weights_identity(str(run_dir / WEIGHTS), 0)}
     metadata = {
         "format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "classes": list(classes),
         "image_size": image_size, "input": "uint8 RGB images [N, 3, H, W], any N, H, W",
@@ -146,20 +168,28 @@ def export(run_dir: str | Path, out: str | Path, weights: str | None = None) -> 
     example = torch.zeros(2, 3, size + 3, size + 7, dtype=torch.uint8)  # sizes unlike any constant in the graph
     with torch.no_grad():
         program = torch.export.export(classifier, (example,), dynamic_shapes=({0: batch, 2: height, 3: width},))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()  # any file name the user likes: torch.export.save warns on names without .pt2
     torch.export.save(program, buffer, extra_files={METADATA: json.dumps(metadata, indent=2)})
+    out = write_atomically(Path(out), buffer.getbuffer())
+    return {**metadata, "path": out}
+
+
+def write_atomically(out: Path, data: bytes) -> Path:
+    """`data` to a temporary name beside `out`, fsynced, then renamed: `out` is whole or untouched."""
     partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "wb") as handle:
-            handle.write(buffer.getbuffer())
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, out)
+    except OSError as error:
+        raise FeatcacheError(f"cannot write {out}: {error.strerror or error}") from None
     finally:
-        partial.unlink(missing_ok=True)
-    return {**metadata, "path": out}
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+    return out
 
 
 def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -172,11 +202,12 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple
     quiet, export_log.disabled = export_log.disabled, True
     try:
         if not zipfile.is_zipfile(path):
-            raise ValueError("not a zip archive")
+            raise ValueError
         with open(path, "rb") as handle:
             program = torch.export.load(io.BytesIO(handle.read()), extra_files=extra)
-    except Exception as error:  # zip, pickle and schema errors alike mean: not an exported program
-        raise FeatcacheError(f"{path} is not a model written by featcache export ({error})") from None
+    except Exception:  # zip, pickle and schema errors alike mean: not an exported program
+        raise FeatcacheError(f"{path} is not a model written by featcache export (torch.export.load cannot "
+                             "read it)") from None
     finally:
         export_log.disabled = quiet
     try:
@@ -188,4 +219,4 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple
                              f"(no {METADATA})")
     if torch.device(device).type != "cpu":
         program = torch.export.passes.move_to_device_pass(program, torch.device(device))
-    return program.module(), metadata
+    return program.module().requires_grad_(False), metadata

@@ -133,9 +133,14 @@ def train_linear_head(train_features: torch.Tensor, train_labels: torch.Tensor, 
     """A Linear(512, C) head on cached views [N, 1+V, 512], with the reference loop and defaults."""
     classes = int(max(train_labels.max(), test_labels.max())) + 1
     heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, config.seed)], [lr], [weight_decay])
-    history = train_heads(heads, cached_batches(train_features), train_labels, config,
-                          lambda: heads.accuracy(test_features, test_labels), log)
-    return heads.as_linear(), single_head_history(history)
+    last = {}  # the latest epoch's test log-probabilities: the run stores its last epoch's predictions
+
+    def test_accuracy():
+        last["log_probs"] = heads.log_probs(test_features)
+        return (last["log_probs"].argmax(-1) == test_labels).double().mean(-1)
+
+    history = train_heads(heads, cached_batches(train_features), train_labels, config, test_accuracy, log)
+    return heads.as_linear(), {**single_head_history(history), "test_probabilities": last["log_probs"][0].exp()}
 
 
 def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +224,7 @@ def logistic_regression_probe(cache: FeatureCache, use_views: str = "clean", Cs=
         "grid": grid, "best": best, "model": final,
         "train_acc": float(final.score(features[:, 0], labels)),
         "test_acc": float(final.score(cache.test_features.numpy(), cache.test_labels.numpy())),
+        "test_probabilities": final.predict_proba(cache.test_features.numpy()),
         "train_loss": float(log_loss(labels, final.predict_proba(features[:, 0]), labels=final.classes_)),
     }
 

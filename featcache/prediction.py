@@ -1,7 +1,7 @@
 """featcache predict: classify image files with an exported model or a run directory, in input order.
 
 Images of mixed sizes are batched without changing a pixel: each is resized as the model's clean view
-resizes it and cropped to one of at most four shapes the model maps to the same clean view
+resizes it and cropped to one of at most three shapes the model maps to the same clean view
 (preprocess.batchable); images then wait in one queue per shape until a batch is full.
 """
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from .data import IMAGE_EXTENSIONS
@@ -58,7 +57,7 @@ class Prepared(torch.utils.data.Dataset):
         try:
             with Image.open(path) as image:
                 pixels = F.pil_to_tensor(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        except Exception as error:  # PIL raises OSError, SyntaxError, EOFError, zlib.error... for damaged files
             return index, f"cannot read image {path}: {error}"
         return index, batchable(pixels, self.image_size)
 
@@ -96,9 +95,12 @@ def predict(model: str | Path, inputs: list[str | Path], out: str | Path, *, out
     probabilities: list[torch.Tensor | None] = [None] * len(files)
     errors: list[str | None] = [None] * len(files)
     queues: dict[tuple, list] = {}
+    forward_passes = 0
     started = time.perf_counter()
 
     def run(queue):
+        nonlocal forward_passes
+        forward_passes += 1
         indices, images = zip(*queue)
         batch = torch.stack(images).to(device, non_blocking=True)
         with torch.inference_mode():
@@ -133,7 +135,8 @@ def predict(model: str | Path, inputs: list[str | Path], out: str | Path, *, out
     rows = [_row(path, probs, error, classes, top_k) for path, probs, error in zip(files, probabilities, errors)]
     out = _write(Path(out), rows, output_format, top_k, metadata)
     classified = sum(error is None for error in errors)
-    return {"path": out, "images": classified, "unreadable": len(files) - classified, "seconds": seconds,
+    return {"path": out, "images": classified, "unreadable": len(files) - classified, "forward_passes": forward_passes,
+            "seconds": seconds,
             "images_per_second": classified / seconds if seconds else 0.0, "rows": rows, "classes": classes}
 
 
@@ -147,6 +150,8 @@ def _row(path: Path, probabilities: torch.Tensor | None, error: str | None, clas
 
 def _write(out: Path, rows: list[dict], output_format: str, top_k: int, metadata: dict) -> Path:
     """The whole file at a temporary name, then renamed: an interrupted run leaves no half-written output."""
+    from .exported import write_atomically
+
     if output_format == "json":
         text = json.dumps({"classes": metadata["classes"], "model": {k: metadata.get(k) for k in (
             "approach", "image_size", "featcache_version", "run_dir")}, "predictions": rows}, indent=1) + "\n"
@@ -159,11 +164,4 @@ def _write(out: Path, rows: list[dict], output_format: str, top_k: int, metadata
             cells = [value for entry in row["top"] for value in (entry["class"], f"{entry['probability']:.6f}")]
             writer.writerow([row["path"], *(cells or [""] * 2 * top_k), row["error"] or ""])
         text = buffer.getvalue()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    try:
-        partial.write_text(text)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-    return out
+    return write_atomically(out, text.encode())

@@ -68,8 +68,8 @@ class CleanView(nn.Module):
 
 
 def batchable(image: torch.Tensor, image_size: int) -> torch.Tensor:
-    """One uint8 image [3, H, W] resized as CleanView resizes it, then cropped to at most 4 shapes
-    ((R or R+1) per side) that CleanView maps to the same clean view: its resize of an image whose
+    """One uint8 image [3, H, W] resized as CleanView resizes it, then cropped to one of three shapes
+    (R x R, R x R+1, R+1 x R) that CleanView maps to the same clean view: its resize of an image whose
     shorter side is already R is the identity, and keeping each side's parity keeps the centre crop
     where it was. Lets a folder of mixed sizes be batched without changing a single pixel."""
     size = resize_size(image_size)

@@ -16,10 +16,11 @@ SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 CLASSES = ("ant", "bee", "cow")
 
 
-def write_image_folder(root: Path, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
-    """Class-dependent colours plus noise, in mixed sizes and formats, so heads can learn something."""
+def write_image_folder(root: Path, train_per_class: int, test_per_class: int, seed: int = 0,
+                       sizes=((32, 32), (40, 28), (24, 36))) -> Path:
+    """Class-dependent colours plus noise, in mixed sizes (width, height) and formats, so heads can
+    learn something."""
     rng = np.random.default_rng(seed)
-    sizes = [(32, 32), (40, 28), (24, 36)]
     for split, count in (("train", train_per_class), ("test", test_per_class)):
         for label, name in enumerate(CLASSES):
             folder = root / split / name

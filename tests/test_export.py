@@ -19,7 +19,8 @@ from featcache.preprocess import CleanView, batchable, resize_shorter_side
 
 from conftest import assert_clean_failure, write_image_folder
 
-SIZE = 32
+SIZE = 32  # clean views resize the shorter side to 37: these images shrink and grow, in both orientations
+SIZES = ((32, 32), (64, 48), (30, 58))
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def trained(tmp_path_factory):
     """A feature-extraction run (backbone from a weights file) and a fine-tuning run on synthetic
     images of three sizes (square, landscape, portrait), each exported."""
     root = tmp_path_factory.mktemp("export")
-    data = write_image_folder(root / "data", 8, 4)
+    data = write_image_folder(root / "data", 8, 4, sizes=SIZES)
     weights = root / "backbone.pth"
     torch.save(load_backbone("random", seed=3).state_dict(), weights)
     spec = featcache.CacheSpec(featcache.DataSpec(str(data)), weights=str(weights), image_size=SIZE, views=2,
@@ -71,7 +72,7 @@ TORCH_ALONE = textwrap.dedent("""
 def test_exported_file_on_torch_alone_gives_featcaches_numbers(trained, approach, tmp_path):
     run, dataset = trained["runs"][approach], trained["dataset"]
     files = [str(path) for path in dataset.test.paths]
-    assert {Image.open(path).size for path in files} == {(32, 32), (40, 28), (24, 36)}
+    assert {Image.open(path).size for path in files} == set(SIZES)
     done = subprocess.run([sys.executable, "-c", TORCH_ALONE, str(trained["root"] / f"{approach}.pt2"),
                            json.dumps(files), str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -91,22 +92,27 @@ def test_exported_file_on_torch_alone_gives_featcaches_numbers(trained, approach
     assert list(stored["ids"]) == dataset.test.ids
 
 
-def test_clean_view_is_decodes_view_zero_exactly(image_folder):
-    """The exported preprocessing and featcache's decode + view 0 are the same arithmetic: bit-equal."""
-    dataset = featcache.DataSpec(str(image_folder)).load()
+def test_exported_preprocessing_is_decodes_view_zero_exactly(trained):
+    """CleanView, eager and as a torch.export program with dynamic sizes, and featcache's decode + view 0
+    are the same arithmetic: bit-equal, on images that shrink and grow, in both orientations."""
+    dataset = trained["dataset"]
     decoded = DecodedSplit(dataset.test, SIZE)
     clean = CleanView(SIZE)
+    example = torch.zeros(2, 3, 41, 45, dtype=torch.uint8)
+    sizes = {2: torch.export.Dim("height", min=2, max=4096), 3: torch.export.Dim("width", min=2, max=4096)}
+    exported = torch.export.export(clean, (example,), dynamic_shapes=({0: torch.export.Dim("n"), **sizes},)).module()
     for index, path in enumerate(dataset.test.paths):
         pixels = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].contiguous()
         expected = make_views([decoded[index]], [index], 0, "test", 0, SIZE)
         assert torch.equal(clean(pixels), expected)
+        assert torch.equal(exported(pixels), expected)
 
 
 @pytest.mark.parametrize("shape", [(3, 37, 53), (3, 53, 37), (3, 300, 200), (3, 38, 38), (3, 2, 9), (3, 37, 37)])
 def test_batchable_images_give_the_same_clean_view(shape):
     pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(sum(shape)))
     ready = batchable(pixels, SIZE)
-    assert all(side in (37, 38) for side in ready.shape[1:])  # at most four shapes at 32 px
+    assert tuple(ready.shape[1:]) in ((37, 37), (37, 38), (38, 37))
     clean = CleanView(SIZE)
     assert torch.equal(clean(ready[None]), clean(pixels[None]))
 
@@ -132,9 +138,8 @@ def test_predict_batches_any_sizes_in_input_order(trained, approach, tmp_path, r
     mixed = write_mixed_inputs(tmp_path / "mixed")
     single = trained["dataset"].test.paths[0]
     model_file = trained["root"] / f"{approach}.pt2"
-    result = run_cli("predict", model_file, single, mixed, "--out", tmp_path / "p.csv", "--batch-size", 3,
-                     "--top-k", 3, "--quiet")
-    assert result.exit_code == 0, result.output
+    result = featcache.predict(model_file, [single, mixed], tmp_path / "p.csv", batch_size=3, progress=False)
+    assert result["images"] == 9 and result["forward_passes"] <= 5  # 9 images of 9 sizes, 3 shapes, batches of 3
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     files = [single, *sorted(mixed.iterdir())]
     assert [row["path"] for row in rows] == [str(path) for path in files]
@@ -180,6 +185,17 @@ def test_bad_run_directories_and_weights(trained, tmp_path, run_cli):
     assert_clean_failure(run_cli("predict", fe, trained["data"] / "test", "--out", tmp_path / "p.csv",
                                  "--weights", other), "are not those the head")
     assert_clean_failure(run_cli("export", fe, "--out", out, "--weights", "random"), "random", "trained on")
+    assert_clean_failure(run_cli("export", trained["runs"]["fine-tuning"].path, "--out", out, "--weights", other),
+                         "--weights", "fine-tuning")
+    elsewhere = copy_run(fe, tmp_path / "other-versions")  # a head on random weights made by other torch versions
+    record = json.loads((elsewhere / "history.json").read_text())
+    record["cache_attrs"].update(weights="random:seed=0:torch==1.0:torchvision==0.1", weights_source="random")
+    (elsewhere / "history.json").write_text(json.dumps(record))
+    assert_clean_failure(run_cli("export", elsewhere, "--out", out), "torch==1.0", "versions")
+    older = copy_run(fe, tmp_path / "older")  # trained on PIL-resized images, before the resize was named
+    record["cache_attrs"].update(transform=json.dumps({"version": 1}))
+    (older / "history.json").write_text(json.dumps(record))
+    assert_clean_failure(run_cli("export", older, "--out", out), "transform version 1", "train it again")
     assert not out.exists() and not (tmp_path / "p.csv").exists()
     assert not list(tmp_path.glob("*.tmp"))
 
