@@ -25,8 +25,9 @@ def env_world_size() -> int:
 
 def local_device(device: torch.device) -> torch.device:
     """Under torchrun, one GPU per local rank: 'cuda' means cuda:LOCAL_RANK."""
-    if device.type == "cuda" and device.index is None and env_world_size() > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda" and device.index is None:  # set_device needs an index in some torch versions
+        local = int(os.environ.get("LOCAL_RANK", 0)) if env_world_size() > 1 else torch.cuda.current_device()
+        device = torch.device("cuda", local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device

@@ -218,5 +218,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple
         raise FeatcacheError(f"{path} is a torch.export program but not one written by featcache export "
                              f"(no {METADATA})")
     if torch.device(device).type != "cpu":
-        program = torch.export.passes.move_to_device_pass(program, torch.device(device))
+        from torch.export.passes import move_to_device_pass  # not imported by `import torch` in every version
+
+        program = move_to_device_pass(program, torch.device(device))
     return program.module().requires_grad_(False), metadata
