@@ -360,13 +360,16 @@ def export_command(run_dir, out, weights):
 def predict_command(model, inputs, out, output_format, top_k, batch_size, device, num_workers, skip_bad, weights,
                     quiet):
     """Classify INPUTS (image files and folders, searched recursively) with MODEL, a file from featcache
-    export or a run directory, and write each image's top-k classes to --out in input order."""
+    export or a run directory, and write each image's top-k classes to --out in input order. When every
+    image sits in a folder named after a class (test/<class>/*), also print the accuracy against them."""
     result = api.predict(model, inputs, out, output_format=output_format, top_k=top_k, batch_size=batch_size,
                          device=device, num_workers=num_workers, skip_bad=skip_bad, weights=weights,
                          progress=not quiet, echo=lambda line: click.echo(line, err=True))
     skipped = f", {result['unreadable']} unreadable (listed with their error)" if result["unreadable"] else ""
     click.echo(f"classified {result['images']} images{skipped} at {result['images_per_second']:.0f} images/s; "
                f"wrote {result['path']}")
+    if result["folder_accuracy"] is not None:
+        click.echo(f"accuracy against the folder names (each image's folder is a class): {result['folder_accuracy']:.4f}")
 
 
 @main.command("inspect")

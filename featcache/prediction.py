@@ -136,8 +136,17 @@ def predict(model: str | Path, inputs: list[str | Path], out: str | Path, *, out
     out = _write(Path(out), rows, output_format, top_k, metadata)
     classified = sum(error is None for error in errors)
     return {"path": out, "images": classified, "unreadable": len(files) - classified, "forward_passes": forward_passes,
-            "seconds": seconds,
+            "folder_accuracy": folder_accuracy(rows, classes), "seconds": seconds,
             "images_per_second": classified / seconds if seconds else 0.0, "rows": rows, "classes": classes}
+
+
+def folder_accuracy(rows: list[dict], classes: list[str]) -> float | None:
+    """Top-1 accuracy against the folder each image is in, when every classified image's folder is
+    named after a class (a test/<class>/* layout); None otherwise."""
+    classified = [row for row in rows if row["error"] is None]
+    if not classified or any(Path(row["path"]).parent.name not in classes for row in classified):
+        return None
+    return sum(row["top"][0]["class"] == Path(row["path"]).parent.name for row in classified) / len(classified)
 
 
 def _row(path: Path, probabilities: torch.Tensor | None, error: str | None, classes: list[str], top_k: int) -> dict:

@@ -87,6 +87,9 @@ def test_exported_file_on_torch_alone_gives_featcaches_numbers(trained, approach
     labels = torch.from_numpy(dataset.test.labels)
     accuracy = (exported["probabilities"].argmax(1) == labels).sum().item() / len(labels)
     assert accuracy == run.final_test_acc  # fp32 run: exactly the recorded final test accuracy
+    predicted = featcache.predict(trained["root"] / f"{approach}.pt2", [trained["data"] / "test"],
+                                  tmp_path / "p.csv", progress=False)  # what `featcache predict` prints
+    assert predicted["folder_accuracy"] == run.final_test_acc
     stored = featcache.Run.load(run.path).predictions  # the last epoch's predictions the run stored
     torch.testing.assert_close(torch.from_numpy(stored["probabilities"]), own, rtol=0, atol=1e-5)
     assert list(stored["ids"]) == dataset.test.ids
@@ -140,6 +143,7 @@ def test_predict_batches_any_sizes_in_input_order(trained, approach, tmp_path, r
     model_file = trained["root"] / f"{approach}.pt2"
     result = featcache.predict(model_file, [single, mixed], tmp_path / "p.csv", batch_size=3, progress=False)
     assert result["images"] == 9 and result["forward_passes"] <= 5  # 9 images of 9 sizes, 3 shapes, batches of 3
+    assert result["folder_accuracy"] is None  # mixed/ is not a class
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     files = [single, *sorted(mixed.iterdir())]
     assert [row["path"] for row in rows] == [str(path) for path in files]
