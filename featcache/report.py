@@ -113,7 +113,7 @@ def per_class_markdown(per_class: dict) -> str:
 def plot_confusion(per_class: dict, path: Path) -> Path:
     """One confusion matrix per run, side by side, each cell's count written in it."""
     results = per_class["runs"]
-    figure = Figure(figsize=(4.2 * len(results), 4.2))
+    figure = Figure(figsize=(4.2 * len(results), 4.4))
     axes = figure.subplots(1, len(results), squeeze=False)[0]
     for axis, result in zip(axes, results):
         matrix, classes = result["confusion"], result["classes"]
@@ -128,7 +128,7 @@ def plot_confusion(per_class: dict, path: Path) -> Path:
         accuracy = np.trace(matrix) / matrix.sum()
         axis.set_title(f"{result['label']}\ntest accuracy {accuracy:.4f}", color=COLOURS.get(result["approach"]))
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # the two-line titles stay inside the image
     return Path(path)
 
 
