@@ -305,7 +305,7 @@ def scratch_command(**options):
 @main.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "comparison", show_default=True,
-              help="Folder for comparison.png, summary.md and summary.csv.")
+              help="Folder for comparison.png, confusion.png, summary.md and summary.csv.")
 def compare_command(run_dirs, out):
     """Compare run directories: a three-panel PNG (training loss, training accuracy, test accuracy per
     epoch; scratch red, feature extraction blue, fine-tuning green), a summary table as Markdown and CSV,
@@ -313,9 +313,12 @@ def compare_command(run_dirs, out):
     (confusion.png, and in summary.md)."""
     result = api.compare(run_dirs, out)
     click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS))
-    confusion = f", {result['confusion_png']}" if result["confusion_png"] else ""
-    click.echo(f"wrote {result['png']}{confusion}, {result['markdown']} (with per-class accuracy and confusion "
-               f"matrices) and {result['csv']}")
+    if result["confusion_png"]:
+        click.echo(f"wrote {result['png']}, {result['confusion_png']}, {result['markdown']} (with per-class "
+                   f"accuracy and confusion matrices) and {result['csv']}")
+    else:
+        click.echo(f"wrote {result['png']}, {result['markdown']} and {result['csv']} (no run stored predictions: "
+                   "no per-class results)")
 
 
 @main.command("export")
@@ -328,7 +331,8 @@ def compare_command(run_dirs, out):
 def export_command(run_dir, out, weights):
     """Export RUN_DIR (any approach) as one file that PyTorch alone loads with torch.export.load: uint8 RGB
     images [N, 3, H, W] of any size in, class probabilities out, the clean-view resize, crop and
-    normalisation inside; class names and provenance in its extra file featcache.json."""
+    normalisation inside; class names and provenance in its extra file featcache.json. Runs trained by
+    featcache 0.1 (PIL-resized images) are refused: train them again."""
     metadata = api.export(run_dir, out, weights=weights)
     click.echo(f"exported {metadata['approach']} run {run_dir} ({len(metadata['classes'])} classes: "
                f"{', '.join(metadata['classes'])}; {metadata['image_size']} px) to {out}")
@@ -342,9 +346,10 @@ def export_command(run_dir, out, weights):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="CSV (or JSON) file to write.")
 @click.option("--format", "output_format", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
-              help="csv: path, class_k and probability_k for k = 1..--top-k, error; json: the same as a list.")
+              help="csv: path, class_k and probability_k for k = 1..--top-k, error; json: {classes, model, "
+                   "predictions: [{path, top: [{class, probability}], error}]}.")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Classes listed per image, most probable first.")
+              help="Classes listed per image, most probable first; at most the model's number of classes.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per forward pass (images of any sizes are batched together).")
 @click.option("--device", default="auto", show_default=True,
@@ -422,8 +427,8 @@ def experiment(**options):
         echo=click.echo, log=epoch_printer(options), progress=not options["quiet"])
     comparison = result["comparison"]
     click.echo(api.markdown_table(comparison["rows"], api.SUMMARY_COLUMNS))
-    click.echo(f"experiment finished in {result['seconds']:.1f} s; plot {comparison['png']}, "
-               f"tables {comparison['markdown']} and {comparison['csv']}")
+    click.echo(f"experiment finished in {result['seconds']:.1f} s; plots {comparison['png']} and "
+               f"{comparison['confusion_png']}, tables {comparison['markdown']} and {comparison['csv']}")
 
 
 @main.command("bench")

@@ -1,4 +1,5 @@
-"""Comparison of runs (three-panel plot, summary table) and the notebook's inspection views."""
+"""Comparison of runs (three-panel plot, summary table, per-class accuracy and confusion matrices from
+their stored predictions) and the notebook's inspection views."""
 from __future__ import annotations
 
 import csv
@@ -31,7 +32,8 @@ def summary_row(run: dict) -> dict:
 
 
 def compare(run_dirs: list[Path], out: Path) -> dict:
-    """Plot and tabulate runs; returns the paths written and the summary rows."""
+    """Plot and tabulate runs; returns the paths written (confusion_png None when no run stored
+    predictions), the summary rows and the per-class results."""
     runs = [read_run(Path(folder)) for folder in run_dirs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

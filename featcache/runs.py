@@ -1,8 +1,9 @@
 """Run directories: history.json, weights.pt and predictions.npz, one format for every approach.
 
 `compare` reads only these, so runs made on different days or machines compare cleanly.
-predictions.npz holds the last epoch's test predictions: ids [M] (the test images' ids, relative to
-the data folder), labels [M] and probabilities [M, C] (float32), loadable with numpy alone.
+predictions.npz holds the last epoch's test predictions: ids [M] (the test images' dataset ids: paths
+relative to an image folder, split/index for CIFAR-10), labels [M] and probabilities [M, C] (float32),
+loadable with numpy alone.
 """
 from __future__ import annotations
 

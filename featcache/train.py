@@ -149,12 +149,12 @@ def reference_feature_extraction(data: ImageData, backbone: nn.Module, config: E
 
     @torch.inference_mode()
     def test_accuracy():
-        correct = torch.zeros(1)
+        correct = torch.zeros(1, dtype=torch.long)  # counted, then divided once: exactly correct / count
         for start in range(0, len(data.test_labels), EVAL_BATCH):
             window = slice(start, start + EVAL_BATCH)
             features = backbone(data.test_batch(window)).cpu()
-            correct += heads.accuracy(features, data.test_labels[window]) * len(features)
-        return correct / len(data.test_labels)
+            correct += (heads.log_probs(features).argmax(-1) == data.test_labels[window]).sum(-1)
+        return correct.double() / len(data.test_labels)
 
     history = train_heads(heads, train_batches, data.train_labels, config, test_accuracy, log)
     return heads.as_linear(), single_head_history(history)

@@ -40,11 +40,11 @@ def resize_agreement(files: list[Path], image_size: int) -> dict:
 
 
 def prediction_agreement(model: str, files: list[Path], labels_from_folders: bool) -> dict:
+    classes = featcache.load_model(model)[1]["classes"]
     with tempfile.TemporaryDirectory() as folder:
         results = {device: featcache.predict(model, files, Path(folder) / f"{device}.json", output_format="json",
-                                             top_k=len(featcache.load_model(model)[1]["classes"]), device=device,
-                                             progress=False) for device in ("cpu", "cuda")}
-    classes = results["cpu"]["classes"]
+                                             top_k=len(classes), device=device, progress=False)
+                   for device in ("cpu", "cuda")}
 
     def probabilities(result):
         return np.array([[dict((e["class"], e["probability"]) for e in row["top"])[name] for name in classes]
