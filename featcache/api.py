@@ -22,17 +22,19 @@ from typing import TYPE_CHECKING, Callable
 from ._version import __version__
 from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
-from .runs import APPROACHES, HISTORY_KEYS, WEIGHTS, default_run_dir, prepare_run_dir, read_predictions, read_run, write_run
+from .runs import (APPROACHES, HISTORY_KEYS, SEEDS, WEIGHTS, default_run_dir, prepare_run_dir, read_predictions, read_run,
+                   read_seeds, write_run, write_seeds)
 from .shards import DEFAULT_SHARD_SIZE
 from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, TRANSFORM_VERSION, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \
     shard_folder
-from .tables import SUMMARY_COLUMNS, markdown_table
+from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 
 __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "DataSpec", "CacheSpec", "Run", "extract",
            "open_cache", "train_head", "load_images", "finetune", "scratch", "read_run", "compare", "experiment",
-           "export", "load_model", "predict",
+           "export", "load_model", "predict", "SeedRuns", "train_head_seeds", "finetune_seeds", "scratch_seeds",
+           "seeds_line",
            "verify", "inspect", "bench", "claim_run_dir", "default_run_dir", "is_main_process", "summary_line",
-           "markdown_table", "SUMMARY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS"]
+           "markdown_table", "SUMMARY_COLUMNS", "UNCERTAINTY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS"]
 
 if TYPE_CHECKING:  # for annotations only: importing it needs torch
     from .cache import FeatureCache
@@ -179,6 +181,76 @@ class Run:
         return out
 
 
+@dataclass
+class SeedRuns:
+    """The same approach trained once per training seed: `runs` in seed order, and their statistics.
+    A run directory of several seeds holds seed-<k>/ (each a run directory) and seeds.json."""
+
+    approach: str
+    runs: list[Run]
+    path: Path | None = None
+    seconds: float | None = None  # wall time of all seeds together
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.config.get("seed") for run in self.runs]
+
+    @property
+    def final_test_accs(self) -> list[float]:
+        return [run.final_test_acc for run in self.runs]
+
+    def summary(self) -> dict:
+        """Mean, standard deviation and 95% t-interval over seeds of the final test accuracy."""
+        from .stats import t_interval
+
+        return t_interval(self.final_test_accs)
+
+    def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
+        out = claim_seed_dir(out, self.approach, overwrite)
+        for run in self.runs:
+            run.save(out / f"seed-{run.config.get('seed')}", overwrite=True)
+        write_seeds(out, self.approach, self.seeds, self.final_test_accs, self.summary(), self.seconds)
+        self.path = out
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SeedRuns:
+        record = read_seeds(Path(folder))
+        return cls(record["approach"], [Run.load(Path(folder) / f"seed-{seed}") for seed in record["seeds"]],
+                   Path(folder), record.get("seconds"))
+
+
+def claim_seed_dir(out, approach: str, overwrite: bool = False) -> Path:
+    """Like claim_run_dir, for a folder of seeds: refused if it holds a run or seeds unless `overwrite`."""
+    out = prepare_run_dir(out, approach, overwrite)
+    if (out / SEEDS).exists() and not overwrite:
+        raise FeatcacheError(f"{out} already holds runs of several seeds; choose another `out` or pass `overwrite`")
+    return out
+
+
+def _saved_seeds(group: SeedRuns, folder: Path | None) -> SeedRuns:
+    if folder is not None:
+        group.save(folder, overwrite=True)
+    return group
+
+
+def _seed_list(seeds) -> list[int]:
+    from .stats import parse_seeds
+
+    return parse_seeds(seeds) if isinstance(seeds, str) else [int(seed) for seed in seeds]
+
+
+def seeds_line(group: SeedRuns) -> str:
+    """The line a training command prints after several seeds: mean, std and the 95% interval."""
+    summary = group.summary()
+    where = f"; runs written to {group.path}" if group.path else ""
+    if summary["n"] < 2:
+        return f"{group.approach}: final test accuracy {summary['mean']:.4f} (one seed: no interval){where}"
+    return (f"{group.approach}: final test accuracy {summary['mean']:.4f} ± {summary['std']:.4f} (std) over "
+            f"{summary['n']} seeds, 95% interval [{summary['low']:.4f}, {summary['high']:.4f}] "
+            f"({summary['method']}){where}")
+
+
 def summary_line(run: Run) -> str:
     """The one line each training command prints when it is done."""
     where = f"; run written to {run.path}" if run.path else ""
@@ -259,17 +331,52 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
         model, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
                                            cache.test_labels, config, lr, weight_decay, log)
     wall = time.perf_counter() - started
-    predictions = {"ids": cache.test_ids, "labels": cache.test_labels,
-                   "probabilities": history.pop("test_probabilities")}  # as the last test accuracy saw them
-    head_params = sum(p.numel() for p in model.parameters())
     config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                      "seed": seed, "sweep": sweep, "val_fraction": val_fraction, "logreg_views": logreg_views,
                      "cache": str(cache.path), "views": cache.views}
-    run = Run("feature-extraction", model, history, config_record, wall, "cpu", head_params,
-              BACKBONE_PARAMETERS + head_params,
-              {"cache_key": cache.key, "classes": cache.classes, "cache_attrs": _jsonable(cache.attrs), **record},
-              predictions=predictions)
-    return _saved(run, folder)
+    return _saved(_head_run(model, history, wall, cache, config_record, record), folder)
+
+
+def _head_run(model, history: dict, wall: float, cache, config_record: dict, record: dict) -> Run:
+    predictions = {"ids": cache.test_ids, "labels": cache.test_labels,
+                   "probabilities": history.pop("test_probabilities")}  # as the last test accuracy saw them
+    head_params = sum(p.numel() for p in model.parameters())
+    return Run("feature-extraction", model, history, config_record, wall, "cpu", head_params,
+               BACKBONE_PARAMETERS + head_params,
+               {"cache_key": cache.key, "classes": cache.classes, "cache_attrs": _jsonable(cache.attrs), **record},
+               predictions=predictions)
+
+
+def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, head: str = "linear",
+                     epochs: int = 15, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0,
+                     sweep: bool = False, out: str | Path | None = None, overwrite: bool = False,
+                     **options) -> SeedRuns:
+    """train_head once per training seed in `seeds` (head init, shuffle and validation split; the views
+    stay the cache's). Plain linear heads train in lockstep, one batched step for all seeds; `sweep` and
+    logreg run seed after seed. Returns a SeedRuns; `out` gets one run directory per seed and seeds.json."""
+    from .heads import train_seeded_heads
+    from .loop import EpochConfig, check_learning_rate
+
+    seeds = _seed_list(seeds)
+    folder = claim_seed_dir(out, "feature-extraction", overwrite) if out is not None else None
+    if isinstance(cache, (CacheSpec, str, Path)):
+        cache = open_cache(cache)
+    if head != "linear" or sweep:
+        runs = [train_head(cache, head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                           sweep=sweep, seed=seed, **options) for seed in seeds]
+        return _saved_seeds(SeedRuns("feature-extraction", runs), folder)
+    config = EpochConfig(epochs, batch_size, seeds[0])
+    check_learning_rate("lr", lr)
+    started = time.perf_counter()
+    trained = train_seeded_heads(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
+                                 config, seeds, lr, weight_decay)
+    wall = (time.perf_counter() - started) / len(seeds)  # each head's share of the lockstep training
+    record = {key: value for key, value in options.items() if key not in ("log", "echo", "val_fraction", "logreg_views")}
+    runs = [_head_run(model, history, wall, cache, {
+        "head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
+        "sweep": False, "cache": str(cache.path), "views": cache.views, "lockstep_seeds": len(seeds)}, record)
+        for seed, (model, history) in zip(seeds, trained)]
+    return _saved_seeds(SeedRuns("feature-extraction", runs, seconds=time.perf_counter() - started), folder)
 
 
 def timed_load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: str = "auto"):
@@ -367,7 +474,7 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
     (model, history), wall = timed(finetune_model, images, weights, config, lr_head, lr_backbone, list(unfreeze),
                                    frozen_bn, initial, log=log, progress=progress)
     record = {"weights": weights, "image_size": images.image_size, "epochs": epochs, "batch_size": batch_size,
-              "seed": seed, "lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": list(unfreeze),
+              "seed": seed, "view_seed": images.view_seed, "lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": list(unfreeze),
               "frozen_bn": frozen_bn, "init_head": _head_source(init_head), "data": data}
     return _end_to_end_run("fine-tuning", model, history, wall, images, record, folder)
 
@@ -388,9 +495,39 @@ def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr
     data = _data_record(images)
     images = _images_of(images, image_size, seed, device, echo)
     (model, history), wall = timed(scratch_model, images, config, lr, log=log, progress=progress)
-    record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed, "lr": lr,
-              "data": data}
+    record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+              "view_seed": images.view_seed, "lr": lr, "data": data}
     return _end_to_end_run("scratch", model, history, wall, images, record, folder)
+
+
+def finetune_seeds(images, weights: str = "imagenet", seeds=(0,), *, seed: int = 0, out: str | Path | None = None,
+                   overwrite: bool = False, image_size: int | None = None, device: str | None = None,
+                   echo: Log | None = None, **options) -> SeedRuns:
+    """finetune once per training seed in `seeds` (head init and shuffle), seed after seed, on the same
+    views (seeded by `seed`): seed k here and seed k of train_head_seeds are a pair."""
+    return _end_to_end_seeds(finetune, "fine-tuning", images, seeds, seed, out, overwrite, image_size, device, echo,
+                             weights=weights, **options)
+
+
+def scratch_seeds(images, seeds=(0,), *, seed: int = 0, out: str | Path | None = None, overwrite: bool = False,
+                  image_size: int | None = None, device: str | None = None, echo: Log | None = None,
+                  **options) -> SeedRuns:
+    """scratch once per training seed in `seeds` (init and shuffle), seed after seed, on the same views."""
+    return _end_to_end_seeds(scratch, "scratch", images, seeds, seed, out, overwrite, image_size, device, echo,
+                             **options)
+
+
+def _end_to_end_seeds(train, approach: str, images, seeds, view_seed: int, out, overwrite: bool, image_size, device,
+                      echo: Log | None, **options) -> SeedRuns:
+    seeds = _seed_list(seeds)
+    folder = claim_seed_dir(out, approach, overwrite) if out is not None else None
+    images = _images_of(images, image_size, view_seed, device, echo)
+    started, runs = time.perf_counter(), []
+    for seed in seeds:
+        runs.append(train(images, seed=seed, **options))
+        if echo is not None:
+            echo(f"seed {seed}: " + summary_line(runs[-1]))
+    return _saved_seeds(SeedRuns(approach, runs, seconds=time.perf_counter() - started), folder)
 
 
 def compare(run_dirs, out: str | Path) -> dict:
@@ -405,11 +542,13 @@ def compare(run_dirs, out: str | Path) -> dict:
 def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 15, batch_size: int = 32,
                lr: float = 1e-3, lr_head: float = 1e-3, lr_backbone: float = 1e-5, unfreeze=("layer4",),
                frozen_bn: str = "eval", extract_batch_size: int = 64, device: str = "auto", num_workers: int = 0,
-               overwrite: bool = False, echo: Log | None = None, log: Log | None = None,
+               seeds=None, overwrite: bool = False, echo: Log | None = None, log: Log | None = None,
                progress: bool = False) -> dict:
     """The whole comparison into one folder: scratch, extract + a cached linear head, fine-tuning, then
-    compare. `spec` names the data, weights, image size, views and seed of all three; `echo` gets one
-    line per finished step, `log` the per-epoch lines. Returns the three Runs and compare's result."""
+    compare. `spec` names the data, weights, image size, views and view seed of all three; `seeds`
+    (training seeds, e.g. '0-2' or 3) trains every approach once per seed on those same views, seed k
+    of each a pair. `echo` gets one line per finished step, `log` the per-epoch lines. Returns the
+    three Runs (SeedRuns with `seeds`) and compare's result."""
     from .loop import EpochConfig, check_learning_rate
     from .train import build_finetune_model
 
@@ -418,28 +557,41 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 
     for name, value in (("lr", lr), ("lr_head", lr_head), ("lr_backbone", lr_backbone)):
         check_learning_rate(name, value)
     build_finetune_model(spec.weights, 2, spec.seed, list(unfreeze))
+    seed_list = _seed_list(seeds) if seeds is not None else None
     out = Path(out) if out is not None else default_run_dir("experiment")
-    folders = {approach: _claim(out / approach, approach, overwrite) for approach in APPROACHES}
+    claim = claim_run_dir if seed_list is None else claim_seed_dir
+    folders = {approach: claim(out / approach, approach, overwrite) for approach in APPROACHES}
     started = time.perf_counter()
     images, seconds = timed_load_images(spec.data, spec.image_size, spec.seed, device)
     if log is not None:  # progress detail, like the per-epoch lines
         log(decoded_line(images, seconds))
+    common = {"epochs": epochs, "batch_size": batch_size, "out": None, "overwrite": True}
+    end_to_end = {"log": log, "progress": progress}
+    finetune_options = {"lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": unfreeze, "frozen_bn": frozen_bn}
     runs = {}
-    runs["scratch"] = scratch(images, epochs=epochs, batch_size=batch_size, seed=spec.seed, lr=lr,
-                              out=folders["scratch"], overwrite=True, log=log, progress=progress)
-    echo(summary_line(runs["scratch"]))
+
+    def done(approach, result):
+        runs[approach] = (_saved if seed_list is None else _saved_seeds)(result, folders[approach])
+        echo(summary_line(runs[approach]) if seed_list is None else seeds_line(runs[approach]))
+
+    if seed_list is None:
+        done("scratch", scratch(images, seed=spec.seed, lr=lr, **common, **end_to_end))
+    else:
+        done("scratch", scratch_seeds(images, seed_list, seed=spec.seed, lr=lr, **common, **end_to_end))
     extracted = extract(spec, batch_size=extract_batch_size, device=device, num_workers=num_workers,
                         progress=progress)
     echo(f"{'reused' if extracted.reused else 'wrote'} cache {extracted.path} in {extracted.seconds:.1f} s")
-    runs["feature-extraction"] = train_head(
-        open_cache(extracted.path), epochs=epochs, batch_size=batch_size, lr=lr, seed=spec.seed,
-        out=folders["feature-extraction"], overwrite=True, log=log, extract_wall_time_s=extracted.seconds,
-        cache_reused=extracted.reused)
-    echo(summary_line(runs["feature-extraction"]))
-    runs["fine-tuning"] = finetune(images, spec.weights, epochs=epochs, batch_size=batch_size, seed=spec.seed,
-                                   lr_head=lr_head, lr_backbone=lr_backbone, unfreeze=unfreeze, frozen_bn=frozen_bn,
-                                   out=folders["fine-tuning"], overwrite=True, log=log, progress=progress)
-    echo(summary_line(runs["fine-tuning"]))
+    cache = open_cache(extracted.path)
+    head_record = {"extract_wall_time_s": extracted.seconds, "cache_reused": extracted.reused}
+    if seed_list is None:
+        done("feature-extraction", train_head(cache, seed=spec.seed, lr=lr, log=log, **common, **head_record))
+    else:
+        done("feature-extraction", train_head_seeds(cache, seed_list, lr=lr, **common, **head_record))
+    if seed_list is None:
+        done("fine-tuning", finetune(images, spec.weights, seed=spec.seed, **common, **end_to_end, **finetune_options))
+    else:
+        done("fine-tuning", finetune_seeds(images, spec.weights, seed_list, seed=spec.seed, **common, **end_to_end,
+                                           **finetune_options))
     comparison = compare(list(folders.values()), out)
     return {"runs": runs, "comparison": comparison, "seconds": time.perf_counter() - started}
 

@@ -202,6 +202,14 @@ out_options = stacked(
 epoch_options = click.option("--epochs", type=int, default=15, show_default=True, help="Training epochs.")
 
 
+seeds_option = click.option(
+    "--seeds", default=None,
+    help="Train once per training seed: 'A-B', a list '0,3,7' or a count N (seeds 0..N-1). A seed varies the "
+         "init, the shuffle and the validation split, never the views (--seed picks those). Writes "
+         "--out/seed-<k>/ per seed and --out/seeds.json, and prints the mean, standard deviation and 95% "
+         "t-interval of the final test accuracy.")
+
+
 @main.command("train-head")
 @click.argument("cache", required=False, type=click.Path(path_type=Path))
 @data_options
@@ -230,6 +238,7 @@ epoch_options = click.option("--epochs", type=int, default=15, show_default=True
               help="Fit the logreg probe on clean views only, or on clean plus every augmented view.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Share of training images held out to choose the sweep setting or logreg's C.")
+@seeds_option
 @out_options
 def train_head(cache, **options):
     """Train a feature-extraction head on cached features, in seconds.
@@ -238,14 +247,18 @@ def train_head(cache, **options):
     the matching cache. Epoch e trains on augmented view 1 + e % V of every image. Writes history.json
     (per-epoch train_loss, train_acc, test_acc, config, cache key, wall time, device) and weights.pt.
     """
-    run = api.train_head(cache or cache_spec(options), head=options["head"], epochs=options["epochs"],
-                         batch_size=options["batch_size"], lr=options["lr"], weight_decay=options["weight_decay"],
-                         seed=options["seed"], sweep=options["sweep"],
-                         sweep_lrs=_floats(options["sweep_lrs"], "--sweep-lrs") if options["sweep"] else (),
-                         sweep_wds=_floats(options["sweep_wds"], "--sweep-wds") if options["sweep"] else (),
-                         val_fraction=options["val_fraction"],
-                         logreg_views=options["logreg_views"], out=run_dir(options, "feature-extraction"),
-                         overwrite=options["overwrite"], log=epoch_printer(options), echo=click.echo)
+    common = dict(head=options["head"], epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
+                  weight_decay=options["weight_decay"], sweep=options["sweep"],
+                  sweep_lrs=_floats(options["sweep_lrs"], "--sweep-lrs") if options["sweep"] else (),
+                  sweep_wds=_floats(options["sweep_wds"], "--sweep-wds") if options["sweep"] else (),
+                  val_fraction=options["val_fraction"], logreg_views=options["logreg_views"],
+                  out=run_dir(options, "feature-extraction"), overwrite=options["overwrite"])
+    if options["seeds"]:
+        group = api.train_head_seeds(cache or cache_spec(options), options["seeds"], **common)
+        click.echo(api.seeds_line(group))
+        return
+    run = api.train_head(cache or cache_spec(options), seed=options["seed"], log=epoch_printer(options),
+                         echo=click.echo, **common)
     click.echo(api.summary_line(run))
 
 
@@ -270,18 +283,21 @@ finetune_options = stacked(
 @finetune_options
 @click.option("--init-head", type=click.Path(path_type=Path), default=None,
               help="Start the head from a train-head run directory instead of a random init.")
+@seeds_option
 @out_options
 def finetune_command(**options):
     """Fine-tune a pretrained ResNet-18 end to end: new head plus the --unfreeze stages, two learning
     rates, the reference augmentation drawn fresh each epoch, test accuracy every epoch."""
-    run = api.finetune(data_spec(options), options["weights"], epochs=options["epochs"],
-                       batch_size=options["batch_size"], seed=options["seed"], lr_head=options["lr_head"],
-                       lr_backbone=options["lr_backbone"], unfreeze=_split_names(options["unfreeze"]) or (),
-                       frozen_bn=options["frozen_bn"], init_head=options["init_head"],
-                       out=run_dir(options, "fine-tuning"), overwrite=options["overwrite"], log=epoch_printer(options),
-                       progress=not options["quiet"], image_size=options["image_size"], device=options["device"],
-                       echo=None if options["quiet"] else click.echo)
-    click.echo(api.summary_line(run))
+    common = dict(epochs=options["epochs"], batch_size=options["batch_size"], seed=options["seed"],
+                  lr_head=options["lr_head"], lr_backbone=options["lr_backbone"],
+                  unfreeze=_split_names(options["unfreeze"]) or (), frozen_bn=options["frozen_bn"],
+                  init_head=options["init_head"], out=run_dir(options, "fine-tuning"), overwrite=options["overwrite"],
+                  log=epoch_printer(options), progress=not options["quiet"], image_size=options["image_size"],
+                  device=options["device"], echo=None if options["quiet"] else click.echo)
+    if options["seeds"]:
+        click.echo(api.seeds_line(api.finetune_seeds(data_spec(options), options["weights"], options["seeds"], **common)))
+        return
+    click.echo(api.summary_line(api.finetune(data_spec(options), options["weights"], **common)))
 
 
 @main.command("scratch")
@@ -291,15 +307,18 @@ def finetune_command(**options):
 @run_options(32, "Training batch size.")
 @epoch_options
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@seeds_option
 @out_options
 def scratch_command(**options):
     """Train ResNet-18 from a seeded random init: every parameter, Adam, the reference augmentation."""
-    run = api.scratch(data_spec(options), epochs=options["epochs"], batch_size=options["batch_size"],
-                      seed=options["seed"], lr=options["lr"], out=run_dir(options, "scratch"),
-                      overwrite=options["overwrite"], log=epoch_printer(options), progress=not options["quiet"],
-                      image_size=options["image_size"], device=options["device"],
-                      echo=None if options["quiet"] else click.echo)
-    click.echo(api.summary_line(run))
+    common = dict(epochs=options["epochs"], batch_size=options["batch_size"], seed=options["seed"], lr=options["lr"],
+                  out=run_dir(options, "scratch"), overwrite=options["overwrite"], log=epoch_printer(options),
+                  progress=not options["quiet"], image_size=options["image_size"], device=options["device"],
+                  echo=None if options["quiet"] else click.echo)
+    if options["seeds"]:
+        click.echo(api.seeds_line(api.scratch_seeds(data_spec(options), options["seeds"], **common)))
+        return
+    click.echo(api.summary_line(api.scratch(data_spec(options), **common)))
 
 
 @main.command("compare")
@@ -313,6 +332,8 @@ def compare_command(run_dirs, out):
     (confusion.png, and in summary.md)."""
     result = api.compare(run_dirs, out)
     click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS))
+    for row in result["comparisons"]:
+        click.echo(f"{row['a']} - {row['b']}: {row['verdict']}")
     if result["confusion_png"]:
         click.echo(f"wrote {result['png']}, {result['confusion_png']}, {result['markdown']} (with per-class "
                    f"accuracy and confusion matrices) and {result['csv']}")
@@ -415,6 +436,10 @@ def inspect_command(out, image_size, seed, count, view, **options):
               help="Folder for the three run directories and the comparison. Default: runs/experiment-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace runs already in --out.")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines or progress bars.")
+@click.option("--seeds", default=None,
+              help="Train every approach once per training seed ('A-B', '0,3,7' or a count N: seeds 0..N-1) on "
+                   "the same views and cache: seed k of each approach is a pair. The summary shows mean ± "
+                   "interval per approach and the paired differences.")
 def experiment(**options):
     """The whole reference experiment: scratch, extract + train-head, finetune, then compare, into one
     folder. Reference settings by default; scale down on a CPU with --image-size, --epochs, --per-class."""
@@ -423,10 +448,13 @@ def experiment(**options):
         batch_size=options["batch_size"], lr=options["lr"], lr_head=options["lr_head"],
         lr_backbone=options["lr_backbone"], unfreeze=_split_names(options["unfreeze"]) or (),
         frozen_bn=options["frozen_bn"], extract_batch_size=options["extract_batch_size"], device=options["device"],
-        num_workers=options["num_workers"], overwrite=options["overwrite"],
+        num_workers=options["num_workers"], seeds=options["seeds"], overwrite=options["overwrite"],
         echo=click.echo, log=epoch_printer(options), progress=not options["quiet"])
     comparison = result["comparison"]
-    click.echo(api.markdown_table(comparison["rows"], api.SUMMARY_COLUMNS))
+    click.echo(api.markdown_table(comparison["rows"], api.SUMMARY_COLUMNS if not options["seeds"] else
+                                  api.SUMMARY_COLUMNS[:3] + api.UNCERTAINTY_COLUMNS))
+    for row in comparison["comparisons"]:
+        click.echo(f"{row['a']} - {row['b']}: {row['verdict']}")
     click.echo(f"experiment finished in {result['seconds']:.1f} s; plots {comparison['png']} and "
                f"{comparison['confusion_png']}, tables {comparison['markdown']} and {comparison['csv']}")
 

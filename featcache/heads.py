@@ -52,9 +52,10 @@ class LinearHeads:
         return (torch.matmul(features, weight.transpose(1, 2)) + bias[:, None]).log_softmax(-1)
 
     def step(self, features: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        """One Adam step on a batch [B, D+1] (bias column included); returns the pre-step log-probs."""
+        """One Adam step on a batch [B, D+1] (bias column included), or [G, B, D+1] when each head has its
+        own batch; returns the pre-step log-probs."""
         log_probs = self.log_probs(features)
-        grad = torch.matmul((log_probs.exp() - onehot).transpose(1, 2), features).div_(len(features))
+        grad = torch.matmul((log_probs.exp() - onehot).transpose(1, 2), features).div_(features.shape[-2])
         if self.decay:
             grad.add_(self.params * self.weight_decays)
         self.steps += 1
@@ -83,26 +84,29 @@ def with_bias_column(features: torch.Tensor) -> torch.Tensor:
 
 
 def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config: EpochConfig,
-                test_accuracy=None, log=None) -> dict:
+                test_accuracy=None, log=None, seeds: list[int] | None = None) -> dict:
     """The reference epoch loop (seeded shuffle, batches, per-epoch train loss and accuracy on the
     batches as trained, test accuracy) for G heads at once.
 
     epoch_batches(epoch, order, batch_size) yields the feature batches [B, D+1] of the samples in
-    `order`, batch by batch. Histories hold one value per head per epoch; the shuffle is run_epochs'.
+    `order`, batch by batch. Histories hold one value per head per epoch; the shuffle is run_epochs'
+    with config.seed, or with `seeds` one shuffle per head (order [G, N], batches [G, B, D+1]): head k
+    then sees exactly the batches a single head of seed seeds[k] would.
     """
     classes = heads.params.shape[1]
     onehot = nn.functional.one_hot(labels, classes).float()
-    generator = torch.Generator().manual_seed(config.seed)
+    generators = [torch.Generator().manual_seed(seed) for seed in (seeds if seeds is not None else [config.seed])]
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
     count = len(labels)
     for epoch in range(config.epochs):
-        order = torch.randperm(count, generator=generator)
+        orders = [torch.randperm(count, generator=generator) for generator in generators]
+        order = torch.stack(orders) if seeds is not None else orders[0]
         targets = onehot[order]
         log_probs = torch.empty(len(heads.params), count, classes)
         start = 0
         for features in epoch_batches(epoch, order, config.batch_size):
-            stop = start + len(features)
-            log_probs[:, start:stop] = heads.step(features, targets[start:stop])
+            stop = start + features.shape[-2]
+            log_probs[:, start:stop] = heads.step(features, targets[..., start:stop, :])
             start = stop
         history["train_loss"].append((-(log_probs * targets).sum(-1).mean(-1)).tolist())
         history["train_acc"].append((log_probs.argmax(-1) == labels[order]).double().mean(-1).tolist())
@@ -118,8 +122,8 @@ def cached_batches(features: torch.Tensor):
     views = features.shape[1] - 1
 
     def batches(epoch, order, batch_size):
-        epoch_features = with_bias_column(features[order, view_for_epoch(epoch, views)])
-        return (epoch_features[start:start + batch_size] for start in range(0, len(order), batch_size))
+        epoch_features = with_bias_column(features[order, view_for_epoch(epoch, views)])  # [(G,) N, D+1]
+        return (epoch_features[..., start:start + batch_size, :] for start in range(0, order.shape[-1], batch_size))
     return batches
 
 
@@ -141,6 +145,25 @@ def train_linear_head(train_features: torch.Tensor, train_labels: torch.Tensor, 
 
     history = train_heads(heads, cached_batches(train_features), train_labels, config, test_accuracy, log)
     return heads.as_linear(), {**single_head_history(history), "test_probabilities": last["log_probs"][0].exp()}
+
+
+def train_seeded_heads(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                       test_labels: torch.Tensor, config: EpochConfig, seeds: list[int], lr: float = 1e-3,
+                       weight_decay: float = 0.0) -> list[tuple[nn.Linear, dict]]:
+    """One head per seed (its own init and shuffle), all trained in lockstep as one LinearHeads: for
+    each seed, what train_linear_head with that seed gives, within float rounding."""
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, seed) for seed in seeds], [lr] * len(seeds),
+                        [weight_decay] * len(seeds))
+    last = {}
+
+    def test_accuracy():
+        last["log_probs"] = heads.log_probs(test_features)
+        return (last["log_probs"].argmax(-1) == test_labels).double().mean(-1)
+
+    history = train_heads(heads, cached_batches(train_features), train_labels, config, test_accuracy, seeds=seeds)
+    return [(heads.as_linear(k), {**{key: [values[k] for values in per_epoch] for key, per_epoch in history.items()},
+                                  "test_probabilities": last["log_probs"][k].exp()}) for k in range(len(seeds))]
 
 
 def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

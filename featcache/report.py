@@ -10,41 +10,25 @@ import torch
 from matplotlib.figure import Figure  # not pyplot: files only, and a notebook's backend stays as it is
 from torch import nn
 
-from .runs import read_predictions, read_run
-from .tables import SUMMARY_COLUMNS, markdown_table
+from .comparison import comparisons_markdown, group_row, load_group, paired_comparisons, per_class_results
+from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 
 COLOURS = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
 
 
-def summary_row(run: dict) -> dict:
-    return {
-        "approach": run["approach"],
-        "final_train_acc": run["train_acc"][-1],
-        "final_test_acc": run["test_acc"][-1],
-        "best_test_acc_on_test_set": max(run["test_acc"]),  # picked on the test set: optimistic
-        "train_test_gap": run["train_acc"][-1] - run["test_acc"][-1],
-        "trainable_params": run.get("trainable_params", ""),
-        "wall_time_s": float(run.get("wall_time_s", float("nan"))),
-        "extract_time_s": run.get("extract_wall_time_s", ""),  # a cached head's one-off extraction cost
-        "device": run.get("device", ""),
-        "run_dir": run["run_dir"],
-    }
-
-
 def compare(run_dirs: list[Path], out: Path) -> dict:
-    """Plot and tabulate runs; returns the paths written (confusion_png None when no run stored
-    predictions), the summary rows and the per-class results."""
-    runs = [read_run(Path(folder)) for folder in run_dirs]
+    """Plot and tabulate runs (run directories, or folders of seeds shown as their mean with a 95%
+    band); returns the paths written (confusion_png None when no run stored predictions), the summary
+    rows, the paired comparisons and the per-class results."""
+    groups = [load_group(Path(folder)) for folder in run_dirs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figure = Figure(figsize=(16, 4.5))
     axes = figure.subplots(1, 3)
-    for run in runs:
-        epochs = range(1, len(run["train_loss"]) + 1)
-        colour = COLOURS.get(run["approach"])
-        label = run_label(run)
+    for group in groups:
+        colour = COLOURS.get(group["approach"])
         for axis, key in zip(axes, ("train_loss", "train_acc", "test_acc")):
-            axis.plot(epochs, run[key], marker="o", markersize=3, color=colour, label=label)
+            plot_group(axis, group, key, colour)
     for axis, title in zip(axes, ("Training loss", "Training accuracy", "Test accuracy")):
         axis.set_title(title)
         axis.set_xlabel("epoch")
@@ -53,44 +37,39 @@ def compare(run_dirs: list[Path], out: Path) -> dict:
     figure.tight_layout()
     png = out / "comparison.png"
     figure.savefig(png, dpi=110)
-    rows = [summary_row(run) for run in runs]
-    per_class = per_class_results(runs)
+    rows = [group_row(group) for group in groups]
+    comparisons = paired_comparisons(groups)
+    per_class = per_class_results(groups)
+    columns = SUMMARY_COLUMNS + [column for column in UNCERTAINTY_COLUMNS if any(row.get(column) for row in rows)]
     markdown = out / "summary.md"
-    markdown.write_text(markdown_table(rows, SUMMARY_COLUMNS) + "\n\n"
+    markdown.write_text(markdown_table(rows, columns) + "\n\n"
                         "best_test_acc_on_test_set is the best epoch picked on the test set itself: an "
-                        "optimistic number, not a fair estimate.\n" + per_class_markdown(per_class))
+                        "optimistic number, not a fair estimate. With several seeds a row holds means over seeds, "
+                        "test_acc_ci95_seeds the t-interval over seeds and test_acc_ci95_test_images a bootstrap "
+                        "over test images.\n" + comparisons_markdown(comparisons) + per_class_markdown(per_class))
     csv_path = out / "summary.csv"
     with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS + UNCERTAINTY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     confusion_png = plot_confusion(per_class, out / "confusion.png") if per_class["runs"] else None
-    return {"png": png, "markdown": markdown, "csv": csv_path, "rows": rows, "confusion_png": confusion_png,
-            "per_class": per_class}
+    return {"png": png, "markdown": markdown, "csv": csv_path, "rows": rows, "comparisons": comparisons,
+            "confusion_png": confusion_png, "per_class": per_class}
 
 
-def run_label(run: dict) -> str:
-    name = Path(run["run_dir"]).name
-    return run["approach"] if name == run["approach"] else f"{run['approach']} ({name})"
+def plot_group(axis, group: dict, key: str, colour) -> None:
+    """One run as a line; several seeds as their mean with a shaded 95% t-interval band per epoch."""
+    from .stats import t_interval
 
-
-def per_class_results(runs: list[dict]) -> dict:
-    """Each run's confusion matrix (rows: true class, columns: predicted) and per-class test accuracy,
-    from the predictions it stored at its last epoch; runs without stored predictions are listed apart."""
-    from sklearn.metrics import confusion_matrix
-
-    results, missing = [], []
-    for run in runs:
-        predictions = read_predictions(Path(run["run_dir"]))
-        classes = run.get("classes")
-        if predictions is None or not classes:
-            missing.append(run_label(run))
-            continue
-        matrix = confusion_matrix(predictions["labels"], predictions["predicted"], labels=range(len(classes)))
-        results.append({"label": run_label(run), "approach": run["approach"], "classes": list(classes),
-                        "confusion": matrix, "accuracy": {name: (matrix[k, k] / matrix[k].sum() if matrix[k].sum() else
-                                                                 float("nan")) for k, name in enumerate(classes)}})
-    return {"runs": results, "without_predictions": missing}
+    values = np.array([run[key] for run in group["runs"]])
+    epochs = range(1, values.shape[1] + 1)
+    if len(values) == 1:
+        axis.plot(epochs, values[0], marker="o", markersize=3, color=colour, label=group["label"])
+        return
+    intervals = [t_interval(column) for column in values.T]
+    axis.plot(epochs, values.mean(0), marker="o", markersize=3, color=colour,
+              label=f"{group['label']}: mean of {len(values)} seeds, 95% band")
+    axis.fill_between(epochs, [i["low"] for i in intervals], [i["high"] for i in intervals], color=colour, alpha=0.2)
 
 
 def per_class_markdown(per_class: dict) -> str:

@@ -18,6 +18,7 @@ from .errors import FeatcacheError
 HISTORY = "history.json"
 WEIGHTS = "weights.pt"
 PREDICTIONS = "predictions.npz"
+SEEDS = "seeds.json"
 APPROACHES = ("scratch", "feature-extraction", "fine-tuning")
 HISTORY_KEYS = ("train_loss", "train_acc", "test_acc")
 
@@ -103,3 +104,27 @@ def read_predictions(folder: Path) -> dict | None:
     except (OSError, ValueError, KeyError) as error:
         raise FeatcacheError(f"{path} is not a featcache predictions file: {error}") from None
     return {**predictions, "predicted": predictions["probabilities"].argmax(1)}
+
+
+def write_seeds(out: Path, approach: str, seeds: list[int], final_test_accs: list[float], summary: dict,
+                seconds: float | None) -> Path:
+    """seeds.json of a folder of seed-<k>/ run directories: which seeds, their final accuracies, the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"approach": approach, "seeds": seeds, "final_test_acc": final_test_accs, "summary": summary,
+              "seconds": seconds, "featcache_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (out / SEEDS).write_text(json.dumps(record, indent=2) + "\n")
+    return out / SEEDS
+
+
+def read_seeds(folder: Path) -> dict:
+    path = Path(folder) / SEEDS
+    if not path.is_file():
+        raise FeatcacheError(f"{folder} is not a folder of seeds (no {SEEDS})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise FeatcacheError(f"{path} is not valid JSON: {error}") from None
+
+
+def is_seed_folder(folder: Path) -> bool:
+    return (Path(folder) / SEEDS).is_file()

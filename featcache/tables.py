@@ -3,6 +3,7 @@ from __future__ import annotations
 
 SUMMARY_COLUMNS = ["approach", "final_train_acc", "final_test_acc", "best_test_acc_on_test_set", "train_test_gap",
                    "trainable_params", "wall_time_s", "extract_time_s", "device", "run_dir"]
+UNCERTAINTY_COLUMNS = ["seeds", "test_acc_std", "test_acc_ci95_seeds", "test_acc_ci95_test_images"]
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
