@@ -1,0 +1,112 @@
+"""Seeds and intervals: seeds differ and reproduce, never change the views, and every interval is right
+on a case with a known answer."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+import featcache
+from featcache.heads import train_linear_head, train_seeded_heads
+from featcache.loop import EpochConfig
+from featcache.stats import bootstrap_interval, mcnemar, paired_bootstrap, parse_seeds, t_interval
+
+
+@pytest.fixture(scope="module")
+def cache(image_folder, tmp_path_factory):
+    spec = featcache.CacheSpec(featcache.DataSpec(str(image_folder)), weights="random", image_size=32, views=2,
+                               cache_dir=tmp_path_factory.mktemp("cache"))
+    return featcache.open_cache(featcache.extract(spec, progress=False).path)
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("5,2,9") == [5, 2, 9] and parse_seeds("3") == [0, 1, 2]
+    for bad in ("a-b", "3-1", "1,1", ""):
+        with pytest.raises(featcache.FeatcacheError, match="seeds"):
+            parse_seeds(bad)
+
+
+def test_lockstep_seeds_equal_one_head_per_seed(cache):
+    config = EpochConfig(epochs=3, batch_size=8, seed=0)
+    together = train_seeded_heads(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
+                                  config, [4, 7])
+    for seed, (head, history) in zip([4, 7], together):
+        alone, reference = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
+                                             cache.test_labels, EpochConfig(3, 8, seed))
+        torch.testing.assert_close(head.weight, alone.weight, rtol=0, atol=1e-6)
+        assert history["test_acc"] == reference["test_acc"]
+        torch.testing.assert_close(history["train_loss"], reference["train_loss"], rtol=0, atol=1e-6)
+
+
+def test_seeds_differ_reproduce_and_keep_the_cache(cache, tmp_path, run_cli):
+    first = featcache.train_head_seeds(cache, "0-2", epochs=3, batch_size=8, out=tmp_path / "a")
+    again = featcache.train_head_seeds(cache.path, [0, 1, 2], epochs=3, batch_size=8, out=tmp_path / "b")
+    weights = [run.model.weight for run in first.runs]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+    for one, two in zip(first.runs, again.runs):
+        assert torch.equal(one.model.weight, two.model.weight) and one.history == two.history
+        assert one.record["cache_key"] == cache.key  # every seed trains on the same cached views
+    record = json.loads((tmp_path / "a" / "seeds.json").read_text())
+    assert record["seeds"] == [0, 1, 2] and record["final_test_acc"] == first.final_test_accs
+    assert featcache.SeedRuns.load(tmp_path / "a").final_test_accs == first.final_test_accs
+    result = run_cli("train-head", cache.path, "--seeds", "0-2", "--epochs", 3, "--batch-size", 8,
+                     "--out", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert "over 3 seeds, 95% interval" in result.output
+
+
+def test_end_to_end_seeds_share_the_views(image_folder, tmp_path):
+    images = featcache.load_images(featcache.DataSpec(str(image_folder)), image_size=32, seed=5, device="cpu")
+    group = featcache.scratch_seeds(images, [0, 1], seed=5, epochs=1, out=tmp_path / "s")
+    assert [run.config["view_seed"] for run in group.runs] == [5, 5] and group.seeds == [0, 1]
+    assert group.runs[0].history != group.runs[1].history
+    assert torch.equal(images.views("train", [0, 1], 1), featcache.load_images(
+        featcache.DataSpec(str(image_folder)), image_size=32, seed=5, device="cpu").views("train", [0, 1], 1))
+
+
+def test_t_interval_known_answer():
+    values = [0.70, 0.74, 0.78]  # mean 0.74, sd 0.04, t_2 = 4.3027: 0.74 +- 4.3027 * 0.04 / sqrt(3)
+    result = t_interval(values)
+    half = scipy_stats.t.ppf(0.975, 2) * 0.04 / np.sqrt(3)
+    assert result["mean"] == pytest.approx(0.74) and result["std"] == pytest.approx(0.04)
+    assert result["low"] == pytest.approx(0.74 - half) and result["high"] == pytest.approx(0.74 + half)
+    assert half == pytest.approx(0.0994, abs=1e-4)
+    assert t_interval([0.5])["low"] is None  # one seed: no interval, said so
+    assert "single value" in t_interval([0.5])["method"]
+
+
+def test_bootstrap_known_answers():
+    correct = np.array([True] * 800 + [False] * 200)
+    result = bootstrap_interval(correct)
+    standard_error = np.sqrt(0.8 * 0.2 / 1000)  # the binomial answer the bootstrap must approach
+    assert result["mean"] == pytest.approx(0.8)
+    assert result["low"] == pytest.approx(0.8 - 1.96 * standard_error, abs=0.004)
+    assert result["high"] == pytest.approx(0.8 + 1.96 * standard_error, abs=0.004)
+    same = paired_bootstrap(correct, correct)  # an approach against itself: exactly zero
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    shifted = paired_bootstrap(correct, np.roll(correct, 100))
+    assert shifted["low"] < 0 < shifted["high"]
+
+
+def test_mcnemar_known_answer():
+    a = np.array([True] * 10 + [False] * 2 + [True] * 50)
+    b = np.array([False] * 10 + [True] * 2 + [True] * 50)
+    result = mcnemar(a, b)  # 10 vs 2 discordant pairs: two-sided binomial p = 0.0386
+    assert (result["only_a"], result["only_b"]) == (10, 2)
+    assert result["p_value"] == pytest.approx(scipy_stats.binomtest(10, 12).pvalue) == pytest.approx(0.0386, abs=1e-4)
+    assert mcnemar(a, a)["p_value"] == 1.0
+
+
+def test_compare_a_run_with_itself_reports_zero(cache, tmp_path):
+    run = featcache.train_head(cache, epochs=2, batch_size=8, out=tmp_path / "one")
+    result = featcache.compare([run.path, run.path], tmp_path / "cmp")
+    (row,) = result["comparisons"]
+    assert row["bootstrap"]["difference"] == row["bootstrap"]["low"] == row["bootstrap"]["high"] == 0.0
+    assert row["mcnemar"]["p_value"] == 1.0 and row["verdict"].startswith("no difference shown")
+    groups = featcache.train_head_seeds(cache, "0-2", epochs=2, batch_size=8, out=tmp_path / "seeds")
+    result = featcache.compare([groups.path, groups.path], tmp_path / "cmp2")
+    (row,) = result["comparisons"]
+    assert row["seeds"]["difference"] == 0.0 and row["bootstrap"]["difference"] == 0.0
+    summary = result["rows"][0]
+    assert summary["seeds"] == 3 and summary["final_test_acc"] == pytest.approx(np.mean(groups.final_test_accs))
