@@ -32,7 +32,7 @@ from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "DataSpec", "CacheSpec", "Run", "extract",
            "open_cache", "train_head", "load_images", "finetune", "scratch", "read_run", "compare", "experiment",
            "export", "load_model", "predict", "SeedRuns", "train_head_seeds", "finetune_seeds", "scratch_seeds",
-           "seeds_line",
+           "seeds_line", "fewshot",
            "verify", "inspect", "bench", "claim_run_dir", "default_run_dir", "is_main_process", "summary_line",
            "markdown_table", "SUMMARY_COLUMNS", "UNCERTAINTY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS"]
 
@@ -162,9 +162,15 @@ class Run:
 
         record = read_run(Path(folder))
         state = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)
-        head = record["approach"] == "feature-extraction"
-        classes = len(state["weight"] if head else state["fc.weight"])
-        model = nn.Linear(FEATURE_DIM, classes) if head else resnet18(num_classes=classes)
+        if "bank" in state:  # a kNN head: its training features are its weights
+            from .knn import KNNHead
+
+            model = KNNHead(state["bank"], state["onehot"].argmax(1), state["onehot"].shape[1], record["knn"]["k"],
+                            record["knn"].get("temperature"))
+        else:
+            head = record["approach"] == "feature-extraction"
+            classes = len(state["weight"] if head else state["fc.weight"])
+            model = nn.Linear(FEATURE_DIM, classes) if head else resnet18(num_classes=classes)
         model.load_state_dict(state)
         known = {"approach", "config", "wall_time_s", "device", "trainable_params", "total_params", "run_dir",
                  *HISTORY_KEYS}
@@ -284,23 +290,25 @@ def _jsonable(attrs: dict) -> dict:
 def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "linear", epochs: int = 15,
                batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0, sweep: bool = False, sweep_lrs=DEFAULT_SWEEP_LRS,
                sweep_wds=DEFAULT_SWEEP_WDS, val_fraction: float = 0.2, logreg_views: str = "clean",
-               out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
-               echo: Log | None = None, **record) -> Run:
+               knn_temperature: float | None = None, out: str | Path | None = None, overwrite: bool = False,
+               log: Log | None = None, echo: Log | None = None, **record) -> Run:
     """A feature-extraction head trained on a cache (from open_cache, or what open_cache takes), in seconds.
 
     head='linear': Linear(512, C) with Adam, epoch e on augmented view 1 + e % V; with `sweep`, a grid of
     heads (sweep_lrs x sweep_wds) trained at once, the best on a validation split of the training
     images retrained on all of them. head='logreg': scikit-learn's logistic regression, C chosen on
-    the validation split (on clean views, or all views with logreg_views='all'). `echo` gets the
+    the validation split (on clean views, or all views with logreg_views='all'). head='knn': k nearest
+    neighbours by cosine similarity on clean views, k chosen on the validation split, votes uniform or
+    weighted by exp(similarity / knn_temperature) (featcache.knn). `echo` gets the
     selection's table and choice, `log` the per-epoch lines; `out` writes the run directory (refused
     before training if it holds a run)."""
     from .heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
     from .loop import EpochConfig, check_learning_rate
 
-    if head not in ("linear", "logreg"):
-        raise FeatcacheError(f"`head` must be 'linear' or 'logreg', got {head!r}")
-    if sweep and head == "logreg":
-        raise FeatcacheError("`sweep` trains linear heads; `head` logreg chooses its own C on the validation split")
+    if head not in ("linear", "logreg", "knn"):
+        raise FeatcacheError(f"`head` must be 'linear', 'logreg' or 'knn', got {head!r}")
+    if sweep and head != "linear":
+        raise FeatcacheError(f"`sweep` trains linear heads; `head` {head} chooses its own setting on the validation split")
     config = EpochConfig(epochs, batch_size, seed)
     check_learning_rate("lr", lr)
     if weight_decay < 0:
@@ -309,7 +317,21 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     if isinstance(cache, (CacheSpec, str, Path)):
         cache = open_cache(cache)
     started = time.perf_counter()
-    if head == "logreg":
+    if head == "knn":
+        from .knn import knn_probe
+
+        probe = knn_probe(cache.train_features[:, 0], cache.train_labels, cache.test_features, cache.test_labels,
+                          seed=seed, val_fraction=val_fraction, temperature=knn_temperature)
+        model = probe["head"]
+        history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
+                   "test_acc": [probe["test_acc"]], "test_probabilities": probe["test_log_shares"].exp()}
+        record["knn"] = {"k": probe["k"], "chosen": probe["chosen"], "grid": probe["grid"],
+                         "temperature": knn_temperature}
+        if echo is not None:
+            if probe["grid"]:
+                echo(markdown_table(probe["grid"], ["k", "val_acc"]))
+            echo(f"chosen k={probe['k']} ({probe['chosen']})")
+    elif head == "logreg":
         probe = logistic_regression_probe(cache, logreg_views, val_fraction=val_fraction, seed=seed)
         model = logreg_as_linear(probe["model"], len(cache.classes))
         history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
@@ -333,7 +355,7 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     wall = time.perf_counter() - started
     config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                      "seed": seed, "sweep": sweep, "val_fraction": val_fraction, "logreg_views": logreg_views,
-                     "cache": str(cache.path), "views": cache.views}
+                     "knn_temperature": knn_temperature, "cache": str(cache.path), "views": cache.views}
     return _saved(_head_run(model, history, wall, cache, config_record, record), folder)
 
 
@@ -626,6 +648,37 @@ def predict(model: str | Path, inputs, out: str | Path, *, output_format: str = 
     return predict_files(model, list(inputs), out, output_format=output_format, top_k=top_k, batch_size=batch_size,
                          device=device, num_workers=num_workers, skip_bad=skip_bad, weights=weights,
                          progress=progress, echo=echo)
+
+
+def fewshot(cache, out: str | Path, *, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
+            probes=("linear", "logreg", "knn"), log: Log | None = None) -> dict:
+    """Few-shot curves from a cache alone (featcache.fewshot): per k and probe, the mean test accuracy
+    over `trials` seeded subsets with its 95% t-interval; writes fewshot.{md,csv,json,png} to `out`."""
+    import csv
+    import json
+
+    from .fewshot_curves import LINEAR_STEPS, fewshot as run_fewshot, plot_fewshot
+
+    cache = cache if hasattr(cache, "train_features") else open_cache(cache)
+    started = time.perf_counter()
+    rows = run_fewshot(cache, list(shots), trials, seed, list(probes), log)
+    seconds = time.perf_counter() - started
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = ["probe", "shots", "trials", "mean_test_acc", "ci95_low", "ci95_high", "std", "setting"]
+    markdown = (markdown_table(rows, columns) + f"\n\nMean test accuracy over {trials} trials per k (subsets "
+                f"seeded by {seed}, the same for every probe), 95% t-interval over trials; the linear probe "
+                f"takes {LINEAR_STEPS} Adam steps whatever k is. Cache: {cache.path}.\n")
+    (out / "fewshot.md").write_text(markdown)
+    with (out / "fewshot.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "fewshot.json").write_text(json.dumps({"cache": str(cache.path), "seed": seed, "seconds": seconds,
+                                                  "rows": rows}, indent=2) + "\n")
+    plot_fewshot(rows, out / "fewshot.png")
+    return {"rows": rows, "seconds": seconds, "markdown": markdown, "md": out / "fewshot.md",
+            "csv": out / "fewshot.csv", "json": out / "fewshot.json", "png": out / "fewshot.png"}
 
 
 def verify(path: str | Path) -> tuple[int, float]:

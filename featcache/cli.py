@@ -225,8 +225,12 @@ seeds_option = click.option(
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Training batch size.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of the linear head.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True, help="Adam weight decay of the head.")
-@click.option("--head", type=click.Choice(["linear", "logreg"]), default="linear", show_default=True,
-              help="'linear': Linear(512, C) trained with Adam; 'logreg': scikit-learn LogisticRegression probe.")
+@click.option("--head", type=click.Choice(["linear", "logreg", "knn"]), default="linear", show_default=True,
+              help="'linear': Linear(512, C) trained with Adam; 'logreg': scikit-learn LogisticRegression probe; "
+                   "'knn': k nearest neighbours by cosine similarity on clean views, k chosen on the validation "
+                   "split (1-NN when a class has fewer than 5 training images).")
+@click.option("--knn-temperature", type=float, default=None,
+              help="kNN votes weighted by exp(similarity / T) (DINOv2 uses 0.07). Default: uniform votes.")
 @click.option("--sweep", is_flag=True,
               help="Train a grid of linear heads (--sweep-lrs x --sweep-wds) at once, pick the best on a "
                    "validation split of the training images, retrain it on all of them.")
@@ -237,7 +241,7 @@ seeds_option = click.option(
 @click.option("--logreg-views", type=click.Choice(["clean", "all"]), default="clean", show_default=True,
               help="Fit the logreg probe on clean views only, or on clean plus every augmented view.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="Share of training images held out to choose the sweep setting or logreg's C.")
+              help="Share of training images held out to choose the sweep setting, logreg's C or kNN's k.")
 @seeds_option
 @out_options
 def train_head(cache, **options):
@@ -252,7 +256,8 @@ def train_head(cache, **options):
                   sweep_lrs=_floats(options["sweep_lrs"], "--sweep-lrs") if options["sweep"] else (),
                   sweep_wds=_floats(options["sweep_wds"], "--sweep-wds") if options["sweep"] else (),
                   val_fraction=options["val_fraction"], logreg_views=options["logreg_views"],
-                  out=run_dir(options, "feature-extraction"), overwrite=options["overwrite"])
+                  knn_temperature=options["knn_temperature"], out=run_dir(options, "feature-extraction"),
+                  overwrite=options["overwrite"])
     if options["seeds"]:
         group = api.train_head_seeds(cache or cache_spec(options), options["seeds"], **common)
         click.echo(api.seeds_line(group))
@@ -396,6 +401,33 @@ def predict_command(model, inputs, out, output_format, top_k, batch_size, device
                f"wrote {result['path']}")
     if result["folder_accuracy"] is not None:
         click.echo(f"accuracy against the folder names (each image's folder is a class): {result['folder_accuracy']:.4f}")
+
+
+@main.command("fewshot")
+@click.argument("cache", type=click.Path(path_type=Path))
+@click.option("--shots", default="1,2,5,10,20,50", show_default=True,
+              help="Training images per class (k) to sample, comma-separated.")
+@click.option("--trials", type=click.IntRange(min=2), default=20, show_default=True,
+              help="Subsets drawn per k (seeded, without replacement, the same for every probe).")
+@click.option("--probes", default="linear,logreg,knn", show_default=True,
+              help="linear (reference head, fixed budget of 705 Adam steps), logreg (C by cross-validation "
+                   "inside the subset, C=1 at 1 shot), knn (k on a validation split from 5 shots, else 1-NN).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the subsets, inits and shuffles.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "fewshot", show_default=True,
+              help="Folder for fewshot.md, fewshot.csv, fewshot.json and fewshot.png.")
+def fewshot_command(cache, shots, trials, probes, seed, out):
+    """Few-shot curves from CACHE alone (no image is decoded): for each k, --trials subsets of k training
+    images per class, each probe trained on them and tested on the whole test split; mean test accuracy
+    and 95% t-interval over trials per probe, as a table and a PNG of accuracy versus k."""
+    try:
+        shot_list = [int(part) for part in shots.split(",") if part.strip()]
+    except ValueError:
+        raise FeatcacheError(f"`shots` must be comma-separated integers, got {shots!r}") from None
+    result = api.fewshot(cache, out, shots=shot_list, trials=trials, seed=seed,
+                         probes=_split_names(probes) or (), log=click.echo)
+    click.echo(result["markdown"])
+    click.echo(f"{result['seconds']:.1f} s of compute; wrote {result['png']}, {result['md']}, {result['csv']} "
+               f"and {result['json']}")
 
 
 @main.command("inspect")

@@ -133,8 +133,16 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     if approach == "feature-extraction":
         source, identity, seed = _backbone_source(record, weights, run_dir)
         network = load_backbone(source, seed)
-        network.fc = nn.Linear(FEATURE_DIM, len(classes))
-        _load_into(network.fc, state, run_dir / WEIGHTS, f"a Linear({FEATURE_DIM}, {len(classes)}) head")
+        if "knn" in record:  # the head is the training features and their labels
+            from .knn import KNNHead
+
+            if not {"bank", "onehot"} <= set(state):
+                raise FeatcacheError(f"{run_dir / WEIGHTS} does not fit a kNN head: it lacks bank and onehot")
+            network.fc = KNNHead(state["bank"], state["onehot"].argmax(1), len(classes), record["knn"]["k"],
+                                 record["knn"].get("temperature"))
+        else:
+            network.fc = nn.Linear(FEATURE_DIM, len(classes))
+        _load_into(network.fc, state, run_dir / WEIGHTS, f"a {type(network.fc).__name__} head of {len(classes)} classes")
         image_size = int(record["cache_attrs"]["image_size"])
         provenance.update(cache_key=record.get("cache_key"), cache_precision=record["cache_attrs"].get("precision"),
                           backbone_weights={"source": source, "identity": identity})

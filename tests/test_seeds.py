@@ -110,3 +110,61 @@ def test_compare_a_run_with_itself_reports_zero(cache, tmp_path):
     assert row["seeds"]["difference"] == 0.0 and row["bootstrap"]["difference"] == 0.0
     summary = result["rows"][0]
     assert summary["seeds"] == 3 and summary["final_test_acc"] == pytest.approx(np.mean(groups.final_test_accs))
+
+
+def test_knn_with_k1_on_its_own_training_features_is_perfect(cache):
+    from featcache.knn import KNNHead
+
+    clean = cache.train_features[:, 0]
+    head = KNNHead(clean, cache.train_labels, len(cache.classes), k=1)
+    with torch.no_grad():
+        assert (head(clean).argmax(1) == cache.train_labels).all()
+        shares = head(clean).exp()
+    torch.testing.assert_close(shares.sum(1), torch.ones(len(clean)))
+
+
+def test_knn_head_runs_exports_and_predicts(cache, image_folder, tmp_path, run_cli):
+    result = run_cli("train-head", cache.path, "--head", "knn", "--out", tmp_path / "knn")
+    assert result.exit_code == 0, result.output
+    assert "chosen k=" in result.output
+    run = featcache.Run.load(tmp_path / "knn")
+    assert run.record["knn"]["k"] >= 1 and run.predictions["probabilities"].shape == (12, 3)
+    assert run_cli("export", tmp_path / "knn", "--out", tmp_path / "knn.pt2").exit_code == 0
+    predicted = featcache.predict(tmp_path / "knn.pt2", [image_folder / "test"], tmp_path / "p.csv", progress=False)
+    assert predicted["folder_accuracy"] == run.final_test_acc
+
+
+def test_fewshot_subsets_are_seeded_per_class_from_training_images_and_shared_by_probes(cache, tmp_path, monkeypatch):
+    from featcache import fewshot_curves as fewshot_module
+
+    labels = cache.train_labels.numpy()
+    subsets = fewshot_module.draw_subsets(labels, 2, 4, seed=1)
+    assert subsets.shape == (4, 6) and subsets.max() < len(labels)  # indices into the training split only
+    for row in subsets:
+        assert len(set(row)) == 6 and sorted(np.bincount(labels[row], minlength=3)) == [2, 2, 2]
+    assert np.array_equal(subsets, fewshot_module.draw_subsets(labels, 2, 4, seed=1))
+    assert not np.array_equal(subsets, fewshot_module.draw_subsets(labels, 2, 4, seed=2))
+    seen = {}
+    for probe in ("linear_probes", "logreg_probes", "knn_probes"):
+        real = getattr(fewshot_module, probe)
+
+        def record(*args, _real=real, _probe=probe, **kwargs):
+            seen.setdefault(_probe, []).append(args[4].copy())
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(fewshot_module, probe, record)
+    result = featcache.fewshot(cache, tmp_path / "fs", shots=[1, 2], trials=3, seed=1)
+    assert all(np.array_equal(a, b) and np.array_equal(a, c)
+               for a, b, c in zip(seen["linear_probes"], seen["logreg_probes"], seen["knn_probes"]))
+    assert [(row["probe"], row["shots"]) for row in result["rows"]][:3] == [("linear", 1), ("logreg", 1), ("knn", 1)]
+    for row in result["rows"]:
+        assert row["ci95_low"] <= row["mean_test_acc"] <= row["ci95_high"] and row["trials"] == 3
+    assert (tmp_path / "fs" / "fewshot.png").stat().st_size > 10_000
+    with pytest.raises(featcache.FeatcacheError, match="shots"):
+        featcache.fewshot(cache, tmp_path / "fs", shots=[9], trials=2)
+
+
+def test_fewshot_command(cache, tmp_path, run_cli):
+    result = run_cli("fewshot", cache.path, "--shots", "1,2", "--trials", 2, "--probes", "knn,linear",
+                     "--out", tmp_path / "fs")
+    assert result.exit_code == 0, result.output
+    assert "| knn | 1 | 2 |" in result.output and (tmp_path / "fs" / "fewshot.csv").is_file()

@@ -1,0 +1,162 @@
+"""Few-shot curves from one cache: k training images per class, many seeded trials, three probes.
+
+Trial t at k shots draws k training images of each class without replacement from
+numpy.random.default_rng([seed, k, t]): subsets come from the training split only, are the same for
+every probe and are reproducible from the seed. Each probe is evaluated on the whole test split.
+
+- linear: the reference head (Adam, lr 1e-3, batch 32, epoch e on augmented view 1 + e % V) for a fixed
+  budget of LINEAR_STEPS optimizer steps whatever k is (at 1 shot an epoch is one step); the trials of
+  one k train in lockstep as one LinearHeads, each with its own subset, init and shuffle.
+- logreg: scikit-learn LogisticRegressionCV on clean views, C chosen by stratified cross-validation
+  inside the subset (min(k, 3) folds) when k >= 2, else C = 1.0.
+- knn: featcache.knn on clean views, k chosen on a validation split of the subset when every class has
+  at least 5 images, else 1-NN.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from .errors import FeatcacheError
+from .heads import LinearHeads, view_for_epoch, with_bias_column
+from .knn import knn_probe
+from .loop import seeded_linear
+from .spec import FEATURE_DIM
+from .stats import t_interval
+
+LINEAR_STEPS = 705  # the reference head's steps: 15 epochs x ceil(1,500 / 32) batches
+LINEAR_LR, LINEAR_BATCH = 1e-3, 32
+LOGREG_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+PROBES = ("linear", "logreg", "knn")
+
+
+def draw_subsets(labels: np.ndarray, shots: int, trials: int, seed: int) -> np.ndarray:
+    """[trials, shots * C] training indices: `shots` per class, without replacement, class by class."""
+    classes = int(labels.max()) + 1
+    members = [np.flatnonzero(labels == c) for c in range(classes)]
+    fewest = min(len(m) for m in members)
+    if shots > fewest:
+        raise FeatcacheError(f"`shots` {shots} is more than the {fewest} training images of the smallest class")
+    rows = []
+    for trial in range(trials):
+        rng = np.random.default_rng([seed, shots, trial])
+        rows.append(np.concatenate([rng.choice(m, shots, replace=False) for m in members]))
+    return np.stack(rows)
+
+
+def linear_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                  test_labels: torch.Tensor, subsets: np.ndarray, seed: int) -> np.ndarray:
+    """Test accuracy of one linear head per subset, all trained in lockstep for LINEAR_STEPS steps."""
+    trials, count = subsets.shape
+    classes = int(train_labels.max()) + 1
+    views = train_features.shape[1] - 1
+    heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, seed + trial) for trial in range(trials)],
+                        [LINEAR_LR] * trials, [0.0] * trials)
+    index = torch.from_numpy(subsets)
+    onehot = torch.nn.functional.one_hot(train_labels[index], classes).float()  # [G, n, C]
+    generators = [torch.Generator().manual_seed(seed + trial) for trial in range(trials)]
+    batch, steps, epoch = min(LINEAR_BATCH, count), 0, 0
+    while steps < LINEAR_STEPS:
+        order = torch.stack([torch.randperm(count, generator=g) for g in generators])  # [G, n]
+        rows = index.gather(1, order)
+        features = with_bias_column(train_features[rows, view_for_epoch(epoch, views)])  # [G, n, D+1]
+        targets = onehot.gather(1, order[..., None].expand(-1, -1, classes))
+        for start in range(0, count, batch):
+            heads.step(features[:, start:start + batch], targets[:, start:start + batch])
+            steps += 1
+            if steps == LINEAR_STEPS:
+                break
+        epoch += 1
+    return heads.accuracy(test_features, test_labels).numpy()
+
+
+def logreg_probes(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+                  test_labels: np.ndarray, subsets: np.ndarray, shots: int) -> np.ndarray:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    accuracies = []
+    for subset in subsets:
+        if shots >= 2:
+            folds = StratifiedKFold(min(shots, 3), shuffle=True, random_state=0)
+            model = LogisticRegressionCV(Cs=list(LOGREG_CS), cv=folds, max_iter=1000)
+        else:
+            model = LogisticRegression(C=1.0, max_iter=1000)
+        pipeline = make_pipeline(StandardScaler(), model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # LogisticRegressionCV defaults announced to change
+            pipeline.fit(train_features[subset], train_labels[subset])
+        accuracies.append(pipeline.score(test_features, test_labels))
+    return np.array(accuracies)
+
+
+def knn_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+               test_labels: torch.Tensor, subsets: np.ndarray, seed: int) -> np.ndarray:
+    return np.array([knn_probe(train_features[subset], train_labels[subset], test_features, test_labels,
+                               seed=seed + trial)["test_acc"] for trial, subset in enumerate(subsets)])
+
+
+def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0, probes=PROBES,
+            log=None) -> list[dict]:
+    """One row per (probe, shots): mean test accuracy over `trials` subsets with its 95% t-interval."""
+    unknown = [probe for probe in probes if probe not in PROBES]
+    if unknown:
+        raise FeatcacheError(f"`probes`: unknown {', '.join(unknown)}; choose from {', '.join(PROBES)}")
+    if trials < 2:
+        raise FeatcacheError(f"`trials` must be at least 2 for an interval, got {trials}")
+    if not shots or min(shots) < 1:
+        raise FeatcacheError(f"`shots` must be positive, got {list(shots)}")
+    labels = cache.train_labels.numpy()
+    clean = cache.train_features[:, 0]
+    rows = []
+    for k in shots:
+        subsets = draw_subsets(labels, k, trials, seed)
+        for probe in probes:
+            if probe == "linear":
+                accuracies = linear_probes(cache.train_features, cache.train_labels, cache.test_features,
+                                           cache.test_labels, subsets, seed)
+            elif probe == "logreg":
+                accuracies = logreg_probes(clean.numpy(), labels, cache.test_features.numpy(),
+                                           cache.test_labels.numpy(), subsets, k)
+            else:
+                accuracies = knn_probes(clean, cache.train_labels, cache.test_features, cache.test_labels, subsets, seed)
+            interval = t_interval(accuracies)
+            rows.append({"probe": probe, "shots": k, "trials": trials, "mean_test_acc": interval["mean"],
+                         "std": interval["std"], "ci95_low": interval["low"], "ci95_high": interval["high"],
+                         "setting": {"linear": f"{LINEAR_STEPS} Adam steps (batch {min(LINEAR_BATCH, k * len(np.unique(labels)))})",
+                                     "logreg": "C by CV" if k >= 2 else "C=1.0",
+                                     "knn": "k by validation" if k >= 5 else "1-NN"}[probe]})
+            if log is not None:
+                log(f"{probe} {k}-shot: {interval['mean']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]")
+    return rows
+
+
+def plot_fewshot(rows: list[dict], path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5))
+    axis = figure.subplots()
+    for probe, colour in zip(PROBES, ("blue", "purple", "orange")):
+        mine = [row for row in rows if row["probe"] == probe]
+        if not mine:
+            continue
+        shots = [row["shots"] for row in mine]
+        axis.plot(shots, [row["mean_test_acc"] for row in mine], marker="o", color=colour, label=probe)
+        axis.fill_between(shots, [row["ci95_low"] for row in mine], [row["ci95_high"] for row in mine],
+                          color=colour, alpha=0.2)
+    axis.set_xscale("log")
+    axis.set_xticks(sorted({row["shots"] for row in rows}), [str(s) for s in sorted({row["shots"] for row in rows})])
+    axis.set_xlabel("training images per class (k)")
+    axis.set_ylabel("test accuracy")
+    axis.set_title(f"Few-shot: mean of {rows[0]['trials']} trials, 95% band")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
