@@ -28,7 +28,7 @@ from torch import nn
 from ._version import __version__
 from .errors import FeatcacheError
 from .preprocess import CROP, RESIZE, CleanView
-from .runs import WEIGHTS, read_run
+from .runs import WEIGHTS, is_seed_folder, read_run, read_seeds
 from .spec import FEATURE_DIM, IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size, weights_identity
 
 METADATA = "featcache.json"
@@ -116,6 +116,10 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FeatcacheError(f"run directory {run_dir} " + ("is not a folder" if run_dir.exists() else "does not exist"))
+    if is_seed_folder(run_dir):
+        seeds = read_seeds(run_dir)["seeds"]
+        raise FeatcacheError(f"{run_dir} holds runs of {len(seeds)} seeds ({', '.join(map(str, seeds))}): pass the "
+                             f"run directory of one, e.g. {run_dir / f'seed-{seeds[0]}'}")
     record = read_run(run_dir)
     classes, approach = record.get("classes"), record["approach"]
     if not classes:

@@ -54,6 +54,9 @@ def test_seeds_differ_reproduce_and_keep_the_cache(cache, tmp_path, run_cli):
                      "--out", tmp_path / "c")
     assert result.exit_code == 0, result.output
     assert "over 3 seeds, 95% interval" in result.output
+    result = run_cli("export", tmp_path / "c", "--out", tmp_path / "m.pt2")  # a folder of seeds: pick one
+    assert result.exit_code == 1 and "seed-0" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert run_cli("export", tmp_path / "c" / "seed-1", "--out", tmp_path / "m.pt2").exit_code == 0
 
 
 def test_end_to_end_seeds_share_the_views(image_folder, tmp_path):
