@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 from ._version import __version__
 from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
-from .runs import (APPROACHES, HISTORY_KEYS, SEEDS, WEIGHTS, default_run_dir, prepare_run_dir, read_predictions, read_run,
+from .runs import (APPROACHES, HISTORY_KEYS, WEIGHTS, default_run_dir, prepare_run_dir, read_predictions, read_run,
                    read_seeds, write_run, write_seeds)
 from .shards import DEFAULT_SHARD_SIZE
 from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, TRANSFORM_VERSION, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \
@@ -228,10 +228,7 @@ class SeedRuns:
 
 def claim_seed_dir(out, approach: str, overwrite: bool = False) -> Path:
     """Like claim_run_dir, for a folder of seeds: refused if it holds a run or seeds unless `overwrite`."""
-    out = prepare_run_dir(out, approach, overwrite)
-    if (out / SEEDS).exists() and not overwrite:
-        raise FeatcacheError(f"{out} already holds runs of several seeds; choose another `out` or pass `overwrite`")
-    return out
+    return prepare_run_dir(out, approach, overwrite)
 
 
 def _saved_seeds(group: SeedRuns, folder: Path | None) -> SeedRuns:
@@ -243,6 +240,8 @@ def _saved_seeds(group: SeedRuns, folder: Path | None) -> SeedRuns:
 def _seed_list(seeds) -> list[int]:
     from .stats import parse_seeds
 
+    if isinstance(seeds, int):  # a count, as on the command line
+        return parse_seeds(str(seeds))
     return parse_seeds(seeds) if isinstance(seeds, str) else [int(seed) for seed in seeds]
 
 
@@ -321,7 +320,7 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
         from .knn import knn_probe
 
         probe = knn_probe(cache.train_features[:, 0], cache.train_labels, cache.test_features, cache.test_labels,
-                          seed=seed, val_fraction=val_fraction, temperature=knn_temperature)
+                          seed=seed, val_fraction=val_fraction, temperature=knn_temperature, classes=len(cache.classes))
         model = probe["head"]
         history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
                    "test_acc": [probe["test_acc"]], "test_probabilities": probe["test_log_shares"].exp()}
@@ -380,6 +379,8 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, hea
     from .loop import EpochConfig, check_learning_rate
 
     seeds = _seed_list(seeds)
+    if weight_decay < 0:
+        raise FeatcacheError(f"`weight_decay` must be non-negative, got {weight_decay}")
     folder = claim_seed_dir(out, "feature-extraction", overwrite) if out is not None else None
     if isinstance(cache, (CacheSpec, str, Path)):
         cache = open_cache(cache)
@@ -393,7 +394,8 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, hea
     trained = train_seeded_heads(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
                                  config, seeds, lr, weight_decay)
     wall = (time.perf_counter() - started) / len(seeds)  # each head's share of the lockstep training
-    record = {key: value for key, value in options.items() if key not in ("log", "echo", "val_fraction", "logreg_views")}
+    settings = ("log", "echo", "val_fraction", "logreg_views", "sweep_lrs", "sweep_wds", "knn_temperature")
+    record = {key: value for key, value in options.items() if key not in settings}  # the rest: extra record
     runs = [_head_run(model, history, wall, cache, {
         "head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
         "sweep": False, "cache": str(cache.path), "views": cache.views, "lockstep_seeds": len(seeds)}, record)
@@ -651,7 +653,7 @@ def predict(model: str | Path, inputs, out: str | Path, *, output_format: str = 
 
 
 def fewshot(cache, out: str | Path, *, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
-            probes=("linear", "logreg", "knn"), log: Log | None = None) -> dict:
+            probes=("linear", "logreg", "knn"), knn_temperature: float | None = None, log: Log | None = None) -> dict:
     """Few-shot curves from a cache alone (featcache.fewshot): per k and probe, the mean test accuracy
     over `trials` seeded subsets with its 95% t-interval; writes fewshot.{md,csv,json,png} to `out`."""
     import csv
@@ -661,7 +663,7 @@ def fewshot(cache, out: str | Path, *, shots=(1, 2, 5, 10, 20, 50), trials: int 
 
     cache = cache if hasattr(cache, "train_features") else open_cache(cache)
     started = time.perf_counter()
-    rows = run_fewshot(cache, list(shots), trials, seed, list(probes), log)
+    rows = run_fewshot(cache, list(shots), trials, seed, list(probes), log, knn_temperature)
     seconds = time.perf_counter() - started
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

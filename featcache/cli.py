@@ -202,12 +202,12 @@ out_options = stacked(
 epoch_options = click.option("--epochs", type=int, default=15, show_default=True, help="Training epochs.")
 
 
-seeds_option = click.option(
-    "--seeds", default=None,
-    help="Train once per training seed: 'A-B', a list '0,3,7' or a count N (seeds 0..N-1). A seed varies the "
-         "init, the shuffle and the validation split, never the views (--seed picks those). Writes "
-         "--out/seed-<k>/ per seed and --out/seeds.json, and prints the mean, standard deviation and 95% "
-         "t-interval of the final test accuracy.")
+def seeds_option(varies: str):
+    return click.option(
+        "--seeds", default=None,
+        help=f"Train once per training seed: 'A-B', a list '0,3,7' or a count N (seeds 0..N-1). A seed varies {varies}, "
+             "never the views (--seed picks those). Writes --out/seed-<k>/ per seed and --out/seeds.json, and "
+             "prints the mean, standard deviation and 95% t-interval of the final test accuracy.")
 
 
 @main.command("train-head")
@@ -242,7 +242,7 @@ seeds_option = click.option(
               help="Fit the logreg probe on clean views only, or on clean plus every augmented view.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Share of training images held out to choose the sweep setting, logreg's C or kNN's k.")
-@seeds_option
+@seeds_option("the head's init, the shuffle and the validation split (heads train in lockstep)")
 @out_options
 def train_head(cache, **options):
     """Train a feature-extraction head on cached features, in seconds.
@@ -288,7 +288,7 @@ finetune_options = stacked(
 @finetune_options
 @click.option("--init-head", type=click.Path(path_type=Path), default=None,
               help="Start the head from a train-head run directory instead of a random init.")
-@seeds_option
+@seeds_option("the head's init and the shuffle (one run after another)")
 @out_options
 def finetune_command(**options):
     """Fine-tune a pretrained ResNet-18 end to end: new head plus the --unfreeze stages, two learning
@@ -312,7 +312,7 @@ def finetune_command(**options):
 @run_options(32, "Training batch size.")
 @epoch_options
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
-@seeds_option
+@seeds_option("the model's init and the shuffle (one run after another)")
 @out_options
 def scratch_command(**options):
     """Train ResNet-18 from a seeded random init: every parameter, Adam, the reference augmentation."""
@@ -336,7 +336,9 @@ def compare_command(run_dirs, out):
     and from each run's stored last-epoch predictions its per-class test accuracy and confusion matrix
     (confusion.png, and in summary.md)."""
     result = api.compare(run_dirs, out)
-    click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS))
+    several = any(row["seeds"] > 1 for row in result["rows"])
+    click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS[:3] + api.UNCERTAINTY_COLUMNS if several
+                                  else api.SUMMARY_COLUMNS))
     for row in result["comparisons"]:
         click.echo(f"{row['a']} - {row['b']}: {row['verdict']}")
     if result["confusion_png"]:
@@ -413,9 +415,11 @@ def predict_command(model, inputs, out, output_format, top_k, batch_size, device
               help="linear (reference head, fixed budget of 705 Adam steps), logreg (C by cross-validation "
                    "inside the subset, C=1 at 1 shot), knn (k on a validation split from 5 shots, else 1-NN).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the subsets, inits and shuffles.")
+@click.option("--knn-temperature", type=float, default=None,
+              help="kNN votes weighted by exp(similarity / T) (DINOv2 uses 0.07). Default: uniform votes.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "fewshot", show_default=True,
               help="Folder for fewshot.md, fewshot.csv, fewshot.json and fewshot.png.")
-def fewshot_command(cache, shots, trials, probes, seed, out):
+def fewshot_command(cache, shots, trials, probes, seed, knn_temperature, out):
     """Few-shot curves from CACHE alone (no image is decoded): for each k, --trials subsets of k training
     images per class, each probe trained on them and tested on the whole test split; mean test accuracy
     and 95% t-interval over trials per probe, as a table and a PNG of accuracy versus k."""
@@ -424,7 +428,7 @@ def fewshot_command(cache, shots, trials, probes, seed, out):
     except ValueError:
         raise FeatcacheError(f"`shots` must be comma-separated integers, got {shots!r}") from None
     result = api.fewshot(cache, out, shots=shot_list, trials=trials, seed=seed,
-                         probes=_split_names(probes) or (), log=click.echo)
+                         probes=_split_names(probes) or (), knn_temperature=knn_temperature, log=click.echo)
     click.echo(result["markdown"])
     click.echo(f"{result['seconds']:.1f} s of compute; wrote {result['png']}, {result['md']}, {result['csv']} "
                f"and {result['json']}")
@@ -487,8 +491,9 @@ def experiment(**options):
                                   api.SUMMARY_COLUMNS[:3] + api.UNCERTAINTY_COLUMNS))
     for row in comparison["comparisons"]:
         click.echo(f"{row['a']} - {row['b']}: {row['verdict']}")
-    click.echo(f"experiment finished in {result['seconds']:.1f} s; plots {comparison['png']} and "
-               f"{comparison['confusion_png']}, tables {comparison['markdown']} and {comparison['csv']}")
+    plots = " and ".join(str(path) for path in (comparison["png"], comparison["confusion_png"]) if path)
+    click.echo(f"experiment finished in {result['seconds']:.1f} s; plots {plots}, tables {comparison['markdown']} "
+               f"and {comparison['csv']}")
 
 
 @main.command("bench")

@@ -56,6 +56,8 @@ def correctness(group: dict) -> tuple[list[str], np.ndarray] | None:
         order = np.argsort(predictions["ids"], kind="stable")
         if ids is None:
             ids = predictions["ids"][order]
+        elif not np.array_equal(predictions["ids"][order], ids):  # seeds tested on other images: no pairing
+            return None
         rows.append((predictions["predicted"] == predictions["labels"])[order])
     return list(ids), np.stack(rows)
 
@@ -101,6 +103,7 @@ def paired_comparisons(groups: list[dict]) -> list[dict]:
                                                     [r["test_acc"][-1] for r in second["runs"]])
             if len(first["runs"]) == len(second["runs"]) == 1:
                 row["mcnemar"] = mcnemar(correct_a[1][0], correct_b[1][0])
+            row["several_seeds"] = len(first["runs"]) > 1 or len(second["runs"]) > 1
             row["verdict"] = verdict(row)
             results.append(row)
     return results
@@ -117,6 +120,10 @@ def verdict(row: dict) -> str:
     size = f"{100 * abs(boot['difference']):.1f} points"
     if not _excludes_zero(boot):
         return f"no difference shown: the test-image interval [{boot['low']:+.4f}, {boot['high']:+.4f}] includes 0"
+    several = row.get("several_seeds", False)
+    if several and seeds is None:
+        return (f"{better} ahead by {size} on these test images; seed spread not assessed (the two have different "
+                f"seeds): not established")
     if seeds is not None and seeds["low"] is not None and not _excludes_zero(seeds):
         return (f"{better} ahead by {size} on these test images, but not consistently across the {seeds['n']} seeds "
                 f"(seed interval [{seeds['low']:+.4f}, {seeds['high']:+.4f}] includes 0): not supported")

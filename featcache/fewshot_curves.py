@@ -97,22 +97,27 @@ def logreg_probes(train_features: np.ndarray, train_labels: np.ndarray, test_fea
 
 
 def knn_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-               test_labels: torch.Tensor, subsets: np.ndarray, seed: int) -> np.ndarray:
+               test_labels: torch.Tensor, subsets: np.ndarray, seed: int, temperature: float | None = None) -> np.ndarray:
+    classes = int(train_labels.max()) + 1
     return np.array([knn_probe(train_features[subset], train_labels[subset], test_features, test_labels,
-                               seed=seed + trial)["test_acc"] for trial, subset in enumerate(subsets)])
+                               seed=seed + trial, temperature=temperature, classes=classes)["test_acc"]
+                     for trial, subset in enumerate(subsets)])
 
 
 def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0, probes=PROBES,
-            log=None) -> list[dict]:
+            log=None, knn_temperature: float | None = None) -> list[dict]:
     """One row per (probe, shots): mean test accuracy over `trials` subsets with its 95% t-interval."""
     unknown = [probe for probe in probes if probe not in PROBES]
-    if unknown:
-        raise FeatcacheError(f"`probes`: unknown {', '.join(unknown)}; choose from {', '.join(PROBES)}")
+    if unknown or not probes:
+        raise FeatcacheError(f"`probes`: choose one or more of {', '.join(PROBES)}, got {', '.join(probes) or 'none'}")
     if trials < 2:
         raise FeatcacheError(f"`trials` must be at least 2 for an interval, got {trials}")
     if not shots or min(shots) < 1:
         raise FeatcacheError(f"`shots` must be positive, got {list(shots)}")
     labels = cache.train_labels.numpy()
+    fewest = int(np.bincount(labels).min())
+    if max(shots) > fewest:  # before any work
+        raise FeatcacheError(f"`shots` {max(shots)} is more than the {fewest} training images of the smallest class")
     clean = cache.train_features[:, 0]
     rows = []
     for k in shots:
@@ -125,7 +130,8 @@ def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
                 accuracies = logreg_probes(clean.numpy(), labels, cache.test_features.numpy(),
                                            cache.test_labels.numpy(), subsets, k)
             else:
-                accuracies = knn_probes(clean, cache.train_labels, cache.test_features, cache.test_labels, subsets, seed)
+                accuracies = knn_probes(clean, cache.train_labels, cache.test_features, cache.test_labels, subsets, seed,
+                                        knn_temperature)
             interval = t_interval(accuracies)
             rows.append({"probe": probe, "shots": k, "trials": trials, "mean_test_acc": interval["mean"],
                          "std": interval["std"], "ci95_low": interval["low"], "ci95_high": interval["high"],

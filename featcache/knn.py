@@ -33,19 +33,20 @@ class KNNHead(nn.Module):
         if exclude_self:  # leave-one-out on the bank itself: each row's own entry does not vote
             similarity = similarity.fill_diagonal_(-float("inf"))
         values, indices = similarity.topk(self.k, dim=1)
-        weights = (values / self.temperature).exp() if self.temperature else torch.ones_like(values)
+        # exp(s / T) relative to the nearest (the shares are the same), so small T cannot overflow
+        weights = ((values - values[:, :1]) / self.temperature).exp() if self.temperature else torch.ones_like(values)
         votes = (weights.unsqueeze(-1) * self.onehot[indices]).sum(1)
         return (votes / votes.sum(1, keepdim=True)).log()
 
 
 def knn_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
               test_labels: torch.Tensor, seed: int = 0, val_fraction: float = 0.2, ks=DEFAULT_KS,
-              temperature: float | None = None) -> dict:
+              temperature: float | None = None, classes: int | None = None) -> dict:
     """kNN on clean views [N, D] (k chosen on a validation split when there are enough images):
     the head on all training images, its grid, and train (leave-one-out) and test accuracy."""
     from .heads import validation_split
 
-    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    classes = classes or int(max(train_labels.max(), test_labels.max())) + 1
     if temperature is not None and not temperature > 0:
         raise FeatcacheError(f"`knn_temperature` must be positive, got {temperature}")
     counts = np.bincount(train_labels.numpy(), minlength=classes)

@@ -46,7 +46,8 @@ def compare(run_dirs: list[Path], out: Path) -> dict:
                         "best_test_acc_on_test_set is the best epoch picked on the test set itself: an "
                         "optimistic number, not a fair estimate. With several seeds a row holds means over seeds, "
                         "test_acc_ci95_seeds the t-interval over seeds and test_acc_ci95_test_images a bootstrap "
-                        "over test images.\n" + comparisons_markdown(comparisons) + per_class_markdown(per_class))
+                        "over test images." + SEED_WARNING * any(row["seeds"] > 1 for row in rows) + "\n"
+                        + comparisons_markdown(comparisons) + per_class_markdown(per_class))
     csv_path = out / "summary.csv"
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS + UNCERTAINTY_COLUMNS)
@@ -55,6 +56,10 @@ def compare(run_dirs: list[Path], out: Path) -> dict:
     confusion_png = plot_confusion(per_class, out / "confusion.png") if per_class["runs"] else None
     return {"png": png, "markdown": markdown, "csv": csv_path, "rows": rows, "comparisons": comparisons,
             "confusion_png": confusion_png, "per_class": per_class}
+
+
+SEED_WARNING = (" Few seeds give wide seed intervals: with 3 the 95% t-interval is the mean ± 4.30 standard "
+                "errors, and it can reach past 0 or 1.")
 
 
 def plot_group(axis, group: dict, key: str, colour) -> None:

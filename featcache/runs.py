@@ -31,7 +31,7 @@ def prepare_run_dir(out: Path | None, approach: str, overwrite: bool = False) ->
     """The folder a run will write to (created when the run is written); refuses to replace an
     earlier run unless asked, before any training time is spent."""
     out = Path(out) if out is not None else default_run_dir(approach)
-    if (out / HISTORY).exists() and not overwrite:
+    if ((out / HISTORY).exists() or (out / SEEDS).exists()) and not overwrite:
         raise FeatcacheError(f"{out} already holds a run; choose another `out` or pass `overwrite`")
     return out
 
@@ -65,6 +65,7 @@ def write_run(out: Path, approach: str, history: dict, config: dict, state_dict:
         **extra,
     }
     out.mkdir(parents=True, exist_ok=True)
+    (out / SEEDS).unlink(missing_ok=True)  # an overwritten folder of seeds is now this single run
     torch.save(state_dict, out / WEIGHTS)
     if predictions is not None:
         np.savez(out / PREDICTIONS, ids=np.asarray(predictions["ids"], dtype=str),
@@ -110,6 +111,8 @@ def write_seeds(out: Path, approach: str, seeds: list[int], final_test_accs: lis
                 seconds: float | None) -> Path:
     """seeds.json of a folder of seed-<k>/ run directories: which seeds, their final accuracies, the summary."""
     out.mkdir(parents=True, exist_ok=True)
+    for single in (HISTORY, WEIGHTS, PREDICTIONS):  # an overwritten single run is now this folder of seeds
+        (out / single).unlink(missing_ok=True)
     record = {"approach": approach, "seeds": seeds, "final_test_acc": final_test_accs, "summary": summary,
               "seconds": seconds, "featcache_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (out / SEEDS).write_text(json.dumps(record, indent=2) + "\n")

@@ -59,13 +59,32 @@ def test_seeds_differ_reproduce_and_keep_the_cache(cache, tmp_path, run_cli):
     assert run_cli("export", tmp_path / "c" / "seed-1", "--out", tmp_path / "m.pt2").exit_code == 0
 
 
-def test_end_to_end_seeds_share_the_views(image_folder, tmp_path):
+def test_end_to_end_seeds_share_the_views(image_folder, tmp_path, monkeypatch):
+    """Every view a training seed asks for is made with the view seed (5), whatever the training seed:
+    per seed, the same (image, view) pairs each epoch, with the same pixels."""
+    import featcache.augment as augment
+
+    made = {}
+    real = augment.make_views
+
+    def recording(images, indices, view, split, seed, *args, **kwargs):
+        pixels = real(images, indices, view, split, seed, *args, **kwargs)
+        made.setdefault(current[0], {}).update({(split, index, view, seed): pixels[k] for k, index in enumerate(indices)})
+        return pixels
+    monkeypatch.setattr(augment, "make_views", recording)
     images = featcache.load_images(featcache.DataSpec(str(image_folder)), image_size=32, seed=5, device="cpu")
+    current = [None]
+    runs = []
+    for training_seed in (0, 1):
+        current[0] = training_seed
+        runs.append(featcache.scratch(images, seed=training_seed, epochs=2))
+    assert runs[0].config["view_seed"] == runs[1].config["view_seed"] == 5
+    assert runs[0].history != runs[1].history  # the training seed did change training
+    first, second = made[0], made[1]
+    assert set(first) == set(second) and {key[3] for key in first} == {5}
+    assert all(torch.equal(first[key], second[key]) for key in first)
     group = featcache.scratch_seeds(images, [0, 1], seed=5, epochs=1, out=tmp_path / "s")
-    assert [run.config["view_seed"] for run in group.runs] == [5, 5] and group.seeds == [0, 1]
-    assert group.runs[0].history != group.runs[1].history
-    assert torch.equal(images.views("train", [0, 1], 1), featcache.load_images(
-        featcache.DataSpec(str(image_folder)), image_size=32, seed=5, device="cpu").views("train", [0, 1], 1))
+    assert group.seeds == [0, 1] and [run.config["view_seed"] for run in group.runs] == [5, 5]
 
 
 def test_t_interval_known_answer():
@@ -77,6 +96,11 @@ def test_t_interval_known_answer():
     assert half == pytest.approx(0.0994, abs=1e-4)
     assert t_interval([0.5])["low"] is None  # one seed: no interval, said so
     assert "single value" in t_interval([0.5])["method"]
+    from featcache.stats import paired_seed_interval
+
+    paired = paired_seed_interval([0.71, 0.72, 0.73], [0.70, 0.70, 0.70])  # differences 0.01, 0.02, 0.03
+    assert paired["difference"] == pytest.approx(0.02)
+    assert paired["low"] == pytest.approx(0.02 - scipy_stats.t.ppf(0.975, 2) * 0.01 / np.sqrt(3))
 
 
 def test_bootstrap_known_answers():
@@ -140,9 +164,14 @@ def test_knn_head_runs_exports_and_predicts(cache, image_folder, tmp_path, run_c
 def test_fewshot_subsets_are_seeded_per_class_from_training_images_and_shared_by_probes(cache, tmp_path, monkeypatch):
     from featcache import fewshot_curves as fewshot_module
 
+    import h5py
+
     labels = cache.train_labels.numpy()
     subsets = fewshot_module.draw_subsets(labels, 2, 4, seed=1)
-    assert subsets.shape == (4, 6) and subsets.max() < len(labels)  # indices into the training split only
+    with h5py.File(cache.path) as handle:
+        train_ids = [name.decode() for name in handle["train/ids"][()]]
+    drawn = {train_ids[index] for index in subsets.flatten()}
+    assert subsets.shape == (4, 6) and drawn and not drawn & set(cache.test_ids)  # training images only
     for row in subsets:
         assert len(set(row)) == 6 and sorted(np.bincount(labels[row], minlength=3)) == [2, 2, 2]
     assert np.array_equal(subsets, fewshot_module.draw_subsets(labels, 2, 4, seed=1))
@@ -171,3 +200,34 @@ def test_fewshot_command(cache, tmp_path, run_cli):
                      "--out", tmp_path / "fs")
     assert result.exit_code == 0, result.output
     assert "| knn | 1 | 2 |" in result.output and (tmp_path / "fs" / "fewshot.csv").is_file()
+
+
+def test_linear_probe_takes_its_fixed_budget_of_steps(cache, monkeypatch):
+    from featcache import fewshot_curves
+    from featcache.heads import LinearHeads
+
+    steps = []
+    real = LinearHeads.step
+    monkeypatch.setattr(LinearHeads, "step", lambda self, *args: steps.append(args[0].shape) or real(self, *args))
+    subsets = fewshot_curves.draw_subsets(cache.train_labels.numpy(), 1, 3, seed=0)
+    fewshot_curves.linear_probes(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
+                                 subsets, seed=0)
+    assert len(steps) == fewshot_curves.LINEAR_STEPS and steps[0] == (3, 3, 513)  # 3 trials, 3 images, bias column
+
+
+def test_knn_leave_one_out_and_temperature(cache):
+    from featcache.knn import KNNHead
+
+    clean = cache.train_features[:, 0]
+    head = KNNHead(clean, cache.train_labels, 3, k=1)
+    with torch.no_grad():
+        own = head(clean).argmax(1)
+        left_out = head(clean, exclude_self=True).argmax(1)
+        nearest_other = (torch.nn.functional.normalize(clean, dim=1) @ head.bank.T).fill_diagonal_(-2).argmax(1)
+    assert torch.equal(own, cache.train_labels)  # itself
+    assert torch.equal(left_out, cache.train_labels[nearest_other])  # the nearest other image
+    sharp = KNNHead(clean, cache.train_labels, 3, k=5, temperature=0.001)
+    with torch.no_grad():
+        shares = sharp(cache.test_features).exp()
+    assert torch.isfinite(shares).all()
+    torch.testing.assert_close(shares.sum(1), torch.ones(len(shares)))
