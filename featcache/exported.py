@@ -146,7 +146,8 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
                                  record["knn"].get("temperature"))
         else:
             network.fc = nn.Linear(FEATURE_DIM, len(classes))
-        _load_into(network.fc, state, run_dir / WEIGHTS, f"a {type(network.fc).__name__} head of {len(classes)} classes")
+        what = f"a kNN head of {len(classes)} classes" if "knn" in record else f"a Linear({FEATURE_DIM}, {len(classes)}) head"
+        _load_into(network.fc, state, run_dir / WEIGHTS, what)
         image_size = int(record["cache_attrs"]["image_size"])
         provenance.update(cache_key=record.get("cache_key"), cache_precision=record["cache_attrs"].get("precision"),
                           backbone_weights={"source": source, "identity": identity})
