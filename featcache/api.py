@@ -79,10 +79,17 @@ class CacheSpec:
     precision: str = "fp32"
     cache_dir: Path = Path("cache")
 
-    def locate(self) -> tuple[Dataset, dict, Path]:
-        """(dataset, provenance, the cache file's path), without importing torch."""
+    def locate(self, rehash: bool = False) -> tuple[Dataset, dict, Path]:
+        """(dataset, provenance, the cache file's path), without importing torch. Files' content hashes
+        are remembered in cache_dir under their stat (featcache.fingerprint): a repeated call reads only
+        changed files, or every file with `rehash`."""
+        from .fingerprint import FileHashes
+
         dataset = self.data.load()
-        provenance = cache_provenance(dataset, self.weights, self.seed, self.image_size, self.views, self.precision)
+        hashes = FileHashes(self.cache_dir, rehash)
+        provenance = cache_provenance(dataset, self.weights, self.seed, self.image_size, self.views, self.precision,
+                                      hashes)
+        hashes.save()
         return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)
 
 
@@ -97,13 +104,13 @@ def weights_source(weights: str) -> str:
 
 
 def extract(spec: CacheSpec, *, batch_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE, device: str = "auto",
-            num_workers: int = 0, force: bool = False, progress: bool = True) -> ExtractResult:
+            num_workers: int = 0, force: bool = False, rehash: bool = False, progress: bool = True) -> ExtractResult:
     """Find the complete cache for `spec` (without importing torch), or extract it: run the frozen
     backbone once per view, in checksummed shards, resuming from finished ones. Under torchrun every
     process calls this with the same arguments and the shards are dealt over them."""
     started = time.perf_counter()
     try:
-        dataset, provenance, final = spec.locate()
+        dataset, provenance, final = spec.locate(rehash)
         if not force and reusable_cache(final, cache_key(provenance)):
             return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
         from .backbone import load_backbone, resolve_device

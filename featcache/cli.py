@@ -157,6 +157,9 @@ def main():
 @cache_options
 @shard_option
 @click.option("--force", is_flag=True, help="Recompute even if a complete cache (or finished shards) exists.")
+@click.option("--rehash", is_flag=True,
+              help="Read every image file to fingerprint the dataset, instead of trusting the content hashes "
+                   "remembered (in --cache-dir) for files whose size, mtime, ctime and inode are unchanged.")
 def extract(**options):
     """Run the frozen backbone once over every view and cache the 512-d features in HDF5.
 
@@ -168,7 +171,7 @@ def extract(**options):
     """
     result = api.extract(cache_spec(options), batch_size=options["batch_size"], shard_size=options["shard_size"],
                          device=options["device"], num_workers=options["num_workers"], force=options["force"],
-                         progress=api.is_main_process())
+                         rehash=options["rehash"], progress=api.is_main_process())
     if not api.is_main_process():
         return
     if result.reused:

@@ -27,7 +27,7 @@ class Split:
 
     ids: list[str]
     labels: np.ndarray
-    paths: list[Path] | None = None  # image folders
+    paths: list[str] | None = None  # image folders (strings: a million Path objects cost seconds)
     arrays: np.ndarray | None = None  # CIFAR-10: uint8 [N, H, W, 3]
 
     def __len__(self) -> int:
@@ -53,9 +53,13 @@ class Dataset:
     test: Split
     description: dict = field(default_factory=dict)
 
-    def fingerprint(self) -> str:
-        """sha256 over the selected samples' ids, labels and raw bytes: what the pixels come from."""
-        digest = hashlib.sha256()
+    def fingerprint(self, hashes=None) -> str:
+        """sha256 over the selected samples' ids, labels and contents (each file's sha256, from `hashes`,
+        a fingerprint.FileHashes that re-reads only changed files): what the pixels come from."""
+        from .fingerprint import FileHashes
+
+        hashes = hashes if hashes is not None else FileHashes()
+        digest = hashlib.sha256(b"featcache fingerprint 2: per-file sha256")
         for split_name, split in (("train", self.train), ("test", self.test)):
             digest.update(split_name.encode())
             digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
@@ -64,7 +68,7 @@ class Dataset:
                 digest.update(np.ascontiguousarray(split.arrays).tobytes())
             else:
                 for path in split.paths:
-                    digest.update(path.read_bytes())
+                    digest.update(hashes.digest(path))
         return digest.hexdigest()
 
 
@@ -145,7 +149,8 @@ def _load_folder(root: Path, classes, per_class, test_per_class) -> Dataset:
         split_dir = root / split_name
         if not split_dir.is_dir():
             raise FeatcacheError(f"data folder {root} has no {split_name}/ folder (expected {split_dir}/<class>/*)")
-        available = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        with os.scandir(split_dir) as entries:
+            available = sorted(entry.name for entry in entries if entry.is_dir())
         if classes is None:
             classes = available
             if len(classes) < 2:
@@ -153,13 +158,15 @@ def _load_folder(root: Path, classes, per_class, test_per_class) -> Dataset:
         _check_classes(classes, available, str(split_dir))
         ids, labels, paths = [], [], []
         for label, name in enumerate(classes):
-            files = sorted(p for p in (split_dir / name).iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            folder = os.path.join(split_dir, name)
+            with os.scandir(folder) as entries:  # os.scandir: 4x faster than pathlib on large folders
+                files = sorted(entry.name for entry in entries
+                               if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file())
             if not files:
-                raise FeatcacheError(f"class folder {split_dir / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise FeatcacheError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
             files = files[:limit] if limit is not None else files
-            paths += files
-            ids += [str(p.relative_to(root)) for p in files]
+            paths += [os.path.join(folder, file) for file in files]
+            ids += [f"{split_name}/{name}/{file}" for file in files]
             labels += [label] * len(files)
         splits[split_name] = Split(ids=ids, labels=np.array(labels, dtype=np.int64), paths=paths)
     return Dataset(root.resolve().name, list(classes), splits["train"], splits["test"],

@@ -75,13 +75,14 @@ def weights_identity(weights: str, seed: int) -> str:
 
 
 def cache_provenance(dataset, weights: str, seed: int, image_size: int, views: int,
-                     precision: str = "fp32") -> dict:
-    """Everything that determines the cached numbers; the cache key is a hash of exactly this."""
+                     precision: str = "fp32", hashes=None) -> dict:
+    """Everything that determines the cached numbers; the cache key is a hash of exactly this.
+    `hashes` (fingerprint.FileHashes) remembers the files' content hashes between calls."""
     return {
         "format_version": FORMAT_VERSION,
         "backbone": BACKBONE,
         "weights": weights_identity(weights, seed),
-        "dataset_fingerprint": dataset.fingerprint(),
+        "dataset_fingerprint": dataset.fingerprint(hashes),
         "classes": list(dataset.classes),
         "train_ids_count": len(dataset.train),
         "test_ids_count": len(dataset.test),

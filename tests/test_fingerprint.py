@@ -1,0 +1,73 @@
+"""The dataset fingerprint reads only changed files: a stat table beside the caches, trusted only for
+files unchanged in size, mtime, ctime and inode and not changed within 2 s of being hashed."""
+import os
+import time
+
+import featcache
+from featcache import fingerprint
+from featcache.fingerprint import FileHashes
+
+from conftest import write_image_folder
+
+
+def age(folder, seconds=60):
+    """Every file's mtime put `seconds` into the past (its ctime becomes now: wait out the racy window)."""
+    past = time.time() - seconds
+    for root, _, files in os.walk(folder):
+        for name in files:
+            os.utime(os.path.join(root, name), (past, past))
+
+
+def counting(monkeypatch):
+    reads = []
+    real = fingerprint.file_sha256
+    monkeypatch.setattr(fingerprint, "file_sha256", lambda path: reads.append(path) or real(path))
+    return reads
+
+
+def locate(data, cache_dir, rehash=False):
+    spec = featcache.CacheSpec(featcache.DataSpec(str(data)), weights="random", image_size=32, views=2,
+                               cache_dir=cache_dir)
+    return spec.locate(rehash)[2]
+
+
+def test_second_call_reads_no_file_and_a_changed_file_changes_the_key(tmp_path, monkeypatch):
+    data = write_image_folder(tmp_path / "data", 3, 2)
+    age(data)
+    monkeypatch.setattr(fingerprint, "RACY_NS", 0)  # ctime was just set by age(): trust it in this test
+    reads = counting(monkeypatch)
+    first = locate(data, tmp_path / "cache")
+    assert len(reads) == 15 and (tmp_path / "cache" / fingerprint.TABLE).is_file()
+    reads.clear()
+    assert locate(data, tmp_path / "cache") == first and reads == []  # the stat table answered
+    assert locate(data, tmp_path / "cache", rehash=True) == first and len(reads) == 15  # --rehash reads all
+    victim = data / "train" / "ant" / "0001.png"
+    stat = victim.stat()
+    content = bytearray(victim.read_bytes())
+    content[-5] ^= 0xFF  # same size, other bytes, mtime put back: only ctime and the bytes differ
+    victim.write_bytes(bytes(content))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert victim.stat().st_size == stat.st_size and victim.stat().st_mtime_ns == stat.st_mtime_ns
+    reads.clear()
+    changed = locate(data, tmp_path / "cache")
+    assert reads == [str(victim)] and changed != first  # ctime caught it: re-read, and a new key
+
+
+def test_racily_clean_files_are_hashed_again(tmp_path, monkeypatch):
+    data = write_image_folder(tmp_path / "data", 2, 1)  # just written: within the 2 s window
+    reads = counting(monkeypatch)
+    locate(data, tmp_path / "cache")
+    reads.clear()
+    locate(data, tmp_path / "cache")
+    assert len(reads) == 9  # not trusted yet: hashed again
+
+
+def test_a_damaged_table_is_only_a_lost_shortcut(tmp_path):
+    (tmp_path / fingerprint.TABLE).write_bytes(b"not numpy")
+    hashes = FileHashes(tmp_path)
+    assert hashes.entries == {}
+    path = tmp_path / "file.png"
+    path.write_bytes(b"abc")
+    assert hashes.digest(str(path)) == fingerprint.file_sha256(str(path))
+    hashes.save()
+    assert FileHashes(tmp_path).entries  # the table was rewritten
