@@ -59,7 +59,7 @@ class Dataset:
         from .fingerprint import FileHashes
 
         hashes = hashes if hashes is not None else FileHashes()
-        digest = hashlib.sha256(b"featcache fingerprint 2: per-file sha256")
+        digest = hashlib.sha256(b"featcache fingerprint 2: per-file sha256 in hex")
         for split_name, split in (("train", self.train), ("test", self.test)):
             digest.update(split_name.encode())
             digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).tobytes())
@@ -67,8 +67,7 @@ class Dataset:
             if split.arrays is not None:
                 digest.update(np.ascontiguousarray(split.arrays).tobytes())
             else:
-                for path in split.paths:
-                    digest.update(hashes.digest(path))
+                digest.update(b"".join(map(hashes.digest, split.paths)))
         return digest.hexdigest()
 
 
@@ -165,7 +164,7 @@ def _load_folder(root: Path, classes, per_class, test_per_class) -> Dataset:
             if not files:
                 raise FeatcacheError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
             files = files[:limit] if limit is not None else files
-            paths += [os.path.join(folder, file) for file in files]
+            paths += [folder + os.sep + file for file in files]
             ids += [f"{split_name}/{name}/{file}" for file in files]
             labels += [label] * len(files)
         splits[split_name] = Split(ids=ids, labels=np.array(labels, dtype=np.int64), paths=paths)

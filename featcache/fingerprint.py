@@ -23,33 +23,34 @@ RACY_NS = 2_000_000_000  # changed less than 2 s before hashing: not trusted, ha
 
 
 def file_sha256(path: str) -> bytes:
+    """The file's sha256 as 64 hex digits (bytes): the form the table stores and the fingerprint hashes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.digest()
+    return digest.hexdigest().encode()
 
 
 class FileHashes:
-    """path -> sha256 of its bytes, from the table when the file's stat says it has not changed."""
+    """path -> sha256 of its bytes (hex), from the table when the file's stat says it has not changed.
+    Lean on purpose: at a million files every microsecond per file is a second per command."""
 
     def __init__(self, folder: Path | None = None, rehash: bool = False):
         self.path = Path(folder) / TABLE if folder is not None else None
-        self.entries: dict[bytes, tuple] = {}
+        self.entries: dict[str, tuple] = {}
         self.hashed = 0  # files read in this run
         if self.path is not None and self.path.is_file() and not rehash:
             self.entries = _load(self.path)
         self.changed = False
 
     def digest(self, path: str) -> bytes:
-        key = os.fsencode(path)
-        stat = os.stat(key)
-        known = self.entries.get(key)
+        stat = os.stat(path)
+        known = self.entries.get(path)
         current = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-        if known is not None and known[:4] == current and known[5] - max(stat.st_mtime_ns, stat.st_ctime_ns) > RACY_NS:
-            return bytes.fromhex(known[4].decode())
+        if known is not None and known[:4] == current and known[5] - RACY_NS > current[1] and known[5] - RACY_NS > current[2]:
+            return known[4]
         digest = file_sha256(path)
-        self.entries[key] = (*current, digest.hex().encode(), time.time_ns())
+        self.entries[path] = (*current, digest, time.time_ns())
         self.hashed += 1
         self.changed = True
         return digest
@@ -64,7 +65,7 @@ class FileHashes:
         partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp.npz")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(partial, paths=np.array(keys, dtype=bytes), size=np.array(columns[0], dtype=np.int64),
+            np.savez(partial, paths=np.array([os.fsencode(key) for key in keys], dtype=bytes), size=np.array(columns[0], dtype=np.int64),
                      mtime_ns=np.array(columns[1], dtype=np.int64), ctime_ns=np.array(columns[2], dtype=np.int64),
                      inode=np.array(columns[3], dtype=np.uint64), sha256=np.array(columns[4], dtype="S64"),
                      hashed_ns=np.array(columns[5], dtype=np.int64))
@@ -74,10 +75,11 @@ class FileHashes:
                 partial.unlink(missing_ok=True)
 
 
-def _load(path: Path) -> dict[bytes, tuple]:
+def _load(path: Path) -> dict[str, tuple]:
     try:
         with np.load(path, allow_pickle=False) as table:
             columns = [table[name].tolist() for name in ("size", "mtime_ns", "ctime_ns", "inode", "sha256", "hashed_ns")]
-            return dict(zip(table["paths"].tolist(), zip(*columns)))
+            paths = [os.fsdecode(name) for name in table["paths"].tolist()]
+            return dict(zip(paths, zip(*columns)))
     except (OSError, ValueError, KeyError):  # a damaged table is only a lost shortcut
         return {}
