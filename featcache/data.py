@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import FeatcacheError
 
@@ -37,12 +37,16 @@ class Split:
         """The sample as an RGB PIL image; a corrupt file raises FeatcacheError naming it."""
         if self.arrays is not None:
             return Image.fromarray(self.arrays[index])
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise FeatcacheError(f"cannot read image {path}: {error}") from None
+        return read_image(self.paths[index])
+
+
+def read_image(path) -> Image.Image:
+    """An image file as an RGB PIL image; a file PIL cannot read raises FeatcacheError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as error:  # damaged files raise OSError, SyntaxError, EOFError, zlib.error, ValueError...
+        raise FeatcacheError(f"cannot read image {path}: {error}") from None
 
 
 @dataclass

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as F
-from PIL import Image
 from tqdm import tqdm
 
-from .data import IMAGE_EXTENSIONS
+from .data import IMAGE_EXTENSIONS, read_image
 from .errors import FeatcacheError
 from .preprocess import batchable
 
@@ -53,12 +52,10 @@ class Prepared(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        path = self.files[index]
         try:
-            with Image.open(path) as image:
-                pixels = F.pil_to_tensor(image.convert("RGB"))
-        except Exception as error:  # PIL raises OSError, SyntaxError, EOFError, zlib.error... for damaged files
-            return index, f"cannot read image {path}: {error}"
+            pixels = F.pil_to_tensor(read_image(self.files[index]))
+        except FeatcacheError as error:
+            return index, str(error)
         return index, batchable(pixels, self.image_size)
 
 
