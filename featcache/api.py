@@ -172,8 +172,7 @@ class Run:
         if "bank" in state:  # a kNN head: its training features are its weights
             from .knn import KNNHead
 
-            model = KNNHead(state["bank"], state["onehot"].argmax(1), state["onehot"].shape[1], record["knn"]["k"],
-                            record["knn"].get("temperature"))
+            model = KNNHead.from_state(state, record["knn"])
         else:
             head = record["approach"] == "feature-extraction"
             classes = len(state["weight"] if head else state["fc.weight"])

@@ -32,25 +32,26 @@ def run_label(run: dict) -> str:
 
 def load_group(folder: Path) -> dict:
     """A run directory as a group of one run, or a folder of seeds (seeds.json, seed-<k>/) as the group
-    of its runs, in seed order."""
+    of its runs, in seed order, with each run's stored predictions (None where it stored none), read once."""
     folder = Path(folder)
     if is_seed_folder(folder):
         record = read_seeds(folder)
         runs = [read_run(folder / f"seed-{seed}") for seed in record["seeds"]]
         name, approach = folder.name, record["approach"]
         label = approach if name == approach else f"{approach} ({name})"
-        return {"approach": approach, "label": label, "runs": runs, "seeds": record["seeds"], "folder": str(folder)}
+        return {"approach": approach, "label": label, "runs": runs, "seeds": record["seeds"], "folder": str(folder),
+                "predictions": [read_predictions(Path(run["run_dir"])) for run in runs]}
     run = read_run(folder)
     return {"approach": run["approach"], "label": run_label(run), "runs": [run],
-            "seeds": [run.get("config", {}).get("seed")], "folder": str(folder)}
+            "seeds": [run.get("config", {}).get("seed")], "folder": str(folder),
+            "predictions": [read_predictions(folder)]}
 
 
 def correctness(group: dict) -> tuple[list[str], np.ndarray] | None:
     """(test ids, per-image correctness [seeds, images]) from the runs' stored predictions, aligned by
     id; None when a run of the group stored none."""
     rows, ids = [], None
-    for run in group["runs"]:
-        predictions = read_predictions(Path(run["run_dir"]))
+    for predictions in group["predictions"]:
         if predictions is None:
             return None
         order = np.argsort(predictions["ids"], kind="stable")
@@ -161,7 +162,7 @@ def per_class_results(groups: list[dict]) -> dict:
     results, missing = [], []
     for group in groups:
         classes = group["runs"][0].get("classes")
-        stored = [read_predictions(Path(run["run_dir"])) for run in group["runs"]]
+        stored = group["predictions"]
         if any(predictions is None for predictions in stored) or not classes:
             missing.append(group["label"])
             continue

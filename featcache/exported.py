@@ -127,9 +127,10 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     if weights is not None and approach != "feature-extraction":
         raise FeatcacheError(f"`weights` is for feature-extraction runs; {run_dir} is a {approach} run, whose "
                              f"{WEIGHTS} holds the whole network")
-    if _transform_version(record) != TRANSFORM_VERSION:
+    trained_with = _transform_version(record)
+    if trained_with != TRANSFORM_VERSION:
         raise FeatcacheError(f"{run_dir} was trained on images preprocessed by an older featcache (transform "
-                             f"version {_transform_version(record)}, not {TRANSFORM_VERSION}); an export would "
+                             f"version {trained_with}, not {TRANSFORM_VERSION}); an export would "
                              "resize differently: train it again with this featcache")
     state = _run_weights(run_dir)
     provenance = {"approach": approach, "run_dir": str(run_dir.resolve()), "config": record.get("config", {}),
@@ -140,14 +141,14 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
         if "knn" in record:  # the head is the training features and their labels
             from .knn import KNNHead
 
-            if not {"bank", "onehot"} <= set(state):
-                raise FeatcacheError(f"{run_dir / WEIGHTS} does not fit a kNN head: it lacks bank and onehot")
-            network.fc = KNNHead(state["bank"], state["onehot"].argmax(1), len(classes), record["knn"]["k"],
-                                 record["knn"].get("temperature"))
+            try:
+                network.fc = KNNHead.from_state(state, record["knn"])
+            except FeatcacheError as error:
+                raise FeatcacheError(f"{run_dir / WEIGHTS}: {error}") from None
+            _load_into(network.fc, state, run_dir / WEIGHTS, f"a kNN head of {len(classes)} classes")
         else:
             network.fc = nn.Linear(FEATURE_DIM, len(classes))
-        what = f"a kNN head of {len(classes)} classes" if "knn" in record else f"a Linear({FEATURE_DIM}, {len(classes)}) head"
-        _load_into(network.fc, state, run_dir / WEIGHTS, what)
+            _load_into(network.fc, state, run_dir / WEIGHTS, f"a Linear({FEATURE_DIM}, {len(classes)}) head")
         image_size = int(record["cache_attrs"]["image_size"])
         provenance.update(cache_key=record.get("cache_key"), cache_precision=record["cache_attrs"].get("precision"),
                           backbone_weights={"source": source, "identity": identity})

@@ -28,6 +28,13 @@ class KNNHead(nn.Module):
         self.register_buffer("bank", nn.functional.normalize(bank.float(), dim=1))
         self.register_buffer("onehot", nn.functional.one_hot(labels.long(), classes).float())
 
+    @classmethod
+    def from_state(cls, state: dict, knn: dict) -> KNNHead:
+        """The head a run saved: `state` its weights.pt (bank, onehot), `knn` its history's "knn" record."""
+        if not {"bank", "onehot"} <= set(state):
+            raise FeatcacheError("the saved state does not fit a kNN head: it lacks bank and onehot")
+        return cls(state["bank"], state["onehot"].argmax(1), state["onehot"].shape[1], knn["k"], knn.get("temperature"))
+
     def forward(self, features: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
         similarity = nn.functional.normalize(features.float(), dim=1) @ self.bank.T
         if exclude_self:  # leave-one-out on the bank itself: each row's own entry does not vote
