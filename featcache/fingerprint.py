@@ -6,20 +6,29 @@ fraction of a second for a million files, where JSON would not). A file's rememb
 only when its (size, mtime_ns, ctime_ns, inode) are those recorded and it was last changed more than
 RACY_NS before it was hashed: git's "racily clean" rule, since a file written in the same timestamp
 tick as its hashing could change again without its mtime moving. ctime catches a rewrite whose mtime
-was put back. No torch here.
+was put back.
+
+The table keeps the last lookup's files first, in its order, so that a repeated lookup matches rows by
+comparing one joined string and the stats as arrays: at a million files a Python loop beyond the one
+os.stat per file would cost seconds. No torch here.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import stat
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .errors import FeatcacheError
+
 TABLE = "file-hashes.npz"
 RACY_NS = 2_000_000_000  # changed less than 2 s before hashing: not trusted, hashed again next time
+STAT = np.dtype([("size", "i8"), ("mtime_ns", "i8"), ("ctime_ns", "i8"), ("inode", "u8")])
+COLUMNS = (*STAT.names, "sha256", "hashed_ns")
 
 
 def file_sha256(path: str) -> bytes:
@@ -31,55 +40,101 @@ def file_sha256(path: str) -> bytes:
     return digest.hexdigest().encode()
 
 
+def stat_rows(paths: list[str]) -> np.ndarray:
+    """(size, mtime_ns, ctime_ns, inode) of each path: the one per-file loop of a lookup. A path that is not
+    a readable regular file (a folder named like an image, a broken link) raises FeatcacheError naming it."""
+    try:
+        rows = np.fromiter(((s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for s in map(os.stat, paths)),
+                           dtype=[("mode", "u4"), *STAT.descr], count=len(paths))
+    except OSError as error:
+        raise FeatcacheError(f"cannot read image {error.filename}: {error.strerror}") from None
+    irregular = np.flatnonzero((rows["mode"] & stat.S_IFMT(0o170000)) != stat.S_IFREG)
+    if len(irregular):
+        raise FeatcacheError(f"cannot read image {paths[irregular[0]]}: not a regular file")
+    return rows[list(STAT.names)]
+
+
 class FileHashes:
-    """path -> sha256 of its bytes (hex), from the table when the file's stat says it has not changed.
-    Lean on purpose: at a million files every microsecond per file is a second per command."""
+    """path -> sha256 of its bytes (hex), from the table when the file's stat says it has not changed."""
 
     def __init__(self, folder: Path | None = None, rehash: bool = False):
         self.path = Path(folder) / TABLE if folder is not None else None
-        self.entries: dict[str, tuple] = {}
-        self.hashed = 0  # files read in this run
+        self.paths: list[str] = []
+        self.columns = _empty()
         if self.path is not None and self.path.is_file() and not rehash:
-            self.entries = _load(self.path)
+            self.paths, self.columns = _load(self.path)
+        self.hashed = 0  # files read in this run
         self.changed = False
 
+    def digests(self, paths: list[str]) -> np.ndarray:
+        """Each path's sha256 (S64 array, so `.tobytes()` is the digests joined), reading only files whose
+        stat differs from the table's or that were racily clean when hashed."""
+        current = stat_rows(paths)
+        leads = self._leads_with(paths)
+        rows = np.arange(len(paths)) if leads else self._rows_of(paths)
+        known = rows >= 0
+        old = {name: column[:len(paths)] if leads else column[np.where(known, rows, 0)] if len(column)
+               else np.zeros(len(paths), column.dtype) for name, column in self.columns.items()}
+        trusted = known & (old["hashed_ns"] - RACY_NS > current["mtime_ns"]) & (old["hashed_ns"] - RACY_NS > current["ctime_ns"])
+        for name in STAT.names:
+            trusted &= old[name] == current[name]
+        stale = np.flatnonzero(~trusted)
+        sha256, hashed_ns = (old["sha256"].copy(), old["hashed_ns"].copy()) if len(stale) else (old["sha256"], old["hashed_ns"])
+        for index in stale:
+            sha256[index] = file_sha256(paths[index])
+            hashed_ns[index] = time.time_ns()
+        self.hashed += len(stale)
+        if len(stale) or not leads:  # the table changes: these files first, then the rows of other lookups
+            rest = np.setdiff1d(np.arange(len(self.paths)), rows[known], assume_unique=True)
+            self.columns = {**{name: np.concatenate([current[name], self.columns[name][rest]]) for name in STAT.names},
+                            "sha256": np.concatenate([sha256, self.columns["sha256"][rest]]),
+                            "hashed_ns": np.concatenate([hashed_ns, self.columns["hashed_ns"][rest]])}
+            self.paths = list(paths) + [self.paths[index] for index in rest]
+            self.changed = True
+        return sha256
+
     def digest(self, path: str) -> bytes:
-        stat = os.stat(path)
-        known = self.entries.get(path)
-        current = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
-        if known is not None and known[:4] == current and known[5] - RACY_NS > current[1] and known[5] - RACY_NS > current[2]:
-            return known[4]
-        digest = file_sha256(path)
-        self.entries[path] = (*current, digest, time.time_ns())
-        self.hashed += 1
-        self.changed = True
-        return digest
+        return self.digests([path])[0]
+
+    def _leads_with(self, paths: list[str]) -> bool:
+        return len(self.paths) >= len(paths) and self.paths[:len(paths)] == paths
+
+    def _rows_of(self, paths: list[str]) -> np.ndarray:
+        """The table row of each path, -1 where it has none."""
+        index = {path: row for row, path in enumerate(self.paths)}
+        return np.fromiter((index.get(path, -1) for path in paths), dtype=np.int64, count=len(paths))
 
     def save(self) -> None:
-        """Write the table (temporary name, then rename) if this run hashed anything; a folder that
-        cannot be written only means the next run hashes again."""
+        """Write the table (temporary name, then rename) if this run changed it; a folder that cannot be
+        written only means the next run hashes again."""
         if self.path is None or not self.changed:
             return
-        keys = list(self.entries)
-        columns = list(zip(*self.entries.values()))
         partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp.npz")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(partial, paths=np.array([os.fsencode(key) for key in keys], dtype=bytes), size=np.array(columns[0], dtype=np.int64),
-                     mtime_ns=np.array(columns[1], dtype=np.int64), ctime_ns=np.array(columns[2], dtype=np.int64),
-                     inode=np.array(columns[3], dtype=np.uint64), sha256=np.array(columns[4], dtype="S64"),
-                     hashed_ns=np.array(columns[5], dtype=np.int64))
+            blob = np.frombuffer(os.fsencode("\0".join(self.paths)), dtype=np.uint8)
+            np.savez(partial, paths=blob, **self.columns)
             os.replace(partial, self.path)
         except OSError:  # a read-only or full disk: the table is a shortcut, the command's own writes report it
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
 
 
-def _load(path: Path) -> dict[str, tuple]:
+def _empty() -> dict[str, np.ndarray]:
+    return {**{name: np.empty(0, dtype=STAT[name]) for name in STAT.names},
+            "sha256": np.empty(0, dtype="S64"), "hashed_ns": np.empty(0, dtype=np.int64)}
+
+
+def _load(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The table's paths and columns; a damaged or foreign table is only a lost shortcut."""
     try:
         with np.load(path, allow_pickle=False) as table:
-            columns = [table[name].tolist() for name in ("size", "mtime_ns", "ctime_ns", "inode", "sha256", "hashed_ns")]
-            paths = [os.fsdecode(name) for name in table["paths"].tolist()]
-            return dict(zip(paths, zip(*columns)))
-    except (OSError, ValueError, KeyError):  # a damaged table is only a lost shortcut
-        return {}
+            columns = {name: table[name] for name in COLUMNS}
+            blob = table["paths"].tobytes()
+        paths = os.fsdecode(blob).split("\0") if blob else []
+        expected = _empty()
+        if all(len(column) == len(paths) and column.dtype == expected[name].dtype for name, column in columns.items()):
+            return paths, columns
+    except (OSError, ValueError, KeyError):
+        pass
+    return [], _empty()

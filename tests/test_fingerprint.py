@@ -65,9 +65,33 @@ def test_racily_clean_files_are_hashed_again(tmp_path, monkeypatch):
 def test_a_damaged_table_is_only_a_lost_shortcut(tmp_path):
     (tmp_path / fingerprint.TABLE).write_bytes(b"not numpy")
     hashes = FileHashes(tmp_path)
-    assert hashes.entries == {}
+    assert hashes.paths == []
     path = tmp_path / "file.png"
     path.write_bytes(b"abc")
     assert hashes.digest(str(path)) == fingerprint.file_sha256(str(path))
     hashes.save()
-    assert FileHashes(tmp_path).entries  # the table was rewritten
+    assert FileHashes(tmp_path).paths == [str(path)]  # the table was rewritten
+
+
+def test_the_table_serves_other_selections_of_the_same_files(tmp_path, monkeypatch):
+    """One table for every dataset in the cache folder: a subset, or the files in another order, is
+    matched row by row, and the rows of the other selection are kept."""
+    files = []
+    for index in range(6):
+        files.append(str(tmp_path / f"{index}.png"))
+        (tmp_path / f"{index}.png").write_bytes(b"image %d" % index)
+    age(tmp_path)
+    monkeypatch.setattr(fingerprint, "RACY_NS", 0)
+    reads = counting(monkeypatch)
+    expected = [fingerprint.file_sha256(path) for path in files]
+    reads.clear()
+    table = FileHashes(tmp_path / "cache")
+    assert list(table.digests(files)) == expected and len(reads) == 6
+    table.save()
+    reads.clear()
+    for selection in (files[4:1:-1], files[:2], files, files[::-1]):
+        table = FileHashes(tmp_path / "cache")
+        assert list(table.digests(selection)) == [expected[files.index(path)] for path in selection]
+        assert table.paths[:len(selection)] == selection and sorted(table.paths) == sorted(files)
+        table.save()
+    assert reads == []
