@@ -25,7 +25,7 @@ from .data import Dataset, load_dataset
 from .runs import (APPROACHES, HISTORY_KEYS, WEIGHTS, default_run_dir, prepare_run_dir, read_predictions, read_run,
                    read_seeds, write_run, write_seeds)
 from .shards import DEFAULT_SHARD_SIZE
-from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, TRANSFORM_VERSION, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, \
+from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, TRANSFORM_VERSION, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, open_complete_cache, \
     shard_folder
 from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 
@@ -125,10 +125,16 @@ def extract(spec: CacheSpec, *, batch_size: int = 64, shard_size: int = DEFAULT_
                           weights_source=weights_source(spec.weights))
 
 
-def open_cache(source: CacheSpec | str | Path):
-    """A complete cache in memory (featcache.cache.FeatureCache: tensors, classes, key), every byte
-    checked against its sha256. `source` is a cache file or the CacheSpec it was extracted from."""
+def open_cache(source: CacheSpec | str | Path, max_memory: int | str | None = None, heads: int = 1,
+               stream: bool | str = True):
+    """A complete cache, every byte checked against its sha256. `source` is a cache file or the CacheSpec
+    it was extracted from. In memory (featcache.cache.FeatureCache: tensors, classes, key) when that
+    fits `max_memory` (bytes or '1GB'; default half the available RAM), else opened for streaming
+    (featcache.streaming.StreamedCache: the same, with train_features read block by block; close it)
+    with a buffer sized for `heads` heads trained at once. `stream` other than True names what needs the
+    cache in memory: a cache too large for it is then a FeatcacheError."""
     from .cache import load_cache
+    from .streaming import default_memory_budget, in_memory_bytes, open_streamed, parse_memory
 
     if isinstance(source, CacheSpec):
         _, _, path = source.locate()
@@ -136,7 +142,17 @@ def open_cache(source: CacheSpec | str | Path):
             raise FeatcacheError(f"no cache for these inputs ({path}); run featcache extract with the same options "
                                  "(in Python: featcache.extract with the same CacheSpec)")
         source = path
-    return load_cache(Path(source))
+    budget = parse_memory(max_memory) if max_memory is not None else default_memory_budget()
+    with open_complete_cache(Path(source)) as handle:  # a foreign or incomplete file: one line, before sizing
+        rows, width = handle["train/features"].shape[:2]
+        test_rows = handle["test/features"].shape[0]
+    if in_memory_bytes(rows, width - 1, test_rows) <= budget:
+        return load_cache(Path(source))
+    if stream is not True:
+        raise FeatcacheError(f"{stream} needs the cache in memory: {source} needs about "
+                             f"{in_memory_bytes(rows, width - 1, test_rows) / 1e9:.1f} GB, over `max_memory` "
+                             f"{budget / 1e9:.1f} GB; raise it, or train a linear head (it streams)")
+    return open_streamed(Path(source), budget, heads)
 
 
 @dataclass
@@ -295,7 +311,8 @@ def _jsonable(attrs: dict) -> dict:
 def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "linear", epochs: int = 15,
                batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0, sweep: bool = False, sweep_lrs=DEFAULT_SWEEP_LRS,
                sweep_wds=DEFAULT_SWEEP_WDS, val_fraction: float = 0.2, logreg_views: str = "clean",
-               knn_temperature: float | None = None, out: str | Path | None = None, overwrite: bool = False,
+               knn_temperature: float | None = None, max_memory: int | str | None = None,
+               out: str | Path | None = None, overwrite: bool = False,
                log: Log | None = None, echo: Log | None = None, **record) -> Run:
     """A feature-extraction head trained on a cache (from open_cache, or what open_cache takes), in seconds.
 
@@ -306,7 +323,8 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     neighbours by cosine similarity on clean views, k chosen on the validation split, votes uniform or
     weighted by exp(similarity / knn_temperature) (featcache.knn). `echo` gets the
     selection's table and choice, `log` the per-epoch lines; `out` writes the run directory (refused
-    before training if it holds a run)."""
+    before training if it holds a run). A cache that does not fit `max_memory` (see open_cache) trains
+    linear heads streamed from the file, shuffled by blocks (featcache.streaming)."""
     from .heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
     from .loop import EpochConfig, check_learning_rate
 
@@ -320,7 +338,16 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
         raise FeatcacheError(f"`weight_decay` must be non-negative, got {weight_decay}")
     folder = _claim(out, "feature-extraction", overwrite)
     if isinstance(cache, (CacheSpec, str, Path)):
-        cache = open_cache(cache)
+        cache = open_cache(cache, max_memory, len(sweep_lrs) * len(sweep_wds) if sweep else 1,
+                           stream=head == "linear" or f"the {head} head")
+        try:
+            return train_head(cache, head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                              seed=seed, sweep=sweep, sweep_lrs=sweep_lrs, sweep_wds=sweep_wds, val_fraction=val_fraction,
+                              logreg_views=logreg_views, knn_temperature=knn_temperature, out=out, overwrite=True,
+                              log=log, echo=echo, **record)
+        finally:
+            if hasattr(cache, "close"):
+                cache.close()
     started = time.perf_counter()
     if head == "knn":
         from .knn import knn_probe
@@ -360,8 +387,19 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     wall = time.perf_counter() - started
     config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                      "seed": seed, "sweep": sweep, "val_fraction": val_fraction, "logreg_views": logreg_views,
-                     "knn_temperature": knn_temperature, "cache": str(cache.path), "views": cache.views}
+                     "knn_temperature": knn_temperature, "cache": str(cache.path), "views": cache.views,
+                     **_streaming_record(cache)}
     return _saved(_head_run(model, history, wall, cache, config_record, record), folder)
+
+
+def _streaming_record(cache) -> dict:
+    """How the training views were read: streamed (buffer and block rows) or not, for history.json."""
+    from .streaming import StreamedCache
+
+    if not isinstance(cache, StreamedCache):
+        return {"streamed": False}
+    return {"streamed": True, "buffer_rows": cache.train_features.buffer_rows,
+            "block_rows": cache.train_features.block_rows}
 
 
 def _head_run(model, history: dict, wall: float, cache, config_record: dict, record: dict) -> Run:
@@ -389,7 +427,15 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, hea
         raise FeatcacheError(f"`weight_decay` must be non-negative, got {weight_decay}")
     folder = claim_seed_dir(out, "feature-extraction", overwrite) if out is not None else None
     if isinstance(cache, (CacheSpec, str, Path)):
-        cache = open_cache(cache)
+        grid = len(options.get("sweep_lrs", DEFAULT_SWEEP_LRS)) * len(options.get("sweep_wds", DEFAULT_SWEEP_WDS))
+        cache = open_cache(cache, options.get("max_memory"), grid if sweep else len(seeds),
+                           stream=head == "linear" or f"the {head} head")
+        try:
+            return train_head_seeds(cache, seeds, head=head, epochs=epochs, batch_size=batch_size, lr=lr,
+                                    weight_decay=weight_decay, sweep=sweep, out=out, overwrite=True, **options)
+        finally:
+            if hasattr(cache, "close"):
+                cache.close()
     if head != "linear" or sweep:
         runs = [train_head(cache, head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                            sweep=sweep, seed=seed, **options) for seed in seeds]
@@ -400,11 +446,13 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, hea
     trained = train_seeded_heads(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
                                  config, seeds, lr, weight_decay)
     wall = (time.perf_counter() - started) / len(seeds)  # each head's share of the lockstep training
-    settings = ("log", "echo", "val_fraction", "logreg_views", "sweep_lrs", "sweep_wds", "knn_temperature")
+    settings = ("log", "echo", "val_fraction", "logreg_views", "sweep_lrs", "sweep_wds", "knn_temperature",
+                "max_memory")
     record = {key: value for key, value in options.items() if key not in settings}  # the rest: extra record
     runs = [_head_run(model, history, wall, cache, {
         "head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-        "sweep": False, "cache": str(cache.path), "views": cache.views, "lockstep_seeds": len(seeds)}, record)
+        "sweep": False, "cache": str(cache.path), "views": cache.views, "lockstep_seeds": len(seeds),
+        **_streaming_record(cache)}, record)
         for seed, (model, history) in zip(seeds, trained)]
     return _saved_seeds(SeedRuns("feature-extraction", runs, seconds=time.perf_counter() - started), folder)
 

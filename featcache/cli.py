@@ -245,6 +245,10 @@ def seeds_option(varies: str):
               help="Fit the logreg probe on clean views only, or on clean plus every augmented view.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Share of training images held out to choose the sweep setting, logreg's C or kNN's k.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory for the cache's data above the process's baseline (e.g. 1GB, 512MiB). A cache that does "
+                   "not fit is streamed from the file in shuffled blocks (linear heads only). "
+                   "Default: half the available RAM.")
 @seeds_option("the head's init, the shuffle and the validation split (heads train in lockstep)")
 @out_options
 def train_head(cache, **options):
@@ -259,7 +263,8 @@ def train_head(cache, **options):
                   sweep_lrs=_floats(options["sweep_lrs"], "--sweep-lrs") if options["sweep"] else (),
                   sweep_wds=_floats(options["sweep_wds"], "--sweep-wds") if options["sweep"] else (),
                   val_fraction=options["val_fraction"], logreg_views=options["logreg_views"],
-                  knn_temperature=options["knn_temperature"], out=run_dir(options, "feature-extraction"),
+                  knn_temperature=options["knn_temperature"], max_memory=options["max_memory"],
+                  out=run_dir(options, "feature-extraction"),
                   overwrite=options["overwrite"])
     if options["seeds"]:
         group = api.train_head_seeds(cache or cache_spec(options), options["seeds"], **common)

@@ -1,6 +1,7 @@
 """Heads trained on cached features: a linear head, a batched sweep of heads, a logistic-regression probe.
 
-Features are in-memory tensors, so a head trains in well under a second: no DataLoader, no images.
+Features are in-memory tensors, so a head trains in well under a second: no DataLoader, no images; a
+cache larger than the memory budget is streamed from the file instead (featcache.streaming).
 Selection (sweep, logreg's C) uses a validation split carved from the training images, never the test set.
 """
 from __future__ import annotations
@@ -84,14 +85,15 @@ def with_bias_column(features: torch.Tensor) -> torch.Tensor:
 
 
 def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config: EpochConfig,
-                test_accuracy=None, log=None, seeds: list[int] | None = None) -> dict:
+                test_accuracy=None, log=None, seeds: list[int] | None = None, epoch_order=None) -> dict:
     """The reference epoch loop (seeded shuffle, batches, per-epoch train loss and accuracy on the
     batches as trained, test accuracy) for G heads at once.
 
     epoch_batches(epoch, order, batch_size) yields the feature batches [B, D+1] of the samples in
     `order`, batch by batch. Histories hold one value per head per epoch; the shuffle is run_epochs'
     with config.seed, or with `seeds` one shuffle per head (order [G, N], batches [G, B, D+1]): head k
-    then sees exactly the batches a single head of seed seeds[k] would.
+    then sees exactly the batches a single head of seed seeds[k] would. `epoch_order(epoch)`, when
+    given, replaces the shuffle (a streamed cache's block order: featcache.streaming).
     """
     classes = heads.params.shape[1]
     onehot = nn.functional.one_hot(labels, classes).float()
@@ -99,8 +101,11 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
     count = len(labels)
     for epoch in range(config.epochs):
-        orders = [torch.randperm(count, generator=generator) for generator in generators]
-        order = torch.stack(orders) if seeds is not None else orders[0]
+        if epoch_order is not None:
+            order = epoch_order(epoch)
+        else:
+            orders = [torch.randperm(count, generator=generator) for generator in generators]
+            order = torch.stack(orders) if seeds is not None else orders[0]
         targets = onehot[order]
         log_probs = torch.empty(len(heads.params), count, classes)
         start = 0
@@ -127,6 +132,26 @@ def cached_batches(features: torch.Tensor):
     return batches
 
 
+def training_source(train, seed: int, seeds: list[int] | None = None, positions=None) -> dict:
+    """train_heads' epoch_batches and epoch_order for training views in memory ([N, 1+V, D]: a seeded
+    randperm, one gather per epoch) or streamed from the file (a streaming.BlockStream: block order),
+    restricted to `positions` (the rows of a validation split's fit part) when given."""
+    if isinstance(train, torch.Tensor):
+        return {"epoch_batches": cached_batches(train if positions is None else train[positions])}
+    stream = train.with_rows(np.arange(len(train)) if positions is None else positions, seed, seeds)
+    return {"epoch_batches": stream.batches, "epoch_order": stream.order}
+
+
+def clean_accuracy(heads: "LinearHeads", train, positions: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
+    """Each head's accuracy on the clean views of training rows `positions`, block by block when streamed."""
+    if isinstance(train, torch.Tensor):
+        return heads.accuracy(train[positions, 0], labels[positions])
+    correct = torch.zeros(len(heads.params), dtype=torch.float64)
+    for chosen, features in train.clean_blocks(positions):
+        correct += (heads.log_probs(features).argmax(-1) == labels[chosen]).double().sum(-1)
+    return correct / len(positions)
+
+
 def single_head_history(history: dict) -> dict:
     return {key: [values[0] for values in per_epoch] for key, per_epoch in history.items()}
 
@@ -134,7 +159,7 @@ def single_head_history(history: dict) -> dict:
 def train_linear_head(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                       test_labels: torch.Tensor, config: EpochConfig, lr: float = 1e-3,
                       weight_decay: float = 0.0, log=None) -> tuple[nn.Linear, dict]:
-    """A Linear(512, C) head on cached views [N, 1+V, 512], with the reference loop and defaults."""
+    """A Linear(512, C) head on cached views [N, 1+V, 512] (or a BlockStream), with the reference loop."""
     classes = int(max(train_labels.max(), test_labels.max())) + 1
     heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, config.seed)], [lr], [weight_decay])
     last = {}  # the latest epoch's test log-probabilities: the run stores its last epoch's predictions
@@ -143,7 +168,8 @@ def train_linear_head(train_features: torch.Tensor, train_labels: torch.Tensor, 
         last["log_probs"] = heads.log_probs(test_features)
         return (last["log_probs"].argmax(-1) == test_labels).double().mean(-1)
 
-    history = train_heads(heads, cached_batches(train_features), train_labels, config, test_accuracy, log)
+    history = train_heads(heads, labels=train_labels, config=config, test_accuracy=test_accuracy, log=log,
+                          **training_source(train_features, config.seed))
     return heads.as_linear(), {**single_head_history(history), "test_probabilities": last["log_probs"][0].exp()}
 
 
@@ -161,7 +187,8 @@ def train_seeded_heads(train_features: torch.Tensor, train_labels: torch.Tensor,
         last["log_probs"] = heads.log_probs(test_features)
         return (last["log_probs"].argmax(-1) == test_labels).double().mean(-1)
 
-    history = train_heads(heads, cached_batches(train_features), train_labels, config, test_accuracy, seeds=seeds)
+    history = train_heads(heads, labels=train_labels, config=config, test_accuracy=test_accuracy, seeds=seeds,
+                          **training_source(train_features, seeds[0], seeds))
     return [(heads.as_linear(k), {**{key: [values[k] for values in per_epoch] for key, per_epoch in history.items()},
                                   "test_probabilities": last["log_probs"][k].exp()}) for k in range(len(seeds))]
 
@@ -205,8 +232,9 @@ def sweep_heads(train_features: torch.Tensor, train_labels: torch.Tensor, lrs, w
     classes = int(train_labels.max()) + 1
     heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, config.seed)] * len(settings),
                         [lr for lr, _ in settings], [wd for _, wd in settings])
-    history = train_heads(heads, cached_batches(train_features[fit]), train_labels[fit], config)
-    val_acc = heads.accuracy(train_features[val, 0], train_labels[val])
+    history = train_heads(heads, labels=train_labels[fit], config=config,
+                          **training_source(train_features, config.seed, positions=fit))
+    val_acc = clean_accuracy(heads, train_features, val, train_labels)
     grid = [{"lr": lr, "weight_decay": wd, "val_acc": float(acc), "final_train_loss": loss}
             for (lr, wd), acc, loss in zip(settings, val_acc, history["train_loss"][-1])]
     best = max(grid, key=lambda row: row["val_acc"])  # first of equals: lower lr, lower decay
