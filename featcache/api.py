@@ -505,6 +505,30 @@ def _head_source(init_head) -> str | None:
     return None if init_head is None else str(init_head)
 
 
+def _train_end_to_end(approach: str, train, images, config, record: dict, folder: Path | None, resume: bool) -> Run:
+    """train(images, ranks=, checkpoint=) on this process's rank (featcache.ddp: one process, or a torchrun
+    rank with its own device), checkpointing into `folder`; rank 0 alone writes the run."""
+    import dataclasses
+
+    from .ddp import Checkpoint, training_ranks
+    from .train import timed
+
+    if resume and folder is None:
+        raise FeatcacheError("`resume` needs `out`: the run directory holding the checkpoint")
+    ranks, device = training_ranks(images.device, config.batch_size)
+    images = dataclasses.replace(images, device=device)
+    checkpoint = Checkpoint(folder, record, resume, ranks.rank, {}) if folder is not None else None
+    try:
+        (model, history), wall = timed(train, images, ranks=ranks, checkpoint=checkpoint)
+    finally:
+        ranks.close()
+    run = _end_to_end_run(approach, model, history, wall, images, {**record, "ranks": ranks.world_size},
+                          folder if ranks.rank == 0 else None)
+    if checkpoint is not None:
+        checkpoint.remove()
+    return run
+
+
 def _end_to_end_run(approach: str, model, history: dict, wall: float, images, config: dict, folder) -> Run:
     from .backbone import count_parameters
 
@@ -534,48 +558,54 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
              lr_head: float = 1e-3, lr_backbone: float = 1e-5, unfreeze=("layer4",), frozen_bn: str = "eval",
              init_head=None, out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
              progress: bool = False, image_size: int | None = None, device: str | None = None,
-             echo: Log | None = None) -> Run:
+             echo: Log | None = None, resume: bool = False) -> Run:
     """Fine-tune a pretrained ResNet-18 on `images` (from load_images, or a DataSpec to decode at
     `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): a new head
     (lr_head) and the `unfreeze` stages (lr_backbone), the rest frozen in eval mode (frozen_bn='train': the notebook's everything-in-train-mode). `init_head` starts
-    the head from a Run or a run directory."""
+    the head from a Run or a run directory. Under torchrun every rank trains its share of each batch
+    (featcache.ddp); with `out`, a checkpoint is saved after every epoch and `resume` continues from it."""
     from .loop import EpochConfig, check_learning_rate
-    from .train import finetune as finetune_model, timed
+    from .train import finetune as finetune_model
 
     config = EpochConfig(epochs, batch_size, seed)
     check_learning_rate("lr_head", lr_head)
     check_learning_rate("lr_backbone", lr_backbone)
     folder = _claim(out, "fine-tuning", overwrite)
+    log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
     data = _data_record(images)
     images = _images_of(images, image_size, seed, device, echo)
     initial = _init_head_state(init_head, images.classes) if init_head is not None else None
-    (model, history), wall = timed(finetune_model, images, weights, config, lr_head, lr_backbone, list(unfreeze),
-                                   frozen_bn, initial, log=log, progress=progress)
     record = {"weights": weights, "image_size": images.image_size, "epochs": epochs, "batch_size": batch_size,
               "seed": seed, "view_seed": images.view_seed, "lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": list(unfreeze),
               "frozen_bn": frozen_bn, "init_head": _head_source(init_head), "data": data}
-    return _end_to_end_run("fine-tuning", model, history, wall, images, record, folder)
+    return _train_end_to_end(
+        "fine-tuning", lambda images, **extra: finetune_model(images, weights, config, lr_head, lr_backbone, list(unfreeze),
+                                                              frozen_bn, initial, log=log, progress=progress, **extra),
+        images, config, record, folder, resume)
 
 
 def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr: float = 1e-3,
             out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
             progress: bool = False, image_size: int | None = None, device: str | None = None,
-            echo: Log | None = None) -> Run:
+            echo: Log | None = None, resume: bool = False) -> Run:
     """ResNet-18 from a seeded random init on `images` (from load_images, or a DataSpec to decode at
     `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): every
-    parameter, Adam, the reference augmentation drawn fresh each epoch."""
+    parameter, Adam, the reference augmentation drawn fresh each epoch. torchrun and `resume`: as
+    finetune."""
     from .loop import EpochConfig, check_learning_rate
-    from .train import scratch as scratch_model, timed
+    from .train import scratch as scratch_model
 
     config = EpochConfig(epochs, batch_size, seed)
     check_learning_rate("lr", lr)
     folder = _claim(out, "scratch", overwrite)
+    log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
     data = _data_record(images)
     images = _images_of(images, image_size, seed, device, echo)
-    (model, history), wall = timed(scratch_model, images, config, lr, log=log, progress=progress)
     record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed,
               "view_seed": images.view_seed, "lr": lr, "data": data}
-    return _end_to_end_run("scratch", model, history, wall, images, record, folder)
+    return _train_end_to_end(
+        "scratch", lambda images, **extra: scratch_model(images, config, lr, log=log, progress=progress, **extra),
+        images, config, record, folder, resume)
 
 
 def finetune_seeds(images, weights: str = "imagenet", seeds=(0,), *, seed: int = 0, out: str | Path | None = None,

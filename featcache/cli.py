@@ -296,6 +296,9 @@ finetune_options = stacked(
 @finetune_options
 @click.option("--init-head", type=click.Path(path_type=Path), default=None,
               help="Start the head from a train-head run directory instead of a random init.")
+@click.option("--resume", is_flag=True,
+              help="Continue the killed run in --out from its last checkpoint (saved after every epoch), "
+                   "with the same options; any number of ranks.")
 @seeds_option("the head's init and the shuffle (one run after another)")
 @out_options
 def finetune_command(**options):
@@ -310,7 +313,9 @@ def finetune_command(**options):
     if options["seeds"]:
         click.echo(api.seeds_line(api.finetune_seeds(data_spec(options), options["weights"], options["seeds"], **common)))
         return
-    click.echo(api.summary_line(api.finetune(data_spec(options), options["weights"], **common)))
+    run = api.finetune(data_spec(options), options["weights"], resume=options["resume"], **common)
+    if api.is_main_process():
+        click.echo(api.summary_line(run))
 
 
 @main.command("scratch")
@@ -320,6 +325,9 @@ def finetune_command(**options):
 @run_options(32, "Training batch size.")
 @epoch_options
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--resume", is_flag=True,
+              help="Continue the killed run in --out from its last checkpoint (saved after every epoch), "
+                   "with the same options; any number of ranks.")
 @seeds_option("the model's init and the shuffle (one run after another)")
 @out_options
 def scratch_command(**options):
@@ -331,7 +339,9 @@ def scratch_command(**options):
     if options["seeds"]:
         click.echo(api.seeds_line(api.scratch_seeds(data_spec(options), options["seeds"], **common)))
         return
-    click.echo(api.summary_line(api.scratch(data_spec(options), **common)))
+    run = api.scratch(data_spec(options), resume=options["resume"], **common)
+    if api.is_main_process():
+        click.echo(api.summary_line(run))
 
 
 @main.command("compare")

@@ -54,44 +54,78 @@ def log_epoch(epoch: int, epochs: int, loss: float, train_acc: float, test_acc: 
 def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch.Tensor,
                batch_inputs: Callable[[int, torch.Tensor], torch.Tensor], test_accuracy: Callable[[], float],
                config: EpochConfig, set_train_mode: Callable[[], None] = lambda: None,
-               log: Callable[[str], None] | None = tqdm.write, progress: bool = False) -> dict:
+               log: Callable[[str], None] | None = tqdm.write, progress: bool = False, ranks=None,
+               checkpoint=None) -> dict:
     """Train for config.epochs; batch_inputs(epoch, indices) gives the model's inputs for a batch.
 
-    Each epoch's line goes to `log` (tqdm.write keeps it above an active progress bar)."""
+    Under torchrun, `ranks` (featcache.ddp) gives each rank its share of every global batch and sums the
+    metrics; `model` is then DDP-wrapped. `checkpoint` (featcache.ddp.Checkpoint) saves the state after
+    every epoch and restores a saved one first. Each epoch's line goes to `log` (tqdm.write keeps it
+    above an active progress bar)."""
+    from .ddp import Ranks
+
+    ranks = ranks or Ranks()
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
     generator = torch.Generator().manual_seed(config.seed)
     criterion = nn.CrossEntropyLoss()
     count = len(labels)
-    bar = tqdm(total=config.epochs * count, unit="img", desc="train", disable=not progress, dynamic_ncols=True)
-    for epoch in range(config.epochs):
+    first = 0
+    if checkpoint is not None and (state := checkpoint.load()) is not None:
+        ranks.unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        history, first = state["history"], state["epoch"] + 1
+    bar = tqdm(total=(config.epochs - first) * count, unit="img", desc="train", disable=not progress, dynamic_ncols=True)
+    for epoch in range(first, config.epochs):
         set_train_mode()
         order = torch.randperm(count, generator=generator)
         loss_sum = torch.zeros((), device=labels.device)
         correct = torch.zeros((), dtype=torch.long, device=labels.device)
         for start in range(0, count, config.batch_size):
-            indices = order[start:start + config.batch_size]
+            batch = order[start:start + config.batch_size]
+            indices = ranks.share(batch)
             target = labels[indices.to(labels.device)]
             logits = model(batch_inputs(epoch, indices))
-            loss = criterion(logits, target)
+            if ranks.world_size == 1:
+                loss = criterion(logits, target)
+                share_loss = loss.detach() * len(indices)
+            else:  # DDP averages over ranks: scaled so the step is the global batch's mean loss
+                share_loss = nn.functional.cross_entropy(logits, target, reduction="sum")
+                loss = share_loss * (ranks.world_size / len(batch))
+                share_loss = share_loss.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(indices)
+            loss_sum += share_loss
             correct += (logits.detach().argmax(1) == target).sum()
-            bar.update(len(indices))
-        history["train_loss"].append(loss_sum.item() / count)
-        history["train_acc"].append(correct.item() / count)
+            bar.update(len(batch))
+        history["train_loss"].append(ranks.sum(loss_sum).item() / count)
+        history["train_acc"].append(ranks.sum(correct).item() / count)
         history["test_acc"].append(test_accuracy())
         if log is not None:
             log(log_epoch(epoch, config.epochs, *(history[k][-1] for k in ("train_loss", "train_acc", "test_acc"))))
+        if checkpoint is not None:
+            checkpoint.save({"epoch": epoch, "history": history, "model": ranks.unwrap(model).state_dict(),
+                             "optimizer": optimizer.state_dict(), "generator": generator.get_state()})
     bar.close()
     return history
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+def evaluate(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: torch.Tensor,
+             ranks=None) -> tuple[float, torch.Tensor]:
     """(accuracy, class probabilities [N, C] on the CPU) of model over all samples, in evaluation
-    batches; inputs(slice) gives a batch. The probabilities are what a run stores of its last epoch."""
+    batches; inputs(slice) gives a batch. The probabilities are what a run stores of its last epoch.
+    Under torchrun each rank evaluates its contiguous share and every rank gets all probabilities:
+    each sample is evaluated exactly once."""
+    if ranks is not None and ranks.world_size > 1:
+        first, stop = share_range(len(labels), ranks.rank, ranks.world_size)
+        probabilities = [model(inputs(slice(start, min(start + EVAL_BATCH, stop)))).float().softmax(1).cpu()
+                         for start in range(first, stop, EVAL_BATCH)]
+        local = torch.cat(probabilities) if probabilities else torch.empty(0, 0)
+        probabilities = ranks.gather(local.reshape(len(local), -1))
+        correct = (probabilities.argmax(1) == labels.cpu()).sum().item()
+        return correct / len(labels), probabilities
     correct, probabilities = 0, []
     for start in range(0, len(labels), EVAL_BATCH):
         window = slice(start, start + EVAL_BATCH)
@@ -99,6 +133,13 @@ def evaluate(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: 
         correct += (logits.argmax(1) == labels[window].to(labels.device)).sum().item()
         probabilities.append(logits.softmax(1).cpu())
     return correct / len(labels), torch.cat(probabilities)
+
+
+def share_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous share [start, stop) of `count` samples: torch.tensor_split's cut."""
+    small, extra = divmod(count, world_size)
+    start = rank * small + min(rank, extra)
+    return start, start + small + (rank < extra)
 
 
 def accuracy(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: torch.Tensor) -> float:

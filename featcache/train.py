@@ -12,8 +12,9 @@ from tqdm import tqdm
 from .errors import FeatcacheError
 from .augment import ImageData
 from .backbone import STAGES, load_backbone
+from .ddp import Ranks, revert_batchnorm
 from .heads import LinearHeads, single_head_history, train_heads, view_for_epoch, with_bias_column
-from .loop import EVAL_BATCH, EpochConfig, evaluate, run_epochs, seeded_linear
+from .loop import EVAL_BATCH, EpochConfig, evaluate, run_epochs, seeded_linear, share_range
 from .spec import FEATURE_DIM
 
 def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[str]) -> nn.Module:
@@ -42,13 +43,16 @@ def split_trunk(model: nn.Module, unfreeze: list[str]) -> tuple[nn.Sequential, n
 
 def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float = 1e-3,
              lr_backbone: float = 1e-5, unfreeze: tuple[str, ...] = ("layer4",), frozen_bn: str = "eval",
-             init_head: dict | None = None, log=tqdm.write, progress: bool = False) -> tuple[nn.Module, dict]:
+             init_head: dict | None = None, log=tqdm.write, progress: bool = False, ranks=None,
+             checkpoint=None) -> tuple[nn.Module, dict]:
     """Fine-tune the `unfreeze` stages and a new head with two learning rates.
 
     frozen_bn="eval" keeps frozen modules in eval mode (BatchNorm statistics never change), which also
     makes the frozen trunk's output on the test images fixed: computed once, reused every epoch.
-    frozen_bn="train" reproduces the notebook (whole model in train mode).
+    frozen_bn="train" reproduces the notebook (whole model in train mode). `ranks` and `checkpoint`:
+    featcache.ddp (torchrun, and resuming a killed run).
     """
+    ranks = ranks or Ranks()
     if frozen_bn not in ("eval", "train"):
         raise FeatcacheError(f"`frozen_bn` must be 'eval' or 'train', got {frozen_bn}")
     unfreeze = list(unfreeze)
@@ -58,7 +62,7 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
             model.fc.load_state_dict(init_head)
         except RuntimeError as error:
             raise FeatcacheError(f"`init_head` does not fit this head ({len(data.classes)} classes): {error}") from None
-    model = model.to(data.device).to(memory_format=torch.channels_last)
+    model = ranks.sync_batchnorm(model.to(data.device).to(memory_format=torch.channels_last))
     trunk, rest = split_trunk(model, unfreeze)
     backbone_params = [p for name in unfreeze for p in getattr(model, name).parameters()]
     optimizer = torch.optim.Adam([{"params": model.fc.parameters(), "lr": lr_head},
@@ -77,48 +81,51 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
             return trunk(data.views("train", indices.tolist(), 1 + epoch))
 
     test_labels = data.test_labels.to(data.device)
-    last = {}  # the latest epoch's test probabilities: the run stores its last epoch's
+    last = checkpoint.carry if checkpoint is not None else {}  # the latest epoch's test probabilities
     if frozen_bn == "eval":
         trunk.eval()
+        first, stop = share_range(len(test_labels), ranks.rank, ranks.world_size)  # this rank's test images
         with torch.no_grad():
-            test_trunk = torch.cat([trunk(data.test_batch(slice(s, s + EVAL_BATCH)))
-                                    for s in range(0, len(test_labels), EVAL_BATCH)])
+            test_trunk = [trunk(data.test_batch(slice(s, min(s + EVAL_BATCH, stop)))) for s in range(first, stop, EVAL_BATCH)]
+        test_trunk = torch.cat(test_trunk) if test_trunk else None
 
         def test_accuracy():
             rest.eval()
-            accuracy, last["probabilities"] = evaluate(rest, lambda window: test_trunk[window], test_labels)
+            accuracy, last["probabilities"] = evaluate(
+                rest, lambda window: test_trunk[window.start - first:window.stop - first], test_labels, ranks)
             return accuracy
     else:
         def test_accuracy():
             model.eval()
-            accuracy, last["probabilities"] = evaluate(nn.Sequential(trunk, rest), data.test_batch, test_labels)
+            accuracy, last["probabilities"] = evaluate(nn.Sequential(trunk, rest), data.test_batch, test_labels, ranks)
             return accuracy
 
-    history = run_epochs(rest, optimizer, data.train_labels.to(data.device), train_inputs, test_accuracy,
-                         config, set_train_mode, log, progress)
-    return model, {**history, "test_probabilities": last["probabilities"]}
+    history = run_epochs(ranks.wrap(rest), optimizer, data.train_labels.to(data.device), train_inputs, test_accuracy,
+                         config, set_train_mode, log, progress, ranks, checkpoint)
+    return revert_batchnorm(model), {**history, "test_probabilities": last["probabilities"]}
 
 
 def scratch(data: ImageData, config: EpochConfig, lr: float = 1e-3, log=tqdm.write,
-            progress: bool = False) -> tuple[nn.Module, dict]:
+            progress: bool = False, ranks=None, checkpoint=None) -> tuple[nn.Module, dict]:
     """ResNet-18 from a seeded random init, everything trained, same loop and augmentation."""
+    ranks = ranks or Ranks()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = resnet18(num_classes=len(data.classes))
-    model = model.to(data.device).to(memory_format=torch.channels_last)
+    model = ranks.sync_batchnorm(model.to(data.device).to(memory_format=torch.channels_last))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     test_labels = data.test_labels.to(data.device)
-    last = {}  # the latest epoch's test probabilities: the run stores its last epoch's
+    last = checkpoint.carry if checkpoint is not None else {}  # the latest epoch's test probabilities
 
     def test_accuracy():
         model.eval()
-        accuracy, last["probabilities"] = evaluate(model, data.test_batch, test_labels)
+        accuracy, last["probabilities"] = evaluate(model, data.test_batch, test_labels, ranks)
         return accuracy
 
-    history = run_epochs(model, optimizer, data.train_labels.to(data.device),
+    history = run_epochs(ranks.wrap(model), optimizer, data.train_labels.to(data.device),
                          lambda epoch, indices: data.views("train", indices.tolist(), 1 + epoch),
-                         test_accuracy, config, model.train, log, progress)
-    return model, {**history, "test_probabilities": last["probabilities"]}
+                         test_accuracy, config, model.train, log, progress, ranks, checkpoint)
+    return revert_batchnorm(model), {**history, "test_probabilities": last["probabilities"]}
 
 
 def timed(function, *args, **kwargs):

@@ -1,0 +1,205 @@
+"""End-to-end training on several processes (torchrun): N ranks compute what one process would.
+
+- Every rank draws the single-process run's seeded shuffle; each global batch of `batch_size` is cut
+  into N contiguous shares (torch.tensor_split: sizes differ by at most one, the last batch of an
+  epoch included). Not DistributedSampler: its own shuffle and padding would change the numbers.
+- A rank's loss is its share's summed cross-entropy x N / global batch size: DDP averages gradients
+  over ranks, so the step is the gradient of the global batch's mean loss however the batch splits.
+- Trainable BatchNorm layers normalise with statistics over all ranks: torch's SyncBatchNorm on GPUs;
+  on CPUs (gloo), where SyncBatchNorm refuses CPU tensors, GlooSyncBatchNorm below.
+- Training metrics are summed over ranks; the test set is cut into N contiguous shares, each image
+  evaluated once, and the probabilities gathered in order (no padding duplicates).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .distributed import ProcessGroup, env_world_size, local_device
+from .errors import FeatcacheError, ReportedElsewhere
+
+
+class Ranks:
+    """One process (rank 0 of 1): the single-process loop, unchanged."""
+
+    rank, world_size = 0, 1
+
+    def share(self, indices: torch.Tensor) -> torch.Tensor:
+        return indices
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        return local
+
+    def sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def unwrap(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class DistributedRanks(Ranks):
+    """The torchrun process group, for DistributedDataParallel training."""
+
+    def __init__(self, device: torch.device, batch_size: int):
+        self.group = ProcessGroup(device)
+        self.rank, self.world_size, self.device = self.group.rank, self.group.world_size, device
+        self.dist = self.group.dist
+        if batch_size % self.world_size:
+            self.close()
+            raise (FeatcacheError if self.rank == 0 else ReportedElsewhere)(f"`batch_size` {batch_size} does not divide among {self.world_size} ranks: the "
+                                 f"global batch stays {batch_size}, so use a multiple of {self.world_size}")
+
+    def share(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.tensor_split(indices, self.world_size)[self.rank]
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        value = value.clone()
+        self.dist.all_reduce(value)
+        return value
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows, concatenated in rank order (shares may differ in length, or be empty)."""
+        parts = [None] * self.world_size
+        self.dist.all_gather_object(parts, local.cpu())
+        return torch.cat([part for part in parts if part.numel()])
+
+    def sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        """Every BatchNorm layer of the whole model synced (frozen ones are in eval mode: plain BatchNorm);
+        on the whole model, so that a stage shared with a trainable part is replaced everywhere."""
+        return (nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.device.type == "cuda"
+                else GlooSyncBatchNorm.convert(model))
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return nn.parallel.DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def unwrap(self, module: nn.Module) -> nn.Module:
+        return module.module
+
+    def barrier(self) -> None:
+        self.group.wait_for_all(lambda: None)
+
+    def close(self) -> None:
+        self.group.close()
+
+
+def training_ranks(device: torch.device, batch_size: int) -> tuple[Ranks, torch.device]:
+    """(ranks, this rank's device): a process group when torchrun started several processes."""
+    if env_world_size() == 1:
+        return Ranks(), device
+    device = local_device(device)
+    return DistributedRanks(device, batch_size), device
+
+
+class GlooSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover every rank's batch, on CPU tensors (gloo).
+
+    Two differentiable all-reduces (torch.distributed.nn.functional.all_reduce): sums and counts for
+    the mean, then squared deviations for the variance, the two-pass form torch's own kernel computes
+    on one process. Evaluation mode is plain BatchNorm2d."""
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        for name, child in module.named_children():
+            if isinstance(child, nn.BatchNorm2d) and not isinstance(child, cls):
+                synced = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+                synced.load_state_dict(child.state_dict())
+                synced.train(child.training)
+                synced.requires_grad_(any(p.requires_grad for p in child.parameters()))
+                setattr(module, name, synced)
+            else:
+                cls.convert(child)
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        if self.momentum is None:
+            raise FeatcacheError("GlooSyncBatchNorm needs a BatchNorm momentum (torchvision's ResNet has 0.1)")
+        channels = x.shape[1]
+        sums = all_reduce(torch.cat([x.sum((0, 2, 3)), x.new_full((1,), x.numel() // channels)]))
+        count = sums[-1]
+        mean = sums[:channels] / count
+        centred = x - mean[None, :, None, None]
+        var = all_reduce((centred * centred).sum((0, 2, 3))) / count
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * count / (count - 1), self.momentum)
+        scale = torch.rsqrt(var + self.eps) * self.weight
+        return centred * scale[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def revert_batchnorm(module: nn.Module) -> nn.Module:
+    """Synced BatchNorm layers back to plain BatchNorm2d (same state), for saving and single-process use."""
+    for name, child in module.named_children():
+        if isinstance(child, (nn.SyncBatchNorm, GlooSyncBatchNorm)):
+            plain = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats).to(child.weight.device)
+            plain.load_state_dict(child.state_dict())
+            plain.train(child.training)
+            plain.requires_grad_(child.weight.requires_grad)
+            setattr(module, name, plain)
+        else:
+            revert_batchnorm(child)
+    return module
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class Checkpoint:
+    """<run dir>/checkpoint.pt: the training state after every epoch (model, optimizer, shuffle generator,
+    history, and `carry`, the caller's last-epoch results), written by rank 0 alone under a temporary
+    name, then renamed. With `resume`, `load` returns it to every rank (the run directory is shared, as
+    the cache folder is), refusing one saved for other options; the run removes it once written."""
+
+    def __init__(self, folder: Path, options: dict, resume: bool, rank: int, carry: dict):
+        self.path, self.options, self.resume, self.rank, self.carry = Path(folder) / CHECKPOINT, options, resume, rank, carry
+
+    def load(self) -> dict | None:
+        if not self.resume:
+            return None
+        if not self.path.is_file():
+            raise (FeatcacheError if self.rank == 0 else ReportedElsewhere)(
+                f"nothing to resume: {self.path} does not exist (a run saves it after each epoch)")
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as error:  # a truncated or foreign file: torch raises several kinds
+            raise FeatcacheError(f"cannot resume from {self.path}: {' '.join(str(error).split())[:200]}") from None
+        differing = sorted(key for key in {*state["options"], *self.options}
+                           if state["options"].get(key) != self.options.get(key))
+        if differing:
+            raise (FeatcacheError if self.rank == 0 else ReportedElsewhere)(
+                f"{self.path} was saved by a run with other options ({', '.join(differing)}); resume with the "
+                "same options, or start afresh with --overwrite")
+        self.carry.update(state["carry"])
+        return state
+
+    def save(self, state: dict) -> None:
+        if self.rank != 0:
+            return
+        partial = self.path.with_name(f"{CHECKPOINT}.{os.getpid()}.partial")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**state, "options": self.options, "carry": dict(self.carry)}, partial)
+        os.replace(partial, self.path)
+
+    def remove(self) -> None:
+        if self.rank == 0:
+            self.path.unlink(missing_ok=True)

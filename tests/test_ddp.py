@@ -1,0 +1,127 @@
+"""Fine-tuning under torchrun (gloo on CPU): 2 ranks compute what 1 does, each test image counted once,
+rank 0 alone writes, a killed run resumes from its checkpoint."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from featcache.loop import share_range
+from featcache.train import build_finetune_model
+from conftest import write_image_folder
+
+pytestmark = pytest.mark.slow
+
+# 7 training images per class (21: the last batch of 8 has 5, split 3 + 2) and 3 test images per class
+# (9: split 5 + 4); image size 32, random weights, layer3 and layer4 trained (their BatchNorm synced)
+OPTIONS = ["--weights", "random", "--image-size", "32", "--per-class", "7", "--batch-size", "8", "--epochs", "2",
+           "--unfreeze", "layer3,layer4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("ddp") / "data", 7, 3)
+
+
+def torchrun(ranks: int, folder, out, *extra, command="finetune", start_only=False):
+    arguments = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+                 "-m", "featcache", command, "--data", str(folder), *OPTIONS, "--out", str(out), *extra]
+    return arguments if start_only else subprocess.run(arguments, capture_output=True, text=True, timeout=600)
+
+
+def read(out):
+    history = json.loads((out / "history.json").read_text())
+    return history, torch.load(out / "weights.pt"), np.load(out / "predictions.npz")
+
+
+def assert_same_run(out, reference):
+    (history, weights, predictions), (ref_history, ref_weights, ref_predictions) = read(out), read(reference)
+    for key in ("train_loss", "train_acc", "test_acc"):
+        np.testing.assert_allclose(history[key], ref_history[key], rtol=1e-3, atol=1e-6)
+    # Adam moves a weight by about lr whatever its gradient's size, so rounding that flips the sign of a
+    # near-zero gradient moves it the other way: compare each tensor's difference to how far it trained
+    init = build_finetune_model("random", 3, 0, ["layer3", "layer4"]).state_dict()
+    # (measured: 0.8% of the update for the median tensor, 4% at most, 2 epochs)
+    assert weights.keys() == ref_weights.keys()
+    differences, updates = [], []
+    for name in weights:
+        if not weights[name].is_floating_point():
+            assert torch.equal(weights[name], ref_weights[name]), name
+            continue
+        updates.append((ref_weights[name] - init[name]).norm())
+        differences.append((weights[name] - ref_weights[name]).norm())
+        assert differences[-1] <= 0.1 * updates[-1] + 1e-7, name
+    assert sum(updates) > 0 and torch.stack(differences).norm() <= 0.02 * torch.stack(updates).norm()
+    assert list(predictions["ids"]) == list(ref_predictions["ids"]) and len(predictions["ids"]) == 9
+    np.testing.assert_allclose(predictions["probabilities"], ref_predictions["probabilities"], atol=1e-4)
+
+
+def test_two_gloo_ranks_train_what_one_process_trains(folder, tmp_path):
+    one, two = torchrun(1, folder, tmp_path / "one"), torchrun(2, folder, tmp_path / "two")
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert len(two.stdout.strip().splitlines()) == 1  # rank 0 alone prints its summary line
+    assert_same_run(tmp_path / "two", tmp_path / "one")
+    assert json.loads((tmp_path / "two" / "history.json").read_text())["config"]["ranks"] == 2
+    assert not (tmp_path / "two" / "checkpoint.pt").exists()  # removed once the run is written
+    # test accuracy is a count over the 9 test images, each once: a multiple of 1/9
+    for accuracy in read(tmp_path / "two")[0]["test_acc"]:
+        assert abs(accuracy * 9 - round(accuracy * 9)) < 1e-9
+
+
+def workers(parent: int) -> list[int]:
+    """torchrun's worker processes, found through /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"PPid:\t{parent}\n" in (entry / "status").read_text():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="finding torchrun's workers needs /proc")
+def test_a_killed_run_resumes_from_its_last_checkpoint(folder, tmp_path):
+    reference = torchrun(1, folder, tmp_path / "whole")
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "resumed"
+    command = torchrun(2, folder, out, command="finetune", start_only=True)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for pid in [*workers(process.pid), process.pid]:  # both ranks, then torchrun, after epoch 1's checkpoint
+        os.kill(pid, signal.SIGKILL)
+    process.wait()
+    assert (out / "checkpoint.pt").exists() and not (out / "history.json").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    refused = torchrun(2, folder, out, "--resume", "--lr-head", "0.01")
+    assert refused.returncode != 0 and "other options (lr_head)" in refused.stderr
+    resumed = torchrun(2, folder, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(out, tmp_path / "whole")
+
+
+def test_a_batch_that_does_not_divide_among_ranks_is_refused(folder, tmp_path):
+    result = torchrun(3, folder, tmp_path / "three")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "does not divide" in line]
+    assert len(lines) == 1 and "multiple of 3" in lines[0]
+    assert not (tmp_path / "three").exists()
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 9, 10])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_test_shares_cover_every_image_once(count, world_size):
+    ranges = [share_range(count, rank, world_size) for rank in range(world_size)]
+    covered = [index for start, stop in ranges for index in range(start, stop)]
+    assert covered == list(range(count))
+    assert [stop - start for start, stop in ranges] == [len(part) for part in
+                                                        torch.tensor_split(torch.arange(count), world_size)]
