@@ -81,8 +81,8 @@ class FileHashes:
         stale = np.flatnonzero(~trusted)
         sha256, hashed_ns = (old["sha256"].copy(), old["hashed_ns"].copy()) if len(stale) else (old["sha256"], old["hashed_ns"])
         for index in stale:
+            hashed_ns[index] = time.time_ns()  # before reading: a change during a long read stays racy
             sha256[index] = file_sha256(paths[index])
-            hashed_ns[index] = time.time_ns()
         self.hashed += len(stale)
         if len(stale) or not leads:  # the table changes: these files first, then the rows of other lookups
             rest = np.setdiff1d(np.arange(len(self.paths)), rows[known], assume_unique=True)

@@ -55,12 +55,13 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
                batch_inputs: Callable[[int, torch.Tensor], torch.Tensor], test_accuracy: Callable[[], float],
                config: EpochConfig, set_train_mode: Callable[[], None] = lambda: None,
                log: Callable[[str], None] | None = tqdm.write, progress: bool = False, ranks=None,
-               checkpoint=None) -> dict:
+               checkpoint=None, saved: nn.Module | None = None) -> dict:
     """Train for config.epochs; batch_inputs(epoch, indices) gives the model's inputs for a batch.
 
     Under torchrun, `ranks` (featcache.ddp) gives each rank its share of every global batch and sums the
     metrics; `model` is then DDP-wrapped. `checkpoint` (featcache.ddp.Checkpoint) saves the state after
-    every epoch and restores a saved one first. Each epoch's line goes to `log` (tqdm.write keeps it
+    every epoch, of `saved` (default: the unwrapped model; the whole network when only part of it
+    trains, as its frozen BatchNorm may still update), and restores a saved one first. Each epoch's line goes to `log` (tqdm.write keeps it
     above an active progress bar)."""
     from .ddp import Ranks
 
@@ -69,9 +70,9 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
     generator = torch.Generator().manual_seed(config.seed)
     criterion = nn.CrossEntropyLoss()
     count = len(labels)
-    first = 0
+    first, saved = 0, saved if saved is not None else ranks.unwrap(model)
     if checkpoint is not None and (state := checkpoint.load()) is not None:
-        ranks.unwrap(model).load_state_dict(state["model"])
+        saved.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         history, first = state["history"], state["epoch"] + 1
@@ -105,7 +106,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
         if log is not None:
             log(log_epoch(epoch, config.epochs, *(history[k][-1] for k in ("train_loss", "train_acc", "test_acc"))))
         if checkpoint is not None:
-            checkpoint.save({"epoch": epoch, "history": history, "model": ranks.unwrap(model).state_dict(),
+            checkpoint.save({"epoch": epoch, "history": history, "model": saved.state_dict(),
                              "optimizer": optimizer.state_dict(), "generator": generator.get_state()})
     bar.close()
     return history
@@ -122,8 +123,7 @@ def evaluate(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: 
         first, stop = share_range(len(labels), ranks.rank, ranks.world_size)
         probabilities = [model(inputs(slice(start, min(start + EVAL_BATCH, stop)))).float().softmax(1).cpu()
                          for start in range(first, stop, EVAL_BATCH)]
-        local = torch.cat(probabilities) if probabilities else torch.empty(0, 0)
-        probabilities = ranks.gather(local.reshape(len(local), -1))
+        probabilities = ranks.gather(torch.cat(probabilities) if probabilities else torch.empty(0))  # a share may be empty
         correct = (probabilities.argmax(1) == labels.cpu()).sum().item()
         return correct / len(labels), probabilities
     correct, probabilities = 0, []

@@ -101,7 +101,7 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
             return accuracy
 
     history = run_epochs(ranks.wrap(rest), optimizer, data.train_labels.to(data.device), train_inputs, test_accuracy,
-                         config, set_train_mode, log, progress, ranks, checkpoint)
+                         config, set_train_mode, log, progress, ranks, checkpoint, saved=model)
     return revert_batchnorm(model), {**history, "test_probabilities": last["probabilities"]}
 
 
