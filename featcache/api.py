@@ -457,30 +457,49 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, hea
     return _saved_seeds(SeedRuns("feature-extraction", runs, seconds=time.perf_counter() - started), folder)
 
 
-def timed_load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: str = "auto"):
+def timed_load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: str = "auto",
+                      max_memory: int | str | None = None, num_workers: int = 0):
     """(load_images(...), seconds it took)."""
     started = time.perf_counter()
-    images = load_images(data, image_size, seed, device)
+    images = load_images(data, image_size, seed, device, max_memory, num_workers)
     return images, time.perf_counter() - started
 
 
 def decoded_line(images, seconds: float) -> str:
+    if images.decoding != "in memory":
+        return (f"{len(images.train_labels)} training and {len(images.test_labels)} test images of "
+                f"{', '.join(images.classes)}, decoded {images.decoding} ({images.num_workers} workers): "
+                "they do not fit `max_memory`")
     return (f"decoded {len(images.train_labels)} training and {len(images.test_labels)} test images of "
             f"{', '.join(images.classes)} in {seconds:.1f} s")
 
 
-def load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: str = "auto"):
-    """Both splits decoded once and resized for `image_size` (featcache.augment.ImageData): what the
-    end-to-end trainers draw their views from, seeded by `seed`."""
+def load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: str = "auto",
+                max_memory: int | str | None = None, num_workers: int = 0):
+    """Both splits resized for `image_size` (featcache.augment.ImageData): what the end-to-end trainers
+    draw their views from, seeded by `seed`. Decoded once into memory when they fit `max_memory`
+    (bytes or '8GB'; default half the available RAM, shared among torchrun's local ranks), the test
+    split first; a split that does not fit is decoded per batch, training batches by `num_workers`
+    DataLoader workers. The numbers are the same either way."""
     import torch
 
-    from .augment import ImageData, decode_all
+    from .augment import DecodedSplit, ImageData, decode_all, decoded_bytes
     from .backbone import resolve_device
+    from .streaming import default_memory_budget, parse_memory
 
+    if num_workers < 0:
+        raise FeatcacheError(f"`num_workers` must be at least 0, got {num_workers}")
+    budget = (parse_memory(max_memory) if max_memory is not None
+              else default_memory_budget() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     dataset = data.load()
-    return ImageData(decode_all(dataset.train, image_size), torch.from_numpy(dataset.train.labels),
-                     decode_all(dataset.test, image_size), torch.from_numpy(dataset.test.labels),
-                     dataset.classes, image_size, seed, resolve_device(device), dataset.test.ids)
+    splits = {}
+    for split in (dataset.test, dataset.train):
+        needed = decoded_bytes(split, image_size)
+        splits[id(split)] = decode_all(split, image_size) if needed <= budget else DecodedSplit(split, image_size)
+        budget -= needed if needed <= budget else 0
+    return ImageData(splits[id(dataset.train)], torch.from_numpy(dataset.train.labels),
+                     splits[id(dataset.test)], torch.from_numpy(dataset.test.labels),
+                     dataset.classes, image_size, seed, resolve_device(device), dataset.test.ids, num_workers)
 
 
 def _init_head_state(init_head, classes: list[str]):
@@ -522,7 +541,8 @@ def _train_end_to_end(approach: str, train, images, config, record: dict, folder
         (model, history), wall = timed(train, images, ranks=ranks, checkpoint=checkpoint)
     finally:
         ranks.close()
-    run = _end_to_end_run(approach, model, history, wall, images, {**record, "ranks": ranks.world_size},
+    run = _end_to_end_run(approach, model, history, wall, images,
+                          {**record, "ranks": ranks.world_size, "decoding": images.decoding},
                           folder if ranks.rank == 0 else None)
     if checkpoint is not None:
         checkpoint.remove()
@@ -540,7 +560,8 @@ def _end_to_end_run(approach: str, model, history: dict, wall: float, images, co
     return _saved(run, folder)
 
 
-def _images_of(images, image_size: int | None, seed: int, device: str | None, echo: Log | None):
+def _images_of(images, image_size: int | None, seed: int, device: str | None, echo: Log | None,
+               max_memory: int | str | None = None, num_workers: int = 0):
     """ImageData as given (its image size, device and view seed are those it was loaded with), or
     decoded from a DataSpec, saying so through `echo`."""
     if not isinstance(images, DataSpec):
@@ -548,7 +569,7 @@ def _images_of(images, image_size: int | None, seed: int, device: str | None, ec
             raise FeatcacheError(f"`images` were decoded for image size {images.image_size} on {images.device}; "
                                  "load them again with load_images to change either")
         return images
-    images, seconds = timed_load_images(images, image_size or 224, seed, device or "auto")
+    images, seconds = timed_load_images(images, image_size or 224, seed, device or "auto", max_memory, num_workers)
     if echo is not None:
         echo(decoded_line(images, seconds))
     return images
@@ -558,12 +579,14 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
              lr_head: float = 1e-3, lr_backbone: float = 1e-5, unfreeze=("layer4",), frozen_bn: str = "eval",
              init_head=None, out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
              progress: bool = False, image_size: int | None = None, device: str | None = None,
-             echo: Log | None = None, resume: bool = False) -> Run:
+             echo: Log | None = None, resume: bool = False, max_memory: int | str | None = None,
+             num_workers: int = 0) -> Run:
     """Fine-tune a pretrained ResNet-18 on `images` (from load_images, or a DataSpec to decode at
     `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): a new head
     (lr_head) and the `unfreeze` stages (lr_backbone), the rest frozen in eval mode (frozen_bn='train': the notebook's everything-in-train-mode). `init_head` starts
     the head from a Run or a run directory. Under torchrun every rank trains its share of each batch
-    (featcache.ddp); with `out`, a checkpoint is saved after every epoch and `resume` continues from it."""
+    (featcache.ddp); with `out`, a checkpoint is saved after every epoch and `resume` continues from it.
+    `max_memory` and `num_workers`: decoding, see load_images."""
     from .loop import EpochConfig, check_learning_rate
     from .train import finetune as finetune_model
 
@@ -573,7 +596,7 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
     folder = _claim(out, "fine-tuning", overwrite)
     log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
     data = _data_record(images)
-    images = _images_of(images, image_size, seed, device, echo)
+    images = _images_of(images, image_size, seed, device, echo, max_memory, num_workers)
     initial = _init_head_state(init_head, images.classes) if init_head is not None else None
     record = {"weights": weights, "image_size": images.image_size, "epochs": epochs, "batch_size": batch_size,
               "seed": seed, "view_seed": images.view_seed, "lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": list(unfreeze),
@@ -587,7 +610,8 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
 def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr: float = 1e-3,
             out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
             progress: bool = False, image_size: int | None = None, device: str | None = None,
-            echo: Log | None = None, resume: bool = False) -> Run:
+            echo: Log | None = None, resume: bool = False, max_memory: int | str | None = None,
+            num_workers: int = 0) -> Run:
     """ResNet-18 from a seeded random init on `images` (from load_images, or a DataSpec to decode at
     `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): every
     parameter, Adam, the reference augmentation drawn fresh each epoch. torchrun and `resume`: as
@@ -600,7 +624,7 @@ def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr
     folder = _claim(out, "scratch", overwrite)
     log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
     data = _data_record(images)
-    images = _images_of(images, image_size, seed, device, echo)
+    images = _images_of(images, image_size, seed, device, echo, max_memory, num_workers)
     record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed,
               "view_seed": images.view_seed, "lr": lr, "data": data}
     return _train_end_to_end(

@@ -213,24 +213,66 @@ def decoded_chunks(split: Split, image_size: int, ranges: list[tuple[int, int]],
         yield start, images
 
 
+class DecodedOrError(torch.utils.data.Dataset):
+    """A DecodedSplit for DataLoader workers: a decoding error is returned, not raised, because a worker
+    would wrap a raised one in a multi-line traceback message."""
+
+    def __init__(self, decoded: DecodedSplit):
+        self.decoded = decoded
+
+    def __len__(self) -> int:
+        return len(self.decoded)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.decoded[index]
+        except FeatcacheError as error:
+            return error
+
+
 @dataclass
 class ImageData:
-    """Decoded images of both splits (uint8, resized once) and everything needed to make their views."""
+    """Images of both splits (uint8, resized once) and everything needed to make their views. A split is
+    held decoded in memory (a list) or decoded per batch (a DecodedSplit), by `num_workers` DataLoader
+    workers for training batches: the pixels, and so the numbers, are the same either way."""
 
-    train_images: list[torch.Tensor]
+    train_images: list[torch.Tensor] | DecodedSplit
     train_labels: torch.Tensor
-    test_images: list[torch.Tensor]
+    test_images: list[torch.Tensor] | DecodedSplit
     test_labels: torch.Tensor
     classes: list[str]
     image_size: int
     view_seed: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     test_ids: list[str] | None = None  # what a run's stored predictions are keyed by
+    num_workers: int = 0
+
+    @property
+    def decoding(self) -> str:
+        """'in memory', or which splits are decoded per batch."""
+        lazy = [name for name, images in (("train", self.train_images), ("test", self.test_images))
+                if not isinstance(images, list)]
+        return "in memory" if not lazy else f"per batch ({' and '.join(lazy)})"
 
     def views(self, split: str, indices: list[int], view: int) -> torch.Tensor:
         images = self.train_images if split == "train" else self.test_images
         return make_views([images[i] for i in indices], indices, view, split, self.view_seed,
                           self.image_size, self.device)
+
+    def view_batches(self, split: str, index_lists: list[list[int]], view: int):
+        """The views of each list of sample indices in turn: from memory, or decoded by DataLoader
+        workers that work ahead while the model trains on the previous batches."""
+        images = self.train_images if split == "train" else self.test_images
+        if isinstance(images, list):
+            yield from (self.views(split, indices, view) for indices in index_lists)
+            return
+        loader = torch.utils.data.DataLoader(DecodedOrError(images), batch_sampler=index_lists,
+                                             num_workers=self.num_workers, collate_fn=list)
+        for indices, decoded in zip(index_lists, loader):
+            for image in decoded:
+                if isinstance(image, FeatcacheError):
+                    raise image
+            yield make_views(decoded, indices, view, split, self.view_seed, self.image_size, self.device)
 
     def test_batch(self, window: slice) -> torch.Tensor:
         return self.views("test", list(range(len(self.test_images)))[window], 0)
@@ -241,3 +283,8 @@ def decode_all(split: Split, image_size: int) -> list[torch.Tensor]:
     """Every sample of a split decoded once, for the end-to-end trainers that revisit them each epoch."""
     decoded = DecodedSplit(split, image_size)
     return [decoded[i] for i in range(len(decoded))]
+
+
+def decoded_bytes(split: Split, image_size: int) -> int:
+    """Memory a split takes decoded, estimated as square images (R x R x 3 bytes each, R the resize)."""
+    return len(split) * resize_size(image_size) ** 2 * 3

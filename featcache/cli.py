@@ -296,6 +296,10 @@ finetune_options = stacked(
 @finetune_options
 @click.option("--init-head", type=click.Path(path_type=Path), default=None,
               help="Start the head from a train-head run directory instead of a random init.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory for decoded images, per process (e.g. 8GB). Splits that do not fit are decoded per "
+                   "batch by --num-workers workers instead of once; the numbers are the same. Default: half "
+                   "the available RAM, shared among the machine's ranks.")
 @click.option("--resume", is_flag=True,
               help="Continue the killed run in --out from its last checkpoint (saved after every epoch), "
                    "with the same options; any number of ranks.")
@@ -313,7 +317,8 @@ def finetune_command(**options):
     if options["seeds"]:
         click.echo(api.seeds_line(api.finetune_seeds(data_spec(options), options["weights"], options["seeds"], **common)))
         return
-    run = api.finetune(data_spec(options), options["weights"], resume=options["resume"], **common)
+    run = api.finetune(data_spec(options), options["weights"], resume=options["resume"],
+                       max_memory=options["max_memory"], num_workers=options["num_workers"], **common)
     if api.is_main_process():
         click.echo(api.summary_line(run))
 
@@ -325,6 +330,10 @@ def finetune_command(**options):
 @run_options(32, "Training batch size.")
 @epoch_options
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory for decoded images, per process (e.g. 8GB). Splits that do not fit are decoded per "
+                   "batch by --num-workers workers instead of once; the numbers are the same. Default: half "
+                   "the available RAM, shared among the machine's ranks.")
 @click.option("--resume", is_flag=True,
               help="Continue the killed run in --out from its last checkpoint (saved after every epoch), "
                    "with the same options; any number of ranks.")
@@ -339,7 +348,8 @@ def scratch_command(**options):
     if options["seeds"]:
         click.echo(api.seeds_line(api.scratch_seeds(data_spec(options), options["seeds"], **common)))
         return
-    run = api.scratch(data_spec(options), resume=options["resume"], **common)
+    run = api.scratch(data_spec(options), resume=options["resume"], max_memory=options["max_memory"],
+                      num_workers=options["num_workers"], **common)
     if api.is_main_process():
         click.echo(api.summary_line(run))
 

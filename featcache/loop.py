@@ -9,7 +9,7 @@ history; tests/test_heads.py checks that the two give the same weights. Needs to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -52,11 +52,12 @@ def log_epoch(epoch: int, epochs: int, loss: float, train_acc: float, test_acc: 
 
 
 def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch.Tensor,
-               batch_inputs: Callable[[int, torch.Tensor], torch.Tensor], test_accuracy: Callable[[], float],
+               epoch_inputs: Callable[[int, list[torch.Tensor]], Iterable[torch.Tensor]], test_accuracy: Callable[[], float],
                config: EpochConfig, set_train_mode: Callable[[], None] = lambda: None,
                log: Callable[[str], None] | None = tqdm.write, progress: bool = False, ranks=None,
                checkpoint=None, saved: nn.Module | None = None) -> dict:
-    """Train for config.epochs; batch_inputs(epoch, indices) gives the model's inputs for a batch.
+    """Train for config.epochs; epoch_inputs(epoch, batches) gives the model's inputs for each list of
+    sample indices in turn (an iterator, so that the next batches can be decoded while one trains).
 
     Under torchrun, `ranks` (featcache.ddp) gives each rank its share of every global batch and sums the
     metrics; `model` is then DDP-wrapped. `checkpoint` (featcache.ddp.Checkpoint) saves the state after
@@ -82,11 +83,11 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
         order = torch.randperm(count, generator=generator)
         loss_sum = torch.zeros((), device=labels.device)
         correct = torch.zeros((), dtype=torch.long, device=labels.device)
-        for start in range(0, count, config.batch_size):
-            batch = order[start:start + config.batch_size]
-            indices = ranks.share(batch)
+        batches = [order[start:start + config.batch_size] for start in range(0, count, config.batch_size)]
+        shares = [ranks.share(batch) for batch in batches]
+        for batch, indices, inputs in zip(batches, shares, epoch_inputs(epoch, shares)):
             target = labels[indices.to(labels.device)]
-            logits = model(batch_inputs(epoch, indices))
+            logits = model(inputs)
             if ranks.world_size == 1:
                 loss = criterion(logits, target)
                 share_loss = loss.detach() * len(indices)

@@ -76,9 +76,11 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
         for name in ("fc", *unfreeze):  # only modules with trainable parameters train
             getattr(model, name).train()
 
-    def train_inputs(epoch, indices):
-        with torch.no_grad():  # nothing below the first unfrozen stage needs gradients
-            return trunk(data.views("train", indices.tolist(), 1 + epoch))
+    def train_inputs(epoch, shares):
+        for views in data.view_batches("train", [share.tolist() for share in shares], 1 + epoch):
+            with torch.no_grad():  # nothing below the first unfrozen stage needs gradients
+                features = trunk(views)
+            yield features  # outside no_grad: the consumer trains between yields
 
     test_labels = data.test_labels.to(data.device)
     last = checkpoint.carry if checkpoint is not None else {}  # the latest epoch's test probabilities
@@ -123,7 +125,7 @@ def scratch(data: ImageData, config: EpochConfig, lr: float = 1e-3, log=tqdm.wri
         return accuracy
 
     history = run_epochs(ranks.wrap(model), optimizer, data.train_labels.to(data.device),
-                         lambda epoch, indices: data.views("train", indices.tolist(), 1 + epoch),
+                         lambda epoch, shares: data.view_batches("train", [share.tolist() for share in shares], 1 + epoch),
                          test_accuracy, config, model.train, log, progress, ranks, checkpoint)
     return revert_batchnorm(model), {**history, "test_probabilities": last["probabilities"]}
 

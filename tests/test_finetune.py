@@ -102,3 +102,31 @@ def test_finetune_cli_with_init_head(image_folder, run_cli, tmp_path):
     assert record["approach"] == "fine-tuning" and record["trainable_params"] == 8393728 + 3 * 512 + 3
     bad = run_cli("finetune", *args, "--unfreeze", "layer9", "--out", tmp_path / "bad")
     assert bad.exit_code != 0 and "layer9" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_decoding_per_batch_in_workers_trains_exactly_as_decoding_once(data, image_folder):
+    """Splits that do not fit --max-memory are decoded per batch (training batches by DataLoader workers):
+    the same pixels, so the same weights and history, bit for bit."""
+    from featcache.augment import DecodedSplit
+
+    dataset = load_dataset(str(image_folder))
+    lazy = ImageData(DecodedSplit(dataset.train, 32), data.train_labels, DecodedSplit(dataset.test, 32),
+                     data.test_labels, data.classes, 32, 0, num_workers=2)
+    assert lazy.decoding == "per batch (train and test)" and data.decoding == "in memory"
+    config = EpochConfig(epochs=2, batch_size=7)
+    for train in (lambda images: finetune(images, "random", config, unfreeze=("layer3", "layer4"), log=None),
+                  lambda images: scratch(images, EpochConfig(epochs=1, batch_size=7), log=None)):
+        (once, once_history), (per_batch, per_batch_history) = train(data), train(lazy)
+        assert once_history["train_loss"] == per_batch_history["train_loss"]
+        assert once_history["test_acc"] == per_batch_history["test_acc"]
+        assert all(torch.equal(value, per_batch.state_dict()[name]) for name, value in once.state_dict().items())
+
+
+def test_max_memory_decides_what_is_decoded_once(image_folder):
+    from featcache import DataSpec, load_images
+
+    spec = DataSpec(str(image_folder))
+    assert load_images(spec, 32, max_memory="1GB").decoding == "in memory"
+    test_only = 12 * 37 * 37 * 3  # the test split decoded (R = 37 for 32 px), the training split not
+    assert load_images(spec, 32, max_memory=test_only).decoding == "per batch (train)"
+    assert load_images(spec, 32, max_memory=1, num_workers=1).decoding == "per batch (train and test)"

@@ -62,7 +62,7 @@ def test_cached_head_loop_equals_plain_linear_and_torch_adam(cached):
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     reference = run_epochs(
         model, optimizer, cache.train_labels,
-        lambda epoch, indices: cache.train_features[indices, view_for_epoch(epoch, cache.views)],
+        lambda epoch, shares: (cache.train_features[indices, view_for_epoch(epoch, cache.views)] for indices in shares),
         lambda: accuracy(model, lambda window: cache.test_features[window], cache.test_labels), config, log=None)
     assert torch.allclose(head.weight, model.weight, atol=1e-5) and torch.allclose(head.bias, model.bias, atol=1e-5)
     assert np.allclose(history["train_loss"], reference["train_loss"], atol=1e-5)
