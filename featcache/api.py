@@ -340,6 +340,7 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     if isinstance(cache, (CacheSpec, str, Path)):
         cache = open_cache(cache, max_memory, len(sweep_lrs) * len(sweep_wds) if sweep else 1,
                            stream=head == "linear" or f"the {head} head")
+        _warn_few_blocks(cache, echo)
         try:
             return train_head(cache, head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                               seed=seed, sweep=sweep, sweep_lrs=sweep_lrs, sweep_wds=sweep_wds, val_fraction=val_fraction,
@@ -390,6 +391,19 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
                      "knn_temperature": knn_temperature, "cache": str(cache.path), "views": cache.views,
                      **_streaming_record(cache)}
     return _saved(_head_run(model, history, wall, cache, config_record, record), folder)
+
+
+def _warn_few_blocks(cache, echo: Log | None) -> None:
+    """A streamed cache whose shuffle buffer holds few blocks: say that batches then mix few of a
+    class-sorted file's classes (measured on the reference cache: -0.018 accuracy at 2 blocks)."""
+    from .streaming import StreamedCache
+
+    stream = getattr(cache, "train_features", None)
+    if echo is not None and isinstance(cache, StreamedCache) and stream.buffer_rows < len(stream) \
+            and stream.buffer_rows // stream.block_rows < 8:
+        echo(f"streaming with a shuffle buffer of {stream.buffer_rows // stream.block_rows} blocks of "
+             f"{stream.block_rows} rows: batches mix few classes of a class-sorted cache; a larger --max-memory "
+             "shuffles better")
 
 
 def _streaming_record(cache) -> dict:
