@@ -45,6 +45,10 @@ class Ranks:
     def unwrap(self, module: nn.Module) -> nn.Module:
         return module
 
+    def on_main(self, make):
+        """make() on rank 0; every rank returns its result or raises its FeatcacheError."""
+        return make()
+
     def barrier(self) -> None:
         pass
 
@@ -56,7 +60,7 @@ class DistributedRanks(Ranks):
     """The torchrun process group, for DistributedDataParallel training."""
 
     def __init__(self, device: torch.device, batch_size: int):
-        self.group = ProcessGroup(device)
+        self.group = ProcessGroup(device, "the last epoch's checkpoint is kept: re-run with --resume")
         self.rank, self.world_size, self.device = self.group.rank, self.group.world_size, device
         self.dist = self.group.dist
         if batch_size % self.world_size:
@@ -89,6 +93,9 @@ class DistributedRanks(Ranks):
 
     def unwrap(self, module: nn.Module) -> nn.Module:
         return module.module
+
+    def on_main(self, make):
+        return self.group.share(make)
 
     def barrier(self) -> None:
         self.group.wait_for_all(lambda: None)
@@ -193,12 +200,16 @@ class Checkpoint:
         return state
 
     def save(self, state: dict) -> None:
-        if self.rank != 0:
-            return
+        """Rank 0 writes (call it through Ranks.on_main, so that a failure stops every rank)."""
         partial = self.path.with_name(f"{CHECKPOINT}.{os.getpid()}.partial")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({**state, "options": self.options, "carry": dict(self.carry)}, partial)
-        os.replace(partial, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({**state, "options": self.options, "carry": dict(self.carry)}, partial)
+            os.replace(partial, self.path)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+            partial.unlink(missing_ok=True)
+            raise FeatcacheError(f"cannot write the checkpoint {self.path}: {' '.join(str(error).split())[:200]}; "
+                                 "free space or choose another --out, then --resume from the last one") from None
 
     def remove(self) -> None:
         if self.rank == 0:

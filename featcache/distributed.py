@@ -50,9 +50,10 @@ class ProcessGroup:
     """The torch.distributed process group torchrun describes: NCCL on GPUs, gloo on CPUs, plus a gloo
     group with a long timeout for featcache's own coordination."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, rerun: str = "finished shards are kept: re-run the same command to resume"):
         import torch.distributed as dist
 
+        self.rerun = rerun
         self.dist = dist
         self.owned = not dist.is_initialized()
         if self.owned:
@@ -89,9 +90,7 @@ class ProcessGroup:
         try:
             return call()
         except (RuntimeError, ValueError) as error:  # gloo: a peer closed its connections
-            raise FeatcacheError("another rank stopped during extraction "
-                                 f"({' '.join(str(error).split())[:200]}); finished shards are kept: "
-                                 "re-run the same command to resume") from None
+            raise FeatcacheError(f"another rank stopped ({' '.join(str(error).split())[:200]}); {self.rerun}") from None
 
     def close(self) -> None:
         if self.owned and self.dist.is_initialized():

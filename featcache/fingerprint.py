@@ -85,7 +85,7 @@ class FileHashes:
             sha256[index] = file_sha256(paths[index])
         self.hashed += len(stale)
         if len(stale) or not leads:  # the table changes: these files first, then the rows of other lookups
-            rest = np.setdiff1d(np.arange(len(self.paths)), rows[known], assume_unique=True)
+            rest = np.setdiff1d(np.arange(len(self.paths)), rows[known])
             self.columns = {**{name: np.concatenate([current[name], self.columns[name][rest]]) for name in STAT.names},
                             "sha256": np.concatenate([sha256, self.columns["sha256"][rest]]),
                             "hashed_ns": np.concatenate([hashed_ns, self.columns["hashed_ns"][rest]])}

@@ -107,8 +107,9 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
         if log is not None:
             log(log_epoch(epoch, config.epochs, *(history[k][-1] for k in ("train_loss", "train_acc", "test_acc"))))
         if checkpoint is not None:
-            checkpoint.save({"epoch": epoch, "history": history, "model": saved.state_dict(),
-                             "optimizer": optimizer.state_dict(), "generator": generator.get_state()})
+            state = {"epoch": epoch, "history": history, "model": saved.state_dict(),
+                     "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+            ranks.on_main(lambda: checkpoint.save(state))
     bar.close()
     return history
 

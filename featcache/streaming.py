@@ -174,6 +174,8 @@ class BlockStream:
 
     def order(self, epoch: int) -> torch.Tensor:
         """Positions in the order this epoch trains them: each group's rows permuted in the buffer."""
+        if not len(self.rows):
+            return torch.empty((len(self.seeds), 0) if self.seeds else (0,), dtype=torch.long)
         generators = [np.random.default_rng([seed, epoch, 1]) for seed in (self.seeds or [self.seed])]
         groups = self.groups(epoch)
         permutations = [[generator.permutation(sum(b - a for a, b in group)) for generator in generators]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +67,23 @@ def assert_clean_failure(result, *words):
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     for word in words:
         assert word in lines[0], lines[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size, options) -> a folder on a tmpfs of that size; skipped where mounting is not permitted."""
+    mounts = []
+
+    def mount(size: str, options: str = ""):
+        folder = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+        folder.mkdir()
+        spec = f"size={size}" + (f",{options}" if options else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", spec, "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not permitted'})")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -125,3 +125,12 @@ def test_test_shares_cover_every_image_once(count, world_size):
     assert covered == list(range(count))
     assert [stop - start for start, stop in ranges] == [len(part) for part in
                                                         torch.tensor_split(torch.arange(count), world_size)]
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_every_rank_in_one_line(folder, small_disk):
+    out = small_disk("20m") / "run"  # the first checkpoint (model and Adam state) needs about 100 MB
+    result = torchrun(2, folder, out)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "cannot write the checkpoint" in line]
+    assert len(lines) == 1 and "--resume" in lines[0], result.stderr  # rank 0 alone reports it
+    assert not list(out.glob("*.partial")) and not (out / "history.json").exists()

@@ -5,8 +5,6 @@ where it does not (ENOSPC from os.write on a shard)."""
 import errno
 import os
 import shutil
-import subprocess
-import uuid
 
 import h5py
 import pytest
@@ -56,26 +54,6 @@ def assert_error_after_progress(result, *words):
 def extract_cli(data, cache_dir, *extra):
     return ["extract", "--data", data, "--cache-dir", cache_dir, "--weights", "random", "--image-size", "32",
             "--views", "2", "--batch-size", BATCH_SIZE, "--shard-size", SHARD_SIZE, *extra]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """mount(size, options) -> a folder on a tmpfs of that size; skipped where mounting is not permitted."""
-    mounts = []
-
-    def mount(size: str, options: str = ""):
-        folder = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-        folder.mkdir()
-        spec = f"size={size}" + (f",{options}" if options else "")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", spec, "tmpfs", str(folder)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not permitted'})")
-        mounts.append(folder)
-        return folder
-
-    yield mount
-    for folder in mounts:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def fill(folder) -> object:

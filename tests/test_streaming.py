@@ -13,7 +13,7 @@ import torch
 
 from featcache import api
 from featcache.heads import view_for_epoch
-from featcache.streaming import BlockStream, open_streamed, parse_memory
+from featcache.streaming import open_streamed, parse_memory
 from featcache.synthetic import write_synthetic_cache
 
 from conftest import assert_clean_failure
