@@ -59,9 +59,9 @@ class DataSpec:
     download: bool = False
     data_root: Path | None = None
 
-    def load(self) -> Dataset:
+    def load(self, listings=None) -> Dataset:
         return load_dataset(self.data, list(self.classes) if self.classes else None, self.per_class,
-                            self.test_per_class, self.download, self.data_root)
+                            self.test_per_class, self.download, self.data_root, listings)
 
 
 @dataclass(frozen=True)
@@ -81,14 +81,17 @@ class CacheSpec:
 
     def locate(self, rehash: bool = False) -> tuple[Dataset, dict, Path]:
         """(dataset, provenance, the cache file's path), without importing torch. Files' content hashes
-        are remembered in cache_dir under their stat (featcache.fingerprint): a repeated call reads only
-        changed files, or every file with `rehash`."""
-        from .fingerprint import FileHashes
+        are remembered in cache_dir under their stat, and class folders' listings under the folders'
+        (featcache.fingerprint): a repeated call lists only changed folders and reads only changed
+        files, or everything with `rehash`."""
+        from .fingerprint import FileHashes, FolderListings
 
-        dataset = self.data.load()
+        listings = FolderListings(self.cache_dir, rehash)
+        dataset = self.data.load(listings)
         hashes = FileHashes(self.cache_dir, rehash)
         provenance = cache_provenance(dataset, self.weights, self.seed, self.image_size, self.views, self.precision,
                                       hashes)
+        listings.save()
         hashes.save()
         return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)
 

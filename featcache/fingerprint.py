@@ -138,3 +138,72 @@ def _load(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     except (OSError, ValueError, KeyError):
         pass
     return [], _empty()
+
+
+LISTINGS = "folder-listings.npz"
+
+
+class FolderListings:
+    """Each class folder's sorted image names, remembered beside the file hashes under the folder's
+    (mtime_ns, ctime_ns): creating, removing or renaming an entry changes both, so the folder is listed
+    again; so is one that changed within RACY_NS of being listed. At a million files this saves the
+    listing's second (os.listdir, sort, filter) for one os.stat per folder."""
+
+    def __init__(self, folder: Path | None = None, rehash: bool = False):
+        self.path = Path(folder) / LISTINGS if folder is not None else None
+        self.entries: dict[str, tuple[int, int, int, list[str]]] = {}
+        self.changed = False
+        if self.path is not None and self.path.is_file() and not rehash:
+            self.entries = _load_listings(self.path)
+
+    def names(self, folder: str, list_names) -> list[str]:
+        """list_names(folder), or the remembered result when the folder has not changed since."""
+        stat = os.stat(folder)
+        known = self.entries.get(folder)
+        if known is not None and known[:2] == (stat.st_mtime_ns, stat.st_ctime_ns) \
+                and known[2] - RACY_NS > max(stat.st_mtime_ns, stat.st_ctime_ns):
+            return known[3]
+        listed_ns = time.time_ns()  # before listing: an entry added meanwhile makes the folder racy
+        names = list_names(folder)
+        self.entries[folder] = (stat.st_mtime_ns, stat.st_ctime_ns, listed_ns, names)
+        self.changed = True
+        return names
+
+    def save(self) -> None:
+        """Write the listings (temporary name, then rename) if this run listed a folder; a folder that
+        cannot be written only means the next run lists again."""
+        if self.path is None or not self.changed:
+            return
+        folders = list(self.entries)
+        columns = list(zip(*self.entries.values()))
+        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp.npz")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(partial, folders=np.frombuffer(os.fsencode("\0".join(folders)), dtype=np.uint8),
+                     mtime_ns=np.array(columns[0], dtype=np.int64), ctime_ns=np.array(columns[1], dtype=np.int64),
+                     listed_ns=np.array(columns[2], dtype=np.int64),
+                     counts=np.array([len(names) for names in columns[3]], dtype=np.int64),
+                     names=np.frombuffer(os.fsencode("\0".join(name for names in columns[3] for name in names)),
+                                         dtype=np.uint8))
+            os.replace(partial, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+
+
+def _load_listings(path: Path) -> dict[str, tuple[int, int, int, list[str]]]:
+    """The remembered listings; a damaged table is only a lost shortcut."""
+    try:
+        with np.load(path, allow_pickle=False) as table:
+            folders = os.fsdecode(table["folders"].tobytes()).split("\0")
+            stats = zip(table["mtime_ns"].tolist(), table["ctime_ns"].tolist(), table["listed_ns"].tolist())
+            counts = table["counts"].tolist()
+            blob = table["names"].tobytes()
+        names = os.fsdecode(blob).split("\0") if blob else []
+        if len(folders) != len(counts) or sum(counts) != len(names):
+            return {}
+        ends = np.cumsum([0, *counts]).tolist()
+        return {folder: (*stat, names[start:stop])
+                for folder, stat, start, stop in zip(folders, stats, ends[:-1], ends[1:])}
+    except (OSError, ValueError, KeyError):
+        return {}

@@ -95,3 +95,25 @@ def test_the_table_serves_other_selections_of_the_same_files(tmp_path, monkeypat
         assert table.paths[:len(selection)] == selection and sorted(table.paths) == sorted(files)
         table.save()
     assert reads == []
+
+
+def test_class_folders_are_listed_again_only_when_they_change(tmp_path, monkeypatch):
+    """Folder listings are remembered under the folder's mtime and ctime: adding an image changes them,
+    so that folder alone is listed again, and the new image enters the key."""
+    data = write_image_folder(tmp_path / "data", 3, 2)
+    age(data)
+    for folder in (data / split / name for split in ("train", "test") for name in ("ant", "bee", "cow")):
+        os.utime(folder, (time.time() - 60, time.time() - 60))
+    monkeypatch.setattr(fingerprint, "RACY_NS", 0)
+    listed = []
+    real = featcache.data.image_names
+    monkeypatch.setattr(featcache.data, "image_names", lambda folder: listed.append(folder) or real(folder))
+    first = locate(data, tmp_path / "cache")
+    assert len(listed) == 6 and (tmp_path / "cache" / fingerprint.LISTINGS).is_file()
+    listed.clear()
+    assert locate(data, tmp_path / "cache") == first and listed == []  # every folder from the memo
+    (data / "train" / "bee" / "0003.png").write_bytes((data / "train" / "bee" / "0001.png").read_bytes())
+    changed = locate(data, tmp_path / "cache")
+    assert listed == [str(data / "train" / "bee")] and changed != first
+    listed.clear()
+    assert locate(data, tmp_path / "cache", rehash=True) == changed and len(listed) == 6
