@@ -158,8 +158,9 @@ def main():
 @shard_option
 @click.option("--force", is_flag=True, help="Recompute even if a complete cache (or finished shards) exists.")
 @click.option("--rehash", is_flag=True,
-              help="Read every image file to fingerprint the dataset, instead of trusting the content hashes "
-                   "remembered (in --cache-dir) for files whose size, mtime, ctime and inode are unchanged.")
+              help="List every class folder and read every image file to fingerprint the dataset, instead of "
+                   "trusting what --cache-dir remembers: content hashes of files whose size, mtime, ctime and inode "
+                   "are unchanged, and listings of folders whose mtime and ctime are unchanged.")
 def extract(**options):
     """Run the frozen backbone once over every view and cache the 512-d features in HDF5.
 
