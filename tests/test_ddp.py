@@ -75,6 +75,14 @@ def test_two_gloo_ranks_train_what_one_process_trains(folder, tmp_path):
         assert abs(accuracy * 9 - round(accuracy * 9)) < 1e-9
 
 
+def test_four_ranks_share_nine_test_images_and_a_last_batch_of_five(folder, tmp_path):
+    """9 test images on 4 ranks (3 + 2 + 2 + 2) and a last training batch of 5 (2 + 1 + 1 + 1)."""
+    one, four = torchrun(1, folder, tmp_path / "one"), torchrun(4, folder, tmp_path / "four")
+    assert one.returncode == 0, one.stderr
+    assert four.returncode == 0, four.stderr
+    assert_same_run(tmp_path / "four", tmp_path / "one")
+
+
 def workers(parent: int) -> list[int]:
     """torchrun's worker processes, found through /proc."""
     found = []
