@@ -95,8 +95,7 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
     then sees exactly the batches a single head of seed seeds[k] would. `epoch_order(epoch)`, when
     given, replaces the shuffle (a streamed cache's block order: featcache.streaming).
     """
-    classes = heads.params.shape[1]
-    onehot = nn.functional.one_hot(labels, classes).float()
+    onehot = torch.eye(heads.params.shape[1])  # class -> one-hot row, gathered per batch: no [G, N, C] state
     generators = [torch.Generator().manual_seed(seed) for seed in (seeds if seeds is not None else [config.seed])]
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
     count = len(labels)
@@ -106,20 +105,38 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
         else:
             orders = [torch.randperm(count, generator=generator) for generator in generators]
             order = torch.stack(orders) if seeds is not None else orders[0]
-        targets = onehot[order]
-        log_probs = torch.empty(len(heads.params), count, classes)
-        start = 0
+        ordered_labels = labels[order]  # [N] or [G, N]: 8 bytes a row a head, at any number of classes
+        totals = torch.zeros(2, len(heads.params), dtype=torch.float64)  # summed loss, correct count
+        pending, start = [], 0
         for features in epoch_batches(epoch, order, config.batch_size):
             stop = start + features.shape[-2]
-            log_probs[:, start:stop] = heads.step(features, targets[..., start:stop, :])
+            pending.append((heads.step(features, onehot[ordered_labels[..., start:stop]]), start, stop))
+            if (stop - pending[0][1]) * onehot.shape[1] * len(heads.params) >= SCORE_ELEMENTS:
+                totals += _scores(pending, ordered_labels)
+                pending = []
             start = stop
-        history["train_loss"].append((-(log_probs * targets).sum(-1).mean(-1)).tolist())
-        history["train_acc"].append((log_probs.argmax(-1) == labels[order]).double().mean(-1).tolist())
+        totals += _scores(pending, ordered_labels)
+        history["train_loss"].append((totals[0] / count).tolist())
+        history["train_acc"].append((totals[1] / count).tolist())
         history["test_acc"].append(test_accuracy().tolist() if test_accuracy is not None else None)
         if log is not None:
             log(log_epoch(epoch, config.epochs, history["train_loss"][-1][0], history["train_acc"][-1][0],
                           history["test_acc"][-1][0]))
     return history
+
+
+SCORE_ELEMENTS = 1 << 22  # batches' log-probabilities kept for scoring at once: 16 MB, whatever N is
+
+
+def _scores(pending: list, ordered_labels: torch.Tensor) -> torch.Tensor:
+    """[summed cross-entropy, correct count] per head over pending (log-probs [G, B, C], start, stop)
+    batches: scored together, not batch by batch, because per-batch scoring costs as much as the step."""
+    if not pending:
+        return torch.zeros(2, 1, dtype=torch.float64)
+    log_probs = torch.cat([batch for batch, _, _ in pending], 1)
+    batch_labels = ordered_labels[..., pending[0][1]:pending[-1][2]].expand(log_probs.shape[:2])
+    loss = -log_probs.gather(-1, batch_labels[..., None]).sum((-2, -1)).double()
+    return torch.stack([loss, (log_probs.argmax(-1) == batch_labels).sum(-1).double()])
 
 
 def cached_batches(features: torch.Tensor):

@@ -33,7 +33,7 @@ from .spec import FEATURE_DIM, open_complete_cache
 
 BLOCK_CHUNKS = 16  # 4,096 rows of one view, 8 MB, per read
 MIN_GROUP_BLOCKS = 32  # smaller blocks where the buffer would hold fewer of them
-RESERVE = 8 * 10**6  # h5py's chunk reads and the allocator's slack: measured 2-3 MB above the buffer here
+RESERVE = 32 * 10**6  # h5py's reads, torch's and the allocator's slack: measured 13-21 MB above the buffer here
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -69,9 +69,10 @@ def in_memory_bytes(rows: int, views: int, test_rows: int) -> int:
     return (rows * (1 + views) + rows + test_rows) * (FEATURE_DIM + 1) * 4
 
 
-def row_state_bytes(rows: int, classes: int, heads: int) -> int:
-    """Per-row state of the epoch loop, streamed or not: labels, orders, targets, log-probabilities."""
-    return rows * (24 + heads * (16 + 12 * classes))
+def row_state_bytes(rows: int, heads: int) -> int:
+    """Per-row state of the epoch loop, streamed or not: labels, and per head the order, its labels and
+    the buffer permutation (8 bytes each); nothing grows with the number of classes."""
+    return rows * (16 + heads * 24)
 
 
 def block_rows_for(buffer_rows: int) -> int:
@@ -119,9 +120,9 @@ def open_streamed(path: Path, budget: int, heads: int = 1) -> StreamedCache:
         test = {name: handle[f"test/{name}"][()] for name in ("features", "labels", "ids")}
         features = handle["train/features"]
         row_bytes = (FEATURE_DIM + 1) * 4
-        left = budget - RESERVE - row_state_bytes(len(train_labels), len(classes), heads) - test["features"].nbytes
+        left = budget - RESERVE - row_state_bytes(len(train_labels), heads) - test["features"].nbytes
         block_rows = block_rows_for(left // row_bytes)
-        buffer_rows = (left - block_rows * row_bytes) // row_bytes  # one block is read before it is copied in
+        buffer_rows = (left - 2 * block_rows * row_bytes) // row_bytes  # a block read, and a subset's rows of it
         if buffer_rows < block_rows:
             needed = budget - left + 2 * CHUNK_ROWS * row_bytes
             raise FeatcacheError(f"`max_memory` {budget / 1e6:.1f} MB is too small to stream {path}: its labels, "

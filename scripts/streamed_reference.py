@@ -13,7 +13,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cache")
     parser.add_argument("--seeds", default="0-9")
-    parser.add_argument("--budgets", default="18.7MB,17.5MB,16.5MB")
+    parser.add_argument("--budgets", default="42.7MB,41.6MB,40.6MB")
     args = parser.parse_args()
     rows = []
     for budget in [None, *args.budgets.split(",")]:
