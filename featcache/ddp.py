@@ -142,6 +142,8 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         channels = x.shape[1]
         sums = all_reduce(torch.cat([x.sum((0, 2, 3)), x.new_full((1,), x.numel() // channels)]))
         count = sums[-1]
+        if count < 2:  # as BatchNorm2d: one value per channel over all ranks has no variance
+            raise FeatcacheError(f"BatchNorm in training needs more than one value per channel, got {int(count)}")
         mean = sums[:channels] / count
         centred = x - mean[None, :, None, None]
         var = all_reduce((centred * centred).sum((0, 2, 3))) / count
@@ -189,7 +191,8 @@ class Checkpoint:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as error:  # a truncated or foreign file: torch raises several kinds
-            raise FeatcacheError(f"cannot resume from {self.path}: {' '.join(str(error).split())[:200]}") from None
+            raise (FeatcacheError if self.rank == 0 else ReportedElsewhere)(
+                f"cannot resume from {self.path}: {' '.join(str(error).split())[:200]}") from None
         differing = sorted(key for key in {*state["options"], *self.options}
                            if state["options"].get(key) != self.options.get(key))
         if differing:
