@@ -316,7 +316,7 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
                sweep_wds=DEFAULT_SWEEP_WDS, val_fraction: float = 0.2, logreg_views: str = "clean",
                knn_temperature: float | None = None, max_memory: int | str | None = None,
                out: str | Path | None = None, overwrite: bool = False,
-               log: Log | None = None, echo: Log | None = None, **record) -> Run:
+               log: Log | None = None, echo: Log | None = None, progress: bool = False, **record) -> Run:
     """A feature-extraction head trained on a cache (from open_cache, or what open_cache takes), in seconds.
 
     head='linear': Linear(512, C) with Adam, epoch e on augmented view 1 + e % V; with `sweep`, a grid of
@@ -348,7 +348,7 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
             return train_head(cache, head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                               seed=seed, sweep=sweep, sweep_lrs=sweep_lrs, sweep_wds=sweep_wds, val_fraction=val_fraction,
                               logreg_views=logreg_views, knn_temperature=knn_temperature, out=out, overwrite=True,
-                              log=log, echo=echo, **record)
+                              log=log, echo=echo, progress=progress, **record)
         finally:
             if hasattr(cache, "close"):
                 cache.close()
@@ -379,7 +379,7 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     else:
         if sweep:
             result = sweep_heads(cache.train_features, cache.train_labels, list(sweep_lrs), list(sweep_wds), config,
-                                 val_fraction)
+                                 val_fraction, progress=progress and _streamed(cache))
             lr, weight_decay = result.best["lr"], result.best["weight_decay"]
             record["sweep"] = {"grid": result.grid, "best": result.best}
             if echo is not None:
@@ -387,7 +387,8 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
                 echo(f"chosen lr={lr:g}, weight_decay={weight_decay:g} on validation accuracy "
                      f"{result.best['val_acc']:.4f}; retraining on all training images")
         model, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
-                                           cache.test_labels, config, lr, weight_decay, log)
+                                           cache.test_labels, config, lr, weight_decay, log,
+                                           progress=progress and _streamed(cache))
     wall = time.perf_counter() - started
     config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                      "seed": seed, "sweep": sweep, "val_fraction": val_fraction, "logreg_views": logreg_views,
@@ -409,11 +410,15 @@ def _warn_few_blocks(cache, echo: Log | None) -> None:
              "shuffles better")
 
 
-def _streaming_record(cache) -> dict:
-    """How the training views were read: streamed (buffer and block rows) or not, for history.json."""
+def _streamed(cache) -> bool:
     from .streaming import StreamedCache
 
-    if not isinstance(cache, StreamedCache):
+    return isinstance(cache, StreamedCache)
+
+
+def _streaming_record(cache) -> dict:
+    """How the training views were read: streamed (buffer and block rows) or not, for history.json."""
+    if not _streamed(cache):
         return {"streamed": False}
     return {"streamed": True, "buffer_rows": cache.train_features.buffer_rows,
             "block_rows": cache.train_features.block_rows}
@@ -461,10 +466,10 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, hea
     check_learning_rate("lr", lr)
     started = time.perf_counter()
     trained = train_seeded_heads(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
-                                 config, seeds, lr, weight_decay)
+                                 config, seeds, lr, weight_decay, progress=options.get("progress", False) and _streamed(cache))
     wall = (time.perf_counter() - started) / len(seeds)  # each head's share of the lockstep training
     settings = ("log", "echo", "val_fraction", "logreg_views", "sweep_lrs", "sweep_wds", "knn_temperature",
-                "max_memory")
+                "max_memory", "progress")
     record = {key: value for key, value in options.items() if key not in settings}  # the rest: extra record
     runs = [_head_run(model, history, wall, cache, {
         "head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,

@@ -265,6 +265,7 @@ def train_head(cache, **options):
                   sweep_wds=_floats(options["sweep_wds"], "--sweep-wds") if options["sweep"] else (),
                   val_fraction=options["val_fraction"], logreg_views=options["logreg_views"],
                   knn_temperature=options["knn_temperature"], max_memory=options["max_memory"],
+                  progress=not options["quiet"],
                   out=run_dir(options, "feature-extraction"),
                   overwrite=options["overwrite"])
     if options["seeds"]:
@@ -289,6 +290,17 @@ finetune_options = stacked(
 )
 
 
+end_to_end_options = stacked(
+    click.option("--max-memory", default=None, metavar="SIZE",
+                 help="Memory for decoded images, per process (e.g. 8GB). Splits that do not fit are decoded per "
+                      "batch by --num-workers workers instead of once; the numbers are the same. Default: half "
+                      "the available RAM, shared among the machine's ranks."),
+    click.option("--resume", is_flag=True,
+                 help="Continue the killed run in --out from its last checkpoint (saved after every epoch), "
+                      "with the same options; any number of ranks."),
+)
+
+
 @main.command("finetune")
 @data_options
 @weights_options
@@ -297,13 +309,7 @@ finetune_options = stacked(
 @finetune_options
 @click.option("--init-head", type=click.Path(path_type=Path), default=None,
               help="Start the head from a train-head run directory instead of a random init.")
-@click.option("--max-memory", default=None, metavar="SIZE",
-              help="Memory for decoded images, per process (e.g. 8GB). Splits that do not fit are decoded per "
-                   "batch by --num-workers workers instead of once; the numbers are the same. Default: half "
-                   "the available RAM, shared among the machine's ranks.")
-@click.option("--resume", is_flag=True,
-              help="Continue the killed run in --out from its last checkpoint (saved after every epoch), "
-                   "with the same options; any number of ranks.")
+@end_to_end_options
 @seeds_option("the head's init and the shuffle (one run after another)")
 @out_options
 def finetune_command(**options):
@@ -331,13 +337,7 @@ def finetune_command(**options):
 @run_options(32, "Training batch size.")
 @epoch_options
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
-@click.option("--max-memory", default=None, metavar="SIZE",
-              help="Memory for decoded images, per process (e.g. 8GB). Splits that do not fit are decoded per "
-                   "batch by --num-workers workers instead of once; the numbers are the same. Default: half "
-                   "the available RAM, shared among the machine's ranks.")
-@click.option("--resume", is_flag=True,
-              help="Continue the killed run in --out from its last checkpoint (saved after every epoch), "
-                   "with the same options; any number of ranks.")
+@end_to_end_options
 @seeds_option("the model's init and the shuffle (one run after another)")
 @out_options
 def scratch_command(**options):

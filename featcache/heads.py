@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .errors import FeatcacheError
 from .cache import FeatureCache
@@ -85,7 +86,8 @@ def with_bias_column(features: torch.Tensor) -> torch.Tensor:
 
 
 def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config: EpochConfig,
-                test_accuracy=None, log=None, seeds: list[int] | None = None, epoch_order=None) -> dict:
+                test_accuracy=None, log=None, seeds: list[int] | None = None, epoch_order=None,
+                progress: bool = False) -> dict:
     """The reference epoch loop (seeded shuffle, batches, per-epoch train loss and accuracy on the
     batches as trained, test accuracy) for G heads at once.
 
@@ -93,12 +95,14 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
     `order`, batch by batch. Histories hold one value per head per epoch; the shuffle is run_epochs'
     with config.seed, or with `seeds` one shuffle per head (order [G, N], batches [G, B, D+1]): head k
     then sees exactly the batches a single head of seed seeds[k] would. `epoch_order(epoch)`, when
-    given, replaces the shuffle (a streamed cache's block order: featcache.streaming).
+    given, replaces the shuffle (a streamed cache's block order: featcache.streaming). `progress`: a
+    tqdm bar in rows/s (for streamed caches, which take minutes).
     """
     onehot = torch.eye(heads.params.shape[1])  # class -> one-hot row, gathered per batch: no [G, N, C] state
     generators = [torch.Generator().manual_seed(seed) for seed in (seeds if seeds is not None else [config.seed])]
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
     count = len(labels)
+    bar = tqdm(total=config.epochs * count, unit="row", desc="train", disable=not progress, dynamic_ncols=True)
     for epoch in range(config.epochs):
         if epoch_order is not None:
             order = epoch_order(epoch)
@@ -114,6 +118,7 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
             if (stop - pending[0][1]) * onehot.shape[1] * len(heads.params) >= SCORE_ELEMENTS:
                 totals += _scores(pending, ordered_labels)
                 pending = []
+            bar.update(stop - start)
             start = stop
         totals += _scores(pending, ordered_labels)
         history["train_loss"].append((totals[0] / count).tolist())
@@ -122,6 +127,7 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
         if log is not None:
             log(log_epoch(epoch, config.epochs, history["train_loss"][-1][0], history["train_acc"][-1][0],
                           history["test_acc"][-1][0]))
+    bar.close()
     return history
 
 
@@ -175,7 +181,7 @@ def single_head_history(history: dict) -> dict:
 
 def train_linear_head(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                       test_labels: torch.Tensor, config: EpochConfig, lr: float = 1e-3,
-                      weight_decay: float = 0.0, log=None) -> tuple[nn.Linear, dict]:
+                      weight_decay: float = 0.0, log=None, progress: bool = False) -> tuple[nn.Linear, dict]:
     """A Linear(512, C) head on cached views [N, 1+V, 512] (or a BlockStream), with the reference loop."""
     classes = int(max(train_labels.max(), test_labels.max())) + 1
     heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, config.seed)], [lr], [weight_decay])
@@ -186,13 +192,13 @@ def train_linear_head(train_features: torch.Tensor, train_labels: torch.Tensor, 
         return (last["log_probs"].argmax(-1) == test_labels).double().mean(-1)
 
     history = train_heads(heads, labels=train_labels, config=config, test_accuracy=test_accuracy, log=log,
-                          **training_source(train_features, config.seed))
+                          progress=progress, **training_source(train_features, config.seed))
     return heads.as_linear(), {**single_head_history(history), "test_probabilities": last["log_probs"][0].exp()}
 
 
 def train_seeded_heads(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                        test_labels: torch.Tensor, config: EpochConfig, seeds: list[int], lr: float = 1e-3,
-                       weight_decay: float = 0.0) -> list[tuple[nn.Linear, dict]]:
+                       weight_decay: float = 0.0, progress: bool = False) -> list[tuple[nn.Linear, dict]]:
     """One head per seed (its own init and shuffle), all trained in lockstep as one LinearHeads: for
     each seed, what train_linear_head with that seed gives, within float rounding."""
     classes = int(max(train_labels.max(), test_labels.max())) + 1
@@ -205,7 +211,7 @@ def train_seeded_heads(train_features: torch.Tensor, train_labels: torch.Tensor,
         return (last["log_probs"].argmax(-1) == test_labels).double().mean(-1)
 
     history = train_heads(heads, labels=train_labels, config=config, test_accuracy=test_accuracy, seeds=seeds,
-                          **training_source(train_features, seeds[0], seeds))
+                          progress=progress, **training_source(train_features, seeds[0], seeds))
     return [(heads.as_linear(k), {**{key: [values[k] for values in per_epoch] for key, per_epoch in history.items()},
                                   "test_probabilities": last["log_probs"][k].exp()}) for k in range(len(seeds))]
 
@@ -232,7 +238,7 @@ class SweepResult:
 
 
 def sweep_heads(train_features: torch.Tensor, train_labels: torch.Tensor, lrs, weight_decays,
-                config: EpochConfig, val_fraction: float = 0.2) -> SweepResult:
+                config: EpochConfig, val_fraction: float = 0.2, progress: bool = False) -> SweepResult:
     """Train one head per (lr, weight decay) at once and pick the best on a validation split.
 
     All heads see the same batches as one LinearHeads: each step is one batched matmul and each head
@@ -249,7 +255,7 @@ def sweep_heads(train_features: torch.Tensor, train_labels: torch.Tensor, lrs, w
     classes = int(train_labels.max()) + 1
     heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, config.seed)] * len(settings),
                         [lr for lr, _ in settings], [wd for _, wd in settings])
-    history = train_heads(heads, labels=train_labels[fit], config=config,
+    history = train_heads(heads, labels=train_labels[fit], config=config, progress=progress,
                           **training_source(train_features, config.seed, positions=fit))
     val_acc = clean_accuracy(heads, train_features, val, train_labels)
     grid = [{"lr": lr, "weight_decay": wd, "val_acc": float(acc), "final_train_loss": loss}
