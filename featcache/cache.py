@@ -64,15 +64,24 @@ def load_cache(path: Path) -> FeatureCache:
     Checking on every load costs about 35 ms on the reference cache (55 MB; see README), against
     seconds for the train-head command, so no head ever trains on damaged features."""
     with open_complete_cache(path) as handle:
-        attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in handle.attrs.items()}
+        attrs, test_ids = cache_metadata(handle)
         arrays = {split: handle[f"{split}/features"][()] for split in ("train", "test")}
         labels = {split: handle[f"{split}/labels"][()] for split in ("train", "test")}
-        test_ids = [name.decode() if isinstance(name, bytes) else str(name) for name in handle["test/ids"][()]]
     mismatches = checksum_mismatches(json.loads(attrs["checksums"]), lambda split, a, b: arrays[split][a:b])
     if mismatches:
-        raise FeatcacheError(f"cache {path} is damaged: {'; '.join(mismatches)} fail their sha256; recompute it "
-                             "with featcache extract --force (same options)")
+        raise damaged_cache(path, mismatches)
     return FeatureCache(
         path=Path(path), train_features=torch.from_numpy(arrays["train"]), train_labels=torch.from_numpy(labels["train"]),
         test_features=torch.from_numpy(arrays["test"]), test_labels=torch.from_numpy(labels["test"]),
         classes=json.loads(attrs["classes"]), key=attrs["key"], attrs=attrs, test_ids=test_ids)
+
+
+def cache_metadata(handle) -> tuple[dict, list[str]]:
+    """(attributes as Python values, test ids as strings) of an open cache file."""
+    attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in handle.attrs.items()}
+    return attrs, [name.decode() if isinstance(name, bytes) else str(name) for name in handle["test/ids"][()]]
+
+
+def damaged_cache(path: Path, mismatches: list[str]) -> FeatcacheError:
+    return FeatcacheError(f"cache {path} is damaged: {'; '.join(mismatches)} fail their sha256; recompute it "
+                          "with featcache extract --force (same options)")

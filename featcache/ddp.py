@@ -22,13 +22,30 @@ from .distributed import ProcessGroup, env_world_size, local_device
 from .errors import FeatcacheError, ReportedElsewhere
 
 
+def share_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous share [start, stop) of `count` items: torch.tensor_split's cut, the
+    one every share of a batch or of the test set uses."""
+    small, extra = divmod(count, world_size)
+    start = rank * small + min(rank, extra)
+    return start, start + small + (rank < extra)
+
+
 class Ranks:
     """One process (rank 0 of 1): the single-process loop, unchanged."""
 
     rank, world_size = 0, 1
 
+    def own(self, count: int) -> tuple[int, int]:
+        """This rank's share [start, stop) of `count` items."""
+        return share_range(count, self.rank, self.world_size)
+
     def share(self, indices: torch.Tensor) -> torch.Tensor:
-        return indices
+        start, stop = self.own(len(indices))
+        return indices[start:stop]
+
+    def error(self, message: str) -> FeatcacheError:
+        """The error for a failure every rank meets: rank 0 reports it, the others stop quietly."""
+        return (FeatcacheError if self.rank == 0 else ReportedElsewhere)(message)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         return value
@@ -65,11 +82,8 @@ class DistributedRanks(Ranks):
         self.dist = self.group.dist
         if batch_size % self.world_size:
             self.close()
-            raise (FeatcacheError if self.rank == 0 else ReportedElsewhere)(f"`batch_size` {batch_size} does not divide among {self.world_size} ranks: the "
-                                 f"global batch stays {batch_size}, so use a multiple of {self.world_size}")
-
-    def share(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.tensor_split(indices, self.world_size)[self.rank]
+            raise self.error(f"`batch_size` {batch_size} does not divide among {self.world_size} ranks: the "
+                             f"global batch stays {batch_size}, so use a multiple of {self.world_size}")
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         value = value.clone()
@@ -179,24 +193,24 @@ class Checkpoint:
     name, then renamed. With `resume`, `load` returns it to every rank (the run directory is shared, as
     the cache folder is), refusing one saved for other options; the run removes it once written."""
 
-    def __init__(self, folder: Path, options: dict, resume: bool, rank: int, carry: dict):
-        self.path, self.options, self.resume, self.rank, self.carry = Path(folder) / CHECKPOINT, options, resume, rank, carry
+    def __init__(self, folder: Path, options: dict, resume: bool, ranks: Ranks, carry: dict):
+        self.path, self.options, self.resume, self.ranks, self.carry = Path(folder) / CHECKPOINT, options, resume, ranks, carry
 
     def load(self) -> dict | None:
         if not self.resume:
             return None
         if not self.path.is_file():
-            raise (FeatcacheError if self.rank == 0 else ReportedElsewhere)(
+            raise self.ranks.error(
                 f"nothing to resume: {self.path} does not exist (a run saves it after each epoch)")
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as error:  # a truncated or foreign file: torch raises several kinds
-            raise (FeatcacheError if self.rank == 0 else ReportedElsewhere)(
+            raise self.ranks.error(
                 f"cannot resume from {self.path}: {' '.join(str(error).split())[:200]}") from None
         differing = sorted(key for key in {*state["options"], *self.options}
                            if state["options"].get(key) != self.options.get(key))
         if differing:
-            raise (FeatcacheError if self.rank == 0 else ReportedElsewhere)(
+            raise self.ranks.error(
                 f"{self.path} was saved by a run with other options ({', '.join(differing)}); resume with the "
                 "same options, or start afresh with --overwrite")
         self.carry.update(state["carry"])
@@ -215,5 +229,5 @@ class Checkpoint:
                                  "free space or choose another --out, then --resume from the last one") from None
 
     def remove(self) -> None:
-        if self.rank == 0:
+        if self.ranks.rank == 0:
             self.path.unlink(missing_ok=True)

@@ -122,7 +122,7 @@ def evaluate(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: 
     Under torchrun each rank evaluates its contiguous share and every rank gets all probabilities:
     each sample is evaluated exactly once."""
     if ranks is not None and ranks.world_size > 1:
-        first, stop = share_range(len(labels), ranks.rank, ranks.world_size)
+        first, stop = ranks.own(len(labels))
         probabilities = [model(inputs(slice(start, min(start + EVAL_BATCH, stop)))).float().softmax(1).cpu()
                          for start in range(first, stop, EVAL_BATCH)]
         probabilities = ranks.gather(torch.cat(probabilities) if probabilities else torch.empty(0))  # a share may be empty
@@ -135,13 +135,6 @@ def evaluate(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: 
         correct += (logits.argmax(1) == labels[window].to(labels.device)).sum().item()
         probabilities.append(logits.softmax(1).cpu())
     return correct / len(labels), torch.cat(probabilities)
-
-
-def share_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rank `rank`'s contiguous share [start, stop) of `count` samples: torch.tensor_split's cut."""
-    small, extra = divmod(count, world_size)
-    start = rank * small + min(rank, extra)
-    return start, start + small + (rank < extra)
 
 
 def accuracy(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: torch.Tensor) -> float:

@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 import torch
 
+from .cache import cache_metadata, damaged_cache
 from .errors import FeatcacheError
 from .shards import CHUNK_ROWS, verify_file
 from .spec import FEATURE_DIM, open_complete_cache
@@ -110,14 +111,12 @@ def open_streamed(path: Path, budget: int, heads: int = 1) -> StreamedCache:
     per-row state of `heads` heads and the test features; too small a budget is a FeatcacheError."""
     mismatches = verify_file(Path(path))
     if mismatches:
-        raise FeatcacheError(f"cache {path} is damaged: {'; '.join(mismatches)} fail their sha256; recompute it "
-                             "with featcache extract --force (same options)")
+        raise damaged_cache(path, mismatches)
     handle = open_complete_cache(path)
     try:
-        attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in handle.attrs.items()}
-        classes = json.loads(attrs["classes"])
+        attrs, test_ids = cache_metadata(handle)
         train_labels = torch.from_numpy(handle["train/labels"][()])
-        test = {name: handle[f"test/{name}"][()] for name in ("features", "labels", "ids")}
+        test = {name: handle[f"test/{name}"][()] for name in ("features", "labels")}
         features = handle["train/features"]
         row_bytes = (FEATURE_DIM + 1) * 4
         left = budget - RESERVE - row_state_bytes(len(train_labels), heads) - test["features"].nbytes
@@ -133,8 +132,7 @@ def open_streamed(path: Path, budget: int, heads: int = 1) -> StreamedCache:
         handle.close()
         raise
     return StreamedCache(Path(path), stream, train_labels, torch.from_numpy(test["features"]),
-                         torch.from_numpy(test["labels"]), classes, attrs["key"], attrs,
-                         [name.decode() if isinstance(name, bytes) else str(name) for name in test["ids"]])
+                         torch.from_numpy(test["labels"]), json.loads(attrs["classes"]), attrs["key"], attrs, test_ids)
 
 
 class BlockStream:

@@ -14,7 +14,7 @@ from .augment import ImageData
 from .backbone import STAGES, load_backbone
 from .ddp import Ranks, revert_batchnorm
 from .heads import LinearHeads, single_head_history, train_heads, view_for_epoch, with_bias_column
-from .loop import EVAL_BATCH, EpochConfig, evaluate, run_epochs, seeded_linear, share_range
+from .loop import EVAL_BATCH, EpochConfig, evaluate, run_epochs, seeded_linear
 from .spec import FEATURE_DIM
 
 def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[str]) -> nn.Module:
@@ -86,7 +86,7 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
     last = checkpoint.carry if checkpoint is not None else {}  # the latest epoch's test probabilities
     if frozen_bn == "eval":
         trunk.eval()
-        first, stop = share_range(len(test_labels), ranks.rank, ranks.world_size)  # this rank's test images
+        first, stop = ranks.own(len(test_labels))  # this rank's test images
         with torch.no_grad():
             test_trunk = [trunk(data.test_batch(slice(s, min(s + EVAL_BATCH, stop)))) for s in range(first, stop, EVAL_BATCH)]
         test_trunk = torch.cat(test_trunk) if test_trunk else None

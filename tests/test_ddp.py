@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.loop import share_range
+from featcache.ddp import share_range
 from featcache.train import build_finetune_model
 from torchvision.models import resnet18
 from conftest import write_image_folder
