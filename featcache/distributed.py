@@ -39,6 +39,9 @@ class SingleProcess:
     def share(self, make):
         return make()
 
+    def gather(self, value) -> list:
+        return [value]
+
     def wait_for_all(self, poll) -> None:
         poll()
 
@@ -76,6 +79,12 @@ class ProcessGroup:
         if kind == "error":
             raise (FeatcacheError if self.rank == 0 else ReportedElsewhere)(value)
         return value
+
+    def gather(self, value) -> list:
+        """Every rank's `value` (picklable), in rank order."""
+        values = [None] * self.world_size
+        self._collective(lambda: self.dist.all_gather_object(values, value, group=self.group))
+        return values
 
     def wait_for_all(self, poll) -> None:
         """Barrier, calling poll() about once a second while it waits (rank 0's progress bar)."""

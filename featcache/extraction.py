@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ._version import __version__
-from .errors import FeatcacheError
+from .errors import FeatcacheError, ReportedElsewhere
 from .augment import ImageBatch, decoded_chunks, make_views
 from .data import Dataset
 from .distributed import coordinator, local_device
@@ -32,10 +32,10 @@ from .spec import (BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION, PRECISIONS, Ex
 ASSEMBLY_ATTEMPTS = 3  # a shard damaged between its commit and assembly is recomputed; twice more is a bad disk
 
 
-def cache_attributes(dataset: Dataset, provenance: dict, shard_size: int, batch_size: int,
-                     weights_source: str) -> dict:
-    """The file's attributes: provenance, layout and where the weights were read from (`weights` is
-    their identity, in the key; `weights_source` is the path, not in the key, for featcache export)."""
+def cache_attributes(dataset: Dataset, provenance: dict, expected: dict, weights_source: str) -> dict:
+    """The file's attributes: provenance, layout, how the rows were cut (`expected`: shard size, batch
+    size, threads; not in the key) and where the weights were read from (`weights` is their identity,
+    in the key; `weights_source` is the path, not in the key, for featcache export)."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "featcache_version": __version__,
         "key": cache_key(provenance), "backbone": BACKBONE, "weights": provenance["weights"],
@@ -44,8 +44,16 @@ def cache_attributes(dataset: Dataset, provenance: dict, shard_size: int, batch_
         "classes": json.dumps(provenance["classes"]),
         "dataset": json.dumps({"name": dataset.name, "fingerprint": provenance["dataset_fingerprint"],
                                **dataset.description}),
-        "shard_size": shard_size, "batch_size": batch_size, "weights_source": weights_source,
+        "shard_size": expected["shard_size"], "batch_size": expected["batch_size"], "threads": expected["threads"],
+        "weights_source": weights_source,
     }
+
+
+def compute_threads(device: torch.device) -> int:
+    """What a shard records of how its rows were computed beside the batch size: the intra-op thread
+    count on a CPU (on Intel CPUs oneDNN rounds some convolutions differently by thread count), 0 on a
+    GPU, where the CPU's threads do not touch the arithmetic."""
+    return torch.get_num_threads() if device.type == "cpu" else 0
 
 
 def autocast(device: torch.device, precision: str):
@@ -83,7 +91,7 @@ def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int
         if force and folder.exists():
             shutil.rmtree(folder)
         if folder.exists():
-            check_cut(folder, expected["shard_size"], expected["batch_size"])
+            check_cut(folder, expected)
             todo, removed = scan_shards(folder, shards, expected)
         else:
             todo, removed = list(shards), []
@@ -118,8 +126,9 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
     if not force and reusable_cache(final, cache_key(provenance)):
         return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
     shards = plan_shards({"train": len(dataset.train), "test": len(dataset.test)}, shard_size)
-    expected = {"key": cache_key(provenance), "shard_size": shard_size, "batch_size": batch_size}
     device = local_device(torch.device(device))
+    expected = {"key": cache_key(provenance), "shard_size": shard_size, "batch_size": batch_size,
+                "threads": compute_threads(device)}
     backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
     autotuning = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # autotuning could pick other kernels on other ranks
@@ -127,6 +136,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
     result = ExtractResult(final, reused=False, seconds=0.0, shards_total=len(shards), rank=group.rank,
                            world_size=group.world_size)
     try:
+        _check_ranks_agree(group, expected["threads"])
         for attempt in range(ASSEMBLY_ATTEMPTS):
             todo, removed = group.share(lambda: _prepare_shards(final, shards, expected, provenance["views"],
                                                                 force and attempt == 0))
@@ -137,7 +147,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
                             expected, result, progress, on_shard, feature_bytes(shards, provenance["views"]))
             assembly_started = time.perf_counter()
             damaged = group.share(lambda: assemble(final, shards, expected, cache_attributes(
-                dataset, provenance, shard_size, batch_size, weights_source), _splits(dataset), provenance["views"]))
+                dataset, provenance, expected, weights_source), _splits(dataset), provenance["views"]))
             result.assembly_seconds += time.perf_counter() - assembly_started
             result.shards_removed += damaged
             if not damaged:
@@ -154,6 +164,15 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
         torch.backends.cudnn.benchmark = autotuning
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_ranks_agree(group, threads: int) -> None:
+    """Every rank computes with the same threads per process, so that the cache holds one setting's bytes
+    (ranks on nodes with other OMP_NUM_THREADS would otherwise mix them)."""
+    counts = group.gather(threads)
+    if len(set(counts)) > 1:  # every rank sees it: rank 0 reports
+        raise (FeatcacheError if group.rank == 0 else ReportedElsewhere)(f"ranks compute with different thread counts ({', '.join(map(str, counts))} by rank), "
+                          "which can round convolutions differently: set the same OMP_NUM_THREADS for every rank")
 
 
 def _splits(dataset: Dataset) -> dict:

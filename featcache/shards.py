@@ -172,15 +172,29 @@ def read_shard(path: Path, shard: Shard, expected: dict) -> tuple[np.ndarray, st
     return features, record["sha256"]
 
 
-def check_cut(folder: Path, shard_size: int, batch_size: int) -> None:
-    """Refuse to resume shards cut with another shard or batch size: their rows would round differently
-    from this run's, and the cache promises every byte is what one cut computes."""
+def describe_threads(threads) -> str:
+    """A shard record's `threads` in words: intra-op threads per process on a CPU, 0 on a GPU."""
+    if threads is None:
+        return "an unrecorded thread count (featcache before 0.2.1)"
+    return "a GPU" if threads == 0 else f"{threads} thread{'s' * (threads != 1)} per process"
+
+
+def check_cut(folder: Path, expected: dict) -> None:
+    """Refuse to resume shards cut with another shard size, batch size or thread count: their rows would
+    round differently from this run's (batch shapes change the kernels everywhere; on Intel CPUs oneDNN
+    also splits small batches by thread), and a cache promises every byte is what one setting computes."""
     for path in sorted(folder.glob("*.h5")):
         try:
             record = shard_record(path)
         except BadShard:
             continue  # recomputed by the scan
-        if (record.get("shard_size"), record.get("batch_size")) != (shard_size, batch_size):
+        if record.get("threads") != expected["threads"]:
+            raise FeatcacheError(
+                f"the unfinished extraction in {folder} was computed with {describe_threads(record.get('threads'))} "
+                f"and this run computes with {describe_threads(expected['threads'])}, which can round convolutions "
+                "differently; resume it with the same setting (torchrun gives each rank 1 thread unless "
+                "OMP_NUM_THREADS is set), or pass `force` to discard its shards and start again")
+        if (record.get("shard_size"), record.get("batch_size")) != (expected["shard_size"], expected["batch_size"]):
             raise FeatcacheError(
                 f"the unfinished extraction in {folder} was cut with `shard_size` {record.get('shard_size')} "
                 f"`batch_size` {record.get('batch_size')}; re-run with those to resume it, or pass `force` "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,21 @@ def write_image_folder(root: Path, train_per_class: int, test_per_class: int, se
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("data") / "tiny", train_per_class=8, test_per_class=4)
+
+
+@contextmanager
+def torch_threads(count: int):
+    """This process's intra-op threads set to `count` for a block: a bit-identical comparison with torchrun
+    ranks (1 thread each) needs the same threads per process, since oneDNN on Intel CPUs rounds some
+    convolutions differently by thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Extraction under torchrun (gloo on CPU): any number of processes, one result, bit for bit."""
+"""Extraction under torchrun (gloo on CPU): any number of processes, one result, bit for bit, where every
+process computes with the same threads (torchrun gives each rank 1: so does the one-process reference)."""
 import os
 import signal
 import subprocess
@@ -14,22 +15,27 @@ from featcache.cache import load_cache
 from featcache.extraction import extract
 from featcache.data import load_dataset
 from featcache.spec import cache_provenance
-from conftest import write_image_folder
+from conftest import torch_threads, write_image_folder
 
 pytestmark = pytest.mark.slow
 
 
-def one_process(data, cache_dir, shard_size, batch_size=3, **kwargs):
+def one_process(data, cache_dir, shard_size, batch_size=3, threads=1, **kwargs):
     dataset = load_dataset(str(data))
-    return extract(dataset, load_backbone("random", 0), cache_provenance(dataset, "random", 0, 32, 2), cache_dir,
-                   batch_size=batch_size, shard_size=shard_size, progress=False, **kwargs)
+    with torch_threads(threads):
+        return extract(dataset, load_backbone("random", 0), cache_provenance(dataset, "random", 0, 32, 2), cache_dir,
+                       batch_size=batch_size, shard_size=shard_size, progress=False, **kwargs)
+
+
+RANK_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default, kept whatever the suite runs with
 
 
 def torchrun(processes, data, cache_dir, shard_size, batch_size=3, start_only=False):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
                "-m", "featcache", "extract", "--data", str(data), "--cache-dir", str(cache_dir), "--weights", "random",
                "--image-size", "32", "--views", "2", "--batch-size", str(batch_size), "--shard-size", str(shard_size)]
-    return command if start_only else subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return command if start_only else subprocess.run(command, capture_output=True, text=True, timeout=300,
+                                                      env=RANK_ENV)
 
 
 def assert_bit_identical(path, reference_path):
@@ -97,7 +103,7 @@ def test_a_killed_rank_loses_only_its_shard_in_flight(tmp_path):
     data = write_image_folder(tmp_path / "data", 40, 4)  # 24 training shards: rank 1 is far from done
     reference = one_process(data, tmp_path / "one", shard_size=5).path
     command = torchrun(2, data, tmp_path / "two", shard_size=5, start_only=True)
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=RANK_ENV)
     deadline = time.time() + 120
     while not list((tmp_path / "two").glob("*.shards/train-000001.h5")) and time.time() < deadline:
         time.sleep(0.01)
@@ -107,7 +113,7 @@ def test_a_killed_rank_loses_only_its_shard_in_flight(tmp_path):
     launcher.communicate(timeout=120)
     assert launcher.returncode != 0
     assert not list((tmp_path / "two").glob("*.h5"))
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=RANK_ENV)
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed: " in rerun.stdout  # the shards both ranks committed before the kill were kept
     assert_bit_identical(tmp_path / "two" / reference.name, reference)

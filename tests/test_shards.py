@@ -17,7 +17,7 @@ from featcache.extraction import extract
 from featcache.data import load_dataset
 from featcache.shards import shard_folder
 from featcache.spec import cache_provenance
-from conftest import tree_digest
+from conftest import torch_threads, tree_digest
 from test_bad_input import assert_clean_failure
 
 SHARD_SIZE, BATCH_SIZE = 7, 5  # 24 training rows: shards 0-6, 7-13, 14-20, 21-23; 12 test rows: 0-6, 7-11
@@ -231,6 +231,26 @@ def test_another_cut_is_refused_and_force_starts_again(image_folder, tmp_path, r
     result = load_cache(next(tmp_path.glob("*.h5")))
     assert result.attrs["batch_size"] == 4 and result.attrs["shard_size"] == 5
     assert torch.allclose(result.train_features, reference.train_features, atol=1e-4)  # another cut: within tolerance
+
+
+def test_a_resume_with_another_thread_count_is_refused(image_folder, tmp_path, run_cli):
+    """On Intel CPUs oneDNN rounds some convolutions differently by thread count: shards computed with 1
+    thread are not resumed with 2 (torchrun's ranks have 1 unless OMP_NUM_THREADS says otherwise)."""
+    with torch_threads(1), pytest.raises(KeyboardInterrupt):
+        _extract(image_folder, tmp_path, on_shard=_interrupt_after(2))
+    [folder] = tmp_path.glob("*.shards")
+    with h5py.File(folder / "train-000000.h5", "r") as handle:
+        assert handle.attrs["threads"] == 1 and handle.attrs["batch_size"] == BATCH_SIZE
+    before = tree_digest(tmp_path)
+    with torch_threads(2):
+        refused = run_cli(*extract_cli(image_folder, tmp_path))
+    assert_clean_failure(refused, "computed with 1 thread per process", "computes with 2 threads per process",
+                         "OMP_NUM_THREADS", "--force")
+    assert tree_digest(tmp_path) == before
+    with torch_threads(1):
+        resumed = run_cli(*extract_cli(image_folder, tmp_path))
+    assert resumed.exit_code == 0 and "resumed: 2 of 6 shards" in resumed.output, resumed.output
+    assert load_cache(next(tmp_path.glob("*.h5"))).attrs["threads"] == 1
 
 
 def test_leftover_shards_of_a_finished_cache_are_removed_on_reuse(image_folder, tmp_path, run_cli):
