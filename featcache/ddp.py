@@ -126,12 +126,31 @@ def training_ranks(device: torch.device, batch_size: int) -> tuple[Ranks, torch.
     return DistributedRanks(device, batch_size), device
 
 
+class SummedOverRanks(torch.autograd.Function):
+    """A differentiable all-reduce (sum) on torch.distributed's public all_reduce: the gradient of every
+    rank's input is the sum of every rank's output gradient. What the deprecated
+    torch.distributed.nn.functional.all_reduce did; its suggested replacement lives in the private
+    torch.distributed._functional_collectives, whose autograd support depends on the torch release."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        summed = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(summed)
+        return summed
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
+        return SummedOverRanks.apply(gradient)
+
+
 class GlooSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover every rank's batch, on CPU tensors (gloo).
 
-    Two differentiable all-reduces (torch.distributed.nn.functional.all_reduce): sums and counts for
-    the mean, then squared deviations for the variance, the two-pass form torch's own kernel computes
-    on one process. Evaluation mode is plain BatchNorm2d."""
+    Two differentiable all-reduces (SummedOverRanks): sums and counts for the mean, then squared
+    deviations for the variance, the two-pass form torch's own kernel computes on one process.
+    Evaluation mode is plain BatchNorm2d."""
 
     @classmethod
     def convert(cls, module: nn.Module) -> nn.Module:
@@ -149,18 +168,16 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         if self.momentum is None:
             raise FeatcacheError("GlooSyncBatchNorm needs a BatchNorm momentum (torchvision's ResNet has 0.1)")
         channels = x.shape[1]
-        sums = all_reduce(torch.cat([x.sum((0, 2, 3)), x.new_full((1,), x.numel() // channels)]))
+        sums = SummedOverRanks.apply(torch.cat([x.sum((0, 2, 3)), x.new_full((1,), x.numel() // channels)]))
         count = sums[-1]
         if count < 2:  # as BatchNorm2d: one value per channel over all ranks has no variance
             raise FeatcacheError(f"BatchNorm in training needs more than one value per channel, got {int(count)}")
         mean = sums[:channels] / count
         centred = x - mean[None, :, None, None]
-        var = all_reduce((centred * centred).sum((0, 2, 3))) / count
+        var = SummedOverRanks.apply((centred * centred).sum((0, 2, 3))) / count
         with torch.no_grad():
             self.num_batches_tracked += 1
             self.running_mean.lerp_(mean.detach(), self.momentum)
