@@ -13,8 +13,10 @@ an existing cache needs no torch.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 from ._version import __version__
 from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
-from .runs import (APPROACHES, HISTORY_KEYS, WEIGHTS, default_run_dir, prepare_run_dir, read_predictions, read_run,
+from .runs import (APPROACHES, HISTORY, HISTORY_KEYS, WEIGHTS, default_run_dir, prepare_run_dir, read_predictions, read_run,
                    read_seeds, write_run, write_seeds)
 from .shards import DEFAULT_SHARD_SIZE
 from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, TRANSFORM_VERSION, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, open_complete_cache, \
@@ -101,6 +103,19 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+@contextmanager
+def reported_once():
+    """Around work on what every torchrun rank sees alike (the options, the run folder, the images): rank 0
+    alone reports its FeatcacheError, the others stop quietly. Not around a rank's own work, whose
+    failure only that rank may see."""
+    try:
+        yield
+    except FeatcacheError as error:
+        if is_main_process():
+            raise
+        raise ReportedElsewhere(str(error)) from None
+
+
 def weights_source(weights: str) -> str:
     """What a cache records of where its backbone came from: 'imagenet', 'random' or an absolute path."""
     return weights if weights in ("imagenet", "random") else str(Path(weights).resolve())
@@ -112,7 +127,7 @@ def extract(spec: CacheSpec, *, batch_size: int = 64, shard_size: int = DEFAULT_
     backbone once per view, in checksummed shards, resuming from finished ones. Under torchrun every
     process calls this with the same arguments and the shards are dealt over them."""
     started = time.perf_counter()
-    try:
+    with reported_once():
         dataset, provenance, final = spec.locate(rehash)
         if not force and reusable_cache(final, cache_key(provenance)):
             return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
@@ -121,8 +136,6 @@ def extract(spec: CacheSpec, *, batch_size: int = 64, shard_size: int = DEFAULT_
 
         backbone = load_backbone(spec.weights, spec.seed)
         device = resolve_device(device)
-    except FeatcacheError as error:  # every torchrun rank sees the same inputs: rank 0 alone reports them
-        raise (error if is_main_process() else ReportedElsewhere(str(error))) from None
     return extract_shards(dataset, backbone, provenance, spec.cache_dir, batch_size=batch_size, shard_size=shard_size,
                           device=device, num_workers=num_workers, force=force, progress=progress,
                           weights_source=weights_source(spec.weights))
@@ -552,8 +565,11 @@ def _train_end_to_end(approach: str, train, images, config, record: dict, folder
     from .ddp import Checkpoint, training_ranks
     from .train import timed
 
-    if resume and folder is None:
-        raise FeatcacheError("`resume` needs `out`: the run directory holding the checkpoint")
+    with reported_once():
+        if resume and folder is None:
+            raise FeatcacheError("`resume` needs `out`: the run directory holding the checkpoint")
+        if resume and (folder / HISTORY).is_file():
+            return _finished_run(folder, record)
     ranks, device = training_ranks(images.device, config.batch_size)
     images = dataclasses.replace(images, device=device)
     checkpoint = Checkpoint(folder, record, resume, ranks, {}) if folder is not None else None
@@ -567,6 +583,17 @@ def _train_end_to_end(approach: str, train, images, config, record: dict, folder
     if checkpoint is not None:
         checkpoint.remove()
     return run
+
+
+def _finished_run(folder: Path, record: dict) -> Run:
+    """The run already written to `folder`, resumed: kept as it is if it was trained with these options."""
+    options = json.loads(json.dumps(record))  # as history.json holds them (tuples as lists, paths as text)
+    config = read_run(folder).get("config", {})
+    differing = sorted(key for key in options if config.get(key) != options[key])
+    if differing:
+        raise FeatcacheError(f"{folder} holds a finished run with other options ({', '.join(differing)}); resume "
+                             "with the same options, or start afresh with --overwrite")
+    return Run.load(folder)
 
 
 def _end_to_end_run(approach: str, model, history: dict, wall: float, images, config: dict, folder) -> Run:
@@ -608,16 +635,18 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
     (featcache.ddp); with `out`, a checkpoint is saved after every epoch and `resume` continues from it.
     `max_memory` and `num_workers`: decoding, see load_images."""
     from .loop import EpochConfig, check_learning_rate
-    from .train import finetune as finetune_model
+    from .train import check_finetune_options, finetune as finetune_model
 
-    config = EpochConfig(epochs, batch_size, seed)
-    check_learning_rate("lr_head", lr_head)
-    check_learning_rate("lr_backbone", lr_backbone)
-    folder = _claim(out, "fine-tuning", overwrite)
-    log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
-    data = _data_record(images)
-    images = _images_of(images, image_size, seed, device, echo, max_memory, num_workers)
-    initial = _init_head_state(init_head, images.classes) if init_head is not None else None
+    with reported_once():
+        config = EpochConfig(epochs, batch_size, seed)
+        check_learning_rate("lr_head", lr_head)
+        check_learning_rate("lr_backbone", lr_backbone)
+        check_finetune_options(unfreeze, frozen_bn)
+        folder = _claim(out, "fine-tuning", overwrite)
+        log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
+        data = _data_record(images)
+        images = _images_of(images, image_size, seed, device, echo, max_memory, num_workers)
+        initial = _init_head_state(init_head, images.classes) if init_head is not None else None
     record = {"weights": weights, "image_size": images.image_size, "epochs": epochs, "batch_size": batch_size,
               "seed": seed, "view_seed": images.view_seed, "lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": list(unfreeze),
               "frozen_bn": frozen_bn, "init_head": _head_source(init_head), "data": data}
@@ -639,12 +668,13 @@ def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr
     from .loop import EpochConfig, check_learning_rate
     from .train import scratch as scratch_model
 
-    config = EpochConfig(epochs, batch_size, seed)
-    check_learning_rate("lr", lr)
-    folder = _claim(out, "scratch", overwrite)
-    log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
-    data = _data_record(images)
-    images = _images_of(images, image_size, seed, device, echo, max_memory, num_workers)
+    with reported_once():
+        config = EpochConfig(epochs, batch_size, seed)
+        check_learning_rate("lr", lr)
+        folder = _claim(out, "scratch", overwrite)
+        log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
+        data = _data_record(images)
+        images = _images_of(images, image_size, seed, device, echo, max_memory, num_workers)
     record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed,
               "view_seed": images.view_seed, "lr": lr, "data": data}
     return _train_end_to_end(
@@ -656,7 +686,9 @@ def finetune_seeds(images, weights: str = "imagenet", seeds=(0,), *, seed: int =
                    overwrite: bool = False, image_size: int | None = None, device: str | None = None,
                    echo: Log | None = None, **options) -> SeedRuns:
     """finetune once per training seed in `seeds` (head init and shuffle), seed after seed, on the same
-    views (seeded by `seed`): seed k here and seed k of train_head_seeds are a pair."""
+    views (seeded by `seed`): seed k here and seed k of train_head_seeds are a pair. Every option of
+    finetune applies to each seed; with `out`, seed k is written to out/seed-k/ as it finishes (with a
+    checkpoint after every epoch), and `resume` keeps the finished seeds and resumes the unfinished one."""
     return _end_to_end_seeds(finetune, "fine-tuning", images, seeds, seed, out, overwrite, image_size, device, echo,
                              weights=weights, **options)
 
@@ -664,22 +696,47 @@ def finetune_seeds(images, weights: str = "imagenet", seeds=(0,), *, seed: int =
 def scratch_seeds(images, seeds=(0,), *, seed: int = 0, out: str | Path | None = None, overwrite: bool = False,
                   image_size: int | None = None, device: str | None = None, echo: Log | None = None,
                   **options) -> SeedRuns:
-    """scratch once per training seed in `seeds` (init and shuffle), seed after seed, on the same views."""
+    """scratch once per training seed in `seeds` (init and shuffle), seed after seed, on the same views;
+    options, `out` and `resume` as finetune_seeds."""
     return _end_to_end_seeds(scratch, "scratch", images, seeds, seed, out, overwrite, image_size, device, echo,
                              **options)
 
 
 def _end_to_end_seeds(train, approach: str, images, seeds, view_seed: int, out, overwrite: bool, image_size, device,
-                      echo: Log | None, **options) -> SeedRuns:
-    seeds = _seed_list(seeds)
-    folder = claim_seed_dir(out, approach, overwrite) if out is not None else None
-    images = _images_of(images, image_size, view_seed, device, echo)
+                      echo: Log | None, resume: bool = False, max_memory: int | str | None = None, num_workers: int = 0,
+                      **options) -> SeedRuns:
+    """`train` (finetune or scratch) once per seed, each seed exactly one run with every option: seed k is
+    written to `out`/seed-k/ (with its checkpoint) when it finishes, and seeds.json closes the folder.
+    Under torchrun one process group serves every seed and rank 0 alone reports, writes and prints.
+    With `resume`, a finished seed is kept (its options checked) and an unfinished one resumes from
+    its checkpoint."""
+    from .ddp import CHECKPOINT
+    from .distributed import coordinator, local_device
+
+    main = is_main_process()
+    echo = echo if main else None
+    with reported_once():
+        seeds = _seed_list(seeds)
+        if resume and out is None:
+            raise FeatcacheError("`resume` needs `out`: the folder of seeds to continue")
+        folder = claim_seed_dir(out, approach, overwrite) if out is not None else None
+        images = _images_of(images, image_size, view_seed, device, echo, max_memory, num_workers)
+    # one process group for every seed: gloo cannot meet again under the same rendezvous once destroyed
+    group = coordinator(local_device(images.device))
     started, runs = time.perf_counter(), []
-    for seed in seeds:
-        runs.append(train(images, seed=seed, **options))
-        if echo is not None:
-            echo(f"seed {seed}: " + summary_line(runs[-1]))
-    return _saved_seeds(SeedRuns(approach, runs, seconds=time.perf_counter() - started), folder)
+    try:
+        for seed in seeds:
+            seed_dir = folder / f"seed-{seed}" if folder is not None else None
+            started_before = resume and any((seed_dir / name).is_file() for name in (HISTORY, CHECKPOINT))
+            runs.append(train(images, seed=seed, out=seed_dir, overwrite=True, resume=started_before, **options))
+            if echo is not None:
+                echo(f"seed {seed}: " + summary_line(runs[-1]))
+    finally:
+        group.close()
+    seed_runs = SeedRuns(approach, runs, folder, time.perf_counter() - started)
+    if folder is not None and main:  # every seed-k/ is written: seeds.json says the folder is whole
+        write_seeds(folder, approach, seed_runs.seeds, seed_runs.final_test_accs, seed_runs.summary(), seed_runs.seconds)
+    return seed_runs
 
 
 def compare(run_dirs, out: str | Path) -> dict:

@@ -297,7 +297,8 @@ end_to_end_options = stacked(
                       "the available RAM, shared among the machine's ranks."),
     click.option("--resume", is_flag=True,
                  help="Continue the killed run in --out from its last checkpoint (saved after every epoch), "
-                      "with the same options; any number of ranks."),
+                      "with the same options; any number of ranks. With --seeds: finished seeds are kept (their "
+                      "options checked), the unfinished one resumes from its checkpoint, the rest start."),
 )
 
 
@@ -320,12 +321,14 @@ def finetune_command(**options):
                   unfreeze=_split_names(options["unfreeze"]) or (), frozen_bn=options["frozen_bn"],
                   init_head=options["init_head"], out=run_dir(options, "fine-tuning"), overwrite=options["overwrite"],
                   log=epoch_printer(options), progress=not options["quiet"], image_size=options["image_size"],
-                  device=options["device"], echo=None if options["quiet"] else click.echo)
+                  device=options["device"], echo=None if options["quiet"] else click.echo, resume=options["resume"],
+                  max_memory=options["max_memory"], num_workers=options["num_workers"])
     if options["seeds"]:
-        click.echo(api.seeds_line(api.finetune_seeds(data_spec(options), options["weights"], options["seeds"], **common)))
+        group = api.finetune_seeds(data_spec(options), options["weights"], options["seeds"], **common)
+        if api.is_main_process():
+            click.echo(api.seeds_line(group))
         return
-    run = api.finetune(data_spec(options), options["weights"], resume=options["resume"],
-                       max_memory=options["max_memory"], num_workers=options["num_workers"], **common)
+    run = api.finetune(data_spec(options), options["weights"], **common)
     if api.is_main_process():
         click.echo(api.summary_line(run))
 
@@ -345,12 +348,14 @@ def scratch_command(**options):
     common = dict(epochs=options["epochs"], batch_size=options["batch_size"], seed=options["seed"], lr=options["lr"],
                   out=run_dir(options, "scratch"), overwrite=options["overwrite"], log=epoch_printer(options),
                   progress=not options["quiet"], image_size=options["image_size"], device=options["device"],
-                  echo=None if options["quiet"] else click.echo)
+                  echo=None if options["quiet"] else click.echo, resume=options["resume"],
+                  max_memory=options["max_memory"], num_workers=options["num_workers"])
     if options["seeds"]:
-        click.echo(api.seeds_line(api.scratch_seeds(data_spec(options), options["seeds"], **common)))
+        group = api.scratch_seeds(data_spec(options), options["seeds"], **common)
+        if api.is_main_process():
+            click.echo(api.seeds_line(group))
         return
-    run = api.scratch(data_spec(options), resume=options["resume"], max_memory=options["max_memory"],
-                      num_workers=options["num_workers"], **common)
+    run = api.scratch(data_spec(options), **common)
     if api.is_main_process():
         click.echo(api.summary_line(run))
 

@@ -17,11 +17,18 @@ from .heads import LinearHeads, single_head_history, train_heads, view_for_epoch
 from .loop import EVAL_BATCH, EpochConfig, evaluate, run_epochs, seeded_linear
 from .spec import FEATURE_DIM
 
-def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[str]) -> nn.Module:
-    """Pretrained ResNet-18, everything frozen but a new seeded head and the `unfreeze` stages."""
+def check_finetune_options(unfreeze, frozen_bn: str = "eval") -> None:
+    """The fine-tuning options that need no model to check."""
     unknown = [stage for stage in unfreeze if stage not in STAGES]
     if unknown:
         raise FeatcacheError(f"`unfreeze`: unknown stage {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    if frozen_bn not in ("eval", "train"):
+        raise FeatcacheError(f"`frozen_bn` must be 'eval' or 'train', got {frozen_bn}")
+
+
+def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[str]) -> nn.Module:
+    """Pretrained ResNet-18, everything frozen but a new seeded head and the `unfreeze` stages."""
+    check_finetune_options(unfreeze)
     model = load_backbone(weights, seed)
     model.fc = seeded_linear(FEATURE_DIM, classes, seed)
     for parameter in model.parameters():
@@ -53,8 +60,7 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
     featcache.ddp (torchrun, and resuming a killed run).
     """
     ranks = ranks or Ranks()
-    if frozen_bn not in ("eval", "train"):
-        raise FeatcacheError(f"`frozen_bn` must be 'eval' or 'train', got {frozen_bn}")
+    check_finetune_options(unfreeze, frozen_bn)
     unfreeze = list(unfreeze)
     model = build_finetune_model(weights, len(data.classes), config.seed, unfreeze)
     if init_head is not None:

@@ -15,7 +15,7 @@ import torch
 from featcache.ddp import share_range
 from featcache.train import build_finetune_model
 from torchvision.models import resnet18
-from conftest import write_image_folder
+from conftest import tree_digest, write_image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -41,13 +41,13 @@ def read(out):
     return history, torch.load(out / "weights.pt"), np.load(out / "predictions.npz")
 
 
-def assert_same_run(out, reference):
+def assert_same_run(out, reference, seed=0):
     (history, weights, predictions), (ref_history, ref_weights, ref_predictions) = read(out), read(reference)
     for key in ("train_loss", "train_acc", "test_acc"):
         np.testing.assert_allclose(history[key], ref_history[key], rtol=1e-3, atol=1e-6)
     # Adam moves a weight by about lr whatever its gradient's size, so rounding that flips the sign of a
     # near-zero gradient moves it the other way: compare each tensor's difference to how far it trained
-    init = build_finetune_model("random", 3, 0, ["layer3", "layer4"]).state_dict()
+    init = build_finetune_model("random", 3, seed, ["layer3", "layer4"]).state_dict()
     # (measured: 0.8% of the update for the median tensor, 4% at most, 2 epochs)
     assert weights.keys() == ref_weights.keys()
     differences, updates = [], []
@@ -72,6 +72,7 @@ def test_scratch_on_two_gloo_ranks_trains_what_one_process_trains(folder, tmp_pa
             for ranks in (1, 2)}
     for result in runs.values():
         assert result.returncode == 0, result.stderr
+    assert "deprecated" not in runs[2].stderr  # the synced BatchNorm's all-reduce is torch's supported one
     (history, weights, _), (ref_history, ref_weights, _) = read(tmp_path / "2"), read(tmp_path / "1")
     np.testing.assert_allclose(history["train_loss"], ref_history["train_loss"], rtol=1e-3)
     assert history["test_acc"] == ref_history["test_acc"]
@@ -164,3 +165,57 @@ def test_a_checkpoint_that_cannot_be_written_stops_every_rank_in_one_line(folder
     lines = [line for line in result.stderr.splitlines() if "cannot write the checkpoint" in line]
     assert len(lines) == 1 and "--resume" in lines[0], result.stderr  # rank 0 alone reports it
     assert not list(out.glob("*.partial")) and not (out / "history.json").exists()
+
+
+def test_seeds_on_two_gloo_ranks_train_what_one_process_trains(folder, tmp_path, run_cli):
+    """--seeds under torchrun: one process group for every seed, rank 0 alone writes and prints."""
+    one = run_cli("finetune", "--data", folder, *OPTIONS, "--seeds", "2", "--out", tmp_path / "one")
+    assert one.exit_code == 0, one.output
+    two = torchrun(2, folder, tmp_path / "two", "--seeds", "2")
+    assert two.returncode == 0, two.stderr
+    lines = two.stdout.strip().splitlines()
+    assert len(lines) == 1 and "over 2 seeds" in lines[0], two.stdout  # --quiet: the summary alone, once
+    assert "Traceback" not in two.stderr and "deprecated" not in two.stderr
+    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == ["seed-0", "seed-1", "seeds.json"]
+    for seed in (0, 1):
+        assert_same_run(tmp_path / "two" / f"seed-{seed}", tmp_path / "one" / f"seed-{seed}", seed)
+        config = json.loads((tmp_path / "two" / f"seed-{seed}" / "history.json").read_text())["config"]
+        assert config["ranks"] == 2 and config["seed"] == seed
+        assert not (tmp_path / "two" / f"seed-{seed}" / "checkpoint.pt").exists()
+    assert json.loads((tmp_path / "two" / "seeds.json").read_text())["seeds"] == [0, 1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="SIGKILL of a child process")
+def test_seeds_resume_keeps_finished_seeds_and_finishes_the_killed_one(folder, tmp_path, run_cli):
+    """A SIGKILL in seed 1; --resume keeps seed 0 untouched and finishes seed 1 from its checkpoint, equal to
+    an uninterrupted run (one process each, the same threads: bit for bit)."""
+    options = [*OPTIONS[:OPTIONS.index("--epochs")], "--epochs", "4", *OPTIONS[OPTIONS.index("--epochs") + 2:],
+               "--seeds", "2"]
+    whole = run_cli("finetune", "--data", folder, *options, "--out", tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "featcache", "finetune", "--data", str(folder), *options,
+                                "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "seed-1" / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    assert (out / "seed-0" / "history.json").exists() and not (out / "seeds.json").exists()
+    assert (out / "seed-1" / "checkpoint.pt").exists() and not (out / "seed-1" / "history.json").exists()
+    finished = tree_digest(out / "seed-0")
+    refused = run_cli("finetune", "--data", folder, *options, "--out", out, "--resume", "--lr-head", "0.01")
+    assert refused.exit_code == 1 and "seed-0 holds a finished run with other options (lr_head)" in refused.stderr
+    resumed = run_cli("finetune", "--data", folder, *options, "--out", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "over 2 seeds" in resumed.output
+    assert tree_digest(out / "seed-0") == finished  # kept, not trained again
+    for seed in (0, 1):
+        (history, weights, predictions), (ref_history, ref_weights, ref_predictions) = (
+            read(out / f"seed-{seed}"), read(tmp_path / "whole" / f"seed-{seed}"))
+        assert all(history[key] == ref_history[key] for key in ("train_loss", "train_acc", "test_acc"))
+        assert all(torch.equal(weights[name], ref_weights[name]) for name in ref_weights)
+        assert np.array_equal(predictions["probabilities"], ref_predictions["probabilities"])
+    assert not (out / "seed-1" / "checkpoint.pt").exists()
+    assert json.loads((out / "seeds.json").read_text())["final_test_acc"] == \
+        json.loads((tmp_path / "whole" / "seeds.json").read_text())["final_test_acc"]

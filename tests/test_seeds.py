@@ -87,6 +87,19 @@ def test_end_to_end_seeds_share_the_views(image_folder, tmp_path, monkeypatch):
     assert group.seeds == [0, 1] and [run.config["view_seed"] for run in group.runs] == [5, 5]
 
 
+@pytest.mark.parametrize("command", ["finetune", "scratch"])
+def test_end_to_end_seeds_take_every_option(image_folder, tmp_path, run_cli, command):
+    """--max-memory and --num-workers reach every seed: images that do not fit are decoded per batch."""
+    extra = ["--weights", "random"] if command == "finetune" else []
+    result = run_cli(command, "--data", image_folder, "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+                     "--seeds", "2", "--max-memory", "1", "--num-workers", "1", "--quiet", "--out", tmp_path / "s",
+                     *extra)
+    assert result.exit_code == 0, result.output
+    for seed in (0, 1):
+        config = json.loads((tmp_path / "s" / f"seed-{seed}" / "history.json").read_text())["config"]
+        assert config["decoding"] == "per batch (train and test)" and config["seed"] == seed
+
+
 def test_t_interval_known_answer():
     values = [0.70, 0.74, 0.78]  # mean 0.74, sd 0.04, t_2 = 4.3027: 0.74 +- 4.3027 * 0.04 / sqrt(3)
     result = t_interval(values)
