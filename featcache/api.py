@@ -13,7 +13,6 @@ an existing cache needs no torch.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import contextmanager
@@ -24,8 +23,8 @@ from typing import TYPE_CHECKING, Callable
 from ._version import __version__
 from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
-from .runs import (APPROACHES, HISTORY, HISTORY_KEYS, WEIGHTS, default_run_dir, prepare_run_dir, read_predictions, read_run,
-                   read_seeds, write_run, write_seeds)
+from .runs import (APPROACHES, HISTORY, HISTORY_KEYS, WEIGHTS, clear_run_files, default_run_dir, differing_options,
+                   prepare_run_dir, read_predictions, read_run, read_seeds, write_run, write_seeds)
 from .shards import DEFAULT_SHARD_SIZE
 from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, TRANSFORM_VERSION, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, open_complete_cache, \
     shard_folder
@@ -532,7 +531,8 @@ def load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: st
         budget -= needed if needed <= budget else 0
     return ImageData(splits[id(dataset.train)], torch.from_numpy(dataset.train.labels),
                      splits[id(dataset.test)], torch.from_numpy(dataset.test.labels),
-                     dataset.classes, image_size, seed, resolve_device(device), dataset.test.ids, num_workers)
+                     dataset.classes, image_size, seed, resolve_device(device), dataset.test.ids, num_workers,
+                     _data_record(data))
 
 
 def _init_head_state(init_head, classes: list[str]):
@@ -545,9 +545,9 @@ def _init_head_state(init_head, classes: list[str]):
 
 
 def _data_record(images) -> dict | None:
-    """The DataSpec the images come from, for history.json (None for ImageData loaded elsewhere)."""
+    """The DataSpec the images come from, for history.json (None for ImageData built by hand)."""
     if not isinstance(images, DataSpec):
-        return None
+        return images.source
     return {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(images).items()}
 
 
@@ -575,36 +575,50 @@ def _train_end_to_end(approach: str, train, images, config, record: dict, folder
     checkpoint = Checkpoint(folder, record, resume, ranks, {}) if folder is not None else None
     try:
         (model, history), wall = timed(train, images, ranks=ranks, checkpoint=checkpoint)
+        run = _end_to_end_run(approach, model, history, wall, images,
+                              {**record, "ranks": ranks.world_size, "decoding": images.decoding})
+        if folder is not None:  # through rank 0, so that a failed write stops every rank in one line
+            ranks.on_main(lambda: _write_run(run, folder))
+            run.path = folder
     finally:
         ranks.close()
-    run = _end_to_end_run(approach, model, history, wall, images,
-                          {**record, "ranks": ranks.world_size, "decoding": images.decoding},
-                          folder if ranks.rank == 0 else None)
     if checkpoint is not None:
         checkpoint.remove()
     return run
 
 
+def _write_run(run: Run, folder: Path) -> None:
+    try:
+        run.save(folder, overwrite=True)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+        raise FeatcacheError(f"cannot write the run to {folder}: {' '.join(str(error).split())[:200]}; its last "
+                             "checkpoint is kept: free space, then resume with the same options") from None
+
+
 def _finished_run(folder: Path, record: dict) -> Run:
-    """The run already written to `folder`, resumed: kept as it is if it was trained with these options."""
-    options = json.loads(json.dumps(record))  # as history.json holds them (tuples as lists, paths as text)
+    """The run already written to `folder`, resumed: kept as it is if it was trained with these options
+    (a checkpoint left by a kill between writing the run and removing it is removed)."""
+    from .ddp import CHECKPOINT
+
     config = read_run(folder).get("config", {})
-    differing = sorted(key for key in options if config.get(key) != options[key])
+    differing = differing_options({key: value for key, value in config.items() if key not in ("ranks", "decoding")},
+                                  record)
     if differing:
         raise FeatcacheError(f"{folder} holds a finished run with other options ({', '.join(differing)}); resume "
-                             "with the same options, or start afresh with --overwrite")
+                             "with the same options, or start afresh with `overwrite`")
+    if is_main_process():
+        (folder / CHECKPOINT).unlink(missing_ok=True)
     return Run.load(folder)
 
 
-def _end_to_end_run(approach: str, model, history: dict, wall: float, images, config: dict, folder) -> Run:
+def _end_to_end_run(approach: str, model, history: dict, wall: float, images, config: dict) -> Run:
     from .backbone import count_parameters
 
     trainable, total = count_parameters(model)
     predictions = {"ids": images.test_ids or [str(k) for k in range(len(images.test_labels))],
                    "labels": images.test_labels, "probabilities": history.pop("test_probabilities")}
-    run = Run(approach, model, history, config, wall, images.device, trainable, total,
-              {"classes": images.classes, "transform_version": TRANSFORM_VERSION}, predictions=predictions)
-    return _saved(run, folder)
+    return Run(approach, model, history, config, wall, images.device, trainable, total,
+               {"classes": images.classes, "transform_version": TRANSFORM_VERSION}, predictions=predictions)
 
 
 def _images_of(images, image_size: int | None, seed: int, device: str | None, echo: Log | None,
@@ -720,15 +734,21 @@ def _end_to_end_seeds(train, approach: str, images, seeds, view_seed: int, out, 
         if resume and out is None:
             raise FeatcacheError("`resume` needs `out`: the folder of seeds to continue")
         folder = claim_seed_dir(out, approach, overwrite) if out is not None else None
+        started_before = {seed for seed in seeds if resume and any(
+            (folder / f"seed-{seed}" / name).is_file() for name in (HISTORY, CHECKPOINT))}
+        if resume and not started_before:
+            raise FeatcacheError(f"nothing to resume: no seed-<k> folder of {folder} holds a run or a checkpoint")
         images = _images_of(images, image_size, view_seed, device, echo, max_memory, num_workers)
+    if folder is not None and overwrite and not resume and main:
+        clear_run_files(folder)  # the old occupant never passes for this run while seeds are written
     # one process group for every seed: gloo cannot meet again under the same rendezvous once destroyed
     group = coordinator(local_device(images.device))
     started, runs = time.perf_counter(), []
     try:
         for seed in seeds:
             seed_dir = folder / f"seed-{seed}" if folder is not None else None
-            started_before = resume and any((seed_dir / name).is_file() for name in (HISTORY, CHECKPOINT))
-            runs.append(train(images, seed=seed, out=seed_dir, overwrite=True, resume=started_before, **options))
+            runs.append(train(images, seed=seed, out=seed_dir, overwrite=True, resume=seed in started_before,
+                              **options))
             if echo is not None:
                 echo(f"seed {seed}: " + summary_line(runs[-1]))
     finally:

@@ -246,6 +246,7 @@ class ImageData:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     test_ids: list[str] | None = None  # what a run's stored predictions are keyed by
     num_workers: int = 0
+    source: dict | None = None  # the DataSpec they were loaded from, as history.json records it
 
     @property
     def decoding(self) -> str:

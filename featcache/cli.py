@@ -100,7 +100,8 @@ precision_option = click.option(
 shard_option = click.option(
     "--shard-size", type=click.IntRange(min=1), default=api.DEFAULT_SHARD_SIZE, show_default=True,
     help="Images per shard: extraction commits (and resumes, and deals out to torchrun ranks) this many "
-         "consecutive images at a time. Features are bit-identical for the same --shard-size and --batch-size.")
+         "consecutive images at a time. Features are bit-identical for the same --shard-size, --batch-size and "
+         "threads per process (OMP_NUM_THREADS; torchrun gives each rank 1).")
 
 
 cache_options = stacked(

@@ -20,6 +20,7 @@ from torch import nn
 
 from .distributed import ProcessGroup, env_world_size, local_device
 from .errors import FeatcacheError, ReportedElsewhere
+from .runs import differing_options
 
 
 def share_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -224,8 +225,7 @@ class Checkpoint:
         except Exception as error:  # a truncated or foreign file: torch raises several kinds
             raise self.ranks.error(
                 f"cannot resume from {self.path}: {' '.join(str(error).split())[:200]}") from None
-        differing = sorted(key for key in {*state["options"], *self.options}
-                           if state["options"].get(key) != self.options.get(key))
+        differing = differing_options(state["options"], self.options)
         if differing:
             raise self.ranks.error(
                 f"{self.path} was saved by a run with other options ({', '.join(differing)}); resume with the "

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ._version import __version__
-from .errors import FeatcacheError, ReportedElsewhere
+from .errors import FeatcacheError
 from .augment import ImageBatch, decoded_chunks, make_views
 from .data import Dataset
 from .distributed import coordinator, local_device
@@ -168,11 +168,15 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
 
 def _check_ranks_agree(group, threads: int) -> None:
     """Every rank computes with the same threads per process, so that the cache holds one setting's bytes
-    (ranks on nodes with other OMP_NUM_THREADS would otherwise mix them)."""
+    (ranks on nodes with other OMP_NUM_THREADS would otherwise mix them); rank 0 reports a difference."""
     counts = group.gather(threads)
-    if len(set(counts)) > 1:  # every rank sees it: rank 0 reports
-        raise (FeatcacheError if group.rank == 0 else ReportedElsewhere)(f"ranks compute with different thread counts ({', '.join(map(str, counts))} by rank), "
-                          "which can round convolutions differently: set the same OMP_NUM_THREADS for every rank")
+
+    def refuse():
+        raise FeatcacheError(f"ranks compute with different thread counts ({', '.join(map(str, counts))} by rank), "
+                             "which can round convolutions differently: set the same OMP_NUM_THREADS for every rank")
+
+    if len(set(counts)) > 1:
+        group.share(refuse)
 
 
 def _splits(dataset: Dataset) -> dict:

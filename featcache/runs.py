@@ -8,6 +8,7 @@ loadable with numpy alone.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -34,6 +35,20 @@ def prepare_run_dir(out: Path | None, approach: str, overwrite: bool = False) ->
     if ((out / HISTORY).exists() or (out / SEEDS).exists()) and not overwrite:
         raise FeatcacheError(f"{out} already holds a run; choose another `out` or pass `overwrite`")
     return out
+
+
+def differing_options(saved: dict, current: dict) -> list[str]:
+    """The names whose values differ between the options a run or checkpoint was saved with and these,
+    compared as JSON holds them (tuples as lists, paths as text)."""
+    saved, current = (json.loads(json.dumps(options, default=str)) for options in (saved, current))
+    return sorted(key for key in {*saved, *current} if saved.get(key) != current.get(key))
+
+
+def clear_run_files(out: Path) -> None:
+    """Remove what says `out` holds a run (a single run's files, a folder of seeds' seeds.json), so an
+    overwritten folder never passes for a finished one while its new run is being written."""
+    for name in (HISTORY, WEIGHTS, PREDICTIONS, SEEDS):
+        (Path(out) / name).unlink(missing_ok=True)
 
 
 def device_description(device) -> str:
@@ -71,7 +86,9 @@ def write_run(out: Path, approach: str, history: dict, config: dict, state_dict:
         np.savez(out / PREDICTIONS, ids=np.asarray(predictions["ids"], dtype=str),
                  labels=np.asarray(predictions["labels"], dtype=np.int64),
                  probabilities=np.asarray(predictions["probabilities"], dtype=np.float32))
-    (out / HISTORY).write_text(json.dumps(record, indent=2) + "\n")
+    partial = out / f"{HISTORY}.partial"  # written last and renamed: a history.json is a whole run
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(partial, out / HISTORY)
     return out
 
 

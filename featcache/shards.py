@@ -175,7 +175,7 @@ def read_shard(path: Path, shard: Shard, expected: dict) -> tuple[np.ndarray, st
 def describe_threads(threads) -> str:
     """A shard record's `threads` in words: intra-op threads per process on a CPU, 0 on a GPU."""
     if threads is None:
-        return "an unrecorded thread count (featcache before 0.2.1)"
+        return "an unrecorded thread count (an earlier featcache)"
     return "a GPU" if threads == 0 else f"{threads} thread{'s' * (threads != 1)} per process"
 
 
@@ -183,22 +183,21 @@ def check_cut(folder: Path, expected: dict) -> None:
     """Refuse to resume shards cut with another shard size, batch size or thread count: their rows would
     round differently from this run's (batch shapes change the kernels everywhere; on Intel CPUs oneDNN
     also splits small batches by thread), and a cache promises every byte is what one setting computes."""
+    def setting(record):
+        return (f"`shard_size` {record.get('shard_size')} `batch_size` {record.get('batch_size')} and "
+                f"{describe_threads(record.get('threads'))}")
+
     for path in sorted(folder.glob("*.h5")):
         try:
             record = shard_record(path)
         except BadShard:
             continue  # recomputed by the scan
-        if record.get("threads") != expected["threads"]:
+        if any(record.get(name) != expected[name] for name in ("shard_size", "batch_size", "threads")):
             raise FeatcacheError(
-                f"the unfinished extraction in {folder} was computed with {describe_threads(record.get('threads'))} "
-                f"and this run computes with {describe_threads(expected['threads'])}, which can round convolutions "
-                "differently; resume it with the same setting (torchrun gives each rank 1 thread unless "
-                "OMP_NUM_THREADS is set), or pass `force` to discard its shards and start again")
-        if (record.get("shard_size"), record.get("batch_size")) != (expected["shard_size"], expected["batch_size"]):
-            raise FeatcacheError(
-                f"the unfinished extraction in {folder} was cut with `shard_size` {record.get('shard_size')} "
-                f"`batch_size` {record.get('batch_size')}; re-run with those to resume it, or pass `force` "
-                "to discard its shards and start again")
+                f"the unfinished extraction in {folder} was cut with {setting(record)}, this run with "
+                f"{setting(expected)}, whose rows can round differently; resume it with the same settings "
+                "(torchrun gives each rank 1 thread unless OMP_NUM_THREADS is set), or pass `force` to discard "
+                "its shards and start again")
 
 
 def scan_shards(folder: Path, shards: list[Shard], expected: dict) -> tuple[list[Shard], list[str]]:

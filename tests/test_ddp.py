@@ -140,8 +140,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(folder, tmp_path):
     assert_same_run(out, tmp_path / "whole")
 
 
-def test_a_batch_that_does_not_divide_among_ranks_is_refused(folder, tmp_path):
-    result = torchrun(3, folder, tmp_path / "three")
+@pytest.mark.parametrize("seeds", [[], ["--seeds", "2"]])
+def test_a_batch_that_does_not_divide_among_ranks_is_refused(folder, tmp_path, seeds):
+    result = torchrun(3, folder, tmp_path / "three", *seeds)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if "does not divide" in line]
     assert len(lines) == 1 and "multiple of 3" in lines[0]
@@ -204,11 +205,13 @@ def test_seeds_resume_keeps_finished_seeds_and_finishes_the_killed_one(folder, t
     assert (out / "seed-0" / "history.json").exists() and not (out / "seeds.json").exists()
     assert (out / "seed-1" / "checkpoint.pt").exists() and not (out / "seed-1" / "history.json").exists()
     finished = tree_digest(out / "seed-0")
-    refused = run_cli("finetune", "--data", folder, *options, "--out", out, "--resume", "--lr-head", "0.01")
-    assert refused.exit_code == 1 and "seed-0 holds a finished run with other options (lr_head)" in refused.stderr
-    resumed = run_cli("finetune", "--data", folder, *options, "--out", out, "--resume")
+    for other, name in ((["--lr-head", "0.01"], "lr_head"), (["--per-class", "6"], "data")):
+        refused = run_cli("finetune", "--data", folder, *options, "--out", out, "--resume", *other)
+        assert refused.exit_code == 1 and f"seed-0 holds a finished run with other options ({name})" in refused.stderr
+    resumed = run_cli("finetune", "--data", folder, *[o for o in options if o != "--quiet"], "--out", out, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert "over 2 seeds" in resumed.output
+    assert "Epoch 4/4" in resumed.stdout and "Epoch 1/4" not in resumed.stdout  # seed 1 went on from its checkpoint
     assert tree_digest(out / "seed-0") == finished  # kept, not trained again
     for seed in (0, 1):
         (history, weights, predictions), (ref_history, ref_weights, ref_predictions) = (

@@ -91,13 +91,17 @@ def test_end_to_end_seeds_share_the_views(image_folder, tmp_path, monkeypatch):
 def test_end_to_end_seeds_take_every_option(image_folder, tmp_path, run_cli, command):
     """--max-memory and --num-workers reach every seed: images that do not fit are decoded per batch."""
     extra = ["--weights", "random"] if command == "finetune" else []
-    result = run_cli(command, "--data", image_folder, "--image-size", "32", "--epochs", "1", "--batch-size", "8",
-                     "--seeds", "2", "--max-memory", "1", "--num-workers", "1", "--quiet", "--out", tmp_path / "s",
-                     *extra)
+    arguments = [command, "--data", image_folder, "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+                 "--seeds", "2", *extra]
+    result = run_cli(*arguments, "--max-memory", "1", "--num-workers", "1", "--out", tmp_path / "s")
     assert result.exit_code == 0, result.output
+    assert "decoded per batch (train and test) (1 workers)" in result.stdout
     for seed in (0, 1):
         config = json.loads((tmp_path / "s" / f"seed-{seed}" / "history.json").read_text())["config"]
         assert config["decoding"] == "per batch (train and test)" and config["seed"] == seed
+        assert config["data"]["data"] == str(image_folder)  # as one run records it
+    nothing = run_cli(*arguments, "--resume", "--out", tmp_path / "empty")
+    assert nothing.exit_code == 1 and "nothing to resume" in nothing.stderr
 
 
 def test_t_interval_known_answer():

@@ -244,13 +244,26 @@ def test_a_resume_with_another_thread_count_is_refused(image_folder, tmp_path, r
     before = tree_digest(tmp_path)
     with torch_threads(2):
         refused = run_cli(*extract_cli(image_folder, tmp_path))
-    assert_clean_failure(refused, "computed with 1 thread per process", "computes with 2 threads per process",
-                         "OMP_NUM_THREADS", "--force")
+    assert_clean_failure(refused, f"--batch-size {BATCH_SIZE} and 1 thread per process, this run with",
+                         "and 2 threads per process", "OMP_NUM_THREADS", "--force")
     assert tree_digest(tmp_path) == before
     with torch_threads(1):
         resumed = run_cli(*extract_cli(image_folder, tmp_path))
     assert resumed.exit_code == 0 and "resumed: 2 of 6 shards" in resumed.output, resumed.output
     assert load_cache(next(tmp_path.glob("*.h5"))).attrs["threads"] == 1
+
+
+def test_ranks_with_different_thread_counts_are_refused_by_rank_0():
+    from featcache.distributed import SingleProcess
+    from featcache.extraction import _check_ranks_agree
+
+    class TwoRanks(SingleProcess):  # rank 0 of ranks that computed with 2 and 1 threads
+        def gather(self, value):
+            return [value, 1]
+
+    _check_ranks_agree(TwoRanks(), 1)
+    with pytest.raises(FeatcacheError, match=r"different thread counts \(2, 1 by rank\).*OMP_NUM_THREADS"):
+        _check_ranks_agree(TwoRanks(), 2)
 
 
 def test_leftover_shards_of_a_finished_cache_are_removed_on_reuse(image_folder, tmp_path, run_cli):
