@@ -143,7 +143,8 @@ def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
     return rows
 
 
-def plot_fewshot(rows: list[dict], path) -> None:
+def plot_fewshot(rows: list[dict], path):
+    """fewshot.png: mean test accuracy against k per probe, with its 95% band; returns the Figure."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4.5))
@@ -158,6 +159,7 @@ def plot_fewshot(rows: list[dict], path) -> None:
                           color=colour, alpha=0.2)
     axis.set_xscale("log")
     axis.set_xticks(sorted({row["shots"] for row in rows}), [str(s) for s in sorted({row["shots"] for row in rows})])
+    axis.minorticks_off()  # a log axis labels its minor ticks too (2x10^0, 3x10^0 ...): the shots alone
     axis.set_xlabel("training images per class (k)")
     axis.set_ylabel("test accuracy")
     axis.set_title(f"Few-shot: mean of {rows[0]['trials']} trials, 95% band")
@@ -165,4 +167,5 @@ def plot_fewshot(rows: list[dict], path) -> None:
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+    return figure
 

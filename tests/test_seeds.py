@@ -219,6 +219,16 @@ def test_fewshot_command(cache, tmp_path, run_cli):
     assert "| knn | 1 | 2 |" in result.output and (tmp_path / "fs" / "fewshot.csv").is_file()
 
 
+def test_fewshot_plot_labels_its_shots_as_plain_numbers(tmp_path):
+    from featcache.fewshot_curves import plot_fewshot
+
+    rows = [{"probe": "linear", "shots": k, "trials": 2, "mean_test_acc": 0.5, "ci95_low": 0.4, "ci95_high": 0.6}
+            for k in (1, 5)]
+    axis = plot_fewshot(rows, tmp_path / "fewshot.png").axes[0]
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["1", "5"]
+    assert not [label.get_text() for label in axis.get_xticklabels(minor=True) if label.get_text()]
+
+
 def test_linear_probe_takes_its_fixed_budget_of_steps(cache, monkeypatch):
     from featcache import fewshot_curves
     from featcache.heads import LinearHeads
