@@ -26,7 +26,7 @@ from .data import Dataset, load_dataset
 from .runs import (APPROACHES, HISTORY, HISTORY_KEYS, WEIGHTS, clear_run_files, default_run_dir, differing_options,
                    prepare_run_dir, read_predictions, read_run, read_seeds, write_run, write_seeds)
 from .shards import DEFAULT_SHARD_SIZE
-from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, TRANSFORM_VERSION, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, open_complete_cache, \
+from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, MIN_IMAGE_SIZE, PRECISIONS, TRANSFORM_VERSION, check_image_size, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, open_complete_cache, \
     shard_folder
 from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 
@@ -79,6 +79,13 @@ class CacheSpec:
     seed: int = 0
     precision: str = "fp32"
     cache_dir: Path = Path("cache")
+
+    def __post_init__(self):
+        check_image_size(self.image_size)
+        if self.views < 1:
+            raise FeatcacheError(f"`views` must be at least 1, got {self.views}")
+        if self.precision not in PRECISIONS:
+            raise FeatcacheError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision}")
 
     def locate(self, rehash: bool = False) -> tuple[Dataset, dict, Path]:
         """(dataset, provenance, the cache file's path), without importing torch. Files' content hashes
@@ -324,11 +331,12 @@ def _jsonable(attrs: dict) -> dict:
 
 
 def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "linear", epochs: int = 15,
-               batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0, sweep: bool = False, sweep_lrs=DEFAULT_SWEEP_LRS,
-               sweep_wds=DEFAULT_SWEEP_WDS, val_fraction: float = 0.2, logreg_views: str = "clean",
-               knn_temperature: float | None = None, max_memory: int | str | None = None,
-               out: str | Path | None = None, overwrite: bool = False,
-               log: Log | None = None, echo: Log | None = None, progress: bool = False, **record) -> Run:
+               batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0, sweep: bool = False,
+               sweep_lrs=DEFAULT_SWEEP_LRS, sweep_wds=DEFAULT_SWEEP_WDS, val_fraction: float = 0.2,
+               logreg_views: str = "clean", knn_temperature: float | None = None, max_memory: int | str | None = None,
+               out: str | Path | None = None, overwrite: bool = False, log: Log | None = None, echo: Log | None = None,
+               progress: bool = False, extract_wall_time_s: float | None = None,
+               cache_reused: bool | None = None) -> Run:
     """A feature-extraction head trained on a cache (from open_cache, or what open_cache takes), in seconds.
 
     head='linear': Linear(512, C) with Adam, epoch e on augmented view 1 + e % V; with `sweep`, a grid of
@@ -339,7 +347,8 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     weighted by exp(similarity / knn_temperature) (featcache.knn). `echo` gets the
     selection's table and choice, `log` the per-epoch lines; `out` writes the run directory (refused
     before training if it holds a run). A cache that does not fit `max_memory` (see open_cache) trains
-    linear heads streamed from the file, shuffled by blocks (featcache.streaming)."""
+    linear heads streamed from the file, shuffled by blocks (featcache.streaming). `extract_wall_time_s`
+    and `cache_reused` (what experiment knows of the extraction) are recorded in history.json when given."""
     from .heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
     from .loop import EpochConfig, check_learning_rate
 
@@ -352,61 +361,73 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     if weight_decay < 0:
         raise FeatcacheError(f"`weight_decay` must be non-negative, got {weight_decay}")
     folder = _claim(out, "feature-extraction", overwrite)
-    if isinstance(cache, (CacheSpec, str, Path)):
-        cache = open_cache(cache, max_memory, len(sweep_lrs) * len(sweep_wds) if sweep else 1,
-                           stream=head == "linear" or f"the {head} head")
-        _warn_few_blocks(cache, echo)
-        try:
-            return train_head(cache, head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                              seed=seed, sweep=sweep, sweep_lrs=sweep_lrs, sweep_wds=sweep_wds, val_fraction=val_fraction,
-                              logreg_views=logreg_views, knn_temperature=knn_temperature, out=out, overwrite=True,
-                              log=log, echo=echo, progress=progress, **record)
-        finally:
-            if hasattr(cache, "close"):
-                cache.close()
-    started = time.perf_counter()
-    if head == "knn":
-        from .knn import knn_probe
+    record = _extraction_record(extract_wall_time_s, cache_reused)
+    with _opened(cache, max_memory, len(sweep_lrs) * len(sweep_wds) if sweep else 1, head, echo) as cache:
+        started = time.perf_counter()
+        if head == "knn":
+            from .knn import knn_probe
 
-        probe = knn_probe(cache.train_features[:, 0], cache.train_labels, cache.test_features, cache.test_labels,
-                          seed=seed, val_fraction=val_fraction, temperature=knn_temperature, classes=len(cache.classes))
-        model = probe["head"]
-        history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
-                   "test_acc": [probe["test_acc"]], "test_probabilities": probe["test_log_shares"].exp()}
-        record["knn"] = {"k": probe["k"], "chosen": probe["chosen"], "grid": probe["grid"],
-                         "temperature": knn_temperature}
-        if echo is not None:
-            if probe["grid"]:
-                echo(markdown_table(probe["grid"], ["k", "val_acc"]))
-            echo(f"chosen k={probe['k']} ({probe['chosen']})")
-    elif head == "logreg":
-        probe = logistic_regression_probe(cache, logreg_views, val_fraction=val_fraction, seed=seed)
-        model = logreg_as_linear(probe["model"], len(cache.classes))
-        history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
-                   "test_acc": [probe["test_acc"]], "test_probabilities": probe["test_probabilities"]}
-        record["logreg"] = {"grid": probe["grid"], "best": probe["best"]}
-        if echo is not None:
-            echo(markdown_table(probe["grid"], ["C", "val_acc"]))
-            echo(f"chosen C={probe['best']['C']} (validation accuracy {probe['best']['val_acc']:.4f})")
-    else:
-        if sweep:
-            result = sweep_heads(cache.train_features, cache.train_labels, list(sweep_lrs), list(sweep_wds), config,
-                                 val_fraction, progress=progress and _streamed(cache))
-            lr, weight_decay = result.best["lr"], result.best["weight_decay"]
-            record["sweep"] = {"grid": result.grid, "best": result.best}
+            probe = knn_probe(cache.train_features[:, 0], cache.train_labels, cache.test_features, cache.test_labels,
+                              seed=seed, val_fraction=val_fraction, temperature=knn_temperature, classes=len(cache.classes))
+            model = probe["head"]
+            history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
+                       "test_acc": [probe["test_acc"]], "test_probabilities": probe["test_log_shares"].exp()}
+            record["knn"] = {"k": probe["k"], "chosen": probe["chosen"], "grid": probe["grid"],
+                             "temperature": knn_temperature}
             if echo is not None:
-                echo(markdown_table(result.grid, ["lr", "weight_decay", "val_acc", "final_train_loss"]))
-                echo(f"chosen lr={lr:g}, weight_decay={weight_decay:g} on validation accuracy "
-                     f"{result.best['val_acc']:.4f}; retraining on all training images")
-        model, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
-                                           cache.test_labels, config, lr, weight_decay, log,
-                                           progress=progress and _streamed(cache))
-    wall = time.perf_counter() - started
-    config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                     "seed": seed, "sweep": sweep, "val_fraction": val_fraction, "logreg_views": logreg_views,
-                     "knn_temperature": knn_temperature, "cache": str(cache.path), "views": cache.views,
-                     **_streaming_record(cache)}
-    return _saved(_head_run(model, history, wall, cache, config_record, record), folder)
+                if probe["grid"]:
+                    echo(markdown_table(probe["grid"], ["k", "val_acc"]))
+                echo(f"chosen k={probe['k']} ({probe['chosen']})")
+        elif head == "logreg":
+            probe = logistic_regression_probe(cache, logreg_views, val_fraction=val_fraction, seed=seed)
+            model = logreg_as_linear(probe["model"], len(cache.classes))
+            history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
+                       "test_acc": [probe["test_acc"]], "test_probabilities": probe["test_probabilities"]}
+            record["logreg"] = {"grid": probe["grid"], "best": probe["best"]}
+            if echo is not None:
+                echo(markdown_table(probe["grid"], ["C", "val_acc"]))
+                echo(f"chosen C={probe['best']['C']} (validation accuracy {probe['best']['val_acc']:.4f})")
+        else:
+            if sweep:
+                result = sweep_heads(cache.train_features, cache.train_labels, list(sweep_lrs), list(sweep_wds), config,
+                                     val_fraction, progress=progress and _streamed(cache))
+                lr, weight_decay = result.best["lr"], result.best["weight_decay"]
+                record["sweep"] = {"grid": result.grid, "best": result.best}
+                if echo is not None:
+                    echo(markdown_table(result.grid, ["lr", "weight_decay", "val_acc", "final_train_loss"]))
+                    echo(f"chosen lr={lr:g}, weight_decay={weight_decay:g} on validation accuracy "
+                         f"{result.best['val_acc']:.4f}; retraining on all training images")
+            model, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
+                                               cache.test_labels, config, lr, weight_decay, log,
+                                               progress=progress and _streamed(cache))
+        wall = time.perf_counter() - started
+        config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                         "seed": seed, "sweep": sweep, "val_fraction": val_fraction, "logreg_views": logreg_views,
+                         "knn_temperature": knn_temperature, "cache": str(cache.path), "views": cache.views,
+                         **_streaming_record(cache)}
+        return _saved(_head_run(model, history, wall, cache, config_record, record), folder)
+
+
+@contextmanager
+def _opened(cache, max_memory, heads: int, head: str, echo: Log | None = None):
+    """The cache to train on: as given when it is one, else opened (open_cache, for `heads` heads at
+    once; only linear heads may stream) for the block and closed after it."""
+    if not isinstance(cache, (CacheSpec, str, Path)):
+        yield cache
+        return
+    opened = open_cache(cache, max_memory, heads, stream=head == "linear" or f"the {head} head")
+    _warn_few_blocks(opened, echo)
+    try:
+        yield opened
+    finally:
+        if hasattr(opened, "close"):
+            opened.close()
+
+
+def _extraction_record(extract_wall_time_s: float | None, cache_reused: bool | None) -> dict:
+    """What history.json records of the extraction a head's cache came from, when the caller knows it."""
+    return {key: value for key, value in (("extract_wall_time_s", extract_wall_time_s),
+                                          ("cache_reused", cache_reused)) if value is not None}
 
 
 def _warn_few_blocks(cache, echo: Log | None) -> None:
@@ -446,11 +467,15 @@ def _head_run(model, history: dict, wall: float, cache, config_record: dict, rec
 
 def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, head: str = "linear",
                      epochs: int = 15, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0,
-                     sweep: bool = False, out: str | Path | None = None, overwrite: bool = False,
-                     **options) -> SeedRuns:
+                     sweep: bool = False, sweep_lrs=DEFAULT_SWEEP_LRS, sweep_wds=DEFAULT_SWEEP_WDS,
+                     val_fraction: float = 0.2, logreg_views: str = "clean", knn_temperature: float | None = None,
+                     max_memory: int | str | None = None, out: str | Path | None = None, overwrite: bool = False,
+                     log: Log | None = None, echo: Log | None = None, progress: bool = False,
+                     extract_wall_time_s: float | None = None, cache_reused: bool | None = None) -> SeedRuns:
     """train_head once per training seed in `seeds` (head init, shuffle and validation split; the views
-    stay the cache's). Plain linear heads train in lockstep, one batched step for all seeds; `sweep` and
-    logreg run seed after seed. Returns a SeedRuns; `out` gets one run directory per seed and seeds.json."""
+    stay the cache's), with train_head's arguments. Plain linear heads train in lockstep, one batched
+    step for all seeds; `sweep`, logreg and kNN run seed after seed. Returns a SeedRuns; `out` gets one
+    run directory per seed and seeds.json."""
     from .heads import train_seeded_heads
     from .loop import EpochConfig, check_learning_rate
 
@@ -458,35 +483,26 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, hea
     if weight_decay < 0:
         raise FeatcacheError(f"`weight_decay` must be non-negative, got {weight_decay}")
     folder = claim_seed_dir(out, "feature-extraction", overwrite) if out is not None else None
-    if isinstance(cache, (CacheSpec, str, Path)):
-        grid = len(options.get("sweep_lrs", DEFAULT_SWEEP_LRS)) * len(options.get("sweep_wds", DEFAULT_SWEEP_WDS))
-        cache = open_cache(cache, options.get("max_memory"), grid if sweep else len(seeds),
-                           stream=head == "linear" or f"the {head} head")
-        try:
-            return train_head_seeds(cache, seeds, head=head, epochs=epochs, batch_size=batch_size, lr=lr,
-                                    weight_decay=weight_decay, sweep=sweep, out=out, overwrite=True, **options)
-        finally:
-            if hasattr(cache, "close"):
-                cache.close()
-    if head != "linear" or sweep:
-        runs = [train_head(cache, head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                           sweep=sweep, seed=seed, **options) for seed in seeds]
-        return _saved_seeds(SeedRuns("feature-extraction", runs), folder)
-    config = EpochConfig(epochs, batch_size, seeds[0])
-    check_learning_rate("lr", lr)
-    started = time.perf_counter()
-    trained = train_seeded_heads(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
-                                 config, seeds, lr, weight_decay, progress=options.get("progress", False) and _streamed(cache))
-    wall = (time.perf_counter() - started) / len(seeds)  # each head's share of the lockstep training
-    settings = ("log", "echo", "val_fraction", "logreg_views", "sweep_lrs", "sweep_wds", "knn_temperature",
-                "max_memory", "progress")
-    record = {key: value for key, value in options.items() if key not in settings}  # the rest: extra record
-    runs = [_head_run(model, history, wall, cache, {
-        "head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-        "sweep": False, "cache": str(cache.path), "views": cache.views, "lockstep_seeds": len(seeds),
-        **_streaming_record(cache)}, record)
-        for seed, (model, history) in zip(seeds, trained)]
-    return _saved_seeds(SeedRuns("feature-extraction", runs, seconds=time.perf_counter() - started), folder)
+    with _opened(cache, max_memory, len(sweep_lrs) * len(sweep_wds) if sweep else len(seeds), head) as cache:
+        if head != "linear" or sweep:
+            runs = [train_head(cache, head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                               seed=seed, sweep=sweep, sweep_lrs=sweep_lrs, sweep_wds=sweep_wds,
+                               val_fraction=val_fraction, logreg_views=logreg_views, knn_temperature=knn_temperature,
+                               log=log, echo=echo, progress=progress, extract_wall_time_s=extract_wall_time_s,
+                               cache_reused=cache_reused) for seed in seeds]
+            return _saved_seeds(SeedRuns("feature-extraction", runs), folder)
+        config = EpochConfig(epochs, batch_size, seeds[0])
+        check_learning_rate("lr", lr)
+        started = time.perf_counter()
+        trained = train_seeded_heads(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
+                                     config, seeds, lr, weight_decay, progress=progress and _streamed(cache))
+        wall = (time.perf_counter() - started) / len(seeds)  # each head's share of the lockstep training
+        runs = [_head_run(model, history, wall, cache, {
+            "head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+            "seed": seed, "sweep": False, "cache": str(cache.path), "views": cache.views, "lockstep_seeds": len(seeds),
+            **_streaming_record(cache)}, _extraction_record(extract_wall_time_s, cache_reused))
+            for seed, (model, history) in zip(seeds, trained)]
+        return _saved_seeds(SeedRuns("feature-extraction", runs, seconds=time.perf_counter() - started), folder)
 
 
 def timed_load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: str = "auto",
@@ -519,6 +535,7 @@ def load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: st
     from .backbone import resolve_device
     from .streaming import default_memory_budget, parse_memory
 
+    check_image_size(image_size)
     if num_workers < 0:
         raise FeatcacheError(f"`num_workers` must be at least 0, got {num_workers}")
     budget = (parse_memory(max_memory) if max_memory is not None
@@ -811,11 +828,11 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 
                         progress=progress)
     echo(f"{'reused' if extracted.reused else 'wrote'} cache {extracted.path} in {extracted.seconds:.1f} s")
     cache = open_cache(extracted.path)
-    head_record = {"extract_wall_time_s": extracted.seconds, "cache_reused": extracted.reused}
+    extraction = {"extract_wall_time_s": extracted.seconds, "cache_reused": extracted.reused}
     if seed_list is None:
-        done("feature-extraction", train_head(cache, seed=spec.seed, lr=lr, log=log, **common, **head_record))
+        done("feature-extraction", train_head(cache, seed=spec.seed, lr=lr, log=log, **common, **extraction))
     else:
-        done("feature-extraction", train_head_seeds(cache, seed_list, lr=lr, **common, **head_record))
+        done("feature-extraction", train_head_seeds(cache, seed_list, lr=lr, **common, **extraction))
     if seed_list is None:
         done("fine-tuning", finetune(images, spec.weights, seed=spec.seed, **common, **end_to_end, **finetune_options))
     else:
@@ -916,6 +933,7 @@ def inspect(data: DataSpec, out: str | Path, *, image_size: int = 224, seed: int
     from .augment import DecodedSplit, make_views
     from .report import image_grid, parameter_table
 
+    check_image_size(image_size)
     dataset = data.load()
     rows = parameter_table(resnet18(num_classes=len(dataset.classes)))
     picks = np.linspace(0, len(dataset.train) - 1, min(count, len(dataset.train))).round().astype(int).tolist()
@@ -935,6 +953,7 @@ def bench(data: DataSpec, out: str | Path, *, weights: str = "imagenet", image_s
     from .backbone import resolve_device
     from .bench import bench_markdown, run_bench, write_bench
 
+    check_image_size(image_size)
     result = run_bench(data.load(), weights, image_size, views, epochs, batch_size, extract_batch_size,
                        resolve_device(device), num_workers, seed, end_to_end, log=log or (lambda line: None))
     json_path, md_path = write_bench(result, Path(out), command)

@@ -72,7 +72,7 @@ weights_options = stacked(
     click.option("--weights", default="imagenet", show_default=True,
                  help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, via torchvision's cache), "
                       "'random' (seeded init, for tests) or a path to a ResNet-18 state dict (its fc is dropped)."),
-    click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True,
+    click.option("--image-size", type=click.IntRange(min=api.MIN_IMAGE_SIZE), default=224, show_default=True,
                  help="Crop size S; images are first resized to S*256/224, as the reference 256/224 pipeline."),
 )
 
@@ -336,7 +336,7 @@ def finetune_command(**options):
 
 @main.command("scratch")
 @data_options
-@click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True,
+@click.option("--image-size", type=click.IntRange(min=api.MIN_IMAGE_SIZE), default=224, show_default=True,
               help="Crop size S; images are first resized to S*256/224.")
 @run_options(32, "Training batch size.")
 @epoch_options
@@ -471,7 +471,7 @@ def fewshot_command(cache, shots, trials, probes, seed, knn_temperature, out):
 
 @main.command("inspect")
 @data_options
-@click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True, help="Crop size S.")
+@click.option("--image-size", type=click.IntRange(min=api.MIN_IMAGE_SIZE), default=224, show_default=True, help="Crop size S.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the augmented views shown.")
 @click.option("--count", type=click.IntRange(min=1, max=64), default=16, show_default=True,
               help="Training images to show (spread over the classes).")

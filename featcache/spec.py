@@ -23,12 +23,19 @@ BACKBONE = "torchvision.resnet18"
 FEATURE_DIM = 512
 BACKBONE_PARAMETERS = 11_176_512  # torchvision resnet18 without fc; checked in tests/test_finetune.py
 PRECISIONS = ("fp32", "bf16")
+MIN_IMAGE_SIZE = 16  # the smallest crop accepted, by the CLI (--image-size) and the API alike
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
 BRIGHTNESS = 0.2
 CONTRAST = 0.2
+
+
+def check_image_size(image_size: int) -> int:
+    if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise FeatcacheError(f"`image_size` must be an integer of at least {MIN_IMAGE_SIZE}, got {image_size!r}")
+    return image_size
 
 
 def resize_size(image_size: int) -> int:

@@ -64,6 +64,28 @@ def test_a_saved_run_loads_back_with_its_model(cached_run, tmp_path):
     assert torch.equal(run.model.weight, cached_run.model.weight) and torch.equal(run.model.bias, cached_run.model.bias)
 
 
+def test_an_unknown_argument_is_an_error_not_a_record(cached_run, tmp_path):
+    """train_head once took **record: epoch=5 trained 15 epochs and wrote "epoch": 5 into history.json."""
+    cache = featcache.open_cache(cached_run.config["cache"])
+    for train in (lambda **extra: featcache.train_head(cache, **extra),
+                  lambda **extra: featcache.train_head_seeds(cache, [0, 1], **extra)):
+        with pytest.raises(TypeError, match="'epoch'"):
+            train(epoch=5, out=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    run = featcache.train_head(cache, epochs=1, extract_wall_time_s=1.5, cache_reused=True)
+    assert run.record["extract_wall_time_s"] == 1.5 and run.record["cache_reused"] is True
+    assert "cache_reused" not in featcache.train_head(cache, epochs=1).record  # recorded only when known
+
+
+def test_image_size_is_checked_by_the_api_as_by_the_cli(image_folder, run_cli, tmp_path):
+    for make in (lambda: featcache.CacheSpec(featcache.DataSpec(str(image_folder)), image_size=8),
+                 lambda: featcache.load_images(featcache.DataSpec(str(image_folder)), image_size=8)):
+        with pytest.raises(featcache.FeatcacheError, match="`image_size` must be an integer of at least 16, got 8"):
+            make()
+    result = run_cli("extract", "--data", image_folder, "--image-size", "8", "--cache-dir", tmp_path)
+    assert result.exit_code == 2 and "8 is not in the range x>=16" in result.stderr
+
+
 def test_images_decoded_for_one_size_are_not_silently_used_for_another(image_folder):
     images = featcache.load_images(featcache.DataSpec(str(image_folder)), image_size=32, device="cpu")
     with pytest.raises(featcache.FeatcacheError, match="decoded for image size 32"):
