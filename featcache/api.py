@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -24,7 +24,7 @@ from ._version import __version__
 from .errors import FeatcacheError, ReportedElsewhere
 from .data import Dataset, load_dataset
 from .runs import (APPROACHES, HISTORY, HISTORY_KEYS, WEIGHTS, clear_run_files, default_run_dir, differing_options,
-                   prepare_run_dir, read_predictions, read_run, read_seeds, write_run, write_seeds)
+                   claimed, read_predictions, read_run, read_seeds, write_run, write_seeds)
 from .shards import DEFAULT_SHARD_SIZE
 from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, MIN_IMAGE_SIZE, PRECISIONS, TRANSFORM_VERSION, check_image_size, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, open_complete_cache, \
     shard_folder
@@ -224,9 +224,9 @@ class Run:
                    read_predictions(Path(folder)))
 
     def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
-        out = prepare_run_dir(out, self.approach, overwrite)
-        write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,
-                  self.device, self.trainable_params, self.total_params, self.predictions, **self.record)
+        with claimed(out, self.approach, overwrite) as out:
+            write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,
+                      self.device, self.trainable_params, self.total_params, self.predictions, **self.record)
         self.path = out
         return out
 
@@ -256,10 +256,10 @@ class SeedRuns:
         return t_interval(self.final_test_accs)
 
     def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
-        out = claim_seed_dir(out, self.approach, overwrite)
-        for run in self.runs:
-            run.save(out / f"seed-{run.config.get('seed')}", overwrite=True)
-        write_seeds(out, self.approach, self.seeds, self.final_test_accs, self.summary(), self.seconds)
+        with claimed(out, self.approach, overwrite) as out:
+            for run in self.runs:
+                run.save(out / f"seed-{run.config.get('seed')}", overwrite=True)
+            write_seeds(out, self.approach, self.seeds, self.final_test_accs, self.summary(), self.seconds)
         self.path = out
         return out
 
@@ -268,11 +268,6 @@ class SeedRuns:
         record = read_seeds(Path(folder))
         return cls(record["approach"], [Run.load(Path(folder) / f"seed-{seed}") for seed in record["seeds"]],
                    Path(folder), record.get("seconds"))
-
-
-def claim_seed_dir(out, approach: str, overwrite: bool = False) -> Path:
-    """Like claim_run_dir, for a folder of seeds: refused if it holds a run or seeds unless `overwrite`."""
-    return prepare_run_dir(out, approach, overwrite)
 
 
 def _saved_seeds(group: SeedRuns, folder: Path | None) -> SeedRuns:
@@ -310,13 +305,18 @@ def summary_line(run: Run) -> str:
 
 
 def claim_run_dir(out: str | Path | None, approach: str, overwrite: bool = False) -> Path:
-    """The run directory a run will be written to (default runs/<approach>-<time>), refused before any
-    training time is spent if it already holds a run and `overwrite` is not set."""
-    return prepare_run_dir(out, approach, overwrite)
+    """The run directory a run will be written to (default runs/<approach>-<time>), refused if it
+    already holds a run and `overwrite` is not set, or if another process is writing to it. Every
+    training function holds its folder this way (featcache.runs.claimed) from before training until
+    the run is written."""
+    with claimed(out, approach, overwrite) as folder:
+        return folder
 
 
-def _claim(out, approach: str, overwrite: bool) -> Path | None:
-    return claim_run_dir(out, approach, overwrite) if out is not None else None
+def _claimed(out, approach: str, overwrite: bool):
+    """Hold `out` for the block (rank 0 holds it; under torchrun the other ranks only check); nothing
+    without `out`."""
+    return claimed(out, approach, overwrite, lock=is_main_process()) if out is not None else nullcontext()
 
 
 def _saved(run: Run, folder: Path | None) -> Run:
@@ -360,15 +360,16 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     check_learning_rate("lr", lr)
     if weight_decay < 0:
         raise FeatcacheError(f"`weight_decay` must be non-negative, got {weight_decay}")
-    folder = _claim(out, "feature-extraction", overwrite)
     record = _extraction_record(extract_wall_time_s, cache_reused)
-    with _opened(cache, max_memory, len(sweep_lrs) * len(sweep_wds) if sweep else 1, head, echo) as cache:
+    with _claimed(out, "feature-extraction", overwrite) as folder, \
+            _opened(cache, max_memory, len(sweep_lrs) * len(sweep_wds) if sweep else 1, head, echo) as cache:
         started = time.perf_counter()
         if head == "knn":
             from .knn import knn_probe
 
             probe = knn_probe(cache.train_features[:, 0], cache.train_labels, cache.test_features, cache.test_labels,
-                              seed=seed, val_fraction=val_fraction, temperature=knn_temperature, classes=len(cache.classes))
+                              seed=seed, val_fraction=val_fraction, temperature=knn_temperature,
+                              classes=len(cache.classes))
             model = probe["head"]
             history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
                        "test_acc": [probe["test_acc"]], "test_probabilities": probe["test_log_shares"].exp()}
@@ -401,7 +402,8 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
                                                cache.test_labels, config, lr, weight_decay, log,
                                                progress=progress and _streamed(cache))
         wall = time.perf_counter() - started
-        config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        config_record = {"head": head, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                         "weight_decay": weight_decay,
                          "seed": seed, "sweep": sweep, "val_fraction": val_fraction, "logreg_views": logreg_views,
                          "knn_temperature": knn_temperature, "cache": str(cache.path), "views": cache.views,
                          **_streaming_record(cache)}
@@ -482,8 +484,8 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, hea
     seeds = _seed_list(seeds)
     if weight_decay < 0:
         raise FeatcacheError(f"`weight_decay` must be non-negative, got {weight_decay}")
-    folder = claim_seed_dir(out, "feature-extraction", overwrite) if out is not None else None
-    with _opened(cache, max_memory, len(sweep_lrs) * len(sweep_wds) if sweep else len(seeds), head) as cache:
+    with _claimed(out, "feature-extraction", overwrite) as folder, \
+            _opened(cache, max_memory, len(sweep_lrs) * len(sweep_wds) if sweep else len(seeds), head) as cache:
         if head != "linear" or sweep:
             runs = [train_head(cache, head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                seed=seed, sweep=sweep, sweep_lrs=sweep_lrs, sweep_wds=sweep_wds,
@@ -668,23 +670,26 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
     from .loop import EpochConfig, check_learning_rate
     from .train import check_finetune_options, finetune as finetune_model
 
-    with reported_once():
-        config = EpochConfig(epochs, batch_size, seed)
-        check_learning_rate("lr_head", lr_head)
-        check_learning_rate("lr_backbone", lr_backbone)
-        check_finetune_options(unfreeze, frozen_bn)
-        folder = _claim(out, "fine-tuning", overwrite)
-        log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
-        data = _data_record(images)
-        images = _images_of(images, image_size, seed, device, echo, max_memory, num_workers)
-        initial = _init_head_state(init_head, images.classes) if init_head is not None else None
-    record = {"weights": weights, "image_size": images.image_size, "epochs": epochs, "batch_size": batch_size,
-              "seed": seed, "view_seed": images.view_seed, "lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": list(unfreeze),
-              "frozen_bn": frozen_bn, "init_head": _head_source(init_head), "data": data}
-    return _train_end_to_end(
-        "fine-tuning", lambda images, **extra: finetune_model(images, weights, config, lr_head, lr_backbone, list(unfreeze),
-                                                              frozen_bn, initial, log=log, progress=progress, **extra),
-        images, config, record, folder, resume)
+    with ExitStack() as held:  # the run folder, from before decoding until the run is written
+        with reported_once():
+            config = EpochConfig(epochs, batch_size, seed)
+            check_learning_rate("lr_head", lr_head)
+            check_learning_rate("lr_backbone", lr_backbone)
+            check_finetune_options(unfreeze, frozen_bn)
+            folder = held.enter_context(_claimed(out, "fine-tuning", overwrite))
+            log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
+            data = _data_record(images)
+            images = _images_of(images, image_size, seed, device, echo, max_memory, num_workers)
+            initial = _init_head_state(init_head, images.classes) if init_head is not None else None
+        record = {"weights": weights, "image_size": images.image_size, "epochs": epochs, "batch_size": batch_size,
+                  "seed": seed, "view_seed": images.view_seed, "lr_head": lr_head, "lr_backbone": lr_backbone,
+                  "unfreeze": list(unfreeze), "frozen_bn": frozen_bn, "init_head": _head_source(init_head),
+                  "data": data}
+        return _train_end_to_end(
+            "fine-tuning", lambda images, **extra: finetune_model(
+                images, weights, config, lr_head, lr_backbone, list(unfreeze), frozen_bn, initial, log=log,
+                progress=progress, **extra),
+            images, config, record, folder, resume)
 
 
 def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr: float = 1e-3,
@@ -699,18 +704,19 @@ def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr
     from .loop import EpochConfig, check_learning_rate
     from .train import scratch as scratch_model
 
-    with reported_once():
-        config = EpochConfig(epochs, batch_size, seed)
-        check_learning_rate("lr", lr)
-        folder = _claim(out, "scratch", overwrite)
-        log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
-        data = _data_record(images)
-        images = _images_of(images, image_size, seed, device, echo, max_memory, num_workers)
-    record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed,
-              "view_seed": images.view_seed, "lr": lr, "data": data}
-    return _train_end_to_end(
-        "scratch", lambda images, **extra: scratch_model(images, config, lr, log=log, progress=progress, **extra),
-        images, config, record, folder, resume)
+    with ExitStack() as held:  # the run folder, from before decoding until the run is written
+        with reported_once():
+            config = EpochConfig(epochs, batch_size, seed)
+            check_learning_rate("lr", lr)
+            folder = held.enter_context(_claimed(out, "scratch", overwrite))
+            log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
+            data = _data_record(images)
+            images = _images_of(images, image_size, seed, device, echo, max_memory, num_workers)
+        record = {"image_size": images.image_size, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+                  "view_seed": images.view_seed, "lr": lr, "data": data}
+        return _train_end_to_end(
+            "scratch", lambda images, **extra: scratch_model(images, config, lr, log=log, progress=progress, **extra),
+            images, config, record, folder, resume)
 
 
 def finetune_seeds(images, weights: str = "imagenet", seeds=(0,), *, seed: int = 0, out: str | Path | None = None,
@@ -746,34 +752,36 @@ def _end_to_end_seeds(train, approach: str, images, seeds, view_seed: int, out, 
 
     main = is_main_process()
     echo = echo if main else None
-    with reported_once():
-        seeds = _seed_list(seeds)
-        if resume and out is None:
-            raise FeatcacheError("`resume` needs `out`: the folder of seeds to continue")
-        folder = claim_seed_dir(out, approach, overwrite) if out is not None else None
-        started_before = {seed for seed in seeds if resume and any(
-            (folder / f"seed-{seed}" / name).is_file() for name in (HISTORY, CHECKPOINT))}
-        if resume and not started_before:
-            raise FeatcacheError(f"nothing to resume: no seed-<k> folder of {folder} holds a run or a checkpoint")
-        images = _images_of(images, image_size, view_seed, device, echo, max_memory, num_workers)
-    if folder is not None and overwrite and not resume and main:
-        clear_run_files(folder)  # the old occupant never passes for this run while seeds are written
-    # one process group for every seed: gloo cannot meet again under the same rendezvous once destroyed
-    group = coordinator(local_device(images.device))
-    started, runs = time.perf_counter(), []
-    try:
-        for seed in seeds:
-            seed_dir = folder / f"seed-{seed}" if folder is not None else None
-            runs.append(train(images, seed=seed, out=seed_dir, overwrite=True, resume=seed in started_before,
-                              **options))
-            if echo is not None:
-                echo(f"seed {seed}: " + summary_line(runs[-1]))
-    finally:
-        group.close()
-    seed_runs = SeedRuns(approach, runs, folder, time.perf_counter() - started)
-    if folder is not None and main:  # every seed-k/ is written: seeds.json says the folder is whole
-        write_seeds(folder, approach, seed_runs.seeds, seed_runs.final_test_accs, seed_runs.summary(), seed_runs.seconds)
-    return seed_runs
+    with ExitStack() as held:  # the folder of seeds, until seeds.json is written
+        with reported_once():
+            seeds = _seed_list(seeds)
+            if resume and out is None:
+                raise FeatcacheError("`resume` needs `out`: the folder of seeds to continue")
+            folder = held.enter_context(_claimed(out, approach, overwrite))
+            started_before = {seed for seed in seeds if resume and any(
+                (folder / f"seed-{seed}" / name).is_file() for name in (HISTORY, CHECKPOINT))}
+            if resume and not started_before:
+                raise FeatcacheError(f"nothing to resume: no seed-<k> folder of {folder} holds a run or a checkpoint")
+            images = _images_of(images, image_size, view_seed, device, echo, max_memory, num_workers)
+        if folder is not None and overwrite and not resume and main:
+            clear_run_files(folder)  # the old occupant never passes for this run while seeds are written
+        # one process group for every seed: gloo cannot meet again under the same rendezvous once destroyed
+        group = coordinator(local_device(images.device))
+        started, runs = time.perf_counter(), []
+        try:
+            for seed in seeds:
+                seed_dir = folder / f"seed-{seed}" if folder is not None else None
+                runs.append(train(images, seed=seed, out=seed_dir, overwrite=True, resume=seed in started_before,
+                                  **options))
+                if echo is not None:
+                    echo(f"seed {seed}: " + summary_line(runs[-1]))
+        finally:
+            group.close()
+        seed_runs = SeedRuns(approach, runs, folder, time.perf_counter() - started)
+        if folder is not None and main:  # every seed-k/ is written: seeds.json says the folder is whole
+            write_seeds(folder, approach, seed_runs.seeds, seed_runs.final_test_accs, seed_runs.summary(),
+                        seed_runs.seconds)
+        return seed_runs
 
 
 def compare(run_dirs, out: str | Path) -> dict:
@@ -805,41 +813,44 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 
     build_finetune_model(spec.weights, 2, spec.seed, list(unfreeze))
     seed_list = _seed_list(seeds) if seeds is not None else None
     out = Path(out) if out is not None else default_run_dir("experiment")
-    claim = claim_run_dir if seed_list is None else claim_seed_dir
-    folders = {approach: claim(out / approach, approach, overwrite) for approach in APPROACHES}
-    started = time.perf_counter()
-    images, seconds = timed_load_images(spec.data, spec.image_size, spec.seed, device)
-    if log is not None:  # progress detail, like the per-epoch lines
-        log(decoded_line(images, seconds))
-    common = {"epochs": epochs, "batch_size": batch_size, "out": None, "overwrite": True}
-    end_to_end = {"log": log, "progress": progress}
-    finetune_options = {"lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": unfreeze, "frozen_bn": frozen_bn}
-    runs = {}
+    with ExitStack() as held:  # the three run folders, until the comparison is written
+        folders = {approach: held.enter_context(claimed(out / approach, approach, overwrite))
+                   for approach in APPROACHES}
+        started = time.perf_counter()
+        images, seconds = timed_load_images(spec.data, spec.image_size, spec.seed, device)
+        if log is not None:  # progress detail, like the per-epoch lines
+            log(decoded_line(images, seconds))
+        common = {"epochs": epochs, "batch_size": batch_size, "out": None, "overwrite": True}
+        end_to_end = {"log": log, "progress": progress}
+        finetune_options = {"lr_head": lr_head, "lr_backbone": lr_backbone, "unfreeze": unfreeze,
+                            "frozen_bn": frozen_bn}
+        runs = {}
 
-    def done(approach, result):
-        runs[approach] = (_saved if seed_list is None else _saved_seeds)(result, folders[approach])
-        echo(summary_line(runs[approach]) if seed_list is None else seeds_line(runs[approach]))
+        def done(approach, result):
+            runs[approach] = (_saved if seed_list is None else _saved_seeds)(result, folders[approach])
+            echo(summary_line(runs[approach]) if seed_list is None else seeds_line(runs[approach]))
 
-    if seed_list is None:
-        done("scratch", scratch(images, seed=spec.seed, lr=lr, **common, **end_to_end))
-    else:
-        done("scratch", scratch_seeds(images, seed_list, seed=spec.seed, lr=lr, **common, **end_to_end))
-    extracted = extract(spec, batch_size=extract_batch_size, device=device, num_workers=num_workers,
-                        progress=progress)
-    echo(f"{'reused' if extracted.reused else 'wrote'} cache {extracted.path} in {extracted.seconds:.1f} s")
-    cache = open_cache(extracted.path)
-    extraction = {"extract_wall_time_s": extracted.seconds, "cache_reused": extracted.reused}
-    if seed_list is None:
-        done("feature-extraction", train_head(cache, seed=spec.seed, lr=lr, log=log, **common, **extraction))
-    else:
-        done("feature-extraction", train_head_seeds(cache, seed_list, lr=lr, **common, **extraction))
-    if seed_list is None:
-        done("fine-tuning", finetune(images, spec.weights, seed=spec.seed, **common, **end_to_end, **finetune_options))
-    else:
-        done("fine-tuning", finetune_seeds(images, spec.weights, seed_list, seed=spec.seed, **common, **end_to_end,
-                                           **finetune_options))
-    comparison = compare(list(folders.values()), out)
-    return {"runs": runs, "comparison": comparison, "seconds": time.perf_counter() - started}
+        if seed_list is None:
+            done("scratch", scratch(images, seed=spec.seed, lr=lr, **common, **end_to_end))
+        else:
+            done("scratch", scratch_seeds(images, seed_list, seed=spec.seed, lr=lr, **common, **end_to_end))
+        extracted = extract(spec, batch_size=extract_batch_size, device=device, num_workers=num_workers,
+                            progress=progress)
+        echo(f"{'reused' if extracted.reused else 'wrote'} cache {extracted.path} in {extracted.seconds:.1f} s")
+        cache = open_cache(extracted.path)
+        extraction = {"extract_wall_time_s": extracted.seconds, "cache_reused": extracted.reused}
+        if seed_list is None:
+            done("feature-extraction", train_head(cache, seed=spec.seed, lr=lr, log=log, **common, **extraction))
+        else:
+            done("feature-extraction", train_head_seeds(cache, seed_list, lr=lr, **common, **extraction))
+        if seed_list is None:
+            done("fine-tuning", finetune(images, spec.weights, seed=spec.seed, **common, **end_to_end,
+                                         **finetune_options))
+        else:
+            done("fine-tuning", finetune_seeds(images, spec.weights, seed_list, seed=spec.seed, **common, **end_to_end,
+                                               **finetune_options))
+        comparison = compare(list(folders.values()), out)
+        return {"runs": runs, "comparison": comparison, "seconds": time.perf_counter() - started}
 
 
 def export(run_dir: str | Path, out: str | Path, *, weights: str | None = None) -> dict:

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ._version import __version__
@@ -28,13 +29,64 @@ def default_run_dir(approach: str) -> Path:
     return Path("runs") / f"{approach}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(out: Path | None, approach: str, overwrite: bool = False) -> Path:
-    """The folder a run will write to (created when the run is written); refuses to replace an
-    earlier run unless asked, before any training time is spent."""
+@contextmanager
+def claimed(out: Path | None, approach: str, overwrite: bool = False, lock: bool = True):
+    """The run directory a run will be written to (default runs/<approach>-<time>), held by this process
+    for the block: refused in one line, before any training time is spent, if it already holds a run
+    (unless `overwrite`) or another process holds it. Two runs given the same `out` can otherwise both
+    write, leaving one's history.json beside the other's weights.pt.
+
+    The hold is an flock on a file inside the folder: the kernel drops it when the process ends, even
+    killed, so a killed run never leaves a stale claim. Holding a folder this process already holds
+    (a run saved inside its experiment's claim) is allowed; `lock=False` only checks (torchrun's ranks
+    other than 0, which do not write). A folder the claim created is removed again if it stays empty."""
     out = Path(out) if out is not None else default_run_dir(approach)
+    if not lock or out.resolve() in _HELD:
+        _refuse_a_finished_run(out, overwrite)
+        yield out
+        return
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    holder = _hold(out)
+    _HELD.add(out.resolve())
+    try:
+        _refuse_a_finished_run(out, overwrite)  # checked while held: no run can be written in between
+        yield out
+    finally:
+        _HELD.discard(out.resolve())
+        (out / CLAIM).unlink(missing_ok=True)
+        holder.close()
+        if created and not any(out.iterdir()):
+            out.rmdir()
+
+
+CLAIM = ".featcache-claim"
+_HELD: set[Path] = set()  # the folders this process holds
+
+
+def _hold(out: Path):
+    """An open, flocked CLAIM file in `out`, or a FeatcacheError if another process holds it."""
+    import fcntl
+
+    while True:
+        holder = open(out / CLAIM, "a")
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder.close()
+            raise FeatcacheError(f"{out} is being written by another featcache process; choose another `out`, "
+                                 "or wait until it is done") from None
+        try:
+            if os.stat(out / CLAIM).st_ino == os.fstat(holder.fileno()).st_ino:
+                return holder
+        except FileNotFoundError:  # the previous holder removed the file between our open and flock
+            pass
+        holder.close()
+
+
+def _refuse_a_finished_run(out: Path, overwrite: bool) -> None:
     if ((out / HISTORY).exists() or (out / SEEDS).exists()) and not overwrite:
         raise FeatcacheError(f"{out} already holds a run; choose another `out` or pass `overwrite`")
-    return out
 
 
 def differing_options(saved: dict, current: dict) -> list[str]:

@@ -1,12 +1,15 @@
 """train-head: cached training equals the end-to-end loop; selection never sees test labels."""
 import json
 import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
+import featcache
 from featcache.backbone import load_backbone
 from featcache.cache import load_cache
 from featcache.extraction import extract
@@ -116,6 +119,47 @@ def test_train_head_finds_the_cache_from_dataset_options(image_folder, run_cli, 
     assert run_cli("extract", *args).exit_code == 0
     found = run_cli("train-head", *args, "--epochs", "2", "--out", tmp_path / "run")
     assert found.exit_code == 0, found.output
+
+
+@pytest.mark.slow
+def test_a_run_folder_is_held_by_one_process_and_released_by_a_kill(cached, run_cli, tmp_path):
+    """The run folder is flocked from before training until the run is written: a second process is
+    refused in one line and writes nothing; a SIGKILLed holder leaves no stale claim."""
+    _, path = cached
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from featcache.runs import claimed\n"
+                               f"with claimed({str(out)!r}, 'feature-extraction'):\n"
+                               "    print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    refused = run_cli("train-head", path, "--epochs", "1", "--out", out)
+    assert refused.exit_code == 1 and "being written by another featcache process" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (out / "history.json").exists()
+    holder.kill()
+    holder.wait()
+    done = run_cli("train-head", path, "--epochs", "1", "--out", out)
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in out.iterdir()) == ["history.json", "predictions.npz", "weights.pt"]
+
+
+@pytest.mark.slow
+def test_two_train_heads_started_together_write_one_whole_run(cached, tmp_path):
+    _, path = cached
+    out = tmp_path / "run"
+    processes = [subprocess.Popen([sys.executable, "-m", "featcache", "train-head", str(path), "--epochs", "3",
+                                   "--seed", str(seed), "--out", str(out)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
+    results = [(process.communicate(timeout=300), process.returncode) for process in processes]
+    assert sorted(code for _, code in results) == [0, 1], results
+    [((_, refusal), _)] = [result for result in results if result[1] == 1]
+    assert len(refusal.strip().splitlines()) == 1
+    assert "being written by another featcache process" in refusal or "already holds a run" in refusal
+    run = featcache.Run.load(out)  # the two seeds' heads differ: history, weights and predictions of one run
+    cache = load_cache(path)
+    with torch.no_grad():
+        probabilities = torch.softmax(run.model(cache.test_features), 1).numpy()
+    assert np.allclose(run.predictions["probabilities"], probabilities, atol=1e-5)
+    assert run.final_test_acc == (probabilities.argmax(1) == cache.test_labels.numpy()).mean()
 
 
 def test_sweep_never_looks_at_test_labels(cached, run_cli, tmp_path):
