@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Callable
 
 from ._version import __version__
 from .errors import FeatcacheError, ReportedElsewhere
-from .data import Dataset, load_dataset
-from .runs import (APPROACHES, HISTORY, HISTORY_KEYS, WEIGHTS, clear_run_files, default_run_dir, differing_options,
-                   claimed, read_predictions, read_run, read_seeds, write_run, write_seeds)
-from .shards import DEFAULT_SHARD_SIZE
-from .spec import BACKBONE_PARAMETERS, FEATURE_DIM, MIN_IMAGE_SIZE, PRECISIONS, TRANSFORM_VERSION, check_image_size, ExtractResult, cache_key, cache_path, cache_provenance, reusable_cache, open_complete_cache, \
-    shard_folder
-from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
+from .data.datasets import Dataset, load_dataset
+from .evaluate.runs import (APPROACHES, HISTORY, HISTORY_KEYS, WEIGHTS, clear_run_files, default_run_dir, claimed,
+                            read_predictions, read_run, read_seeds, write_run, write_seeds)
+from .cache.shards import DEFAULT_SHARD_SIZE
+from .cache.key import (BACKBONE_PARAMETERS, FEATURE_DIM, PRECISIONS, ExtractResult, cache_key, cache_path,
+                        cache_provenance, open_complete_cache, reusable_cache, shard_folder)
+from .data.transform import MIN_IMAGE_SIZE, TRANSFORM_VERSION, check_image_size
+from .evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 
 __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "DataSpec", "CacheSpec", "Run", "extract",
            "open_cache", "train_head", "load_images", "finetune", "scratch", "read_run", "compare", "experiment",
@@ -38,7 +39,7 @@ __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "DataSpec", "Ca
            "markdown_table", "SUMMARY_COLUMNS", "UNCERTAINTY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS"]
 
 if TYPE_CHECKING:  # for annotations only: importing it needs torch
-    from .cache import FeatureCache
+    from .cache.reader import FeatureCache
 
 DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_SWEEP_WDS = (0.0, 1e-4, 1e-3, 1e-2)
@@ -90,9 +91,9 @@ class CacheSpec:
     def locate(self, rehash: bool = False) -> tuple[Dataset, dict, Path]:
         """(dataset, provenance, the cache file's path), without importing torch. Files' content hashes
         are remembered in cache_dir under their stat, and class folders' listings under the folders'
-        (featcache.fingerprint): a repeated call lists only changed folders and reads only changed
+        (featcache.data.fingerprint): a repeated call lists only changed folders and reads only changed
         files, or everything with `rehash`."""
-        from .fingerprint import FileHashes, FolderListings
+        from .data.fingerprint import FileHashes, FolderListings
 
         listings = FolderListings(self.cache_dir, rehash)
         dataset = self.data.load(listings)
@@ -138,7 +139,7 @@ def extract(spec: CacheSpec, *, batch_size: int = 64, shard_size: int = DEFAULT_
         if not force and reusable_cache(final, cache_key(provenance)):
             return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
         from .backbone import load_backbone, resolve_device
-        from .extraction import extract as extract_shards
+        from .cache.writer import extract as extract_shards
 
         backbone = load_backbone(spec.weights, spec.seed)
         device = resolve_device(device)
@@ -150,13 +151,13 @@ def extract(spec: CacheSpec, *, batch_size: int = 64, shard_size: int = DEFAULT_
 def open_cache(source: CacheSpec | str | Path, max_memory: int | str | None = None, heads: int = 1,
                stream: bool | str = True):
     """A complete cache, every byte checked against its sha256. `source` is a cache file or the CacheSpec
-    it was extracted from. In memory (featcache.cache.FeatureCache: tensors, classes, key) when that
+    it was extracted from. In memory (featcache.cache.reader.FeatureCache: tensors, classes, key) when that
     fits `max_memory` (bytes or '1GB'; default half the available RAM), else opened for streaming
-    (featcache.streaming.StreamedCache: the same, with train_features read block by block; close it)
+    (featcache.cache.streaming.StreamedCache: the same, with train_features read block by block; close it)
     with a buffer sized for `heads` heads trained at once. `stream` other than True names what needs the
     cache in memory: a cache too large for it is then a FeatcacheError."""
-    from .cache import load_cache
-    from .streaming import default_memory_budget, in_memory_bytes, open_streamed, parse_memory
+    from .cache.reader import load_cache
+    from .cache.streaming import default_memory_budget, in_memory_bytes, open_streamed, parse_memory
 
     if isinstance(source, CacheSpec):
         _, _, path = source.locate()
@@ -208,7 +209,7 @@ class Run:
         record = read_run(Path(folder))
         state = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)
         if "bank" in state:  # a kNN head: its training features are its weights
-            from .knn import KNNHead
+            from .train.knn import KNNHead
 
             model = KNNHead.from_state(state, record["knn"])
         else:
@@ -251,7 +252,7 @@ class SeedRuns:
 
     def summary(self) -> dict:
         """Mean, standard deviation and 95% t-interval over seeds of the final test accuracy."""
-        from .stats import t_interval
+        from .evaluate.stats import t_interval
 
         return t_interval(self.final_test_accs)
 
@@ -277,7 +278,7 @@ def _saved_seeds(group: SeedRuns, folder: Path | None) -> SeedRuns:
 
 
 def _seed_list(seeds) -> list[int]:
-    from .stats import parse_seeds
+    from .evaluate.stats import parse_seeds
 
     if isinstance(seeds, int):  # a count, as on the command line
         return parse_seeds(str(seeds))
@@ -307,7 +308,7 @@ def summary_line(run: Run) -> str:
 def claim_run_dir(out: str | Path | None, approach: str, overwrite: bool = False) -> Path:
     """The run directory a run will be written to (default runs/<approach>-<time>), refused if it
     already holds a run and `overwrite` is not set, or if another process is writing to it. Every
-    training function holds its folder this way (featcache.runs.claimed) from before training until
+    training function holds its folder this way (featcache.evaluate.runs.claimed) from before training until
     the run is written."""
     with claimed(out, approach, overwrite) as folder:
         return folder
@@ -344,13 +345,13 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
     images retrained on all of them. head='logreg': scikit-learn's logistic regression, C chosen on
     the validation split (on clean views, or all views with logreg_views='all'). head='knn': k nearest
     neighbours by cosine similarity on clean views, k chosen on the validation split, votes uniform or
-    weighted by exp(similarity / knn_temperature) (featcache.knn). `echo` gets the
+    weighted by exp(similarity / knn_temperature) (featcache.train.knn). `echo` gets the
     selection's table and choice, `log` the per-epoch lines; `out` writes the run directory (refused
     before training if it holds a run). A cache that does not fit `max_memory` (see open_cache) trains
-    linear heads streamed from the file, shuffled by blocks (featcache.streaming). `extract_wall_time_s`
+    linear heads streamed from the file, shuffled by blocks (featcache.cache.streaming). `extract_wall_time_s`
     and `cache_reused` (what experiment knows of the extraction) are recorded in history.json when given."""
-    from .heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
-    from .loop import EpochConfig, check_learning_rate
+    from .train.heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
+    from .train.loop import EpochConfig, check_learning_rate
 
     if head not in ("linear", "logreg", "knn"):
         raise FeatcacheError(f"`head` must be 'linear', 'logreg' or 'knn', got {head!r}")
@@ -365,7 +366,7 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
             _opened(cache, max_memory, len(sweep_lrs) * len(sweep_wds) if sweep else 1, head, echo) as cache:
         started = time.perf_counter()
         if head == "knn":
-            from .knn import knn_probe
+            from .train.knn import knn_probe
 
             probe = knn_probe(cache.train_features[:, 0], cache.train_labels, cache.test_features, cache.test_labels,
                               seed=seed, val_fraction=val_fraction, temperature=knn_temperature,
@@ -444,7 +445,7 @@ def _warn_few_blocks(cache, echo: Log | None) -> None:
 
 
 def _streamed(cache) -> bool:
-    from .streaming import StreamedCache
+    from .cache.streaming import StreamedCache
 
     return isinstance(cache, StreamedCache)
 
@@ -478,8 +479,8 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, hea
     stay the cache's), with train_head's arguments. Plain linear heads train in lockstep, one batched
     step for all seeds; `sweep`, logreg and kNN run seed after seed. Returns a SeedRuns; `out` gets one
     run directory per seed and seeds.json."""
-    from .heads import train_seeded_heads
-    from .loop import EpochConfig, check_learning_rate
+    from .train.heads import train_seeded_heads
+    from .train.loop import EpochConfig, check_learning_rate
 
     seeds = _seed_list(seeds)
     if weight_decay < 0:
@@ -526,16 +527,16 @@ def decoded_line(images, seconds: float) -> str:
 
 def load_images(data: DataSpec, image_size: int = 224, seed: int = 0, device: str = "auto",
                 max_memory: int | str | None = None, num_workers: int = 0):
-    """Both splits resized for `image_size` (featcache.augment.ImageData): what the end-to-end trainers
+    """Both splits resized for `image_size` (featcache.data.views.ImageData): what the end-to-end trainers
     draw their views from, seeded by `seed`. Decoded once into memory when they fit `max_memory`
     (bytes or '8GB'; default half the available RAM, shared among torchrun's local ranks), the test
     split first; a split that does not fit is decoded per batch, training batches by `num_workers`
     DataLoader workers. The numbers are the same either way."""
     import torch
 
-    from .augment import DecodedSplit, ImageData, decode_all, decoded_bytes
+    from .data.views import DecodedSplit, ImageData, decode_all, decoded_bytes
     from .backbone import resolve_device
-    from .streaming import default_memory_budget, parse_memory
+    from .cache.streaming import default_memory_budget, parse_memory
 
     check_image_size(image_size)
     if num_workers < 0:
@@ -577,12 +578,12 @@ def _head_source(init_head) -> str | None:
 
 
 def _train_end_to_end(approach: str, train, images, config, record: dict, folder: Path | None, resume: bool) -> Run:
-    """train(images, ranks=, checkpoint=) on this process's rank (featcache.ddp: one process, or a torchrun
+    """train(images, ranks=, checkpoint=) on this process's rank (featcache.train.ddp: one process, or a torchrun
     rank with its own device), checkpointing into `folder`; rank 0 alone writes the run."""
     import dataclasses
 
-    from .ddp import Checkpoint, training_ranks
-    from .train import timed
+    from .train.ddp import Checkpoint, training_ranks
+    from .train.end_to_end import timed
 
     with reported_once():
         if resume and folder is None:
@@ -617,7 +618,7 @@ def _write_run(run: Run, folder: Path) -> None:
 def _finished_run(folder: Path, record: dict) -> Run:
     """The run already written to `folder`, resumed: kept as it is if it was trained with these options
     (a checkpoint left by a kill between writing the run and removing it is removed)."""
-    from .ddp import CHECKPOINT
+    from .train.ddp import CHECKPOINT, differing_options
 
     config = read_run(folder).get("config", {})
     differing = differing_options({key: value for key, value in config.items() if key not in ("ranks", "decoding")},
@@ -665,10 +666,10 @@ def finetune(images, weights: str = "imagenet", *, epochs: int = 15, batch_size:
     `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): a new head
     (lr_head) and the `unfreeze` stages (lr_backbone), the rest frozen in eval mode (frozen_bn='train': the notebook's everything-in-train-mode). `init_head` starts
     the head from a Run or a run directory. Under torchrun every rank trains its share of each batch
-    (featcache.ddp); with `out`, a checkpoint is saved after every epoch and `resume` continues from it.
+    (featcache.train.ddp); with `out`, a checkpoint is saved after every epoch and `resume` continues from it.
     `max_memory` and `num_workers`: decoding, see load_images."""
-    from .loop import EpochConfig, check_learning_rate
-    from .train import check_finetune_options, finetune as finetune_model
+    from .train.loop import EpochConfig, check_learning_rate
+    from .train.end_to_end import check_finetune_options, finetune as finetune_model
 
     with ExitStack() as held:  # the run folder, from before decoding until the run is written
         with reported_once():
@@ -701,8 +702,8 @@ def scratch(images, *, epochs: int = 15, batch_size: int = 32, seed: int = 0, lr
     `image_size`, default 224, on `device`, default 'auto'; the views are seeded by `seed`): every
     parameter, Adam, the reference augmentation drawn fresh each epoch. torchrun and `resume`: as
     finetune."""
-    from .loop import EpochConfig, check_learning_rate
-    from .train import scratch as scratch_model
+    from .train.loop import EpochConfig, check_learning_rate
+    from .train.end_to_end import scratch as scratch_model
 
     with ExitStack() as held:  # the run folder, from before decoding until the run is written
         with reported_once():
@@ -747,8 +748,8 @@ def _end_to_end_seeds(train, approach: str, images, seeds, view_seed: int, out, 
     Under torchrun one process group serves every seed and rank 0 alone reports, writes and prints.
     With `resume`, a finished seed is kept (its options checked) and an unfinished one resumes from
     its checkpoint."""
-    from .ddp import CHECKPOINT
-    from .distributed import coordinator, local_device
+    from .train.ddp import CHECKPOINT
+    from .ranks import coordinator, local_device
 
     main = is_main_process()
     echo = echo if main else None
@@ -788,7 +789,7 @@ def compare(run_dirs, out: str | Path) -> dict:
     """comparison.png (loss, training and test accuracy per epoch), summary.md and summary.csv in `out`
     from run directories, and from each run's stored last-epoch predictions its per-class test
     accuracy and confusion matrix (confusion.png, and in summary.md); returns the paths and results."""
-    from .report import compare as compare_runs
+    from .evaluate.report import compare as compare_runs
 
     return compare_runs([Path(folder) for folder in run_dirs], Path(out))
 
@@ -803,8 +804,8 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 
     (training seeds, e.g. '0-2' or 3) trains every approach once per seed on those same views, seed k
     of each a pair. `echo` gets one line per finished step, `log` the per-epoch lines. Returns the
     three Runs (SeedRuns with `seeds`) and compare's result."""
-    from .loop import EpochConfig, check_learning_rate
-    from .train import build_finetune_model
+    from .train.loop import EpochConfig, check_learning_rate
+    from .train.end_to_end import build_finetune_model
 
     echo = echo or (lambda line: None)
     EpochConfig(epochs, batch_size, spec.seed)  # every check before any work
@@ -858,7 +859,7 @@ def export(run_dir: str | Path, out: str | Path, *, weights: str | None = None) 
     [N, 3, H, W] in, class probabilities out, the clean-view preprocessing inside, class names and
     provenance in its featcache.json. A feature-extraction run's backbone is read from the weights its
     cache recorded (or `weights`), refused if their sha256 is not the recorded one. Returns the metadata."""
-    from .exported import export as export_run
+    from .deploy.export import export as export_run
 
     return export_run(Path(run_dir), Path(out), weights)
 
@@ -867,7 +868,7 @@ def load_model(model: str | Path, *, weights: str | None = None, device: str = "
     """(model, metadata) of an exported file or a run directory: model(uint8 images [N, 3, H, W]) gives
     class probabilities in the order of metadata['classes']."""
     from .backbone import resolve_device
-    from .prediction import load_model as load
+    from .deploy.predict import load_model as load
 
     return load(model, resolve_device(device), weights)
 
@@ -878,7 +879,7 @@ def predict(model: str | Path, inputs, out: str | Path, *, output_format: str = 
     """Classify image files and folders (recursively) with an exported model or a run directory; write
     each file's top-k classes and probabilities to `out` as CSV or JSON, in input order. Returns the
     rows, the counts and images/s."""
-    from .prediction import predict as predict_files
+    from .deploy.predict import predict as predict_files
 
     return predict_files(model, list(inputs), out, output_format=output_format, top_k=top_k, batch_size=batch_size,
                          device=device, num_workers=num_workers, skip_bad=skip_bad, weights=weights,
@@ -892,7 +893,7 @@ def fewshot(cache, out: str | Path, *, shots=(1, 2, 5, 10, 20, 50), trials: int 
     import csv
     import json
 
-    from .fewshot_curves import LINEAR_STEPS, fewshot as run_fewshot, plot_fewshot
+    from .evaluate.fewshot import LINEAR_STEPS, fewshot as run_fewshot, plot_fewshot
 
     cache = cache if hasattr(cache, "train_features") else open_cache(cache)
     started = time.perf_counter()
@@ -921,8 +922,8 @@ def verify(path: str | Path) -> tuple[int, float]:
     A mismatch is a FeatcacheError naming the split and rows."""
     import json
 
-    from .shards import verify_file
-    from .spec import open_complete_cache
+    from .cache.shards import verify_file
+    from .cache.key import open_complete_cache
 
     with open_complete_cache(Path(path)) as handle:  # a foreign, other-version or incomplete file: one line
         ranges = sum(len(rows) for rows in json.loads(handle.attrs["checksums"]).values())
@@ -941,8 +942,8 @@ def inspect(data: DataSpec, out: str | Path, *, image_size: int = 224, seed: int
     import numpy as np
     from torchvision.models import resnet18
 
-    from .augment import DecodedSplit, make_views
-    from .report import image_grid, parameter_table
+    from .data.views import DecodedSplit, make_views
+    from .evaluate.report import image_grid, parameter_table
 
     check_image_size(image_size)
     dataset = data.load()

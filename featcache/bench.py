@@ -16,16 +16,17 @@ from pathlib import Path
 import torch
 from torchvision import transforms
 
-from .augment import ImageData, decode_all, decoded_chunks, make_views
+from .data.views import ImageData, decode_all, decoded_chunks, make_views
 from .backbone import load_backbone
-from .cache import load_cache
-from .extraction import extract
-from .data import Dataset
-from .heads import train_linear_head
-from .loop import EpochConfig
-from .spec import IMAGENET_MEAN, IMAGENET_STD, cache_provenance, resize_size
-from .tables import markdown_table
-from .train import reference_feature_extraction
+from .cache.reader import load_cache
+from .cache.writer import extract
+from .data.datasets import Dataset
+from .train.heads import train_linear_head
+from .train.loop import EpochConfig
+from .data.transform import IMAGENET_MEAN, IMAGENET_STD, resize_size
+from .cache.key import cache_provenance
+from .evaluate.tables import markdown_table
+from .train.end_to_end import reference_feature_extraction
 
 TARGETS = {  # ratio: (direction, target)
     "extraction_vs_bare_forward": (">=", 0.90),

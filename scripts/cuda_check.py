@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 import featcache
-from featcache.preprocess import resize_shorter_side
-from featcache.prediction import collect_inputs
-from featcache.spec import resize_size
+from featcache.data.clean_view import resize_shorter_side
+from featcache.deploy.predict import collect_inputs
+from featcache.data.transform import resize_size
 
 
 def resize_agreement(files: list[Path], image_size: int) -> dict:

@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 
-from featcache.synthetic import write_synthetic_cache
+from featcache.cache.synthetic import write_synthetic_cache
 
-BASELINE = "import featcache, torch, h5py, featcache.heads, featcache.streaming"
+BASELINE = "import featcache, torch, h5py, featcache.train.heads, featcache.cache.streaming"
 
 
 def child_run(args: list[str]) -> tuple[float, int]:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from featcache.cli import main
-from featcache.fingerprint import LISTINGS, TABLE
+from featcache.data.fingerprint import LISTINGS, TABLE
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-catdoghorse"
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
@@ -69,7 +69,7 @@ def run_cli():
 
 def tree_digest(folder: Path) -> dict:
     """Every file under folder with the sha256 of its bytes: to prove nothing was touched. The table of
-    remembered file hashes and folder listings (featcache.fingerprint) are left out: updating those memos is not a change to
+    remembered file hashes and folder listings (featcache.data.fingerprint) are left out: updating those memos is not a change to
     any cache or run."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name not in (TABLE, LISTINGS)}

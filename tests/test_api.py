@@ -104,6 +104,6 @@ def test_importing_featcache_imports_no_torch_and_keeps_matplotlib_backend():
     light = subprocess.run([sys.executable, "-c", "import sys, featcache; print('torch' in sys.modules)"],
                            capture_output=True, text=True, timeout=120)
     assert light.stdout.strip() == "False", light.stderr
-    probe = "import matplotlib; matplotlib.use('svg'); import featcache.report; print(matplotlib.get_backend())"
+    probe = "import matplotlib; matplotlib.use('svg'); import featcache.evaluate.report; print(matplotlib.get_backend())"
     backend = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert backend.stdout.strip() == "svg", backend.stderr

@@ -1,9 +1,9 @@
 """A view is a pure function of (seed, split, index, view): batching must not change its pixels."""
 import torch
 
-from featcache.augment import make_views, view_params
-from featcache.augment import decode_all
-from featcache.data import load_dataset
+from featcache.data.views import make_views, view_params
+from featcache.data.views import decode_all
+from featcache.data.datasets import load_dataset
 
 
 def _images(image_folder, size=32):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from featcache.backbone import load_backbone
-from featcache.cache import load_cache
-from featcache.extraction import extract
-from featcache.data import load_dataset
-from featcache.spec import cache_provenance
+from featcache.cache.reader import load_cache
+from featcache.cache.writer import extract
+from featcache.data.datasets import load_dataset
+from featcache.cache.key import cache_provenance
 from conftest import torch_threads, write_image_folder
 
 pytestmark = pytest.mark.slow

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import featcache
-from featcache.augment import DecodedSplit, make_views
+from featcache.data.views import DecodedSplit, make_views
 from featcache.backbone import load_backbone
-from featcache.exported import run_model
-from featcache.preprocess import CleanView, batchable, resize_shorter_side
+from featcache.deploy.export import run_model
+from featcache.data.clean_view import CleanView, batchable, resize_shorter_side
 
 from conftest import assert_clean_failure, write_image_folder
 

@@ -14,10 +14,10 @@ from torchvision.models import resnet18
 
 from featcache import FeatcacheError
 from featcache.backbone import load_backbone
-from featcache.cache import load_cache
-from featcache.extraction import extract
-from featcache.spec import cache_provenance
-from featcache.data import load_dataset
+from featcache.cache.reader import load_cache
+from featcache.cache.writer import extract
+from featcache.cache.key import cache_provenance
+from featcache.data.datasets import load_dataset
 from conftest import SHARED_DATA, SHARED_WEIGHTS, tree_digest, write_image_folder
 
 SMALL = ["--weights", "random", "--image-size", "32", "--views", "2", "--batch-size", "5"]

@@ -4,8 +4,8 @@ import os
 import time
 
 import featcache
-from featcache import fingerprint
-from featcache.fingerprint import FileHashes
+from featcache.data import fingerprint
+from featcache.data.fingerprint import FileHashes
 
 from conftest import write_image_folder
 
@@ -106,8 +106,8 @@ def test_class_folders_are_listed_again_only_when_they_change(tmp_path, monkeypa
         os.utime(folder, (time.time() - 60, time.time() - 60))
     monkeypatch.setattr(fingerprint, "RACY_NS", 0)
     listed = []
-    real = featcache.data.image_names
-    monkeypatch.setattr(featcache.data, "image_names", lambda folder: listed.append(folder) or real(folder))
+    real = featcache.data.datasets.image_names
+    monkeypatch.setattr(featcache.data.datasets, "image_names", lambda folder: listed.append(folder) or real(folder))
     first = locate(data, tmp_path / "cache")
     assert len(listed) == 6 and (tmp_path / "cache" / fingerprint.LISTINGS).is_file()
     listed.clear()

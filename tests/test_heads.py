@@ -11,17 +11,18 @@ import torch
 
 import featcache
 from featcache.backbone import load_backbone
-from featcache.cache import load_cache
-from featcache.extraction import extract
-from featcache.spec import cache_provenance
-from featcache.augment import decode_all
-from featcache.data import load_dataset
-from featcache.heads import (LinearHeads, logistic_regression_probe, logreg_as_linear,
-                             sweep_heads, train_linear_head, with_bias_column)
-from featcache.augment import ImageData
-from featcache.heads import validation_split, view_for_epoch
-from featcache.loop import EpochConfig, accuracy, run_epochs, seeded_linear
-from featcache.train import reference_feature_extraction
+from featcache.cache.reader import load_cache
+from featcache.cache.writer import extract
+from featcache.cache.key import cache_provenance
+from featcache.data.views import decode_all
+from featcache.data.datasets import load_dataset
+from featcache.train.heads import (LinearHeads, logistic_regression_probe, logreg_as_linear, sweep_heads,
+                                   train_linear_head, with_bias_column)
+from featcache.data.views import ImageData
+from featcache.train.heads import validation_split
+from featcache.cache.reader import view_for_epoch
+from featcache.train.loop import EpochConfig, accuracy, run_epochs, seeded_linear
+from featcache.train.end_to_end import reference_feature_extraction
 from conftest import tree_digest
 
 VIEWS = 3
@@ -127,7 +128,7 @@ def test_a_run_folder_is_held_by_one_process_and_released_by_a_kill(cached, run_
     refused in one line and writes nothing; a SIGKILLed holder leaves no stale claim."""
     _, path = cached
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from featcache.runs import claimed\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from featcache.evaluate.runs import claimed\n"
                                f"with claimed({str(out)!r}, 'feature-extraction'):\n"
                                "    print('held', flush=True); sys.stdin.read()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

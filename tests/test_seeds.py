@@ -8,9 +8,9 @@ import torch
 from scipy import stats as scipy_stats
 
 import featcache
-from featcache.heads import train_linear_head, train_seeded_heads
-from featcache.loop import EpochConfig
-from featcache.stats import bootstrap_interval, mcnemar, paired_bootstrap, parse_seeds, t_interval
+from featcache.train.heads import train_linear_head, train_seeded_heads
+from featcache.train.loop import EpochConfig
+from featcache.evaluate.stats import bootstrap_interval, mcnemar, paired_bootstrap, parse_seeds, t_interval
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_seeds_differ_reproduce_and_keep_the_cache(cache, tmp_path, run_cli):
 def test_end_to_end_seeds_share_the_views(image_folder, tmp_path, monkeypatch):
     """Every view a training seed asks for is made with the view seed (5), whatever the training seed:
     per seed, the same (image, view) pairs each epoch, with the same pixels."""
-    import featcache.augment as augment
+    import featcache.data.views as augment
 
     made = {}
     real = augment.make_views
@@ -113,7 +113,7 @@ def test_t_interval_known_answer():
     assert half == pytest.approx(0.0994, abs=1e-4)
     assert t_interval([0.5])["low"] is None  # one seed: no interval, said so
     assert "single value" in t_interval([0.5])["method"]
-    from featcache.stats import paired_seed_interval
+    from featcache.evaluate.stats import paired_seed_interval
 
     paired = paired_seed_interval([0.71, 0.72, 0.73], [0.70, 0.70, 0.70])  # differences 0.01, 0.02, 0.03
     assert paired["difference"] == pytest.approx(0.02)
@@ -157,7 +157,7 @@ def test_compare_a_run_with_itself_reports_zero(cache, tmp_path):
 
 
 def test_knn_with_k1_on_its_own_training_features_is_perfect(cache):
-    from featcache.knn import KNNHead
+    from featcache.train.knn import KNNHead
 
     clean = cache.train_features[:, 0]
     head = KNNHead(clean, cache.train_labels, len(cache.classes), k=1)
@@ -179,7 +179,7 @@ def test_knn_head_runs_exports_and_predicts(cache, image_folder, tmp_path, run_c
 
 
 def test_fewshot_subsets_are_seeded_per_class_from_training_images_and_shared_by_probes(cache, tmp_path, monkeypatch):
-    from featcache import fewshot_curves as fewshot_module
+    from featcache.evaluate import fewshot as fewshot_module
 
     import h5py
 
@@ -220,7 +220,7 @@ def test_fewshot_command(cache, tmp_path, run_cli):
 
 
 def test_fewshot_plot_labels_its_shots_as_plain_numbers(tmp_path):
-    from featcache.fewshot_curves import plot_fewshot
+    from featcache.evaluate.fewshot import plot_fewshot
 
     rows = [{"probe": "linear", "shots": k, "trials": 2, "mean_test_acc": 0.5, "ci95_low": 0.4, "ci95_high": 0.6}
             for k in (1, 5)]
@@ -230,8 +230,8 @@ def test_fewshot_plot_labels_its_shots_as_plain_numbers(tmp_path):
 
 
 def test_linear_probe_takes_its_fixed_budget_of_steps(cache, monkeypatch):
-    from featcache import fewshot_curves
-    from featcache.heads import LinearHeads
+    from featcache.evaluate import fewshot as fewshot_curves
+    from featcache.train.heads import LinearHeads
 
     steps = []
     real = LinearHeads.step
@@ -243,7 +243,7 @@ def test_linear_probe_takes_its_fixed_budget_of_steps(cache, monkeypatch):
 
 
 def test_knn_leave_one_out_and_temperature(cache):
-    from featcache.knn import KNNHead
+    from featcache.train.knn import KNNHead
 
     clean = cache.train_features[:, 0]
     head = KNNHead(clean, cache.train_labels, 3, k=1)

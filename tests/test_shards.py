@@ -12,11 +12,11 @@ import torch
 
 from featcache import FeatcacheError
 from featcache.backbone import load_backbone
-from featcache.cache import load_cache
-from featcache.extraction import extract
-from featcache.data import load_dataset
-from featcache.shards import shard_folder
-from featcache.spec import cache_provenance
+from featcache.cache.reader import load_cache
+from featcache.cache.writer import extract
+from featcache.data.datasets import load_dataset
+from featcache.cache.shards import shard_folder
+from featcache.cache.key import cache_provenance
 from conftest import torch_threads, tree_digest
 from test_bad_input import assert_clean_failure
 
@@ -125,13 +125,13 @@ def test_injected_enospc_on_a_shard_write_is_one_line(image_folder, tmp_path, ru
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(descriptor, data)
 
-    monkeypatch.setattr("featcache.shards.os.write", write_until_full)
+    monkeypatch.setattr("featcache.cache.shards.os.write", write_until_full)
     result = run_cli(*extract_cli(image_folder, tmp_path / "cache"))
     assert_error_after_progress(result, "no room left in", "writing shard train-000002.h5", "the cache needs",
                                 "make room")
     [shards] = (tmp_path / "cache").glob("*.shards")
     assert sorted(p.name for p in shards.iterdir()) == ["train-000000.h5", "train-000001.h5"]
-    monkeypatch.setattr("featcache.shards.os.write", real_write)
+    monkeypatch.setattr("featcache.cache.shards.os.write", real_write)
     again = run_cli(*extract_cli(image_folder, tmp_path / "cache"))
     assert again.exit_code == 0 and "resumed: 2 of 6 shards" in again.output, again.output
     assert_same_cache(next((tmp_path / "cache").glob("*.h5")), reference)
@@ -254,8 +254,8 @@ def test_a_resume_with_another_thread_count_is_refused(image_folder, tmp_path, r
 
 
 def test_ranks_with_different_thread_counts_are_refused_by_rank_0():
-    from featcache.distributed import SingleProcess
-    from featcache.extraction import _check_ranks_agree
+    from featcache.ranks import SingleProcess
+    from featcache.cache.writer import _check_ranks_agree
 
     class TwoRanks(SingleProcess):  # rank 0 of ranks that computed with 2 and 1 threads
         def gather(self, value):

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from featcache import api
-from featcache.heads import view_for_epoch
-from featcache.streaming import open_streamed, parse_memory
-from featcache.synthetic import write_synthetic_cache
+from featcache.cache.reader import view_for_epoch
+from featcache.cache.streaming import open_streamed, parse_memory
+from featcache.cache.synthetic import write_synthetic_cache
 
 from conftest import assert_clean_failure
 

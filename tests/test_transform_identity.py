@@ -9,17 +9,17 @@ import textwrap
 
 import pytest
 
-from featcache import augment, data, preprocess, spec
+from featcache.data import clean_view, datasets as data, transform, views as augment
 
 # Everything that decides a view's pixels, from reading the file (Split.read) onwards.
-PIXEL_CODE = (data.Split.read, data.read_image, spec.resize_size, preprocess.resize_shorter_side, preprocess.center_crop,
-              preprocess.normalization, preprocess.normalize_, preprocess.CleanView, augment.ViewParams,
+PIXEL_CODE = (data.Split.read, data.read_image, transform.resize_size, clean_view.resize_shorter_side, clean_view.center_crop,
+              clean_view.normalization, clean_view.normalize_, clean_view.CleanView, augment.ViewParams,
               augment.DecodedSplit, augment.ImageBatch, augment.view_params, augment.make_views,
               augment._resized_crops, augment._color_jitter_, augment._adjust_brightness_, augment._adjust_contrast_)
 PIXEL_CONSTANTS = ("IMAGENET_MEAN", "IMAGENET_STD", "SCALE", "RATIO", "BRIGHTNESS", "CONTRAST")
 
 # TRANSFORM_VERSION -> sha256 of the code below as Python 3.11's ast.unparse prints it (other versions
-# may print the same code differently). Changing the pixels: bump spec.TRANSFORM_VERSION and add its
+# may print the same code differently). Changing the pixels: bump transform.TRANSFORM_VERSION and add its
 # hash here. Changing only comments, docstrings or formatting: nothing to do.
 RECORDED_WITH = (3, 11)
 RECORDED = {
@@ -43,7 +43,7 @@ def pixel_code_digest() -> str:
         tree = _without_docstrings(ast.parse(textwrap.dedent(inspect.getsource(obj))))
         digest.update(ast.unparse(tree).encode())
     for name in PIXEL_CONSTANTS:
-        digest.update(f"{name}={getattr(spec, name)!r}".encode())
+        digest.update(f"{name}={getattr(transform, name)!r}".encode())
     return digest.hexdigest()
 
 
@@ -51,13 +51,13 @@ def pixel_code_digest() -> str:
                     reason=f"hashes are recorded with Python {RECORDED_WITH[0]}.{RECORDED_WITH[1]}'s ast.unparse")
 def test_pixel_code_matches_its_transform_version():
     current = pixel_code_digest()
-    assert RECORDED.get(spec.TRANSFORM_VERSION) == current, (
-        f"the code that determines a view's pixels changed (sha256 {current}) but spec.TRANSFORM_VERSION is "
-        f"still {spec.TRANSFORM_VERSION}: bump it (every cache gets a new key) and record the new hash here")
+    assert RECORDED.get(transform.TRANSFORM_VERSION) == current, (
+        f"the code that determines a view's pixels changed (sha256 {current}) but transform.TRANSFORM_VERSION is "
+        f"still {transform.TRANSFORM_VERSION}: bump it (every cache gets a new key) and record the new hash here")
 
 
 def test_the_version_is_in_the_cache_key():
-    assert spec.transform_description(64)["version"] == spec.TRANSFORM_VERSION
+    assert transform.transform_description(64)["version"] == transform.TRANSFORM_VERSION
 
 
 def test_comments_and_docstrings_do_not_count_but_code_does():

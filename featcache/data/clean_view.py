@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from .spec import IMAGENET_MEAN, IMAGENET_STD, resize_size
+from .transform import IMAGENET_MEAN, IMAGENET_STD, resize_size
 
 RESIZE = ("float32 torch.nn.functional.interpolate(bilinear, antialias=True, align_corners=False) to shorter "
           "side round(S*256/224), longer side floor(R*long/short), rounded half to even, clamped to 0..255")

@@ -12,15 +12,15 @@
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .distributed import ProcessGroup, env_world_size, local_device
-from .errors import FeatcacheError, ReportedElsewhere
-from .runs import differing_options
+from ..ranks import ProcessGroup, env_world_size, local_device
+from ..errors import FeatcacheError, ReportedElsewhere
 
 
 def share_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -203,6 +203,13 @@ def revert_batchnorm(module: nn.Module) -> nn.Module:
 
 
 CHECKPOINT = "checkpoint.pt"
+
+
+def differing_options(saved: dict, current: dict) -> list[str]:
+    """The names whose values differ between the options a run or checkpoint was saved with and these,
+    compared as JSON holds them (tuples as lists, paths as text)."""
+    saved, current = (json.loads(json.dumps(options, default=str)) for options in (saved, current))
+    return sorted(key for key in {*saved, *current} if saved.get(key) != current.get(key))
 
 
 class Checkpoint:

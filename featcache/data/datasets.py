@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import FeatcacheError
+from ..errors import FeatcacheError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 CIFAR10_DEFAULT_CLASSES = ("cat", "dog", "horse")

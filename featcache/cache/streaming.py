@@ -27,10 +27,10 @@ import h5py
 import numpy as np
 import torch
 
-from .cache import cache_metadata, damaged_cache
-from .errors import FeatcacheError
+from .reader import cache_metadata, damaged_cache
+from ..errors import FeatcacheError
 from .shards import CHUNK_ROWS, verify_file
-from .spec import FEATURE_DIM, open_complete_cache
+from .key import FEATURE_DIM, open_complete_cache
 
 BLOCK_CHUNKS = 16  # 4,096 rows of one view, 8 MB, per read
 MIN_GROUP_BLOCKS = 32  # smaller blocks where the buffer would hold fewer of them
@@ -193,7 +193,7 @@ class BlockStream:
 
     def batches(self, epoch: int, order: torch.Tensor, batch_size: int):
         """[(G,) B, D+1] batches (bias column included) of the order `order(epoch)` gave."""
-        from .heads import view_for_epoch
+        from .reader import view_for_epoch
 
         assert self._plan is not None and self._plan[0] == epoch, "order(epoch) first"
         _, groups, permutations = self._plan

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatcacheError
+from ..errors import FeatcacheError
 
 TABLE = "file-hashes.npz"
 RACY_NS = 2_000_000_000  # changed less than 2 s before hashing: not trusted, hashed again next time

@@ -138,7 +138,7 @@ def parameter_table(model: nn.Module) -> list[dict]:
 
 def image_grid(views: torch.Tensor, labels: list[str], path: Path, columns: int = 8) -> Path:
     """Save normalised views as a labelled PNG grid (the notebook's show_images)."""
-    from .spec import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.transform import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

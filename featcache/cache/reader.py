@@ -10,7 +10,7 @@ Layout (readable with plain h5py):
     /test/features     float32 [M, 512]
     /test/labels, /test/ids
 
-The writer is featcache.extraction. Reading needs neither torchvision nor the augmentation, so a
+The writer is featcache.cache.writer. Reading needs neither torchvision nor the augmentation, so a
 command that only trains heads does not pay for importing them.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import FeatcacheError
+from ..errors import FeatcacheError
 from .shards import checksum_mismatches
-from .spec import open_complete_cache
+from .key import open_complete_cache
 
 
 @dataclass
@@ -85,3 +85,8 @@ def cache_metadata(handle) -> tuple[dict, list[str]]:
 def damaged_cache(path: Path, mismatches: list[str]) -> FeatcacheError:
     return FeatcacheError(f"cache {path} is damaged: {'; '.join(mismatches)} fail their sha256; recompute it "
                           "with featcache extract --force (same options)")
+
+
+def view_for_epoch(epoch: int, views: int) -> int:
+    """Epoch e trains on augmented view 1 + e % V: a fresh augmentation every epoch while V >= epochs."""
+    return 1 + epoch % views

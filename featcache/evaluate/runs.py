@@ -14,8 +14,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._version import __version__
-from .errors import FeatcacheError
+from .._version import __version__
+from ..errors import FeatcacheError
 
 HISTORY = "history.json"
 WEIGHTS = "weights.pt"
@@ -87,13 +87,6 @@ def _hold(out: Path):
 def _refuse_a_finished_run(out: Path, overwrite: bool) -> None:
     if ((out / HISTORY).exists() or (out / SEEDS).exists()) and not overwrite:
         raise FeatcacheError(f"{out} already holds a run; choose another `out` or pass `overwrite`")
-
-
-def differing_options(saved: dict, current: dict) -> list[str]:
-    """The names whose values differ between the options a run or checkpoint was saved with and these,
-    compared as JSON holds them (tuples as lists, paths as text)."""
-    saved, current = (json.loads(json.dumps(options, default=str)) for options in (saved, current))
-    return sorted(key for key in {*saved, *current} if saved.get(key) != current.get(key))
 
 
 def clear_run_files(out: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FeatcacheError
+from ..errors import FeatcacheError
 
 DEFAULT_KS = (1, 3, 5, 10, 20, 50)
 FALLBACK_K = 1  # too few images to choose k: the nearest neighbour (larger k ties on a few images)

@@ -1,7 +1,7 @@
 """A run as one file that PyTorch alone loads and runs, and featcache's own model of a run directory.
 
 The file is a torch.export program (torch.export.save; TorchScript is deprecated): uint8 RGB images
-[N, 3, H, W], any N, H and W, in; class probabilities [N, C] out. Inside: preprocess.CleanView (the
+[N, 3, H, W], any N, H and W, in; class probabilities [N, C] out. Inside: clean_view.CleanView (the
 resize featcache decodes with, the centre crop, ImageNet normalisation), the ResNet-18 with the run's
 head, softmax. The extra file featcache.json holds the class names and provenance:
 
@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._version import __version__
-from .errors import FeatcacheError
-from .preprocess import CROP, RESIZE, CleanView
-from .runs import WEIGHTS, is_seed_folder, read_run, read_seeds
-from .spec import FEATURE_DIM, IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size, weights_identity
+from .._version import __version__
+from ..errors import FeatcacheError
+from ..data.clean_view import CROP, RESIZE, CleanView
+from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds
+from ..cache.key import FEATURE_DIM, weights_identity
+from ..data.transform import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size
 
 METADATA = "featcache.json"
 EXPORT_FORMAT = "featcache-export"
@@ -111,7 +112,7 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     (or `weights`), checked against their recorded identity."""
     from torchvision.models import resnet18
 
-    from .backbone import load_backbone
+    from ..backbone import load_backbone
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -139,7 +140,7 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
         source, identity, seed = _backbone_source(record, weights, run_dir)
         network = load_backbone(source, seed)
         if "knn" in record:  # the head is the training features and their labels
-            from .knn import KNNHead
+            from ..train.knn import KNNHead
 
             try:
                 network.fc = KNNHead.from_state(state, record["knn"])

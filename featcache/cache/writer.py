@@ -1,6 +1,6 @@
 """Writing the feature cache: extraction in checksummed shards by any number of processes.
 
-Extraction computes fixed shards of consecutive rows (featcache.shards), dealt round-robin over the
+Extraction computes fixed shards of consecutive rows (featcache.cache.shards), dealt round-robin over the
 processes; each shard is committed to its own file. When all are done, rank 0 verifies them and copies
 them into `<name>.h5.partial`, which is renamed to `<name>.h5` only after the copy matches the shards'
 checksums: a reader never sees an incomplete file under the final name, and a killed run loses at
@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ._version import __version__
-from .errors import FeatcacheError
-from .augment import ImageBatch, decoded_chunks, make_views
-from .data import Dataset
-from .distributed import coordinator, local_device
+from .._version import __version__
+from ..errors import FeatcacheError
+from ..data.views import ImageBatch, decoded_chunks, make_views
+from ..data.datasets import Dataset
+from ..ranks import coordinator, local_device
 from .shards import (DEFAULT_SHARD_SIZE, Shard, assemble, check_cut, environment_error, feature_bytes, free_bytes,
                      megabytes, plan_shards, scan_shards, write_shard)
-from .spec import (BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractResult, cache_key, cache_path,
-                   reusable_cache, shard_folder)
+from .key import (BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractResult, cache_key, cache_path,
+                  reusable_cache, shard_folder)
 
 ASSEMBLY_ATTEMPTS = 3  # a shard damaged between its commit and assembly is recomputed; twice more is a bad disk
 

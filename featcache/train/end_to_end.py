@@ -1,5 +1,5 @@
 """End-to-end training on images: fine-tuning, training from scratch, and the notebook's feature
-extraction (the reference the cache is checked and timed against), all on featcache.loop's epochs."""
+extraction (the reference the cache is checked and timed against), all on featcache.train.loop's epochs."""
 from __future__ import annotations
 
 import time
@@ -9,13 +9,14 @@ from torch import nn
 from torchvision.models import resnet18
 from tqdm import tqdm
 
-from .errors import FeatcacheError
-from .augment import ImageData
-from .backbone import STAGES, load_backbone
+from ..errors import FeatcacheError
+from ..data.views import ImageData
+from ..backbone import STAGES, load_backbone
 from .ddp import Ranks, revert_batchnorm
-from .heads import LinearHeads, single_head_history, train_heads, view_for_epoch, with_bias_column
+from .heads import LinearHeads, single_head_history, train_heads, with_bias_column
+from ..cache.reader import view_for_epoch
 from .loop import EVAL_BATCH, EpochConfig, evaluate, run_epochs, seeded_linear
-from .spec import FEATURE_DIM
+from ..cache.key import FEATURE_DIM
 
 def check_finetune_options(unfreeze, frozen_bn: str = "eval") -> None:
     """The fine-tuning options that need no model to check."""
@@ -57,7 +58,7 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
     frozen_bn="eval" keeps frozen modules in eval mode (BatchNorm statistics never change), which also
     makes the frozen trunk's output on the test images fixed: computed once, reused every epoch.
     frozen_bn="train" reproduces the notebook (whole model in train mode). `ranks` and `checkpoint`:
-    featcache.ddp (torchrun, and resuming a killed run).
+    featcache.train.ddp (torchrun, and resuming a killed run).
     """
     ranks = ranks or Ranks()
     check_finetune_options(unfreeze, frozen_bn)

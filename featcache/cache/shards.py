@@ -23,8 +23,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import FeatcacheError
-from .spec import FEATURE_DIM, shard_folder
+from ..errors import FeatcacheError
+from .key import FEATURE_DIM, shard_folder
 
 SHARD_FORMAT = "featcache-shard"
 DEFAULT_SHARD_SIZE = 256  # images; measured: see README "Performance"

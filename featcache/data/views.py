@@ -3,7 +3,7 @@
 Training transform: Resize(s*256/224) -> RandomResizedCrop(s) -> RandomHorizontalFlip ->
 ColorJitter(brightness=0.2, contrast=0.2) -> ImageNet normalisation. Validation transform:
 Resize(s*256/224) -> CenterCrop(s) -> normalisation. The resize happens once at decode time
-(DecodedSplit), with featcache.preprocess's exactly named resize, the one an exported model runs;
+(DecodedSplit), with featcache.data.transform's exactly named resize, the one an exported model runs;
 the random steps then run on whole batches.
 
 A view is a pure function of (seed, split, sample index, view index): its random parameters come
@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 
-from .errors import FeatcacheError
-from .data import Split
-from .preprocess import center_crop, normalize_, resize_shorter_side
-from .spec import BRIGHTNESS, CONTRAST, RATIO, SCALE, resize_size
+from ..errors import FeatcacheError
+from .datasets import Split
+from .clean_view import center_crop, normalize_, resize_shorter_side
+from .transform import BRIGHTNESS, CONTRAST, RATIO, SCALE, resize_size
 
 @dataclass(frozen=True)
 class ViewParams:

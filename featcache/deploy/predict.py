@@ -2,7 +2,7 @@
 
 Images of mixed sizes are batched without changing a pixel: each is resized as the model's clean view
 resizes it and cropped to one of at most three shapes the model maps to the same clean view
-(preprocess.batchable); images then wait in one queue per shape until a batch is full.
+(clean_view.batchable); images then wait in one queue per shape until a batch is full.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import torch
 import torchvision.transforms.v2.functional as F
 from tqdm import tqdm
 
-from .data import IMAGE_EXTENSIONS, read_image
-from .errors import FeatcacheError
-from .preprocess import batchable
+from ..data.datasets import IMAGE_EXTENSIONS, read_image
+from ..errors import FeatcacheError
+from ..data.clean_view import batchable
 
 FORMATS = ("csv", "json")
 
@@ -61,7 +61,7 @@ class Prepared(torch.utils.data.Dataset):
 
 def load_model(model: str | Path, device: torch.device, weights: str | None = None):
     """(callable on uint8 batches, metadata) for an exported file or a run directory."""
-    from .exported import load_exported, run_model
+    from .export import load_exported, run_model
 
     if Path(model).is_dir():
         classifier, metadata = run_model(model, weights)
@@ -77,7 +77,7 @@ def predict(model: str | Path, inputs: list[str | Path], out: str | Path, *, out
     """Classify `inputs` with `model` and write the top-k classes of each to `out` (CSV or JSON), in
     input order. A file that is not a readable image is an error naming it; with `skip_bad` it is
     reported through `echo`, listed with its error, and the run goes on."""
-    from .backbone import resolve_device
+    from ..backbone import resolve_device
 
     if output_format not in FORMATS:
         raise FeatcacheError(f"`output_format` must be one of {', '.join(FORMATS)}, got {output_format!r}")
@@ -156,7 +156,7 @@ def _row(path: Path, probabilities: torch.Tensor | None, error: str | None, clas
 
 def _write(out: Path, rows: list[dict], output_format: str, top_k: int, metadata: dict) -> Path:
     """The whole file at a temporary name, then renamed: an interrupted run leaves no half-written output."""
-    from .exported import write_atomically
+    from .export import write_atomically
 
     if output_format == "json":
         text = json.dumps({"classes": metadata["classes"], "model": {k: metadata.get(k) for k in (

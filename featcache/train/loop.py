@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .errors import FeatcacheError
+from ..errors import FeatcacheError
 
 EVAL_BATCH = 128
 
@@ -59,8 +59,8 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
     """Train for config.epochs; epoch_inputs(epoch, batches) gives the model's inputs for each list of
     sample indices in turn (an iterator, so that the next batches can be decoded while one trains).
 
-    Under torchrun, `ranks` (featcache.ddp) gives each rank its share of every global batch and sums the
-    metrics; `model` is then DDP-wrapped. `checkpoint` (featcache.ddp.Checkpoint) saves the state after
+    Under torchrun, `ranks` (featcache.train.ddp) gives each rank its share of every global batch and sums the
+    metrics; `model` is then DDP-wrapped. `checkpoint` (featcache.train.ddp.Checkpoint) saves the state after
     every epoch, of `saved` (default: the unwrapped model; the whole network when only part of it
     trains, as its frozen BatchNorm may still update), and restores a saved one first. Each epoch's line goes to `log` (tqdm.write keeps it
     above an active progress bar)."""

@@ -1,7 +1,7 @@
 """Heads trained on cached features: a linear head, a batched sweep of heads, a logistic-regression probe.
 
 Features are in-memory tensors, so a head trains in well under a second: no DataLoader, no images; a
-cache larger than the memory budget is streamed from the file instead (featcache.streaming).
+cache larger than the memory budget is streamed from the file instead (featcache.cache.streaming).
 Selection (sweep, logreg's C) uses a validation split carved from the training images, never the test set.
 """
 from __future__ import annotations
@@ -14,17 +14,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .errors import FeatcacheError
-from .cache import FeatureCache
+from ..errors import FeatcacheError
+from ..cache.reader import FeatureCache, view_for_epoch
 from .loop import EpochConfig, log_epoch, seeded_linear
-from .spec import FEATURE_DIM
+from ..cache.key import FEATURE_DIM
 
 DEFAULT_LOGREG_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
-
-
-def view_for_epoch(epoch: int, views: int) -> int:
-    """Epoch e trains on augmented view 1 + e % V: a fresh augmentation every epoch while V >= epochs."""
-    return 1 + epoch % views
 
 
 class LinearHeads:
@@ -95,7 +90,7 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
     `order`, batch by batch. Histories hold one value per head per epoch; the shuffle is run_epochs'
     with config.seed, or with `seeds` one shuffle per head (order [G, N], batches [G, B, D+1]): head k
     then sees exactly the batches a single head of seed seeds[k] would. `epoch_order(epoch)`, when
-    given, replaces the shuffle (a streamed cache's block order: featcache.streaming). `progress`: a
+    given, replaces the shuffle (a streamed cache's block order: featcache.cache.streaming). `progress`: a
     tqdm bar in rows/s (for streamed caches, which take minutes).
     """
     onehot = torch.eye(heads.params.shape[1])  # class -> one-hot row, gathered per batch: no [G, N, C] state

@@ -9,7 +9,7 @@ every probe and are reproducible from the seed. Each probe is evaluated on the w
   one k train in lockstep as one LinearHeads, each with its own subset, init and shuffle.
 - logreg: scikit-learn LogisticRegressionCV on clean views, C chosen by stratified cross-validation
   inside the subset (min(k, 3) folds) when k >= 2, else C = 1.0.
-- knn: featcache.knn on clean views, k chosen on a validation split of the subset when every class has
+- knn: featcache.train.knn on clean views, k chosen on a validation split of the subset when every class has
   at least 5 images, else 1-NN.
 """
 from __future__ import annotations
@@ -19,11 +19,12 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import FeatcacheError
-from .heads import LinearHeads, view_for_epoch, with_bias_column
-from .knn import knn_probe
-from .loop import seeded_linear
-from .spec import FEATURE_DIM
+from ..errors import FeatcacheError
+from ..train.heads import LinearHeads, with_bias_column
+from ..cache.reader import view_for_epoch
+from ..train.knn import knn_probe
+from ..train.loop import seeded_linear
+from ..cache.key import FEATURE_DIM
 from .stats import t_interval
 
 LINEAR_STEPS = 705  # the reference head's steps: 15 epochs x ceil(1,500 / 32) batches

@@ -15,10 +15,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ._version import __version__
-from .errors import FeatcacheError
+from .._version import __version__
+from ..errors import FeatcacheError
 from .shards import CHUNK_ROWS, features_sha256
-from .spec import BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION
+from .key import BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION
 
 WRITE_ROWS = 16 * CHUNK_ROWS  # rows generated and written at a time; checksummed per 256 rows, as extraction's
 # shards are, so that verifying never holds more than 256 rows

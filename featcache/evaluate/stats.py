@@ -19,7 +19,7 @@ BATCH = 500  # resamples at a time: all 10,000 at once over 10,000 test images w
 
 def parse_seeds(text: str) -> list[int]:
     """'0-9' (inclusive), '0,3,7', or 'N' meaning N seeds 0..N-1 (one particular seed k: 'k-k')."""
-    from .errors import FeatcacheError
+    from ..errors import FeatcacheError
 
     try:
         if "-" in text.strip().lstrip("-"):

@@ -1,0 +1,43 @@
+"""The tree shows the architecture: phases as packages in the order data flows, no module importing one
+above it, and docs/architecture.md naming every module."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "featcache"
+# lower layers first; a module may import its own layer or those below it
+LAYERS = (("errors", "_version"), ("ranks", "backbone"), ("data",), ("cache",), ("train",), ("evaluate",),
+          ("deploy",), ("api", "bench", "cli", "__init__", "__main__"))
+
+
+def modules() -> dict[str, Path]:
+    return {".".join(path.relative_to(PACKAGE).with_suffix("").parts): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(module: str) -> int:
+    top = module.split(".")[0]
+    return next(index for index, names in enumerate(LAYERS) if top in names)
+
+
+def imported(module: str, path: Path) -> set[str]:
+    """featcache modules `module` imports, at the top or inside functions."""
+    package = list(path.relative_to(PACKAGE).parent.parts)  # what a one-dot relative import starts from
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            found.update([target] if node.module else [f"{target}.{alias.name}".strip(".") for alias in node.names])
+    return {name for name in found if name}
+
+
+def test_no_module_imports_one_above_it():
+    wrong = [f"{module} imports {target}" for module, path in modules().items() for target in imported(module, path)
+             if layer(target) > layer(module)]
+    assert not wrong, wrong
+
+
+def test_every_module_is_in_the_architecture_map():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [str(path.relative_to(ROOT)) for path in modules().values() if f"`{path.relative_to(ROOT)}`" not in text]
+    assert not missing, f"docs/architecture.md does not name {missing}"
