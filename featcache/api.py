@@ -16,18 +16,17 @@ from __future__ import annotations
 import os
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ._version import __version__
 from .errors import FeatcacheError, ReportedElsewhere
-from .data.datasets import Dataset, load_dataset
-from .evaluate.runs import (APPROACHES, HISTORY, HISTORY_KEYS, WEIGHTS, clear_run_files, default_run_dir, claimed,
-                            read_predictions, read_run, read_seeds, write_run, write_seeds)
+from .data.datasets import DataSpec
+from .evaluate.runs import (APPROACHES, HISTORY, Run, SeedRuns, claimed, clear_run_files, default_run_dir, read_run,
+                            as_seed_list, seeds_line, summary_line, write_seeds)
 from .cache.shards import DEFAULT_SHARD_SIZE
-from .cache.key import (BACKBONE_PARAMETERS, FEATURE_DIM, PRECISIONS, ExtractResult, cache_key, cache_path,
-                        cache_provenance, open_complete_cache, reusable_cache, shard_folder)
+from .cache.key import (BACKBONE_PARAMETERS, CacheSpec, ExtractResult, cache_key, open_complete_cache, reusable_cache,
+                        shard_folder)
 from .data.transform import MIN_IMAGE_SIZE, TRANSFORM_VERSION, check_image_size
 from .evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 
@@ -36,7 +35,8 @@ __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "DataSpec", "Ca
            "export", "load_model", "predict", "SeedRuns", "train_head_seeds", "finetune_seeds", "scratch_seeds",
            "seeds_line", "fewshot",
            "verify", "inspect", "bench", "claim_run_dir", "default_run_dir", "is_main_process", "summary_line",
-           "markdown_table", "SUMMARY_COLUMNS", "UNCERTAINTY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS"]
+           "markdown_table", "SUMMARY_COLUMNS", "UNCERTAINTY_COLUMNS", "DEFAULT_SHARD_SIZE", "DEFAULT_SWEEP_LRS", "DEFAULT_SWEEP_WDS",
+           "MIN_IMAGE_SIZE"]
 
 if TYPE_CHECKING:  # for annotations only: importing it needs torch
     from .cache.reader import FeatureCache
@@ -45,64 +45,6 @@ DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_SWEEP_WDS = (0.0, 1e-4, 1e-3, 1e-2)
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which images: 'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and test/<class>/*.
-
-    `classes` picks classes by name and fixes the label order; `per_class` keeps the first N training
-    images of each class (None: all), `test_per_class` likewise for the test split."""
-
-    data: str = "cifar10"
-    classes: tuple[str, ...] | None = None
-    per_class: int | None = 500
-    test_per_class: int | None = None
-    download: bool = False
-    data_root: Path | None = None
-
-    def load(self, listings=None) -> Dataset:
-        return load_dataset(self.data, list(self.classes) if self.classes else None, self.per_class,
-                            self.test_per_class, self.download, self.data_root, listings)
-
-
-@dataclass(frozen=True)
-class CacheSpec:
-    """Everything that determines cached features. Both the backbone and the cache key are built from
-    it, so the features filed under a key are always those of the weights it names.
-
-    `weights` is 'imagenet', 'random' (seeded, for tests) or a path to a ResNet-18 state dict."""
-
-    data: DataSpec = field(default_factory=DataSpec)
-    weights: str = "imagenet"
-    image_size: int = 224
-    views: int = 10
-    seed: int = 0
-    precision: str = "fp32"
-    cache_dir: Path = Path("cache")
-
-    def __post_init__(self):
-        check_image_size(self.image_size)
-        if self.views < 1:
-            raise FeatcacheError(f"`views` must be at least 1, got {self.views}")
-        if self.precision not in PRECISIONS:
-            raise FeatcacheError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision}")
-
-    def locate(self, rehash: bool = False) -> tuple[Dataset, dict, Path]:
-        """(dataset, provenance, the cache file's path), without importing torch. Files' content hashes
-        are remembered in cache_dir under their stat, and class folders' listings under the folders'
-        (featcache.data.fingerprint): a repeated call lists only changed folders and reads only changed
-        files, or everything with `rehash`."""
-        from .data.fingerprint import FileHashes, FolderListings
-
-        listings = FolderListings(self.cache_dir, rehash)
-        dataset = self.data.load(listings)
-        hashes = FileHashes(self.cache_dir, rehash)
-        provenance = cache_provenance(dataset, self.weights, self.seed, self.image_size, self.views, self.precision,
-                                      hashes)
-        listings.save()
-        hashes.save()
-        return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)
 
 
 def is_main_process() -> bool:
@@ -178,131 +120,10 @@ def open_cache(source: CacheSpec | str | Path, max_memory: int | str | None = No
     return open_streamed(Path(source), budget, heads)
 
 
-@dataclass
-class Run:
-    """A trained model and what a run directory records of it; `save` writes history.json and weights.pt."""
-
-    approach: str
-    model: object  # torch.nn.Module: the head alone for feature extraction
-    history: dict  # per-epoch train_loss, train_acc, test_acc
-    config: dict
-    wall_time_s: float
-    device: object  # torch.device
-    trainable_params: int
-    total_params: int
-    record: dict = field(default_factory=dict)  # what else history.json holds: classes, cache key, sweep grid...
-    path: Path | None = None
-    predictions: dict | None = None  # last epoch's test ids, labels, probabilities [M, C] (predictions.npz)
-
-    @property
-    def final_test_acc(self) -> float:
-        return self.history["test_acc"][-1]
-
-    @classmethod
-    def load(cls, folder: str | Path) -> Run:
-        """A run directory as a Run, its model rebuilt (a Linear(512, C) head, or a ResNet-18) with the
-        saved weights."""
-        import torch
-        from torch import nn
-        from torchvision.models import resnet18
-
-        record = read_run(Path(folder))
-        state = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)
-        if "bank" in state:  # a kNN head: its training features are its weights
-            from .train.knn import KNNHead
-
-            model = KNNHead.from_state(state, record["knn"])
-        else:
-            head = record["approach"] == "feature-extraction"
-            classes = len(state["weight"] if head else state["fc.weight"])
-            model = nn.Linear(FEATURE_DIM, classes) if head else resnet18(num_classes=classes)
-        model.load_state_dict(state)
-        known = {"approach", "config", "wall_time_s", "device", "trainable_params", "total_params", "run_dir",
-                 *HISTORY_KEYS}
-        return cls(record["approach"], model, {key: record[key] for key in HISTORY_KEYS}, record.get("config", {}),
-                   record["wall_time_s"], record["device"], record["trainable_params"], record["total_params"],
-                   {key: value for key, value in record.items() if key not in known}, Path(folder),
-                   read_predictions(Path(folder)))
-
-    def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
-        with claimed(out, self.approach, overwrite) as out:
-            write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,
-                      self.device, self.trainable_params, self.total_params, self.predictions, **self.record)
-        self.path = out
-        return out
-
-
-@dataclass
-class SeedRuns:
-    """The same approach trained once per training seed: `runs` in seed order, and their statistics.
-    A run directory of several seeds holds seed-<k>/ (each a run directory) and seeds.json."""
-
-    approach: str
-    runs: list[Run]
-    path: Path | None = None
-    seconds: float | None = None  # wall time of all seeds together
-
-    @property
-    def seeds(self) -> list[int]:
-        return [run.config.get("seed") for run in self.runs]
-
-    @property
-    def final_test_accs(self) -> list[float]:
-        return [run.final_test_acc for run in self.runs]
-
-    def summary(self) -> dict:
-        """Mean, standard deviation and 95% t-interval over seeds of the final test accuracy."""
-        from .evaluate.stats import t_interval
-
-        return t_interval(self.final_test_accs)
-
-    def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
-        with claimed(out, self.approach, overwrite) as out:
-            for run in self.runs:
-                run.save(out / f"seed-{run.config.get('seed')}", overwrite=True)
-            write_seeds(out, self.approach, self.seeds, self.final_test_accs, self.summary(), self.seconds)
-        self.path = out
-        return out
-
-    @classmethod
-    def load(cls, folder: str | Path) -> SeedRuns:
-        record = read_seeds(Path(folder))
-        return cls(record["approach"], [Run.load(Path(folder) / f"seed-{seed}") for seed in record["seeds"]],
-                   Path(folder), record.get("seconds"))
-
-
 def _saved_seeds(group: SeedRuns, folder: Path | None) -> SeedRuns:
     if folder is not None:
         group.save(folder, overwrite=True)
     return group
-
-
-def _seed_list(seeds) -> list[int]:
-    from .evaluate.stats import parse_seeds
-
-    if isinstance(seeds, int):  # a count, as on the command line
-        return parse_seeds(str(seeds))
-    return parse_seeds(seeds) if isinstance(seeds, str) else [int(seed) for seed in seeds]
-
-
-def seeds_line(group: SeedRuns) -> str:
-    """The line a training command prints after several seeds: mean, std and the 95% interval."""
-    summary = group.summary()
-    where = f"; runs written to {group.path}" if group.path else ""
-    if summary["n"] < 2:
-        return f"{group.approach}: final test accuracy {summary['mean']:.4f} (one seed: no interval){where}"
-    return (f"{group.approach}: final test accuracy {summary['mean']:.4f} ± {summary['std']:.4f} (std) over "
-            f"{summary['n']} seeds, 95% interval [{summary['low']:.4f}, {summary['high']:.4f}] "
-            f"({summary['method']}){where}")
-
-
-def summary_line(run: Run) -> str:
-    """The one line each training command prints when it is done."""
-    where = f"; run written to {run.path}" if run.path else ""
-    if run.approach == "feature-extraction":
-        return (f"feature extraction: final test accuracy {run.final_test_acc:.4f}; head trained in "
-                f"{run.wall_time_s:.2f} s{where}")
-    return f"{run.approach}: final test accuracy {run.final_test_acc:.4f} in {run.wall_time_s:.1f} s{where}"
 
 
 def claim_run_dir(out: str | Path | None, approach: str, overwrite: bool = False) -> Path:
@@ -482,7 +303,7 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, *, hea
     from .train.heads import train_seeded_heads
     from .train.loop import EpochConfig, check_learning_rate
 
-    seeds = _seed_list(seeds)
+    seeds = as_seed_list(seeds)
     if weight_decay < 0:
         raise FeatcacheError(f"`weight_decay` must be non-negative, got {weight_decay}")
     with _claimed(out, "feature-extraction", overwrite) as folder, \
@@ -755,7 +576,7 @@ def _end_to_end_seeds(train, approach: str, images, seeds, view_seed: int, out, 
     echo = echo if main else None
     with ExitStack() as held:  # the folder of seeds, until seeds.json is written
         with reported_once():
-            seeds = _seed_list(seeds)
+            seeds = as_seed_list(seeds)
             if resume and out is None:
                 raise FeatcacheError("`resume` needs `out`: the folder of seeds to continue")
             folder = held.enter_context(_claimed(out, approach, overwrite))
@@ -812,7 +633,7 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 
     for name, value in (("lr", lr), ("lr_head", lr_head), ("lr_backbone", lr_backbone)):
         check_learning_rate(name, value)
     build_finetune_model(spec.weights, 2, spec.seed, list(unfreeze))
-    seed_list = _seed_list(seeds) if seeds is not None else None
+    seed_list = as_seed_list(seeds) if seeds is not None else None
     out = Path(out) if out is not None else default_run_dir("experiment")
     with ExitStack() as held:  # the three run folders, until the comparison is written
         folders = {approach: held.enter_context(claimed(out / approach, approach, overwrite))
@@ -890,31 +711,13 @@ def fewshot(cache, out: str | Path, *, shots=(1, 2, 5, 10, 20, 50), trials: int 
             probes=("linear", "logreg", "knn"), knn_temperature: float | None = None, log: Log | None = None) -> dict:
     """Few-shot curves from a cache alone (featcache.fewshot): per k and probe, the mean test accuracy
     over `trials` seeded subsets with its 95% t-interval; writes fewshot.{md,csv,json,png} to `out`."""
-    import csv
-    import json
-
-    from .evaluate.fewshot import LINEAR_STEPS, fewshot as run_fewshot, plot_fewshot
+    from .evaluate.fewshot import fewshot as run_fewshot, write_fewshot
 
     cache = cache if hasattr(cache, "train_features") else open_cache(cache)
     started = time.perf_counter()
     rows = run_fewshot(cache, list(shots), trials, seed, list(probes), log, knn_temperature)
     seconds = time.perf_counter() - started
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    columns = ["probe", "shots", "trials", "mean_test_acc", "ci95_low", "ci95_high", "std", "setting"]
-    markdown = (markdown_table(rows, columns) + f"\n\nMean test accuracy over {trials} trials per k (subsets "
-                f"seeded by {seed}, the same for every probe), 95% t-interval over trials; the linear probe "
-                f"takes {LINEAR_STEPS} Adam steps whatever k is. Cache: {cache.path}.\n")
-    (out / "fewshot.md").write_text(markdown)
-    with (out / "fewshot.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "fewshot.json").write_text(json.dumps({"cache": str(cache.path), "seed": seed, "seconds": seconds,
-                                                  "rows": rows}, indent=2) + "\n")
-    plot_fewshot(rows, out / "fewshot.png")
-    return {"rows": rows, "seconds": seconds, "markdown": markdown, "md": out / "fewshot.md",
-            "csv": out / "fewshot.csv", "json": out / "fewshot.json", "png": out / "fewshot.png"}
+    return {"rows": rows, "seconds": seconds, **write_fewshot(rows, Path(out), trials, seed, cache.path, seconds)}
 
 
 def verify(path: str | Path) -> tuple[int, float]:

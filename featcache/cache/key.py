@@ -15,7 +15,8 @@ from pathlib import Path
 import h5py
 
 from .._version import __version__
-from ..data.transform import transform_description
+from ..data.datasets import Dataset, DataSpec
+from ..data.transform import check_image_size, transform_description
 from ..errors import FeatcacheError
 
 FORMAT = "featcache"
@@ -138,3 +139,42 @@ class ExtractResult:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """Everything that determines cached features. Both the backbone and the cache key are built from
+    it, so the features filed under a key are always those of the weights it names.
+
+    `weights` is 'imagenet', 'random' (seeded, for tests) or a path to a ResNet-18 state dict."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    weights: str = "imagenet"
+    image_size: int = 224
+    views: int = 10
+    seed: int = 0
+    precision: str = "fp32"
+    cache_dir: Path = Path("cache")
+
+    def __post_init__(self):
+        check_image_size(self.image_size)
+        if self.views < 1:
+            raise FeatcacheError(f"`views` must be at least 1, got {self.views}")
+        if self.precision not in PRECISIONS:
+            raise FeatcacheError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision}")
+
+    def locate(self, rehash: bool = False) -> tuple[Dataset, dict, Path]:
+        """(dataset, provenance, the cache file's path), without importing torch. Files' content hashes
+        are remembered in cache_dir under their stat, and class folders' listings under the folders'
+        (featcache.data.fingerprint): a repeated call lists only changed folders and reads only changed
+        files, or everything with `rehash`."""
+        from ..data.fingerprint import FileHashes, FolderListings
+
+        listings = FolderListings(self.cache_dir, rehash)
+        dataset = self.data.load(listings)
+        hashes = FileHashes(self.cache_dir, rehash)
+        provenance = cache_provenance(dataset, self.weights, self.seed, self.image_size, self.views, self.precision,
+                                      hashes)
+        listings.save()
+        hashes.save()
+        return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)

@@ -184,3 +184,22 @@ def _load_folder(root: Path, classes, per_class, test_per_class, listings=None) 
     return Dataset(root.resolve().name, list(classes), splits["train"], splits["test"],
                    {"source": "image folder", "path": str(root.resolve()), "per_class": per_class,
                     "test_per_class": test_per_class})
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images: 'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and test/<class>/*.
+
+    `classes` picks classes by name and fixes the label order; `per_class` keeps the first N training
+    images of each class (None: all), `test_per_class` likewise for the test split."""
+
+    data: str = "cifar10"
+    classes: tuple[str, ...] | None = None
+    per_class: int | None = 500
+    test_per_class: int | None = None
+    download: bool = False
+    data_root: Path | None = None
+
+    def load(self, listings=None) -> Dataset:
+        return load_dataset(self.data, list(self.classes) if self.classes else None, self.per_class,
+                            self.test_per_class, self.download, self.data_root, listings)

@@ -12,9 +12,11 @@ import os
 import platform
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._version import __version__
+from ..cache.key import FEATURE_DIM
 from ..errors import FeatcacheError
 
 HISTORY = "history.json"
@@ -193,3 +195,125 @@ def read_seeds(folder: Path) -> dict:
 
 def is_seed_folder(folder: Path) -> bool:
     return (Path(folder) / SEEDS).is_file()
+
+
+@dataclass
+class Run:
+    """A trained model and what a run directory records of it; `save` writes history.json and weights.pt."""
+
+    approach: str
+    model: object  # torch.nn.Module: the head alone for feature extraction
+    history: dict  # per-epoch train_loss, train_acc, test_acc
+    config: dict
+    wall_time_s: float
+    device: object  # torch.device
+    trainable_params: int
+    total_params: int
+    record: dict = field(default_factory=dict)  # what else history.json holds: classes, cache key, sweep grid...
+    path: Path | None = None
+    predictions: dict | None = None  # last epoch's test ids, labels, probabilities [M, C] (predictions.npz)
+
+    @property
+    def final_test_acc(self) -> float:
+        return self.history["test_acc"][-1]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Run:
+        """A run directory as a Run, its model rebuilt (a Linear(512, C) head, or a ResNet-18) with the
+        saved weights."""
+        import torch
+        from torch import nn
+        from torchvision.models import resnet18
+
+        record = read_run(Path(folder))
+        state = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)
+        if "bank" in state:  # a kNN head: its training features are its weights
+            from ..train.knn import KNNHead
+
+            model = KNNHead.from_state(state, record["knn"])
+        else:
+            head = record["approach"] == "feature-extraction"
+            classes = len(state["weight"] if head else state["fc.weight"])
+            model = nn.Linear(FEATURE_DIM, classes) if head else resnet18(num_classes=classes)
+        model.load_state_dict(state)
+        known = {"approach", "config", "wall_time_s", "device", "trainable_params", "total_params", "run_dir",
+                 *HISTORY_KEYS}
+        return cls(record["approach"], model, {key: record[key] for key in HISTORY_KEYS}, record.get("config", {}),
+                   record["wall_time_s"], record["device"], record["trainable_params"], record["total_params"],
+                   {key: value for key, value in record.items() if key not in known}, Path(folder),
+                   read_predictions(Path(folder)))
+
+    def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
+        with claimed(out, self.approach, overwrite) as out:
+            write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,
+                      self.device, self.trainable_params, self.total_params, self.predictions, **self.record)
+        self.path = out
+        return out
+
+
+@dataclass
+class SeedRuns:
+    """The same approach trained once per training seed: `runs` in seed order, and their statistics.
+    A run directory of several seeds holds seed-<k>/ (each a run directory) and seeds.json."""
+
+    approach: str
+    runs: list[Run]
+    path: Path | None = None
+    seconds: float | None = None  # wall time of all seeds together
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.config.get("seed") for run in self.runs]
+
+    @property
+    def final_test_accs(self) -> list[float]:
+        return [run.final_test_acc for run in self.runs]
+
+    def summary(self) -> dict:
+        """Mean, standard deviation and 95% t-interval over seeds of the final test accuracy."""
+        from .stats import t_interval
+
+        return t_interval(self.final_test_accs)
+
+    def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
+        with claimed(out, self.approach, overwrite) as out:
+            for run in self.runs:
+                run.save(out / f"seed-{run.config.get('seed')}", overwrite=True)
+            write_seeds(out, self.approach, self.seeds, self.final_test_accs, self.summary(), self.seconds)
+        self.path = out
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SeedRuns:
+        record = read_seeds(Path(folder))
+        return cls(record["approach"], [Run.load(Path(folder) / f"seed-{seed}") for seed in record["seeds"]],
+                   Path(folder), record.get("seconds"))
+
+
+def as_seed_list(seeds) -> list[int]:
+    """Seeds as a list: a count N (seeds 0..N-1), a string 'A-B' or '0,3,7', or an iterable of ints."""
+    from .stats import parse_seeds
+
+    if isinstance(seeds, int):  # a count, as on the command line
+        return parse_seeds(str(seeds))
+    return parse_seeds(seeds) if isinstance(seeds, str) else [int(seed) for seed in seeds]
+
+
+def seeds_line(group: SeedRuns) -> str:
+    """The line a training command prints after several seeds: mean, std and the 95% interval."""
+    summary = group.summary()
+    where = f"; runs written to {group.path}" if group.path else ""
+    if summary["n"] < 2:
+        return f"{group.approach}: final test accuracy {summary['mean']:.4f} (one seed: no interval){where}"
+    return (f"{group.approach}: final test accuracy {summary['mean']:.4f} ± {summary['std']:.4f} (std) over "
+            f"{summary['n']} seeds, 95% interval [{summary['low']:.4f}, {summary['high']:.4f}] "
+            f"({summary['method']}){where}")
+
+
+def summary_line(run: Run) -> str:
+    """The one line each training command prints when it is done."""
+    where = f"; run written to {run.path}" if run.path else ""
+    if run.approach == "feature-extraction":
+        return (f"feature extraction: final test accuracy {run.final_test_acc:.4f}; head trained in "
+                f"{run.wall_time_s:.2f} s{where}")
+    return f"{run.approach}: final test accuracy {run.final_test_acc:.4f} in {run.wall_time_s:.1f} s{where}"
