@@ -1,7 +1,12 @@
 """The tree shows the architecture: phases as packages in the order data flows, no module importing one
 above it, and docs/architecture.md naming every module."""
 import ast
+import importlib.util
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "featcache"
@@ -41,3 +46,10 @@ def test_every_module_is_in_the_architecture_map():
     text = (ROOT / "docs" / "architecture.md").read_text()
     missing = [str(path.relative_to(ROOT)) for path in modules().values() if f"`{path.relative_to(ROOT)}`" not in text]
     assert not missing, f"docs/architecture.md does not name {missing}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ruff") is None, reason="ruff comes with the test extra: pip install -e '.[test]'")
+def test_the_tree_is_clean_under_ruff():
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "featcache", "tests", "scripts"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -37,9 +37,11 @@ def test_clean_view_is_the_center_crop(image_folder):
     images = _images(image_folder)[:3]
     out = make_views(images, [0, 1, 2], 0, "train", 0, 32)
     image = images[0]
-    top = int(round((image.shape[1] - 32) / 2)); left = int(round((image.shape[2] - 32) / 2))
+    top = int(round((image.shape[1] - 32) / 2))
+    left = int(round((image.shape[2] - 32) / 2))
     expected = image[:, top:top + 32, left:left + 32].float() / 255
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1); std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     assert torch.allclose(out[0], (expected - mean) / std, atol=1e-6)
 
 
