@@ -121,7 +121,7 @@ def open_cache(source: CacheSpec | str | Path, max_memory: int | str | None = No
 
 
 def _saved_seeds(group: SeedRuns, folder: Path | None) -> SeedRuns:
-    if folder is not None:
+    if folder is not None and is_main_process():
         group.save(folder, overwrite=True)
     return group
 
@@ -142,8 +142,9 @@ def _claimed(out, approach: str, overwrite: bool):
 
 
 def _saved(run: Run, folder: Path | None) -> Run:
-    """Write the run where `_claim` said it may go (checked before training, so no time is lost)."""
-    if folder is not None:
+    """Write the run where `_claimed` holds the folder (checked before training, so no time is lost);
+    under torchrun rank 0 alone writes."""
+    if folder is not None and is_main_process():
         run.save(folder, overwrite=True)
     return run
 
@@ -636,7 +637,7 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, *, epochs: int = 
     seed_list = as_seed_list(seeds) if seeds is not None else None
     out = Path(out) if out is not None else default_run_dir("experiment")
     with ExitStack() as held:  # the three run folders, until the comparison is written
-        folders = {approach: held.enter_context(claimed(out / approach, approach, overwrite))
+        folders = {approach: held.enter_context(_claimed(out / approach, approach, overwrite))
                    for approach in APPROACHES}
         started = time.perf_counter()
         images, seconds = timed_load_images(spec.data, spec.image_size, spec.seed, device)
@@ -709,7 +710,7 @@ def predict(model: str | Path, inputs, out: str | Path, *, output_format: str = 
 
 def fewshot(cache, out: str | Path, *, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
             probes=("linear", "logreg", "knn"), knn_temperature: float | None = None, log: Log | None = None) -> dict:
-    """Few-shot curves from a cache alone (featcache.fewshot): per k and probe, the mean test accuracy
+    """Few-shot curves from a cache alone (featcache.evaluate.fewshot): per k and probe, the mean test accuracy
     over `trials` seeded subsets with its 95% t-interval; writes fewshot.{md,csv,json,png} to `out`."""
     from .evaluate.fewshot import fewshot as run_fewshot, write_fewshot
 

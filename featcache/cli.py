@@ -169,7 +169,7 @@ def extract(**options):
     clean view. The file name carries a key over everything that determines the features, so the
     same inputs reuse the file and any change writes a new one. Work is committed in checksummed
     shards: a killed run resumes from its finished shards. On several processes:
-    `torchrun --nproc-per-node N -m featcache extract ...` (see the README).
+    `torchrun --nproc-per-node N -m featcache extract ...` (see docs/processes.md).
     """
     result = api.extract(cache_spec(options), batch_size=options["batch_size"], shard_size=options["shard_size"],
                          device=options["device"], num_workers=options["num_workers"], force=options["force"],

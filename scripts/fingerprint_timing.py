@@ -1,5 +1,5 @@
 """Times finding a cache (CacheSpec.locate: listing, fingerprint, key) on a synthetic folder of tiny files,
-cold (every file hashed) and warm (the stat table answers): the figures in the README's cache section.
+cold (every file hashed) and warm (the stat table answers): the figures in docs/cache.md.
 
     python scripts/fingerprint_timing.py /tmp/f60k 20000     # 3 classes x 20,000 training files
     python scripts/fingerprint_timing.py /tmp/f1m 333330     # about a million

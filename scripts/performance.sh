@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's "Performance": featcache bench at the reference size and at 224 px, and
+# Reproduces docs/performance.md: featcache bench at the reference size and at 224 px, and
 # train-head's wall time on the reference cache (median of 5). About 10 minutes on 2 CPU cores.
 # Run from the repository root with ../shared present, after scripts/results.sh (for the cache).
 set -euo pipefail

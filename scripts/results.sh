@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's "Results": the three-way experiment with the near- and the far-transfer
+# Reproduces docs/results.md: the three-way experiment with the near- and the far-transfer
 # stand-in weights, a sweep and the logistic-regression probe on the far-transfer cache, then the
 # three-seed experiment, 20 cached heads and the few-shot curves on the near-transfer cache.
 # About 55 minutes on 2 CPU cores. Run from the repository root with ../shared present.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's "Scale" measurements on this machine: finding a cache among 60,000 and
+# Reproduces docs/scale.md's measurements on this machine: finding a cache among 60,000 and
 # 1,000,000 tiny files, heads on a synthetic 1,000,000-row cache streamed under 1GB, streamed against
 # in-memory heads on the reference cache, and decoding once against per batch. About 25 minutes on
 # 2 CPU cores (writing a million files takes most of it) and 8 GB of free disk under $SCALE.

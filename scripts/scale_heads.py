@@ -1,7 +1,7 @@
 """Heads at a million images: a synthetic cache of ROWS training rows x (1 clean + 2 augmented) views
 trained with `featcache train-head --max-memory 1GB` (streamed), next to the in-memory path on a cache
 that fits. Each run is its own process; peak RSS is its ru_maxrss (os.wait4), the baseline an
-import-only child's. Prints a markdown table (the README's scale section).
+import-only child's. Prints a markdown table (docs/scale.md).
 
     python scripts/scale_heads.py /tmp/scale            # 1,000,000 rows: 6.1 GB of features
     python scripts/scale_heads.py /tmp/scale --rows 100000 --fits 20000

@@ -143,6 +143,23 @@ def test_a_run_folder_is_held_by_one_process_and_released_by_a_kill(cached, run_
     assert sorted(p.name for p in out.iterdir()) == ["history.json", "predictions.npz", "weights.pt"]
 
 
+def test_a_failed_run_leaves_no_folder_and_a_file_system_without_flock_still_writes(cached, run_cli, tmp_path,
+                                                                                   monkeypatch):
+    import errno
+    import fcntl
+
+    _, path = cached
+    failed = run_cli("train-head", tmp_path / "missing.h5", "--out", tmp_path / "a" / "b" / "run")
+    assert failed.exit_code == 1 and not (tmp_path / "a").exists()  # the folders the claim made are gone
+
+    def no_locks(*args):  # Lustre without -o flock, some FUSE mounts
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    written = run_cli("train-head", path, "--epochs", "1", "--out", tmp_path / "run")
+    assert written.exit_code == 0, written.output
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["history.json", "predictions.npz", "weights.pt"]
+
+
 @pytest.mark.slow
 def test_two_train_heads_started_together_write_one_whole_run(cached, tmp_path):
     _, path = cached

@@ -61,7 +61,7 @@ def load_cache(path: Path) -> FeatureCache:
     """Read a cache file and check every feature byte against its recorded sha256; anything but a
     complete, intact featcache cache of this format is a FeatcacheError.
 
-    Checking on every load costs about 35 ms on the reference cache (55 MB; see README), against
+    Checking on every load costs about 35 ms on the reference cache (55 MB; see docs/cache.md), against
     seconds for the train-head command, so no head ever trains on damaged features."""
     with open_complete_cache(path) as handle:
         attrs, test_ids = cache_metadata(handle)

@@ -27,7 +27,7 @@ from ..errors import FeatcacheError
 from .key import FEATURE_DIM, shard_folder
 
 SHARD_FORMAT = "featcache-shard"
-DEFAULT_SHARD_SIZE = 256  # images; measured: see README "Performance"
+DEFAULT_SHARD_SIZE = 256  # images; measured: see docs/performance.md
 CHUNK_ROWS = 256  # HDF5 chunk rows of the assembled file; one chunk holds one view of up to 256 rows
 SPLITS = ("train", "test")
 

@@ -1,6 +1,6 @@
 """Datasets as lists of samples: ids, labels, class names and a content fingerprint.
 
-Images are decoded lazily (augment.DecodedSplit) so that a DataLoader can spread decoding over
+Images are decoded lazily (views.DecodedSplit) so that a DataLoader can spread decoding over
 workers; everything that determines the numbers is fingerprinted up front for the cache key. No
 torch here: finding an existing cache must not pay for importing it.
 """

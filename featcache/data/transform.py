@@ -4,6 +4,8 @@ every cache key. Finding a finished cache builds its key from this module alone.
 """
 from __future__ import annotations
 
+import operator
+
 from ..errors import FeatcacheError
 
 MIN_IMAGE_SIZE = 16  # the smallest crop accepted, by the CLI (--image-size) and the API alike
@@ -15,10 +17,15 @@ BRIGHTNESS = 0.2
 CONTRAST = 0.2
 
 
-def check_image_size(image_size: int) -> int:
-    if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+def check_image_size(image_size) -> int:
+    """`image_size` as an int (numpy's integers too), refused in one line below MIN_IMAGE_SIZE or not whole."""
+    try:
+        size = operator.index(image_size)
+    except TypeError:
+        size = None
+    if size is None or isinstance(image_size, bool) or size < MIN_IMAGE_SIZE:
         raise FeatcacheError(f"`image_size` must be an integer of at least {MIN_IMAGE_SIZE}, got {image_size!r}")
-    return image_size
+    return size
 
 
 def resize_size(image_size: int) -> int:

@@ -3,7 +3,7 @@
 Training transform: Resize(s*256/224) -> RandomResizedCrop(s) -> RandomHorizontalFlip ->
 ColorJitter(brightness=0.2, contrast=0.2) -> ImageNet normalisation. Validation transform:
 Resize(s*256/224) -> CenterCrop(s) -> normalisation. The resize happens once at decode time
-(DecodedSplit), with featcache.data.transform's exactly named resize, the one an exported model runs;
+(DecodedSplit), with featcache.data.clean_view's exactly named resize, the one an exported model runs;
 the random steps then run on whole batches.
 
 A view is a pure function of (seed, split, sample index, view index): its random parameters come
@@ -165,7 +165,7 @@ class DecodedSplit(torch.utils.data.Dataset):
     """Sample i decoded and resized (shorter side to resize_size) as a uint8 [3, H, W] tensor.
 
     The resize is the reference pipeline's first, deterministic step, done once per image with
-    preprocess.resize_shorter_side, exactly as an exported model does it; the random steps then run
+    clean_view.resize_shorter_side, exactly as an exported model does it; the random steps then run
     batched on tensors.
     """
 

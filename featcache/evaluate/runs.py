@@ -7,6 +7,7 @@ loadable with numpy alone.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._version import __version__
-from ..cache.key import FEATURE_DIM
 from ..errors import FeatcacheError
 
 HISTORY = "history.json"
@@ -39,27 +39,36 @@ def claimed(out: Path | None, approach: str, overwrite: bool = False, lock: bool
     write, leaving one's history.json beside the other's weights.pt.
 
     The hold is an flock on a file inside the folder: the kernel drops it when the process ends, even
-    killed, so a killed run never leaves a stale claim. Holding a folder this process already holds
-    (a run saved inside its experiment's claim) is allowed; `lock=False` only checks (torchrun's ranks
-    other than 0, which do not write). A folder the claim created is removed again if it stays empty."""
+    killed, so a killed run never leaves a stale claim. Where the file system has no flock (Windows,
+    Lustre without -o flock) the folder is only checked, as before there was a hold. Holding a folder
+    this process already holds (a run saved inside its experiment's claim) is allowed; `lock=False`
+    only checks (torchrun's ranks other than 0, which do not write). Folders the claim created are
+    removed again if they stay empty, so a refused or failed run leaves nothing."""
     out = Path(out) if out is not None else default_run_dir(approach)
     if not lock or out.resolve() in _HELD:
         _refuse_a_finished_run(out, overwrite)
         yield out
         return
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    holder = _hold(out)
-    _HELD.add(out.resolve())
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    holder = None
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        holder = _hold(out)
+        _HELD.add(out.resolve())
         _refuse_a_finished_run(out, overwrite)  # checked while held: no run can be written in between
         yield out
     finally:
         _HELD.discard(out.resolve())
-        (out / CLAIM).unlink(missing_ok=True)
-        holder.close()
-        if created and not any(out.iterdir()):
-            out.rmdir()
+        if holder is not None:
+            (out / CLAIM).unlink(missing_ok=True)
+            holder.close()
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except FileNotFoundError:  # never made (mkdir failed)
+                continue
+            except OSError:  # not empty: the run was written
+                break
 
 
 CLAIM = ".featcache-claim"
@@ -67,9 +76,12 @@ _HELD: set[Path] = set()  # the folders this process holds
 
 
 def _hold(out: Path):
-    """An open, flocked CLAIM file in `out`, or a FeatcacheError if another process holds it."""
-    import fcntl
-
+    """An open, flocked CLAIM file in `out` (None where flock is not available), or a FeatcacheError if
+    another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
     while True:
         holder = open(out / CLAIM, "a")
         try:
@@ -78,6 +90,12 @@ def _hold(out: Path):
             holder.close()
             raise FeatcacheError(f"{out} is being written by another featcache process; choose another `out`, "
                                  "or wait until it is done") from None
+        except OSError as error:  # ENOSYS, ENOLCK, EOPNOTSUPP: a file system without flock
+            holder.close()
+            (out / CLAIM).unlink(missing_ok=True)
+            if error.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
+                return None
+            raise
         try:
             if os.stat(out / CLAIM).st_ino == os.fstat(holder.fileno()).st_ino:
                 return holder
@@ -224,6 +242,8 @@ class Run:
         import torch
         from torch import nn
         from torchvision.models import resnet18
+
+        from ..cache.key import FEATURE_DIM
 
         record = read_run(Path(folder))
         state = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)
