@@ -12,11 +12,9 @@ head, softmax. The extra file featcache.json holds the class names and provenanc
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
-import os
 import time
 import zipfile
 from importlib.metadata import version
@@ -28,7 +26,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import FeatcacheError
 from ..data.clean_view import CROP, RESIZE, CleanView
-from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds
+from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds, write_atomically
 from ..cache.key import FEATURE_DIM, weights_identity
 from ..data.transform import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size
 
@@ -187,24 +185,6 @@ def export(run_dir: str | Path, out: str | Path, weights: str | None = None) -> 
     torch.export.save(program, buffer, extra_files={METADATA: json.dumps(metadata, indent=2)})
     out = write_atomically(Path(out), buffer.getbuffer())
     return {**metadata, "path": out}
-
-
-def write_atomically(out: Path, data: bytes) -> Path:
-    """`data` to a temporary name beside `out`, fsynced, then renamed: `out` is whole or untouched."""
-    partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, out)
-    except OSError as error:
-        raise FeatcacheError(f"cannot write {out}: {error.strerror or error}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
-    return out
 
 
 def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:

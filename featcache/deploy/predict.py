@@ -156,7 +156,7 @@ def _row(path: Path, probabilities: torch.Tensor | None, error: str | None, clas
 
 def _write(out: Path, rows: list[dict], output_format: str, top_k: int, metadata: dict) -> Path:
     """The whole file at a temporary name, then renamed: an interrupted run leaves no half-written output."""
-    from .export import write_atomically
+    from ..evaluate.runs import write_atomically
 
     if output_format == "json":
         text = json.dumps({"classes": metadata["classes"], "model": {k: metadata.get(k) for k in (

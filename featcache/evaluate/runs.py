@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,9 +151,8 @@ def write_run(out: Path, approach: str, history: dict, config: dict, state_dict:
         np.savez(out / PREDICTIONS, ids=np.asarray(predictions["ids"], dtype=str),
                  labels=np.asarray(predictions["labels"], dtype=np.int64),
                  probabilities=np.asarray(predictions["probabilities"], dtype=np.float32))
-    partial = out / f"{HISTORY}.partial"  # written last and renamed: a history.json is a whole run
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(partial, out / HISTORY)
+    # written last, whole or not at all: a history.json means a whole run
+    write_atomically(out / HISTORY, (json.dumps(record, indent=2) + "\n").encode())
     return out
 
 
@@ -197,7 +196,7 @@ def write_seeds(out: Path, approach: str, seeds: list[int], final_test_accs: lis
         (out / single).unlink(missing_ok=True)
     record = {"approach": approach, "seeds": seeds, "final_test_acc": final_test_accs, "summary": summary,
               "seconds": seconds, "featcache_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (out / SEEDS).write_text(json.dumps(record, indent=2) + "\n")
+    write_atomically(out / SEEDS, (json.dumps(record, indent=2) + "\n").encode())
     return out / SEEDS
 
 
@@ -337,3 +336,21 @@ def summary_line(run: Run) -> str:
         return (f"feature extraction: final test accuracy {run.final_test_acc:.4f}; head trained in "
                 f"{run.wall_time_s:.2f} s{where}")
     return f"{run.approach}: final test accuracy {run.final_test_acc:.4f} in {run.wall_time_s:.1f} s{where}"
+
+
+def write_atomically(out: Path, data: bytes) -> Path:
+    """`data` to a temporary name beside `out`, fsynced, then renamed: `out` is whole or untouched."""
+    partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, out)
+    except OSError as error:
+        raise FeatcacheError(f"cannot write {out}: {error.strerror or error}") from None
+    finally:
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
+    return out
