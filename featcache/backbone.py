@@ -10,7 +10,6 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 from .errors import FeatcacheError
 
-STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 
 def imagenet_weights_path() -> Path:

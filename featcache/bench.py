@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from torchvision import transforms
 
-from .data.views import ImageData, decode_all, decoded_chunks, make_views
+from .data.images import ImageData, decode_all, decoded_chunks
+from .data.views import make_views
 from .backbone import load_backbone
 from .cache.reader import load_cache
 from .cache.writer import extract
 from .data.datasets import Dataset
 from .train.heads import train_linear_head
-from .train.loop import EpochConfig
+from .train.config import EpochConfig
 from .data.transform import IMAGENET_MEAN, IMAGENET_STD, resize_size
 from .cache.key import cache_provenance
 from .evaluate.tables import markdown_table

@@ -3,7 +3,9 @@ prints what it returns. The API names its arguments in errors (`per_class`); Fri
 command's option (--per-class) there instead."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import os
 import re
 import sys
@@ -14,6 +16,7 @@ from tqdm import tqdm
 
 from . import api
 from .api import FeatcacheError, ReportedElsewhere, __version__
+from .train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE
 
 # featcache.api imports torch, scikit-learn and matplotlib inside the functions that use them: finding
 # an existing cache (a repeated `featcache extract`) answers in a fraction of a second.
@@ -47,91 +50,103 @@ def stacked(*options):
     return lambda function: functools.reduce(lambda f, option: option(f), reversed(options), function)
 
 
-def data_options(function=None, *, per_class: int = 500, test_per_class: int | None = None):
-    """Options that pick the dataset, shared by every command that reads images."""
+class CommaList(click.ParamType):
+    """'a,b,c' as a tuple of `kind` (float, or str for names); blanks dropped."""
+
+    def __init__(self, kind=str):
+        self.kind, self.name = kind, "numbers" if kind is float else "names"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(self.kind(part.strip()) for part in str(value).split(",") if part.strip())
+        except ValueError:
+            self.fail(f"must be comma-separated {self.name}, got {value!r}", param, ctx)
+
+
+FIELD_TYPES = {"int": int, "int | None": int, "float": float, "float | None": float, "str": str, "str | None": str,
+               "Path": click.Path(path_type=Path), "Path | None": click.Path(path_type=Path),
+               "tuple[float, ...]": CommaList(float), "tuple[str, ...]": CommaList(str),
+               "tuple[str, ...] | None": CommaList(str), "int | str | None": str, "object": str}
+
+
+def option(config_class, name: str, *, default=dataclasses.MISSING, help: str | None = None, **click_settings):
+    """The click option of a config's field: its default and help come from the field (written once,
+    in the config); `default` and `help` only where a command means something else by it."""
+    item = config_class.__dataclass_fields__[name]
+    meta = item.metadata
+    value = item.default if default is dataclasses.MISSING else default
+    settings = {"default": value, "help": help or meta["help"], "show_default": value is not None and value is not False}
+    if item.type == "bool":
+        settings.update(is_flag=True, show_default=False)
+    elif meta["choices"]:
+        settings["type"] = click.Choice(list(meta["choices"]))
+    elif meta["minimum"] is not None:
+        settings["type"] = click.IntRange(min=meta["minimum"])
+    else:
+        settings["type"] = FIELD_TYPES[item.type]
+    if isinstance(value, tuple):
+        settings["default"] = ",".join(map(str, value))
+    if meta["metavar"]:
+        settings["metavar"] = meta["metavar"]
+    return click.option(meta["option"] or "--" + name.replace("_", "-"), **{**settings, **click_settings})
+
+
+def api_default(function, name: str):
+    """The default of an API function's argument, for the commands whose settings are plain arguments."""
+    return inspect.signature(function).parameters[name].default
+
+
+def data_options(function=None, *, per_class=dataclasses.MISSING, test_per_class=dataclasses.MISSING):
+    """Options that pick the dataset (DataSpec's fields), shared by every command that reads images."""
     if function is None:
         return functools.partial(data_options, per_class=per_class, test_per_class=test_per_class)
+    test_help = None if test_per_class is dataclasses.MISSING else "Keep the first N test images of each class."
     return stacked(
-        click.option("--data", default="cifar10", show_default=True,
-                     help="'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and test/<class>/*."),
-        click.option("--classes", default=None,
-                     help="Comma-separated class names, in label order. Default: cat,dog,horse for "
-                          "CIFAR-10, every class folder for a folder."),
-        click.option("--per-class", type=int, default=per_class, show_default=True,
-                     help="Keep the first N training images of each class, in dataset order."),
-        click.option("--test-per-class", type=int, default=test_per_class, show_default=test_per_class is not None,
-                     help="Keep the first N test images of each class." + ("" if test_per_class else " Default: all.")),
-        click.option("--download", is_flag=True, help="Download CIFAR-10 if it is not in --data-root."),
-        click.option("--data-root", type=click.Path(path_type=Path), default=None,
-                     help="Where CIFAR-10 lives or is downloaded to. Default: ~/.cache/featcache/data "
-                          "or $FEATCACHE_DATA_ROOT."),
+        option(api.DataSpec, "data"),
+        option(api.DataSpec, "classes"),
+        option(api.DataSpec, "per_class", default=per_class),
+        option(api.DataSpec, "test_per_class", default=test_per_class, help=test_help),
+        option(api.DataSpec, "download"),
+        option(api.DataSpec, "data_root"),
     )(function)
 
 
-weights_options = stacked(
-    click.option("--weights", default="imagenet", show_default=True,
-                 help="'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, via torchvision's cache), "
-                      "'random' (seeded init, for tests) or a path to a ResNet-18 state dict (its fc is dropped)."),
-    click.option("--image-size", type=click.IntRange(min=api.MIN_IMAGE_SIZE), default=224, show_default=True,
-                 help="Crop size S; images are first resized to S*256/224, as the reference 256/224 pipeline."),
-)
+weights_options = stacked(option(api.CacheSpec, "weights"), option(api.CacheSpec, "image_size"))
 
 
-def run_options(batch_size: int, batch_help: str):
-    """Seed, device, batch size and decoding workers; batch size default differs per command."""
+def run_options(batch_size: int, batch_help: str, seed_help: str):
+    """Seed, device, batch size and decoding workers; the batch size's default differs per command."""
     return stacked(
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seeds the augmented views, random weights, head init and shuffling."),
-        click.option("--device", default="auto", show_default=True,
-                     help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=batch_size, show_default=True,
-                     help=batch_help),
-        click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="DataLoader worker processes that decode images."),
+        option(api.CacheSpec, "seed", help=seed_help),
+        option(api.ExtractConfig, "device"),
+        option(api.ExtractConfig, "batch_size", default=batch_size, help=batch_help),
+        option(api.ExtractConfig, "num_workers"),
     )
 
 
-precision_option = click.option(
-    "--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-    help="Backbone arithmetic during extraction: fp32, or bf16 autocast (faster on GPUs with bf16 units; "
-         "`featcache bench` reports how far its features are from fp32's).")
-
-
-shard_option = click.option(
-    "--shard-size", type=click.IntRange(min=1), default=api.DEFAULT_SHARD_SIZE, show_default=True,
-    help="Images per shard: extraction commits (and resumes, and deals out to torchrun ranks) this many "
-         "consecutive images at a time. Features are bit-identical for the same --shard-size, --batch-size and "
-         "threads per process (OMP_NUM_THREADS; torchrun gives each rank 1).")
-
-
-cache_options = stacked(
-    click.option("--views", type=click.IntRange(min=1), default=10, show_default=True,
-                 help="Augmented views cached per training image (plus the clean view 0)."),
-    click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("cache"), show_default=True,
-                 help="Folder of cache files."),
-    precision_option,
-)
-
-
-def _split_names(classes: str | None) -> tuple[str, ...] | None:
-    return tuple(name.strip() for name in classes.split(",") if name.strip()) if classes else None
-
-
-def _floats(text: str, name: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise FeatcacheError(f"{name} must be comma-separated numbers, got {text!r}") from None
+cache_options = stacked(option(api.CacheSpec, "views"), option(api.CacheSpec, "cache_dir"),
+                        option(api.CacheSpec, "precision"))
 
 
 def data_spec(options: dict) -> api.DataSpec:
-    return api.DataSpec(options["data"], _split_names(options["classes"]), options["per_class"],
-                        options["test_per_class"], options["download"], options["data_root"])
+    return api.DataSpec(options["data"], options["classes"] or None, options["per_class"], options["test_per_class"],
+                        options["download"], options["data_root"])
 
 
 def cache_spec(options: dict, views: int | None = None) -> api.CacheSpec:
     return api.CacheSpec(data_spec(options), options["weights"], options["image_size"], views or options["views"],
                          options["seed"], options["precision"], options["cache_dir"])
+
+
+def settings_of(config_class, options: dict, **extra) -> dict:
+    """The options that are fields of `config_class`, with `extra` ones (named differently on the command line)."""
+    return {**{name: options[name] for name in api_fields(config_class) if name in options}, **extra}
+
+
+def api_fields(config_class) -> list[str]:
+    return [item.name for item in dataclasses.fields(config_class)]
 
 
 def run_dir(options: dict, approach: str) -> Path:
@@ -144,6 +159,9 @@ def epoch_printer(options: dict):
     return None if options["quiet"] else tqdm.write
 
 
+SEED_HELP = "Seeds the augmented views, random weights, head init and shuffling."
+
+
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="featcache")
 def main():
@@ -154,14 +172,11 @@ def main():
 @main.command()
 @data_options
 @weights_options
-@run_options(64, "Images per backbone forward.")
+@run_options(api.ExtractConfig.batch_size, "Images per backbone forward.", SEED_HELP)
 @cache_options
-@shard_option
-@click.option("--force", is_flag=True, help="Recompute even if a complete cache (or finished shards) exists.")
-@click.option("--rehash", is_flag=True,
-              help="List every class folder and read every image file to fingerprint the dataset, instead of "
-                   "trusting what --cache-dir remembers: content hashes of files whose size, mtime, ctime and inode "
-                   "are unchanged, and listings of folders whose mtime and ctime are unchanged.")
+@option(api.ExtractConfig, "shard_size")
+@option(api.ExtractConfig, "force")
+@option(api.ExtractConfig, "rehash")
 def extract(**options):
     """Run the frozen backbone once over every view and cache the 512-d features in HDF5.
 
@@ -171,9 +186,8 @@ def extract(**options):
     shards: a killed run resumes from its finished shards. On several processes:
     `torchrun --nproc-per-node N -m featcache extract ...` (see docs/processes.md).
     """
-    result = api.extract(cache_spec(options), batch_size=options["batch_size"], shard_size=options["shard_size"],
-                         device=options["device"], num_workers=options["num_workers"], force=options["force"],
-                         rehash=options["rehash"], progress=api.is_main_process())
+    result = api.extract(cache_spec(options), progress=api.is_main_process(),
+                         **settings_of(api.ExtractConfig, options))
     if not api.is_main_process():
         return
     if result.reused:
@@ -204,7 +218,6 @@ out_options = stacked(
     click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
     click.option("--quiet", is_flag=True, help="No per-epoch lines or progress bars."),
 )
-epoch_options = click.option("--epochs", type=int, default=15, show_default=True, help="Training epochs.")
 
 
 def seeds_option(varies: str):
@@ -219,38 +232,23 @@ def seeds_option(varies: str):
 @click.argument("cache", required=False, type=click.Path(path_type=Path))
 @data_options
 @weights_options
-@click.option("--views", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Augmented views of the cache to find (without CACHE).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("cache"), show_default=True,
-              help="Folder of cache files (without CACHE).")
-@precision_option
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds head init, shuffling and the validation split (and picks the cache without CACHE).")
-@epoch_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Training batch size.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of the linear head.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="Adam weight decay of the head.")
-@click.option("--head", type=click.Choice(["linear", "logreg", "knn"]), default="linear", show_default=True,
-              help="'linear': Linear(512, C) trained with Adam; 'logreg': scikit-learn LogisticRegression probe; "
-                   "'knn': k nearest neighbours by cosine similarity on clean views, k chosen on the validation "
-                   "split (1-NN when a class has fewer than 5 training images).")
-@click.option("--knn-temperature", type=float, default=None,
-              help="kNN votes weighted by exp(similarity / T) (DINOv2 uses 0.07). Default: uniform votes.")
-@click.option("--sweep", is_flag=True,
-              help="Train a grid of linear heads (--sweep-lrs x --sweep-wds) at once, pick the best on a "
-                   "validation split of the training images, retrain it on all of them.")
-@click.option("--sweep-lrs", default=",".join(map(str, api.DEFAULT_SWEEP_LRS)),
-              show_default=True, help="Learning rates of the sweep grid.")
-@click.option("--sweep-wds", default=",".join(map(str, api.DEFAULT_SWEEP_WDS)),
-              show_default=True, help="Weight decays of the sweep grid.")
-@click.option("--logreg-views", type=click.Choice(["clean", "all"]), default="clean", show_default=True,
-              help="Fit the logreg probe on clean views only, or on clean plus every augmented view.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="Share of training images held out to choose the sweep setting, logreg's C or kNN's k.")
-@click.option("--max-memory", default=None, metavar="SIZE",
-              help="Memory for the cache's data above the process's baseline (e.g. 1GB, 512MiB). A cache that does "
-                   "not fit is streamed from the file in shuffled blocks (linear heads only). "
-                   "Default: half the available RAM.")
+@option(api.CacheSpec, "views", help="Augmented views of the cache to find (without CACHE).")
+@option(api.CacheSpec, "cache_dir", help="Folder of cache files (without CACHE).")
+@option(api.CacheSpec, "precision")
+@option(api.HeadConfig, "seed", help="Seeds head init, shuffling and the validation split (and picks the cache "
+                                     "without CACHE).")
+@option(api.HeadConfig, "epochs")
+@option(api.HeadConfig, "batch_size", type=click.IntRange(min=1))
+@option(api.HeadConfig, "lr")
+@option(api.HeadConfig, "weight_decay")
+@option(api.HeadConfig, "head")
+@option(api.HeadConfig, "knn_temperature")
+@option(api.HeadConfig, "sweep")
+@option(api.HeadConfig, "sweep_lrs")
+@option(api.HeadConfig, "sweep_wds")
+@option(api.HeadConfig, "logreg_views")
+@option(api.HeadConfig, "val_fraction")
+@option(api.HeadConfig, "max_memory")
 @seeds_option("the head's init, the shuffle and the validation split (heads train in lockstep)")
 @out_options
 def train_head(cache, **options):
@@ -260,42 +258,23 @@ def train_head(cache, **options):
     the matching cache. Epoch e trains on augmented view 1 + e % V of every image. Writes history.json
     (per-epoch train_loss, train_acc, test_acc, config, cache key, wall time, device) and weights.pt.
     """
-    common = dict(head=options["head"], epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
-                  weight_decay=options["weight_decay"], sweep=options["sweep"],
-                  sweep_lrs=_floats(options["sweep_lrs"], "--sweep-lrs") if options["sweep"] else (),
-                  sweep_wds=_floats(options["sweep_wds"], "--sweep-wds") if options["sweep"] else (),
-                  val_fraction=options["val_fraction"], logreg_views=options["logreg_views"],
-                  knn_temperature=options["knn_temperature"], max_memory=options["max_memory"],
-                  progress=not options["quiet"],
-                  out=run_dir(options, "feature-extraction"),
-                  overwrite=options["overwrite"])
+    settings = settings_of(api.HeadConfig, options)
+    common = {"out": run_dir(options, "feature-extraction"), "overwrite": options["overwrite"],
+              "progress": not options["quiet"]}
     if options["seeds"]:
-        group = api.train_head_seeds(cache or cache_spec(options), options["seeds"], **common)
+        settings.pop("seed")
+        group = api.train_head_seeds(cache or cache_spec(options), options["seeds"], **common, **settings)
         click.echo(api.seeds_line(group))
         return
-    run = api.train_head(cache or cache_spec(options), seed=options["seed"], log=epoch_printer(options),
-                         echo=click.echo, **common)
+    run = api.train_head(cache or cache_spec(options), log=epoch_printer(options), echo=click.echo, **common,
+                         **settings)
     click.echo(api.summary_line(run))
 
 
-finetune_options = stacked(
-    click.option("--lr-head", type=float, default=1e-3, show_default=True, help="Adam learning rate of the new head."),
-    click.option("--lr-backbone", type=float, default=1e-5, show_default=True,
-                 help="Adam learning rate of the unfrozen backbone stages."),
-    click.option("--unfreeze", default="layer4", show_default=True,
-                 help="Comma-separated backbone stages to train (conv1, bn1, layer1..layer4); the rest stay frozen."),
-    click.option("--frozen-bn", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
-                 help="'eval': frozen modules stay in eval mode, their BatchNorm statistics never change "
-                      "(and the frozen trunk's test outputs are computed once). 'train': the notebook's "
-                      "behaviour, whole model in train mode."),
-)
-
-
+finetune_options = stacked(*(option(api.FinetuneConfig, name)
+                             for name in ("lr_head", "lr_backbone", "unfreeze", "frozen_bn")))
 end_to_end_options = stacked(
-    click.option("--max-memory", default=None, metavar="SIZE",
-                 help="Memory for decoded images, per process (e.g. 8GB). Splits that do not fit are decoded per "
-                      "batch by --num-workers workers instead of once; the numbers are the same. Default: half "
-                      "the available RAM, shared among the machine's ranks."),
+    option(api.FinetuneConfig, "max_memory"),
     click.option("--resume", is_flag=True,
                  help="Continue the killed run in --out from its last checkpoint (saved after every epoch), "
                       "with the same options; any number of ranks. With --seeds: finished seeds are kept (their "
@@ -303,62 +282,53 @@ end_to_end_options = stacked(
 )
 
 
+def train_end_to_end(options: dict, config_class, approach: str, single, seeds, *positional) -> None:
+    """A finetune or scratch command: one run, or one per seed; rank 0 prints the summary."""
+    settings = settings_of(config_class, options)
+    settings.pop("weights", None)  # given positionally, with the images
+    common = {"out": run_dir(options, approach), "overwrite": options["overwrite"], "log": epoch_printer(options),
+              "progress": not options["quiet"], "echo": None if options["quiet"] else click.echo,
+              "resume": options["resume"]}
+    if options["seeds"]:
+        group = seeds(data_spec(options), *positional, options["seeds"], **common, **settings)
+        if api.is_main_process():
+            click.echo(api.seeds_line(group))
+        return
+    run = single(data_spec(options), *positional, **common, **settings)
+    if api.is_main_process():
+        click.echo(api.summary_line(run))
+
+
 @main.command("finetune")
 @data_options
 @weights_options
-@run_options(32, "Training batch size.")
-@epoch_options
+@run_options(api.FinetuneConfig.batch_size, "Training batch size.", SEED_HELP)
+@option(api.FinetuneConfig, "epochs")
 @finetune_options
-@click.option("--init-head", type=click.Path(path_type=Path), default=None,
-              help="Start the head from a train-head run directory instead of a random init.")
+@option(api.FinetuneConfig, "init_head", type=click.Path(path_type=Path),
+        help="Start the head from a train-head run directory instead of a random init.")
 @end_to_end_options
 @seeds_option("the head's init and the shuffle (one run after another)")
 @out_options
 def finetune_command(**options):
     """Fine-tune a pretrained ResNet-18 end to end: new head plus the --unfreeze stages, two learning
     rates, the reference augmentation drawn fresh each epoch, test accuracy every epoch."""
-    common = dict(epochs=options["epochs"], batch_size=options["batch_size"], seed=options["seed"],
-                  lr_head=options["lr_head"], lr_backbone=options["lr_backbone"],
-                  unfreeze=_split_names(options["unfreeze"]) or (), frozen_bn=options["frozen_bn"],
-                  init_head=options["init_head"], out=run_dir(options, "fine-tuning"), overwrite=options["overwrite"],
-                  log=epoch_printer(options), progress=not options["quiet"], image_size=options["image_size"],
-                  device=options["device"], echo=None if options["quiet"] else click.echo, resume=options["resume"],
-                  max_memory=options["max_memory"], num_workers=options["num_workers"])
-    if options["seeds"]:
-        group = api.finetune_seeds(data_spec(options), options["weights"], options["seeds"], **common)
-        if api.is_main_process():
-            click.echo(api.seeds_line(group))
-        return
-    run = api.finetune(data_spec(options), options["weights"], **common)
-    if api.is_main_process():
-        click.echo(api.summary_line(run))
+    train_end_to_end(options, api.FinetuneConfig, "fine-tuning", api.finetune, api.finetune_seeds,
+                     options["weights"])
 
 
 @main.command("scratch")
 @data_options
-@click.option("--image-size", type=click.IntRange(min=api.MIN_IMAGE_SIZE), default=224, show_default=True,
-              help="Crop size S; images are first resized to S*256/224.")
-@run_options(32, "Training batch size.")
-@epoch_options
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@option(api.CacheSpec, "image_size", help="Crop size S; images are first resized to S*256/224.")
+@run_options(api.ScratchConfig.batch_size, "Training batch size.", SEED_HELP)
+@option(api.ScratchConfig, "epochs")
+@option(api.ScratchConfig, "lr")
 @end_to_end_options
 @seeds_option("the model's init and the shuffle (one run after another)")
 @out_options
 def scratch_command(**options):
     """Train ResNet-18 from a seeded random init: every parameter, Adam, the reference augmentation."""
-    common = dict(epochs=options["epochs"], batch_size=options["batch_size"], seed=options["seed"], lr=options["lr"],
-                  out=run_dir(options, "scratch"), overwrite=options["overwrite"], log=epoch_printer(options),
-                  progress=not options["quiet"], image_size=options["image_size"], device=options["device"],
-                  echo=None if options["quiet"] else click.echo, resume=options["resume"],
-                  max_memory=options["max_memory"], num_workers=options["num_workers"])
-    if options["seeds"]:
-        group = api.scratch_seeds(data_spec(options), options["seeds"], **common)
-        if api.is_main_process():
-            click.echo(api.seeds_line(group))
-        return
-    run = api.scratch(data_spec(options), **common)
-    if api.is_main_process():
-        click.echo(api.summary_line(run))
+    train_end_to_end(options, api.ScratchConfig, "scratch", api.scratch, api.scratch_seeds)
 
 
 @main.command("compare")
@@ -371,17 +341,22 @@ def compare_command(run_dirs, out):
     and from each run's stored last-epoch predictions its per-class test accuracy and confusion matrix
     (confusion.png, and in summary.md)."""
     result = api.compare(run_dirs, out)
-    several = any(row["seeds"] > 1 for row in result["rows"])
-    click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS[:3] + api.UNCERTAINTY_COLUMNS if several
-                                  else api.SUMMARY_COLUMNS))
-    for row in result["comparisons"]:
-        click.echo(f"{row['a']} - {row['b']}: {row['verdict']}")
+    echo_comparison(result)
     if result["confusion_png"]:
         click.echo(f"wrote {result['png']}, {result['confusion_png']}, {result['markdown']} (with per-class "
                    f"accuracy and confusion matrices) and {result['csv']}")
     else:
         click.echo(f"wrote {result['png']}, {result['markdown']} and {result['csv']} (no run stored predictions: "
                    "no per-class results)")
+
+
+def echo_comparison(result: dict) -> None:
+    """The summary table (with intervals when a row has several seeds) and the paired verdicts."""
+    several = any(row["seeds"] > 1 for row in result["rows"])
+    click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS[:3] + api.UNCERTAINTY_COLUMNS if several
+                                  else api.SUMMARY_COLUMNS))
+    for row in result["comparisons"]:
+        click.echo(f"{row['a']} - {row['b']}: {row['verdict']}")
 
 
 @main.command("export")
@@ -408,22 +383,21 @@ def export_command(run_dir, out, weights):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="CSV (or JSON) file to write.")
-@click.option("--format", "output_format", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
+@click.option("--format", "output_format", type=click.Choice(["csv", "json"]),
+              default=api_default(api.predict, "output_format"), show_default=True,
               help="csv: path, class_k and probability_k for k = 1..--top-k, error; json: {classes, model, "
                    "predictions: [{path, top: [{class, probability}], error}]}.")
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--top-k", type=click.IntRange(min=1), default=api_default(api.predict, "top_k"), show_default=True,
               help="Classes listed per image, most probable first; at most the model's number of classes.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images per forward pass (images of any sizes are batched together).")
-@click.option("--device", default="auto", show_default=True,
-              help="'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="DataLoader worker processes that decode images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=api_default(api.predict, "batch_size"),
+              show_default=True, help="Images per forward pass (images of any sizes are batched together).")
+@option(api.ExtractConfig, "device")
+@option(api.ExtractConfig, "num_workers")
 @click.option("--skip-bad", is_flag=True,
               help="Report a file that is not a readable image, list it with its error, and go on "
                    "(default: stop with an error naming it, writing nothing).")
-@click.option("--weights", default=None, help="When MODEL is a feature-extraction run directory: its backbone weights file, as for "
-                   "featcache export.")
+@click.option("--weights", default=None, help="When MODEL is a feature-extraction run directory: its backbone "
+                                                "weights file, as for featcache export.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict_command(model, inputs, out, output_format, top_k, batch_size, device, num_workers, skip_bad, weights,
                     quiet):
@@ -442,16 +416,18 @@ def predict_command(model, inputs, out, output_format, top_k, batch_size, device
 
 @main.command("fewshot")
 @click.argument("cache", type=click.Path(path_type=Path))
-@click.option("--shots", default="1,2,5,10,20,50", show_default=True,
+@click.option("--shots", default=",".join(map(str, api_default(api.fewshot, "shots"))), show_default=True,
               help="Training images per class (k) to sample, comma-separated.")
-@click.option("--trials", type=click.IntRange(min=2), default=20, show_default=True,
+@click.option("--trials", type=click.IntRange(min=2), default=api_default(api.fewshot, "trials"), show_default=True,
               help="Subsets drawn per k (seeded, without replacement, the same for every probe).")
-@click.option("--probes", default="linear,logreg,knn", show_default=True,
-              help="linear (reference head, fixed budget of 705 Adam steps), logreg (C by cross-validation "
-                   "inside the subset, C=1 at 1 shot), knn (k on a validation split from 5 shots, else 1-NN).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the subsets, inits and shuffles.")
-@click.option("--knn-temperature", type=float, default=None,
-              help="kNN votes weighted by exp(similarity / T) (DINOv2 uses 0.07). Default: uniform votes.")
+@click.option("--probes", type=CommaList(str), default=",".join(api_default(api.fewshot, "probes")),
+              show_default=True,
+              help=f"linear (reference head, fixed budget of {FEWSHOT_LINEAR_STEPS} Adam steps), logreg (C by "
+                   "cross-validation inside the subset, C=1 at 1 shot), knn (k on a validation split from "
+                   f"{MIN_PER_CLASS_TO_CHOOSE} shots, else 1-NN).")
+@click.option("--seed", type=int, default=api_default(api.fewshot, "seed"), show_default=True,
+              help="Seeds the subsets, inits and shuffles.")
+@option(api.HeadConfig, "knn_temperature")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "fewshot", show_default=True,
               help="Folder for fewshot.md, fewshot.csv, fewshot.json and fewshot.png.")
 def fewshot_command(cache, shots, trials, probes, seed, knn_temperature, out):
@@ -462,8 +438,8 @@ def fewshot_command(cache, shots, trials, probes, seed, knn_temperature, out):
         shot_list = [int(part) for part in shots.split(",") if part.strip()]
     except ValueError:
         raise FeatcacheError(f"`shots` must be comma-separated integers, got {shots!r}") from None
-    result = api.fewshot(cache, out, shots=shot_list, trials=trials, seed=seed,
-                         probes=_split_names(probes) or (), knn_temperature=knn_temperature, log=click.echo)
+    result = api.fewshot(cache, out, shots=shot_list, trials=trials, seed=seed, probes=probes,
+                         knn_temperature=knn_temperature, log=click.echo)
     click.echo(result["markdown"])
     click.echo(f"{result['seconds']:.1f} s of compute; wrote {result['png']}, {result['md']}, {result['csv']} "
                f"and {result['json']}")
@@ -471,11 +447,11 @@ def fewshot_command(cache, shots, trials, probes, seed, knn_temperature, out):
 
 @main.command("inspect")
 @data_options
-@click.option("--image-size", type=click.IntRange(min=api.MIN_IMAGE_SIZE), default=224, show_default=True, help="Crop size S.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the augmented views shown.")
-@click.option("--count", type=click.IntRange(min=1, max=64), default=16, show_default=True,
-              help="Training images to show (spread over the classes).")
-@click.option("--view", type=click.IntRange(min=0), default=1, show_default=True,
+@option(api.CacheSpec, "image_size", help="Crop size S.")
+@option(api.CacheSpec, "seed", help="Seeds the augmented views shown.")
+@click.option("--count", type=click.IntRange(min=1, max=64), default=api_default(api.inspect, "count"),
+              show_default=True, help="Training images to show (spread over the classes).")
+@click.option("--view", type=click.IntRange(min=0), default=api_default(api.inspect, "view"), show_default=True,
               help="Which view to show: 0 clean, 1.. augmented (as extract caches them).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "inspect.png", show_default=True,
               help="PNG file of the image grid.")
@@ -490,42 +466,29 @@ def inspect_command(out, image_size, seed, count, view, **options):
 @main.command("experiment")
 @data_options
 @weights_options
-@run_options(32, "Training batch size (all three approaches).")
-@epoch_options
-@click.option("--lr", type=float, default=1e-3, show_default=True,
-              help="Adam learning rate of scratch training and of the feature-extraction head.")
+@run_options(api.ExperimentConfig.batch_size, "Training batch size (all three approaches).", SEED_HELP)
+@option(api.ExperimentConfig, "epochs")
+@option(api.ExperimentConfig, "lr")
 @finetune_options
-@click.option("--views", type=click.IntRange(min=1), default=None,
-              help="Augmented views to cache. Default: --epochs, so every epoch sees a fresh augmentation "
-                   "as in the end-to-end runs.")
-@click.option("--extract-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images per backbone forward during extraction.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=Path("cache"), show_default=True,
-              help="Folder of cache files.")
-@precision_option
+@option(api.CacheSpec, "views", default=None, type=click.IntRange(min=1),
+        help="Augmented views to cache. Default: --epochs, so every epoch sees a fresh augmentation as in the "
+             "end-to-end runs.")
+@option(api.ExperimentConfig, "extract_batch_size")
+@option(api.CacheSpec, "cache_dir")
+@option(api.CacheSpec, "precision")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the three run directories and the comparison. Default: runs/experiment-<time>.")
 @click.option("--overwrite", is_flag=True, help="Replace runs already in --out.")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines or progress bars.")
-@click.option("--seeds", default=None,
-              help="Train every approach once per training seed ('A-B', '0,3,7' or a count N: seeds 0..N-1) on "
-                   "the same views and cache: seed k of each approach is a pair. The summary shows mean ± "
-                   "interval per approach and the paired differences.")
+@option(api.ExperimentConfig, "seeds")
 def experiment(**options):
     """The whole reference experiment: scratch, extract + train-head, finetune, then compare, into one
     folder. Reference settings by default; scale down on a CPU with --image-size, --epochs, --per-class."""
-    result = api.experiment(
-        cache_spec(options, views=options["views"] or options["epochs"]), options["out"], epochs=options["epochs"],
-        batch_size=options["batch_size"], lr=options["lr"], lr_head=options["lr_head"],
-        lr_backbone=options["lr_backbone"], unfreeze=_split_names(options["unfreeze"]) or (),
-        frozen_bn=options["frozen_bn"], extract_batch_size=options["extract_batch_size"], device=options["device"],
-        num_workers=options["num_workers"], seeds=options["seeds"], overwrite=options["overwrite"],
-        echo=click.echo, log=epoch_printer(options), progress=not options["quiet"])
+    result = api.experiment(cache_spec(options, views=options["views"] or options["epochs"]), options["out"],
+                            overwrite=options["overwrite"], echo=click.echo, log=epoch_printer(options),
+                            progress=not options["quiet"], **settings_of(api.ExperimentConfig, options))
     comparison = result["comparison"]
-    click.echo(api.markdown_table(comparison["rows"], api.SUMMARY_COLUMNS if not options["seeds"] else
-                                  api.SUMMARY_COLUMNS[:3] + api.UNCERTAINTY_COLUMNS))
-    for row in comparison["comparisons"]:
-        click.echo(f"{row['a']} - {row['b']}: {row['verdict']}")
+    echo_comparison(comparison)
     plots = " and ".join(str(path) for path in (comparison["png"], comparison["confusion_png"]) if path)
     click.echo(f"experiment finished in {result['seconds']:.1f} s; plots {plots}, tables {comparison['markdown']} "
                f"and {comparison['csv']}")
@@ -534,11 +497,11 @@ def experiment(**options):
 @main.command("bench")
 @data_options(per_class=100, test_per_class=200)
 @weights_options
-@run_options(32, "Training batch size (head and end-to-end loop).")
-@epoch_options
-@click.option("--views", type=click.IntRange(min=1), default=10, show_default=True, help="Augmented views to extract.")
-@click.option("--extract-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images per backbone forward, for extraction and the bare-forward ceiling.")
+@run_options(api.EpochConfig.batch_size, "Training batch size (head and end-to-end loop).", SEED_HELP)
+@option(api.EpochConfig, "epochs")
+@option(api.CacheSpec, "views", help="Augmented views to extract.")
+@option(api.ExperimentConfig, "extract_batch_size", help="Images per backbone forward, for extraction and the "
+                                                       "bare-forward ceiling.")
 @click.option("--no-end-to-end", is_flag=True, help="Skip the (slow) end-to-end loop: throughput figures only.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "bench", show_default=True,
               help="Folder for bench.json and bench.md.")

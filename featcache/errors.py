@@ -7,3 +7,9 @@ class FeatcacheError(Exception):
 
 class ReportedElsewhere(FeatcacheError):
     """An error that rank 0 of a multi-process run reports; the other ranks exit 1 without repeating it."""
+
+
+def cannot_write(what: str, error: BaseException, then: str) -> FeatcacheError:
+    """The one line for a write that failed (a full disk, permissions): what, why, and what the user
+    can do; torch.save reports a full disk as a long RuntimeError, hence the squeeze to 200 characters."""
+    return FeatcacheError(f"cannot write {what}: {' '.join(str(error).split())[:200]}; {then}")

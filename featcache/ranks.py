@@ -1,4 +1,5 @@
-"""Extraction on several processes: torchrun's environment, one process group, waits that cannot time out.
+"""Several processes (torchrun): who is rank 0, errors reported once, one process group, waits that cannot
+time out. Extraction uses the group directly; training adds its tensor operations on top (featcache.train.ddp).
 
 Extraction is a pure map over shards, so processes need to agree on only two things: which shards are
 still to do (rank 0 scans the shard folder and broadcasts the list) and when all are written (a
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from datetime import timedelta
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import FeatcacheError, ReportedElsewhere
+
+if TYPE_CHECKING:  # importing torch here would make `import featcache` heavy
+    import torch
 
 PATIENCE = timedelta(days=7)
 
@@ -23,8 +27,29 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or the only process): the one that reports, prints progress and writes
+    results. From the environment, so that it holds before any process group exists."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextmanager
+def reported_once():
+    """Around work on what every torchrun rank sees alike (the options, the run folder, the images): rank 0
+    alone reports its FeatcacheError, the others stop quietly. Not around a rank's own work, whose
+    failure only that rank may see."""
+    try:
+        yield
+    except FeatcacheError as error:
+        if is_main_process():
+            raise
+        raise ReportedElsewhere(str(error)) from None
+
+
 def local_device(device: torch.device) -> torch.device:
     """Under torchrun, one GPU per local rank: 'cuda' means cuda:LOCAL_RANK."""
+    import torch
+
     if device.type == "cuda" and device.index is None:  # set_device needs an index in some torch versions
         local = int(os.environ.get("LOCAL_RANK", 0)) if env_world_size() > 1 else torch.cuda.current_device()
         device = torch.device("cuda", local)
@@ -33,11 +58,32 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def share_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous share [start, stop) of `count` items: torch.tensor_split's cut, the
+    one every share of a batch, of the test set or of the shards uses."""
+    small, extra = divmod(count, world_size)
+    start = rank * small + min(rank, extra)
+    return start, start + small + (rank < extra)
+
+
 class SingleProcess:
+    """Rank 0 of 1. Every kind of work asks its ranks the same few things: this rank's share, an action
+    rank 0 alone takes (on_main), an error every rank meets (error), everyone's value (gather), a wait
+    for all (wait_for_all); ProcessGroup answers them for torchrun's processes."""
+
     rank, world_size = 0, 1
 
-    def share(self, make):
+    def own(self, count: int) -> tuple[int, int]:
+        """This rank's share [start, stop) of `count` items."""
+        return share_range(count, self.rank, self.world_size)
+
+    def on_main(self, make):
+        """make() on rank 0; every rank returns its result, or raises the FeatcacheError it raised."""
         return make()
+
+    def error(self, message: str) -> FeatcacheError:
+        """The error for a failure every rank meets: rank 0 reports it, the others stop quietly."""
+        return (FeatcacheError if self.rank == 0 else ReportedElsewhere)(message)
 
     def gather(self, value) -> list:
         return [value]
@@ -49,7 +95,7 @@ class SingleProcess:
         pass
 
 
-class ProcessGroup:
+class ProcessGroup(SingleProcess):
     """The torch.distributed process group torchrun describes: NCCL on GPUs, gloo on CPUs, plus a gloo
     group with a long timeout for featcache's own coordination."""
 
@@ -66,8 +112,9 @@ class ProcessGroup:
         self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=PATIENCE)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
-    def share(self, make):
-        """Rank 0 runs make(); every rank returns its result, or raises the FeatcacheError it raised."""
+    def on_main(self, make):
+        """Rank 0 runs make(); every rank returns its result (broadcast), or raises the FeatcacheError it
+        raised, reported by rank 0 alone."""
         payload = [None]
         if self.rank == 0:
             try:
@@ -77,7 +124,7 @@ class ProcessGroup:
         self._collective(lambda: self.dist.broadcast_object_list(payload, src=0, group=self.group))
         kind, value = payload[0]
         if kind == "error":
-            raise (FeatcacheError if self.rank == 0 else ReportedElsewhere)(value)
+            raise self.error(value)
         return value
 
     def gather(self, value) -> list:

@@ -67,10 +67,15 @@ def test_a_saved_run_loads_back_with_its_model(cached_run, tmp_path):
 def test_an_unknown_argument_is_an_error_not_a_record(cached_run, tmp_path):
     """train_head once took **record: epoch=5 trained 15 epochs and wrote "epoch": 5 into history.json."""
     cache = featcache.open_cache(cached_run.config["cache"])
+    data = featcache.DataSpec(str(tmp_path / "no images here"))  # never read: the name is refused first
     for train in (lambda **extra: featcache.train_head(cache, **extra),
-                  lambda **extra: featcache.train_head_seeds(cache, [0, 1], **extra)):
-        with pytest.raises(TypeError, match="'epoch'"):
+                  lambda **extra: featcache.train_head_seeds(cache, [0, 1], **extra),
+                  lambda **extra: featcache.finetune(data, "random", **extra),
+                  lambda **extra: featcache.scratch_seeds(data, [0, 1], **extra),
+                  lambda **extra: featcache.experiment(featcache.CacheSpec(data), **extra)):
+        with pytest.raises(featcache.FeatcacheError, match="no argument `epoch`") as raised:
             train(epoch=5, out=tmp_path / "never")
+        assert isinstance(raised.value, TypeError)  # as Python's own unexpected keyword
     assert not (tmp_path / "never").exists()
     run = featcache.train_head(cache, epochs=1, extract_wall_time_s=1.5, cache_reused=True)
     assert run.record["extract_wall_time_s"] == 1.5 and run.record["cache_reused"] is True

@@ -12,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "featcache"
 # lower layers first; a module may import its own layer or those below it
-LAYERS = (("errors", "_version"), ("ranks", "backbone"), ("data",), ("cache",), ("train",), ("evaluate",),
-          ("deploy",), ("api", "bench", "cli", "__init__", "__main__"))
+LAYERS = (("errors", "_version", "settings"), ("ranks", "backbone"), ("data",), ("cache",), ("train",), ("evaluate",),
+          ("deploy",), ("workflows",), ("api", "bench", "cli", "__init__", "__main__"))
 
 
 def modules() -> dict[str, Path]:

@@ -2,7 +2,7 @@
 import torch
 
 from featcache.data.views import make_views, view_params
-from featcache.data.views import decode_all
+from featcache.data.images import decode_all
 from featcache.data.datasets import load_dataset
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.train.ddp import share_range
+from featcache.ranks import share_range
 from featcache.train.end_to_end import build_finetune_model
 from torchvision.models import resnet18
 from conftest import tree_digest, write_image_folder

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 import featcache
-from featcache.data.views import DecodedSplit, make_views
+from featcache.data.images import DecodedSplit
+from featcache.data.views import make_views
 from featcache.backbone import load_backbone
 from featcache.deploy.export import run_model
 from featcache.data.clean_view import CleanView, batchable, resize_shorter_side

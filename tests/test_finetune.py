@@ -7,10 +7,10 @@ from torch import nn
 from torchvision.models import resnet18
 
 from featcache.cache.key import BACKBONE_PARAMETERS
-from featcache.data.views import decode_all
+from featcache.data.images import decode_all
 from featcache.data.datasets import load_dataset
-from featcache.data.views import ImageData
-from featcache.train.loop import EpochConfig
+from featcache.data.images import ImageData
+from featcache.train.config import EpochConfig
 from featcache.train.end_to_end import build_finetune_model, finetune, scratch
 
 
@@ -107,7 +107,7 @@ def test_finetune_cli_with_init_head(image_folder, run_cli, tmp_path):
 def test_decoding_per_batch_in_workers_trains_exactly_as_decoding_once(data, image_folder):
     """Splits that do not fit --max-memory are decoded per batch (training batches by DataLoader workers):
     the same pixels, so the same weights and history, bit for bit."""
-    from featcache.data.views import DecodedSplit
+    from featcache.data.images import DecodedSplit
 
     dataset = load_dataset(str(image_folder))
     lazy = ImageData(DecodedSplit(dataset.train, 32), data.train_labels, DecodedSplit(dataset.test, 32),

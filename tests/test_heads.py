@@ -14,14 +14,15 @@ from featcache.backbone import load_backbone
 from featcache.cache.reader import load_cache
 from featcache.cache.writer import extract
 from featcache.cache.key import cache_provenance
-from featcache.data.views import decode_all
+from featcache.data.images import decode_all
 from featcache.data.datasets import load_dataset
 from featcache.train.heads import (LinearHeads, logistic_regression_probe, logreg_as_linear, sweep_heads,
                                    train_linear_head, with_bias_column)
-from featcache.data.views import ImageData
+from featcache.data.images import ImageData
 from featcache.train.heads import validation_split
 from featcache.cache.reader import view_for_epoch
-from featcache.train.loop import EpochConfig, accuracy, run_epochs, seeded_linear
+from featcache.train.config import EpochConfig
+from featcache.train.loop import accuracy, run_epochs, seeded_linear
 from featcache.train.end_to_end import reference_feature_extraction
 from conftest import tree_digest
 

@@ -9,8 +9,9 @@ from scipy import stats as scipy_stats
 
 import featcache
 from featcache.train.heads import train_linear_head, train_seeded_heads
-from featcache.train.loop import EpochConfig
-from featcache.evaluate.stats import bootstrap_interval, mcnemar, paired_bootstrap, parse_seeds, t_interval
+from featcache.train.config import EpochConfig
+from featcache.evaluate.stats import bootstrap_interval, mcnemar, paired_bootstrap, t_interval
+from featcache.settings import parse_seeds
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_seeds_differ_reproduce_and_keep_the_cache(cache, tmp_path, run_cli):
 def test_end_to_end_seeds_share_the_views(image_folder, tmp_path, monkeypatch):
     """Every view a training seed asks for is made with the view seed (5), whatever the training seed:
     per seed, the same (image, view) pairs each epoch, with the same pixels."""
-    import featcache.data.views as augment
+    import featcache.data.images as augment  # where ImageData calls make_views
 
     made = {}
     real = augment.make_views

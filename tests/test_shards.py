@@ -211,7 +211,7 @@ def test_verify_names_the_rows_of_a_flipped_byte(image_folder, tmp_path, run_cli
         chunk = features.id.get_chunk_info_by_coord((0, 2, 0))  # view 2's chunk: rows 0-23
     _flip_byte(path, chunk.byte_offset + 16 * 512 * 4 + 7)  # row 16, view 2
     before = tree_digest(tmp_path)
-    assert_clean_failure(run_cli("verify", path), "fails verification", "train rows 14-20")
+    assert_clean_failure(run_cli("verify", path), "is damaged", "train rows 14-20 fail their sha256")
     with pytest.raises(FeatcacheError, match="train rows 14-20 fail their sha256"):
         load_cache(path)
     assert tree_digest(tmp_path) == before

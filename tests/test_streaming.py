@@ -13,7 +13,8 @@ import torch
 
 from featcache import api
 from featcache.cache.reader import view_for_epoch
-from featcache.cache.streaming import open_streamed, parse_memory
+from featcache.cache.streaming import open_streamed
+from featcache.settings import parse_memory
 from featcache.cache.synthetic import write_synthetic_cache
 
 from conftest import assert_clean_failure

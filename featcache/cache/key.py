@@ -16,15 +16,26 @@ import h5py
 
 from .._version import __version__
 from ..data.datasets import Dataset, DataSpec
-from ..data.transform import check_image_size, transform_description
+from ..data.transform import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size, transform_description
 from ..errors import FeatcacheError
+from ..settings import check_at_least, setting
 
 FORMAT = "featcache"
 FORMAT_VERSION = 2  # 2: sharded extraction, per-shard sha256 checksums, features chunked one view at a time
 BACKBONE = "torchvision.resnet18"
 FEATURE_DIM = 512
+STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # what fine-tuning may unfreeze
 BACKBONE_PARAMETERS = 11_176_512  # torchvision resnet18 without fc; checked in tests/test_finetune.py
 PRECISIONS = ("fp32", "bf16")
+DEFAULT_WEIGHTS = "imagenet"
+DEVICES_HELP = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."
+WEIGHTS_HELP = ("'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, via torchvision's cache), 'random' (seeded "
+                "init, for tests) or a path to a ResNet-18 state dict (its fc is dropped).")
+def weights_source(weights: str) -> str:
+    """What a cache records of where its backbone came from: 'imagenet', 'random' or an absolute path."""
+    return weights if weights in ("imagenet", "random") else str(Path(weights).resolve())
+
+
 def weights_identity(weights: str, seed: int) -> str:
     """The weights' identity for the cache key: a file's content hash (never its path); for the
     built-in choices, what produces them (a seeded init depends on the torch version too)."""
@@ -149,12 +160,15 @@ class CacheSpec:
     `weights` is 'imagenet', 'random' (seeded, for tests) or a path to a ResNet-18 state dict."""
 
     data: DataSpec = field(default_factory=DataSpec)
-    weights: str = "imagenet"
-    image_size: int = 224
-    views: int = 10
-    seed: int = 0
-    precision: str = "fp32"
-    cache_dir: Path = Path("cache")
+    weights: str = setting(DEFAULT_WEIGHTS, WEIGHTS_HELP)
+    image_size: int = setting(DEFAULT_IMAGE_SIZE, "Crop size S; images are first resized to S*256/224, as the reference 256/224 "
+                              "pipeline.", minimum=MIN_IMAGE_SIZE)
+    views: int = setting(10, "Augmented views cached per training image (plus the clean view 0).", minimum=1)
+    seed: int = setting(0, "Seeds the augmented views and random weights.")
+    precision: str = setting("fp32", "Backbone arithmetic during extraction: fp32, or bf16 autocast (faster on GPUs "
+                             "with bf16 units; `featcache bench` reports how far its features are from fp32's).",
+                             choices=PRECISIONS)
+    cache_dir: Path = setting(Path("cache"), "Folder of cache files.")
 
     def __post_init__(self):
         check_image_size(self.image_size)
@@ -178,3 +192,27 @@ class CacheSpec:
         listings.save()
         hashes.save()
         return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How an extraction runs (featcache.api.extract): none of it enters the key. The bytes depend on
+    the batch and shard sizes and the threads per process, which the shards and the file record."""
+
+    batch_size: int = setting(64, "Images per backbone forward.", minimum=1)
+    shard_size: int = setting(256, "Images per shard: extraction commits (and resumes, and deals out to torchrun "
+                              "ranks) this many consecutive images at a time. Features are bit-identical for the "
+                              "same --shard-size, --batch-size and threads per process (OMP_NUM_THREADS; torchrun "
+                              "gives each rank 1).", minimum=1)  # measured: see docs/performance.md
+    device: str = setting("auto", DEVICES_HELP)
+    num_workers: int = setting(0, "DataLoader worker processes that decode images.", minimum=0)
+    force: bool = setting(False, "Recompute even if a complete cache (or finished shards) exists.")
+    rehash: bool = setting(False, "List every class folder and read every image file to fingerprint the dataset, "
+                           "instead of trusting what --cache-dir remembers: content hashes of files whose size, "
+                           "mtime, ctime and inode are unchanged, and listings of folders whose mtime and ctime are "
+                           "unchanged.")
+
+    def __post_init__(self):
+        check_at_least("batch_size", self.batch_size, 1)
+        check_at_least("shard_size", self.shard_size, 1)
+        check_at_least("num_workers", self.num_workers, 0)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FeatcacheError
-from .shards import checksum_mismatches
+from .shards import checksum_mismatches, damaged_cache
 from .key import open_complete_cache
 
 
@@ -80,11 +80,6 @@ def cache_metadata(handle) -> tuple[dict, list[str]]:
     """(attributes as Python values, test ids as strings) of an open cache file."""
     attrs = {key: (value.item() if hasattr(value, "item") else value) for key, value in handle.attrs.items()}
     return attrs, [name.decode() if isinstance(name, bytes) else str(name) for name in handle["test/ids"][()]]
-
-
-def damaged_cache(path: Path, mismatches: list[str]) -> FeatcacheError:
-    return FeatcacheError(f"cache {path} is damaged: {'; '.join(mismatches)} fail their sha256; recompute it "
-                          "with featcache extract --force (same options)")
 
 
 def view_for_epoch(epoch: int, views: int) -> int:

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,6 @@ from ..errors import FeatcacheError
 from .key import FEATURE_DIM, shard_folder
 
 SHARD_FORMAT = "featcache-shard"
-DEFAULT_SHARD_SIZE = 256  # images; measured: see docs/performance.md
 CHUNK_ROWS = 256  # HDF5 chunk rows of the assembled file; one chunk holds one view of up to 256 rows
 SPLITS = ("train", "test")
 
@@ -274,8 +274,8 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
             os.fsync(written.fileno())
         mismatches = verify_file(partial)
         if mismatches:
-            raise FeatcacheError(f"the assembled copy {partial} does not match its shards at "
-                                 f"{'; '.join(mismatches)}; the shards are kept: re-run to assemble again")
+            raise FeatcacheError(f"the assembled copy {partial} does not match its shards ({'; '.join(mismatches)}); "
+                                 "the shards are kept: re-run to assemble again")
         os.replace(partial, final)
         fsync_folder(final.parent)
     except (OSError, RuntimeError) as error:  # h5py reports a full disk as either
@@ -290,8 +290,9 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
 
 
 def checksum_mismatches(checksums: dict, rows_of) -> list[str]:
-    """'split rows a-b' for every recorded range whose sha256 differs from `rows_of(split, a, b)`."""
-    return [f"{split} rows {start}-{stop - 1}" for split in SPLITS
+    """'split rows a-b fail their sha256' for every recorded range whose sha256 differs from
+    `rows_of(split, a, b)`."""
+    return [f"{split} rows {start}-{stop - 1} fail their sha256" for split in SPLITS
             for start, stop, digest in checksums.get(split, [])
             if features_sha256(rows_of(split, start, stop)) != digest]
 
@@ -309,3 +310,22 @@ def verify_file(path: Path) -> list[str]:
             return missing + checksum_mismatches(checksums, lambda split, a, b: handle[f"{split}/features"][a:b])
     except (OSError, RuntimeError, KeyError) as error:  # h5py: unreadable chunks, truncated file
         return [f"the file cannot be read ({type(error).__name__}: {' '.join(str(error).split())})"]
+
+
+def damaged_cache(path: Path, problems: list[str]) -> FeatcacheError:
+    """The one message for a cache whose bytes are not those its checksums recorded, wherever found."""
+    return FeatcacheError(f"cache {path} is damaged: {'; '.join(problems)}; recompute it with featcache extract "
+                          "--force and the same options (in Python: featcache.extract(spec, force=True))")
+
+
+def verify_cache(path: Path) -> tuple[int, float]:
+    """(checksummed ranges, seconds) of a complete cache whose every checksum matches; else damaged_cache."""
+    from .key import open_complete_cache
+
+    with open_complete_cache(Path(path)) as handle:  # a foreign, other-version or incomplete file: one line
+        ranges = sum(len(rows) for rows in json.loads(handle.attrs["checksums"]).values())
+    started = time.perf_counter()
+    problems = verify_file(Path(path))
+    if problems:
+        raise damaged_cache(path, problems)
+    return ranges, time.perf_counter() - started

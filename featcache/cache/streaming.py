@@ -18,8 +18,6 @@ the first seed) while each seed permutes the rows inside the buffer with its own
 from __future__ import annotations
 
 import json
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,43 +25,15 @@ import h5py
 import numpy as np
 import torch
 
-from .reader import cache_metadata, damaged_cache
+from .reader import cache_metadata
 from ..errors import FeatcacheError
-from .shards import CHUNK_ROWS, verify_file
+from ..settings import memory_budget
+from .shards import CHUNK_ROWS, damaged_cache, verify_file
 from .key import FEATURE_DIM, open_complete_cache
 
 BLOCK_CHUNKS = 16  # 4,096 rows of one view, 8 MB, per read
 MIN_GROUP_BLOCKS = 32  # smaller blocks where the buffer would hold fewer of them
 RESERVE = 32 * 10**6  # h5py's reads, torch's and the allocator's slack: measured 13-21 MB above the buffer here
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_memory(text: str | int) -> int:
-    """'1GB' (10^9 bytes), '512MiB' (2^29), '2e9' or an int: bytes."""
-    if isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
-    if not match or match.group(2) not in UNITS:
-        raise FeatcacheError(f"`max_memory` must be a size such as 1GB, 512MiB or 2e9 (bytes), got {text!r}")
-    count = int(float(match.group(1)) * UNITS[match.group(2)])
-    if count < 1:
-        raise FeatcacheError(f"`max_memory` must be positive, got {text!r}")
-    return count
-
-
-def default_memory_budget() -> int:
-    """Half the memory available now (Linux: MemAvailable; elsewhere: half the physical memory)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 2
-    except OSError:
-        pass
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-
-
 def in_memory_bytes(rows: int, views: int, test_rows: int) -> int:
     """What train-head's in-memory path holds above the baseline: every view of every training row, one
     view gathered per epoch (with the bias column), and the test features."""
@@ -232,3 +202,30 @@ class BlockStream:
             if len(chosen):
                 block = self.read(start, stop, 0)
                 yield chosen, torch.from_numpy(block[chosen - start])
+
+
+def open_cache(source, max_memory: int | str | None = None, heads: int = 1, stream: bool | str = True):
+    """A complete cache (a file, or the CacheSpec it was extracted from), every byte checked against its
+    sha256: in memory (FeatureCache) when that fits `max_memory` (default half the available RAM), else
+    a StreamedCache with a buffer for `heads` heads at once. `stream` other than True names what needs
+    the cache in memory: a cache too large for it is then an error."""
+    from .key import CacheSpec, shard_folder
+    from .reader import load_cache
+
+    if isinstance(source, CacheSpec):
+        _, _, path = source.locate()
+        if not path.exists() and not shard_folder(path).exists():
+            raise FeatcacheError(f"no cache for these inputs ({path}); run featcache extract with the same options "
+                                 "(in Python: featcache.extract with the same CacheSpec)")
+        source = path
+    budget = memory_budget(max_memory)
+    with open_complete_cache(Path(source)) as handle:  # a foreign or incomplete file: one line, before sizing
+        rows, width = handle["train/features"].shape[:2]
+        test_rows = handle["test/features"].shape[0]
+    needed = in_memory_bytes(rows, width - 1, test_rows)
+    if needed <= budget:
+        return load_cache(Path(source))
+    if stream is not True:
+        raise FeatcacheError(f"{stream} needs the cache in memory: {source} needs about {needed / 1e9:.1f} GB, over "
+                             f"`max_memory` {budget / 1e9:.1f} GB; raise it, or train a linear head (it streams)")
+    return open_streamed(Path(source), budget, heads)

@@ -21,12 +21,13 @@ from tqdm import tqdm
 
 from .._version import __version__
 from ..errors import FeatcacheError
-from ..data.views import ImageBatch, decoded_chunks, make_views
+from ..data.images import decoded_chunks
+from ..data.views import ImageBatch, make_views
 from ..data.datasets import Dataset
 from ..ranks import coordinator, local_device
-from .shards import (DEFAULT_SHARD_SIZE, Shard, assemble, check_cut, environment_error, feature_bytes, free_bytes,
+from .shards import (Shard, assemble, check_cut, environment_error, feature_bytes, free_bytes,
                      megabytes, plan_shards, scan_shards, write_shard)
-from .key import (BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractResult, cache_key, cache_path,
+from .key import (BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractConfig, ExtractResult, cache_key, cache_path,
                   reusable_cache, shard_folder)
 
 ASSEMBLY_ATTEMPTS = 3  # a shard damaged between its commit and assembly is recomputed; twice more is a bad disk
@@ -109,7 +110,8 @@ def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int
 
 
 def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache_dir: Path,
-            batch_size: int = 64, shard_size: int = DEFAULT_SHARD_SIZE, device: torch.device | str = "cpu",
+            batch_size: int = ExtractConfig.batch_size, shard_size: int = ExtractConfig.shard_size,
+            device: torch.device | str = "cpu",
             num_workers: int = 0, force: bool = False, progress: bool = True,
             on_shard: Callable[[Shard], None] | None = None, weights_source: str = "") -> ExtractResult:
     """Run the frozen backbone once per view and cache the features; reuse or resume when possible.
@@ -138,7 +140,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
     try:
         _check_ranks_agree(group, expected["threads"])
         for attempt in range(ASSEMBLY_ATTEMPTS):
-            todo, removed = group.share(lambda: _prepare_shards(final, shards, expected, provenance["views"],
+            todo, removed = group.on_main(lambda: _prepare_shards(final, shards, expected, provenance["views"],
                                                                 force and attempt == 0))
             if attempt == 0:
                 result.shards_resumed = len(shards) - len(todo)
@@ -146,7 +148,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
             _extract_shards(dataset, backbone, provenance, todo, group, batch_size, num_workers, device, final,
                             expected, result, progress, on_shard, feature_bytes(shards, provenance["views"]))
             assembly_started = time.perf_counter()
-            damaged = group.share(lambda: assemble(final, shards, expected, cache_attributes(
+            damaged = group.on_main(lambda: assemble(final, shards, expected, cache_attributes(
                 dataset, provenance, expected, weights_source), _splits(dataset), provenance["views"]))
             result.assembly_seconds += time.perf_counter() - assembly_started
             result.shards_removed += damaged
@@ -176,7 +178,7 @@ def _check_ranks_agree(group, threads: int) -> None:
                              "which can round convolutions differently: set the same OMP_NUM_THREADS for every rank")
 
     if len(set(counts)) > 1:
-        group.share(refuse)
+        group.on_main(refuse)
 
 
 def _splits(dataset: Dataset) -> dict:

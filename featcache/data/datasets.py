@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FeatcacheError
+from ..settings import setting
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 CIFAR10_DEFAULT_CLASSES = ("cat", "dog", "horse")
@@ -193,12 +194,15 @@ class DataSpec:
     `classes` picks classes by name and fixes the label order; `per_class` keeps the first N training
     images of each class (None: all), `test_per_class` likewise for the test split."""
 
-    data: str = "cifar10"
-    classes: tuple[str, ...] | None = None
-    per_class: int | None = 500
-    test_per_class: int | None = None
-    download: bool = False
-    data_root: Path | None = None
+    data: str = setting("cifar10", "'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and "
+                        "test/<class>/*.")
+    classes: tuple[str, ...] | None = setting(None, "Comma-separated class names, in label order. Default: "
+                                              "cat,dog,horse for CIFAR-10, every class folder for a folder.")
+    per_class: int | None = setting(500, "Keep the first N training images of each class, in dataset order.")
+    test_per_class: int | None = setting(None, "Keep the first N test images of each class. Default: all.")
+    download: bool = setting(False, "Download CIFAR-10 if it is not in --data-root.")
+    data_root: Path | None = setting(None, "Where CIFAR-10 lives or is downloaded to. Default: "
+                                     "~/.cache/featcache/data or $FEATCACHE_DATA_ROOT.")
 
     def load(self, listings=None) -> Dataset:
         return load_dataset(self.data, list(self.classes) if self.classes else None, self.per_class,

@@ -9,6 +9,7 @@ import operator
 from ..errors import FeatcacheError
 
 MIN_IMAGE_SIZE = 16  # the smallest crop accepted, by the CLI (--image-size) and the API alike
+DEFAULT_IMAGE_SIZE = 224  # the reference crop
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALE = (0.08, 1.0)

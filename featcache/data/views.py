@@ -3,7 +3,7 @@
 Training transform: Resize(s*256/224) -> RandomResizedCrop(s) -> RandomHorizontalFlip ->
 ColorJitter(brightness=0.2, contrast=0.2) -> ImageNet normalisation. Validation transform:
 Resize(s*256/224) -> CenterCrop(s) -> normalisation. The resize happens once at decode time
-(DecodedSplit), with featcache.data.clean_view's exactly named resize, the one an exported model runs;
+(featcache.data.images.DecodedSplit), with featcache.data.clean_view's exactly named resize, the one an exported model runs;
 the random steps then run on whole batches.
 
 A view is a pure function of (seed, split, sample index, view index): its random parameters come
@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as nnf
-import torchvision.transforms.v2.functional as F
 
-from ..errors import FeatcacheError
-from .datasets import Split
-from .clean_view import center_crop, normalize_, resize_shorter_side
-from .transform import BRIGHTNESS, CONTRAST, RATIO, SCALE, resize_size
+from .clean_view import center_crop, normalize_
+from .transform import BRIGHTNESS, CONTRAST, RATIO, SCALE
 
 @dataclass(frozen=True)
 class ViewParams:
@@ -159,133 +156,3 @@ def make_views(images: list[torch.Tensor] | ImageBatch, indices: list[int], view
             params[k] = view_params(seed, split, indices[k], view, *group.shape[2:])
         out[members] = _resized_crops(group, [params[k] for k in members], image_size)
     return normalize_(_color_jitter_(out, params))
-
-
-class DecodedSplit(torch.utils.data.Dataset):
-    """Sample i decoded and resized (shorter side to resize_size) as a uint8 [3, H, W] tensor.
-
-    The resize is the reference pipeline's first, deterministic step, done once per image with
-    clean_view.resize_shorter_side, exactly as an exported model does it; the random steps then run
-    batched on tensors.
-    """
-
-    def __init__(self, split: Split, image_size: int):
-        self.split = split
-        self.size = resize_size(image_size)
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        image = F.pil_to_tensor(self.split.read(index))
-        return resize_shorter_side(image[None], self.size)[0].to(torch.uint8)
-
-
-class DecodedChunks(torch.utils.data.Dataset):
-    """Chunks of consecutive samples, so DataLoader workers decode a whole chunk at a time."""
-
-    def __init__(self, decoded: DecodedSplit, ranges: list[tuple[int, int]]):
-        self.decoded, self.ranges = decoded, ranges
-
-    def __len__(self) -> int:
-        return len(self.ranges)
-
-    def __getitem__(self, position: int):
-        """(start, images), or (start, FeatcacheError): returned, not raised, because a DataLoader
-        worker would wrap a raised error in a multi-line traceback message."""
-        start, stop = self.ranges[position]
-        try:
-            return start, [self.decoded[i] for i in range(start, stop)]
-        except FeatcacheError as error:
-            return start, error
-
-
-def decoded_chunks(split: Split, image_size: int, ranges: list[tuple[int, int]], num_workers: int = 0,
-                   device: torch.device | str = "cpu"):
-    """(start, decoded images) for each (start, stop) range, decoded by `num_workers` DataLoader
-    workers; a decoding error is raised here, as the one-line FeatcacheError naming the file."""
-    chunks = DecodedChunks(DecodedSplit(split, image_size), ranges)
-    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers,
-                                         pin_memory=torch.device(device).type == "cuda")
-    for start, images in loader:
-        if isinstance(images, FeatcacheError):
-            raise images
-        yield start, images
-
-
-class DecodedOrError(torch.utils.data.Dataset):
-    """A DecodedSplit for DataLoader workers: a decoding error is returned, not raised, because a worker
-    would wrap a raised one in a multi-line traceback message."""
-
-    def __init__(self, decoded: DecodedSplit):
-        self.decoded = decoded
-
-    def __len__(self) -> int:
-        return len(self.decoded)
-
-    def __getitem__(self, index: int):
-        try:
-            return self.decoded[index]
-        except FeatcacheError as error:
-            return error
-
-
-@dataclass
-class ImageData:
-    """Images of both splits (uint8, resized once) and everything needed to make their views. A split is
-    held decoded in memory (a list) or decoded per batch (a DecodedSplit), by `num_workers` DataLoader
-    workers for training batches: the pixels, and so the numbers, are the same either way."""
-
-    train_images: list[torch.Tensor] | DecodedSplit
-    train_labels: torch.Tensor
-    test_images: list[torch.Tensor] | DecodedSplit
-    test_labels: torch.Tensor
-    classes: list[str]
-    image_size: int
-    view_seed: int
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    test_ids: list[str] | None = None  # what a run's stored predictions are keyed by
-    num_workers: int = 0
-    source: dict | None = None  # the DataSpec they were loaded from, as history.json records it
-
-    @property
-    def decoding(self) -> str:
-        """'in memory', or which splits are decoded per batch."""
-        lazy = [name for name, images in (("train", self.train_images), ("test", self.test_images))
-                if not isinstance(images, list)]
-        return "in memory" if not lazy else f"per batch ({' and '.join(lazy)})"
-
-    def views(self, split: str, indices: list[int], view: int) -> torch.Tensor:
-        images = self.train_images if split == "train" else self.test_images
-        return make_views([images[i] for i in indices], indices, view, split, self.view_seed,
-                          self.image_size, self.device)
-
-    def view_batches(self, split: str, index_lists: list[list[int]], view: int):
-        """The views of each list of sample indices in turn: from memory, or decoded by DataLoader
-        workers that work ahead while the model trains on the previous batches."""
-        images = self.train_images if split == "train" else self.test_images
-        if isinstance(images, list):
-            yield from (self.views(split, indices, view) for indices in index_lists)
-            return
-        loader = torch.utils.data.DataLoader(DecodedOrError(images), batch_sampler=index_lists,
-                                             num_workers=self.num_workers, collate_fn=list)
-        for indices, decoded in zip(index_lists, loader):
-            for image in decoded:
-                if isinstance(image, FeatcacheError):
-                    raise image
-            yield make_views(decoded, indices, view, split, self.view_seed, self.image_size, self.device)
-
-    def test_batch(self, window: slice) -> torch.Tensor:
-        return self.views("test", list(range(len(self.test_images)))[window], 0)
-
-
-
-def decode_all(split: Split, image_size: int) -> list[torch.Tensor]:
-    """Every sample of a split decoded once, for the end-to-end trainers that revisit them each epoch."""
-    decoded = DecodedSplit(split, image_size)
-    return [decoded[i] for i in range(len(decoded))]
-
-
-def decoded_bytes(split: Split, image_size: int) -> int:
-    """Memory a split takes decoded, estimated as square images (R x R x 3 bytes each, R the resize)."""
-    return len(split) * resize_size(image_size) ** 2 * 3

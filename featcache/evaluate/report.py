@@ -154,3 +154,21 @@ def image_grid(views: torch.Tensor, labels: list[str], path: Path, columns: int 
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return Path(path)
+
+
+def inspect(data, out: Path, image_size: int, seed: int, count: int, view: int) -> list[dict]:
+    """ResNet-18's parameter table, and a grid of `count` training images (spread over the classes) as
+    view `view` makes them, written to `out`."""
+    from torchvision.models import resnet18
+
+    from ..data.images import DecodedSplit
+    from ..data.views import make_views
+
+    dataset = data.load()
+    rows = parameter_table(resnet18(num_classes=len(dataset.classes)))
+    picks = np.linspace(0, len(dataset.train) - 1, min(count, len(dataset.train))).round().astype(int).tolist()
+    decoded = DecodedSplit(dataset.train, image_size)
+    views = make_views([decoded[i] for i in picks], picks, view, "train", seed, image_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(views, [dataset.classes[dataset.train.labels[i]] for i in picks], out)
+    return rows

@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +69,24 @@ def claimed(out: Path | None, approach: str, overwrite: bool = False, lock: bool
                 continue
             except OSError:  # not empty: the run was written
                 break
+
+
+def claimed_by_rank(out: Path | None, approach: str, overwrite: bool = False):
+    """`claimed` for a run of every torchrun rank: rank 0 holds `out`, the others only check it;
+    nothing without `out` (a run kept in memory)."""
+    from ..ranks import is_main_process
+
+    return claimed(out, approach, overwrite, lock=is_main_process()) if out is not None else nullcontext()
+
+
+def saved_by_rank(result, folder: Path | None):
+    """A Run or SeedRuns written to the folder `claimed_by_rank` holds (checked before training, so
+    no time is lost); under torchrun rank 0 alone writes."""
+    from ..ranks import is_main_process
+
+    if folder is not None and is_main_process():
+        result.save(folder, overwrite=True)
+    return result
 
 
 CLAIM = ".featcache-claim"
@@ -307,15 +325,6 @@ class SeedRuns:
         record = read_seeds(Path(folder))
         return cls(record["approach"], [Run.load(Path(folder) / f"seed-{seed}") for seed in record["seeds"]],
                    Path(folder), record.get("seconds"))
-
-
-def as_seed_list(seeds) -> list[int]:
-    """Seeds as a list: a count N (seeds 0..N-1), a string 'A-B' or '0,3,7', or an iterable of ints."""
-    from .stats import parse_seeds
-
-    if isinstance(seeds, int):  # a count, as on the command line
-        return parse_seeds(str(seeds))
-    return parse_seeds(seeds) if isinstance(seeds, str) else [int(seed) for seed in seeds]
 
 
 def seeds_line(group: SeedRuns) -> str:

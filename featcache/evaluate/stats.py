@@ -17,25 +17,6 @@ BOOTSTRAP_RESAMPLES = 10_000
 BATCH = 500  # resamples at a time: all 10,000 at once over 10,000 test images would take 1.6 GB
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'0-9' (inclusive), '0,3,7', or 'N' meaning N seeds 0..N-1 (one particular seed k: 'k-k')."""
-    from ..errors import FeatcacheError
-
-    try:
-        if "-" in text.strip().lstrip("-"):
-            first, last = (int(part) for part in text.split("-"))
-            seeds = list(range(first, last + 1))
-        elif "," in text:
-            seeds = [int(part) for part in text.split(",") if part.strip()]
-        else:
-            seeds = list(range(int(text)))
-    except ValueError:
-        raise FeatcacheError(f"`seeds` must be 'A-B', a comma-separated list or a count, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise FeatcacheError(f"`seeds` must name distinct non-negative seeds, got {text!r}")
-    return seeds
-
-
 def t_interval(values, confidence: float = CONFIDENCE) -> dict:
     """Mean, sample standard deviation and the t-interval of the mean over `values` (one per seed);
     no interval from a single value."""

@@ -19,39 +19,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..ranks import ProcessGroup, env_world_size, local_device
-from ..errors import FeatcacheError, ReportedElsewhere
+from ..ranks import ProcessGroup, SingleProcess, env_world_size, local_device
+from ..errors import FeatcacheError, cannot_write
 
 
-def share_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rank `rank`'s contiguous share [start, stop) of `count` items: torch.tensor_split's cut, the
-    one every share of a batch or of the test set uses."""
-    small, extra = divmod(count, world_size)
-    start = rank * small + min(rank, extra)
-    return start, start + small + (rank < extra)
+class Ranks(SingleProcess):
+    """One process (rank 0 of 1): the single-process loop, unchanged. The tensor operations training
+    adds to featcache.ranks' questions are identities here."""
 
-
-class Ranks:
-    """One process (rank 0 of 1): the single-process loop, unchanged."""
-
-    rank, world_size = 0, 1
-
-    def own(self, count: int) -> tuple[int, int]:
-        """This rank's share [start, stop) of `count` items."""
-        return share_range(count, self.rank, self.world_size)
-
-    def share(self, indices: torch.Tensor) -> torch.Tensor:
+    def batch_share(self, indices: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous share of a global batch."""
         start, stop = self.own(len(indices))
         return indices[start:stop]
-
-    def error(self, message: str) -> FeatcacheError:
-        """The error for a failure every rank meets: rank 0 reports it, the others stop quietly."""
-        return (FeatcacheError if self.rank == 0 else ReportedElsewhere)(message)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
-    def gather(self, local: torch.Tensor) -> torch.Tensor:
+    def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
         return local
 
     def sync_batchnorm(self, model: nn.Module) -> nn.Module:
@@ -63,22 +47,12 @@ class Ranks:
     def unwrap(self, module: nn.Module) -> nn.Module:
         return module
 
-    def on_main(self, make):
-        """make() on rank 0; every rank returns its result or raises its FeatcacheError."""
-        return make()
-
-    def barrier(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
 
 class DistributedRanks(Ranks):
     """The torchrun process group, for DistributedDataParallel training."""
 
     def __init__(self, device: torch.device, batch_size: int):
-        self.group = ProcessGroup(device, "the last epoch's checkpoint is kept: re-run with --resume")
+        self.group = ProcessGroup(device, "the last epoch's checkpoint is kept: re-run with `resume`")
         self.rank, self.world_size, self.device = self.group.rank, self.group.world_size, device
         self.dist = self.group.dist
         if batch_size % self.world_size:
@@ -91,7 +65,7 @@ class DistributedRanks(Ranks):
         self.dist.all_reduce(value)
         return value
 
-    def gather(self, local: torch.Tensor) -> torch.Tensor:
+    def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
         """Every rank's rows, concatenated in rank order (shares may differ in length, or be empty)."""
         parts = [None] * self.world_size
         self.dist.all_gather_object(parts, local.cpu())
@@ -110,10 +84,13 @@ class DistributedRanks(Ranks):
         return module.module
 
     def on_main(self, make):
-        return self.group.share(make)
+        return self.group.on_main(make)
 
-    def barrier(self) -> None:
-        self.group.wait_for_all(lambda: None)
+    def gather(self, value) -> list:
+        return self.group.gather(value)
+
+    def wait_for_all(self, poll) -> None:
+        self.group.wait_for_all(poll)
 
     def close(self) -> None:
         self.group.close()
@@ -236,7 +213,7 @@ class Checkpoint:
         if differing:
             raise self.ranks.error(
                 f"{self.path} was saved by a run with other options ({', '.join(differing)}); resume with the "
-                "same options, or start afresh with --overwrite")
+                "same options, or start afresh with `overwrite`")
         self.carry.update(state["carry"])
         return state
 
@@ -249,8 +226,8 @@ class Checkpoint:
             os.replace(partial, self.path)
         except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
             partial.unlink(missing_ok=True)
-            raise FeatcacheError(f"cannot write the checkpoint {self.path}: {' '.join(str(error).split())[:200]}; "
-                                 "free space or choose another --out, then --resume from the last one") from None
+            raise cannot_write(f"the checkpoint {self.path}", error, "free space or choose another `out`, then "
+                               "`resume` from the last one") from None
 
     def remove(self) -> None:
         if self.ranks.rank == 0:

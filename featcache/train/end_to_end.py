@@ -10,26 +10,18 @@ from torchvision.models import resnet18
 from tqdm import tqdm
 
 from ..errors import FeatcacheError
-from ..data.views import ImageData
-from ..backbone import STAGES, load_backbone
+from ..data.images import ImageData
+from ..backbone import load_backbone
 from .ddp import Ranks, revert_batchnorm
 from .heads import LinearHeads, single_head_history, train_heads, with_bias_column
 from ..cache.reader import view_for_epoch
-from .loop import EVAL_BATCH, EpochConfig, evaluate, run_epochs, seeded_linear
+from .config import EpochConfig, check_unfreeze
+from .loop import EVAL_BATCH, evaluate, run_epochs, seeded_linear
 from ..cache.key import FEATURE_DIM
-
-def check_finetune_options(unfreeze, frozen_bn: str = "eval") -> None:
-    """The fine-tuning options that need no model to check."""
-    unknown = [stage for stage in unfreeze if stage not in STAGES]
-    if unknown:
-        raise FeatcacheError(f"`unfreeze`: unknown stage {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    if frozen_bn not in ("eval", "train"):
-        raise FeatcacheError(f"`frozen_bn` must be 'eval' or 'train', got {frozen_bn}")
-
 
 def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[str]) -> nn.Module:
     """Pretrained ResNet-18, everything frozen but a new seeded head and the `unfreeze` stages."""
-    check_finetune_options(unfreeze)
+    check_unfreeze(unfreeze)
     model = load_backbone(weights, seed)
     model.fc = seeded_linear(FEATURE_DIM, classes, seed)
     for parameter in model.parameters():
@@ -61,7 +53,6 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
     featcache.train.ddp (torchrun, and resuming a killed run).
     """
     ranks = ranks or Ranks()
-    check_finetune_options(unfreeze, frozen_bn)
     unfreeze = list(unfreeze)
     model = build_finetune_model(weights, len(data.classes), config.seed, unfreeze)
     if init_head is not None:

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from ..errors import FeatcacheError
 from ..cache.reader import FeatureCache, view_for_epoch
-from .loop import EpochConfig, log_epoch, seeded_linear
+from .config import EpochConfig
+from .loop import log_epoch, seeded_linear
 from ..cache.key import FEATURE_DIM
 
 DEFAULT_LOGREG_CS = (0.001, 0.01, 0.1, 1.0, 10.0)

@@ -8,35 +8,15 @@ history; tests/test_heads.py checks that the two give the same weights. Needs to
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import FeatcacheError
+from .config import EpochConfig
 
 EVAL_BATCH = 128
-
-
-@dataclass
-class EpochConfig:
-    epochs: int = 15
-    batch_size: int = 32
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise FeatcacheError(f"`epochs` must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise FeatcacheError(f"`batch_size` must be at least 1, got {self.batch_size}")
-
-
-def check_learning_rate(name: str, value: float) -> float:
-    if not (value > 0 and value < float("inf")):
-        raise FeatcacheError(f"`{name}` must be a positive finite number, got {value}")
-    return value
 
 
 def seeded_linear(in_features: int, classes: int, seed: int) -> nn.Linear:
@@ -84,7 +64,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
         loss_sum = torch.zeros((), device=labels.device)
         correct = torch.zeros((), dtype=torch.long, device=labels.device)
         batches = [order[start:start + config.batch_size] for start in range(0, count, config.batch_size)]
-        shares = [ranks.share(batch) for batch in batches]
+        shares = [ranks.batch_share(batch) for batch in batches]
         for batch, indices, inputs in zip(batches, shares, epoch_inputs(epoch, shares)):
             target = labels[indices.to(labels.device)]
             logits = model(inputs)
@@ -125,7 +105,7 @@ def evaluate(model: nn.Module, inputs: Callable[[slice], torch.Tensor], labels: 
         first, stop = ranks.own(len(labels))
         probabilities = [model(inputs(slice(start, min(start + EVAL_BATCH, stop)))).float().softmax(1).cpu()
                          for start in range(first, stop, EVAL_BATCH)]
-        probabilities = ranks.gather(torch.cat(probabilities) if probabilities else torch.empty(0))  # a share may be empty
+        probabilities = ranks.gather_rows(torch.cat(probabilities) if probabilities else torch.empty(0))  # a share may be empty
         correct = (probabilities.argmax(1) == labels.cpu()).sum().item()
         return correct / len(labels), probabilities
     correct, probabilities = 0, []

@@ -1,0 +1,204 @@
+"""Fine-tuning and training from scratch, from images to a run directory: decode the images (or take
+ImageData), hold the run folder, train on this process's rank with a checkpoint after every epoch,
+resume, and write the run through rank 0; and the same once per training seed. What
+featcache.api.finetune, scratch and their _seeds variants delegate to."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable
+
+from ..data.datasets import DataSpec
+from ..data.images import data_record, decoded_line, timed_load_images
+from ..data.transform import DEFAULT_IMAGE_SIZE, TRANSFORM_VERSION
+from ..errors import FeatcacheError, cannot_write
+from ..evaluate.runs import HISTORY, Run, SeedRuns, claimed_by_rank, clear_run_files, summary_line, write_seeds
+from ..ranks import is_main_process, reported_once
+from ..train.config import EndToEndConfig, EpochConfig, FinetuneConfig, ScratchConfig
+
+Log = Callable[[str], None]
+
+
+def finetune(images, config: FinetuneConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
+             echo: Log | None = None, progress: bool = False, resume: bool = False) -> Run:
+    """One fine-tuning run, as featcache.api.finetune documents."""
+    from ..train.end_to_end import finetune as finetune_model
+
+    with ExitStack() as held:  # the run folder, from before decoding until the run is written
+        with reported_once():
+            folder = held.enter_context(claimed_by_rank(out, "fine-tuning", overwrite))
+            log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
+            data = data_record(images)
+            images = _images_of(images, config, echo)
+            initial = _init_head_state(config.init_head, images.classes) if config.init_head is not None else None
+        record = {"weights": config.weights, "image_size": images.image_size, "epochs": config.epochs,
+                  "batch_size": config.batch_size, "seed": config.seed, "view_seed": images.view_seed,
+                  "lr_head": config.lr_head, "lr_backbone": config.lr_backbone, "unfreeze": list(config.unfreeze),
+                  "frozen_bn": config.frozen_bn, "init_head": _head_source(config.init_head), "data": data}
+        return _train_on_ranks("fine-tuning", lambda images, **extra: finetune_model(
+            images, config.weights, _schedule(config), config.lr_head, config.lr_backbone, list(config.unfreeze),
+            config.frozen_bn, initial, log=log, progress=progress, **extra), images, config, record, folder, resume)
+
+
+def scratch(images, config: ScratchConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
+            echo: Log | None = None, progress: bool = False, resume: bool = False) -> Run:
+    """One run from a seeded random init, as featcache.api.scratch documents."""
+    from ..train.end_to_end import scratch as scratch_model
+
+    with ExitStack() as held:  # the run folder, from before decoding until the run is written
+        with reported_once():
+            folder = held.enter_context(claimed_by_rank(out, "scratch", overwrite))
+            log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
+            data = data_record(images)
+            images = _images_of(images, config, echo)
+        record = {"image_size": images.image_size, "epochs": config.epochs, "batch_size": config.batch_size,
+                  "seed": config.seed, "view_seed": images.view_seed, "lr": config.lr, "data": data}
+        return _train_on_ranks("scratch", lambda images, **extra: scratch_model(
+            images, _schedule(config), config.lr, log=log, progress=progress, **extra),
+            images, config, record, folder, resume)
+
+
+def _schedule(config: EpochConfig) -> EpochConfig:
+    return EpochConfig(config.epochs, config.batch_size, config.seed)
+
+
+def train_seeds(images, seeds: list[int], config: EndToEndConfig, *, out=None, overwrite: bool = False,
+                log: Log | None = None, echo: Log | None = None, progress: bool = False,
+                resume: bool = False) -> SeedRuns:
+    """finetune or scratch (by `config`'s kind) once per seed on the same views (seeded by config.seed),
+    each seed exactly one run with every setting: seed k is written to `out`/seed-k/ (with its
+    checkpoint) when it finishes, and seeds.json closes the folder. Under torchrun one process group
+    serves every seed and rank 0 alone reports, writes and prints. With `resume`, a finished seed is
+    kept (its options checked) and an unfinished one resumes from its checkpoint."""
+    from ..ranks import coordinator, local_device
+    from ..train.ddp import CHECKPOINT
+
+    train, approach = (finetune, "fine-tuning") if isinstance(config, FinetuneConfig) else (scratch, "scratch")
+    main = is_main_process()
+    echo = echo if main else None
+    with ExitStack() as held:  # the folder of seeds, until seeds.json is written
+        with reported_once():
+            if resume and out is None:
+                raise FeatcacheError("`resume` needs `out`: the folder of seeds to continue")
+            folder = held.enter_context(claimed_by_rank(out, approach, overwrite))
+            started_before = {seed for seed in seeds if resume and any(
+                (folder / f"seed-{seed}" / name).is_file() for name in (HISTORY, CHECKPOINT))}
+            if resume and not started_before:
+                raise FeatcacheError(f"nothing to resume: no seed-<k> folder of {folder} holds a run or a checkpoint")
+            images = _images_of(images, config, echo)
+        if folder is not None and overwrite and not resume and main:
+            clear_run_files(folder)  # the old occupant never passes for this run while seeds are written
+        # one process group for every seed: gloo cannot meet again under the same rendezvous once destroyed
+        group = coordinator(local_device(images.device))
+        started, runs = time.perf_counter(), []
+        try:
+            for seed in seeds:
+                seed_dir = folder / f"seed-{seed}" if folder is not None else None
+                seed_config = dataclasses.replace(config, seed=seed, image_size=None, device=None)
+                runs.append(train(images, seed_config, out=seed_dir, overwrite=True, resume=seed in started_before,
+                                  log=log, progress=progress))
+                if echo is not None:
+                    echo(f"seed {seed}: " + summary_line(runs[-1]))
+        finally:
+            group.close()
+        seed_runs = SeedRuns(approach, runs, folder, time.perf_counter() - started)
+        if folder is not None and main:  # every seed-k/ is written: seeds.json says the folder is whole
+            write_seeds(folder, approach, seed_runs.seeds, seed_runs.final_test_accs, seed_runs.summary(),
+                        seed_runs.seconds)
+        return seed_runs
+
+
+def _images_of(images, config: EndToEndConfig, echo: Log | None):
+    """ImageData as given (its image size, device and view seed are those it was loaded with), or
+    decoded from a DataSpec, saying so through `echo`."""
+    if not isinstance(images, DataSpec):
+        if config.image_size not in (None, images.image_size) or config.device not in (None, str(images.device)):
+            raise FeatcacheError(f"`images` were decoded for image size {images.image_size} on {images.device}; "
+                                 "load them again with load_images to change either")
+        return images
+    images, seconds = timed_load_images(images, config.image_size or DEFAULT_IMAGE_SIZE, config.seed,
+                                        config.device or "auto", config.max_memory, config.num_workers)
+    if echo is not None:
+        echo(decoded_line(images, seconds))
+    return images
+
+
+def _init_head_state(init_head, classes: list[str]):
+    """The state dict of a head to start fine-tuning from: a Run, or a run directory."""
+    trained = init_head if isinstance(init_head, Run) else Run.load(init_head)
+    if trained.record.get("classes") not in (None, classes):
+        raise FeatcacheError(f"`init_head` {_head_source(init_head)} was trained on classes "
+                             f"{trained.record['classes']}, not {classes}")
+    return trained.model.state_dict()
+
+
+def _head_source(init_head) -> str | None:
+    if isinstance(init_head, Run):
+        return str(init_head.path) if init_head.path else "a Run in memory (not saved)"
+    return None if init_head is None else str(init_head)
+
+
+def _train_on_ranks(approach: str, train, images, config: EpochConfig, record: dict, folder: Path | None,
+                    resume: bool) -> Run:
+    """train(images, ranks=, checkpoint=) on this process's rank (featcache.train.ddp: one process, or a
+    torchrun rank with its own device), checkpointing into `folder`; rank 0 alone writes the run."""
+    from ..train.ddp import Checkpoint, training_ranks
+    from ..train.end_to_end import timed
+
+    with reported_once():
+        if resume and folder is None:
+            raise FeatcacheError("`resume` needs `out`: the run directory holding the checkpoint")
+        if resume and (folder / HISTORY).is_file():
+            return _finished_run(folder, record)
+    ranks, device = training_ranks(images.device, config.batch_size)
+    images = dataclasses.replace(images, device=device)
+    checkpoint = Checkpoint(folder, record, resume, ranks, {}) if folder is not None else None
+    try:
+        (model, history), wall = timed(train, images, ranks=ranks, checkpoint=checkpoint)
+        run = _end_to_end_run(approach, model, history, wall, images,
+                              {**record, "ranks": ranks.world_size, "decoding": images.decoding})
+        if folder is not None:  # through rank 0, so that a failed write stops every rank in one line
+            ranks.on_main(lambda: _write_run(run, folder))
+            run.path = folder
+    finally:
+        ranks.close()
+    if checkpoint is not None:
+        checkpoint.remove()
+    return run
+
+
+def _write_run(run: Run, folder: Path) -> None:
+    try:
+        run.save(folder, overwrite=True)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+        raise cannot_write(f"the run to {folder}", error, "its last checkpoint is kept: free space, then resume "
+                           "with the same options") from None
+
+
+def _finished_run(folder: Path, record: dict) -> Run:
+    """The run already written to `folder`, resumed: kept as it is if it was trained with these options
+    (a checkpoint left by a kill between writing the run and removing it is removed)."""
+    from ..evaluate.runs import read_run
+    from ..train.ddp import CHECKPOINT, differing_options
+
+    config = read_run(folder).get("config", {})
+    differing = differing_options({key: value for key, value in config.items() if key not in ("ranks", "decoding")},
+                                  record)
+    if differing:
+        raise FeatcacheError(f"{folder} holds a finished run with other options ({', '.join(differing)}); resume "
+                             "with the same options, or start afresh with `overwrite`")
+    if is_main_process():
+        (folder / CHECKPOINT).unlink(missing_ok=True)
+    return Run.load(folder)
+
+
+def _end_to_end_run(approach: str, model, history: dict, wall: float, images, config: dict) -> Run:
+    from ..backbone import count_parameters
+
+    trainable, total = count_parameters(model)
+    predictions = {"ids": images.test_ids or [str(k) for k in range(len(images.test_labels))],
+                   "labels": images.test_labels, "probabilities": history.pop("test_probabilities")}
+    return Run(approach, model, history, config, wall, images.device, trainable, total,
+               {"classes": images.classes, "transform_version": TRANSFORM_VERSION}, predictions=predictions)

@@ -1,0 +1,174 @@
+"""A feature-extraction head from a cache to a run directory: open the cache (in memory or streamed),
+train the head its HeadConfig names, and record the run. What featcache.api.train_head and
+train_head_seeds delegate to."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+from ..cache.key import BACKBONE_PARAMETERS, CacheSpec
+from ..evaluate.runs import Run, SeedRuns, claimed_by_rank, saved_by_rank
+from ..evaluate.tables import markdown_table
+from ..train.config import EpochConfig, HeadConfig
+
+Log = Callable[[str], None]
+
+
+def train_head(cache, config: HeadConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
+               echo: Log | None = None, progress: bool = False) -> Run:
+    """One head, as featcache.api.train_head documents; `cache` open or what open_cache takes."""
+    with claimed_by_rank(out, "feature-extraction", overwrite) as folder, \
+            opened(cache, config.max_memory, config.heads_at_once, config.head, echo) as cache:
+        started = time.perf_counter()
+        model, history, record, lr, weight_decay = _trained(cache, config, log, echo, progress)
+        wall = time.perf_counter() - started
+        config_record = {"head": config.head, "epochs": config.epochs, "batch_size": config.batch_size, "lr": lr,
+                         "weight_decay": weight_decay, "seed": config.seed, "sweep": config.sweep,
+                         "val_fraction": config.val_fraction, "logreg_views": config.logreg_views,
+                         "knn_temperature": config.knn_temperature, "cache": str(cache.path), "views": cache.views,
+                         **streaming_record(cache)}
+        return saved_by_rank(head_run(model, history, wall, cache, config_record, {**extraction_record(config),
+                                                                                   **record}), folder)
+
+
+def _trained(cache, config: HeadConfig, log, echo, progress: bool):
+    """(model, history, what history.json adds for this head, lr, weight_decay) of the head `config` names."""
+    from ..train.heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
+
+    lr, weight_decay = config.lr, config.weight_decay
+    if config.head == "knn":
+        from ..train.knn import knn_probe
+
+        probe = knn_probe(cache.train_features[:, 0], cache.train_labels, cache.test_features, cache.test_labels,
+                          seed=config.seed, val_fraction=config.val_fraction, temperature=config.knn_temperature,
+                          classes=len(cache.classes))
+        if echo is not None:
+            if probe["grid"]:
+                echo(markdown_table(probe["grid"], ["k", "val_acc"]))
+            echo(f"chosen k={probe['k']} ({probe['chosen']})")
+        return probe["head"], _probe_history(probe, probe["test_log_shares"].exp()), {"knn": {
+            "k": probe["k"], "chosen": probe["chosen"], "grid": probe["grid"],
+            "temperature": config.knn_temperature}}, lr, weight_decay
+    if config.head == "logreg":
+        probe = logistic_regression_probe(cache, config.logreg_views, val_fraction=config.val_fraction,
+                                          seed=config.seed)
+        if echo is not None:
+            echo(markdown_table(probe["grid"], ["C", "val_acc"]))
+            echo(f"chosen C={probe['best']['C']} (validation accuracy {probe['best']['val_acc']:.4f})")
+        return (logreg_as_linear(probe["model"], len(cache.classes)),
+                _probe_history(probe, probe["test_probabilities"]),
+                {"logreg": {"grid": probe["grid"], "best": probe["best"]}}, lr, weight_decay)
+    epochs = EpochConfig(config.epochs, config.batch_size, config.seed)
+    record = {}
+    if config.sweep:
+        result = sweep_heads(cache.train_features, cache.train_labels, list(config.sweep_lrs), list(config.sweep_wds),
+                             epochs, config.val_fraction, progress=progress and streamed(cache))
+        lr, weight_decay = result.best["lr"], result.best["weight_decay"]
+        record["sweep"] = {"grid": result.grid, "best": result.best}
+        if echo is not None:
+            echo(markdown_table(result.grid, ["lr", "weight_decay", "val_acc", "final_train_loss"]))
+            echo(f"chosen lr={lr:g}, weight_decay={weight_decay:g} on validation accuracy "
+                 f"{result.best['val_acc']:.4f}; retraining on all training images")
+    model, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
+                                       cache.test_labels, epochs, lr, weight_decay, log,
+                                       progress=progress and streamed(cache))
+    return model, history, record, lr, weight_decay
+
+
+def _probe_history(probe: dict, test_probabilities) -> dict:
+    """A probe's one-'epoch' history, as the runs of every approach record it."""
+    return {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]], "test_acc": [probe["test_acc"]],
+            "test_probabilities": test_probabilities}
+
+
+def train_head_seeds(cache, seeds: list[int], config: HeadConfig, *, out=None, overwrite: bool = False,
+                     log: Log | None = None, echo: Log | None = None, progress: bool = False) -> SeedRuns:
+    """One head per training seed, as featcache.api.train_head_seeds documents: plain linear heads in
+    lockstep (one batched step for all seeds), the others seed after seed."""
+    from dataclasses import replace
+
+    from ..train.heads import train_seeded_heads
+
+    heads = config.heads_at_once if config.sweep else len(seeds)
+    with claimed_by_rank(out, "feature-extraction", overwrite) as folder, \
+            opened(cache, config.max_memory, heads, config.head) as cache:
+        if config.head != "linear" or config.sweep:
+            runs = [train_head(cache, replace(config, seed=seed), log=log, echo=echo, progress=progress)
+                    for seed in seeds]
+            return saved_by_rank(SeedRuns("feature-extraction", runs), folder)
+        started = time.perf_counter()
+        trained = train_seeded_heads(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
+                                     EpochConfig(config.epochs, config.batch_size, seeds[0]), seeds, config.lr,
+                                     config.weight_decay, progress=progress and streamed(cache))
+        wall = (time.perf_counter() - started) / len(seeds)  # each head's share of the lockstep training
+        runs = [head_run(model, history, wall, cache, {
+            "head": config.head, "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
+            "weight_decay": config.weight_decay, "seed": seed, "sweep": False, "cache": str(cache.path),
+            "views": cache.views, "lockstep_seeds": len(seeds), **streaming_record(cache)}, extraction_record(config))
+            for seed, (model, history) in zip(seeds, trained)]
+        return saved_by_rank(SeedRuns("feature-extraction", runs, seconds=time.perf_counter() - started), folder)
+
+
+@contextmanager
+def opened(cache, max_memory, heads: int, head: str, echo: Log | None = None):
+    """The cache to train on: as given when it is one, else opened (open_cache, for `heads` heads at
+    once; only linear heads may stream) for the block and closed after it."""
+    from ..cache.streaming import open_cache
+
+    if not isinstance(cache, (CacheSpec, str, Path)):
+        yield cache
+        return
+    opened = open_cache(cache, max_memory, heads, stream=head == "linear" or f"the {head} head")
+    _warn_few_blocks(opened, echo)
+    try:
+        yield opened
+    finally:
+        if hasattr(opened, "close"):
+            opened.close()
+
+
+def extraction_record(config: HeadConfig) -> dict:
+    """What history.json records of the extraction a head's cache came from, when the caller knows it."""
+    return {name: getattr(config, name) for name in ("extract_wall_time_s", "cache_reused")
+            if getattr(config, name) is not None}
+
+
+def _warn_few_blocks(cache, echo: Log | None) -> None:
+    """A streamed cache whose shuffle buffer holds few blocks: say that batches then mix few of a
+    class-sorted file's classes (measured on the reference cache: -0.018 accuracy at 2 blocks)."""
+    stream = cache.train_features
+    if echo is not None and streamed(cache) and stream.buffer_rows < len(stream) \
+            and stream.buffer_rows // stream.block_rows < 8:
+        echo(f"streaming with a shuffle buffer of {stream.buffer_rows // stream.block_rows} blocks of "
+             f"{stream.block_rows} rows: batches mix few classes of a class-sorted cache; a larger `max_memory` "
+             "shuffles better")
+
+
+def streamed(cache) -> bool:
+    from ..cache.streaming import StreamedCache
+
+    return isinstance(cache, StreamedCache)
+
+
+def streaming_record(cache) -> dict:
+    """How the training views were read: streamed (buffer and block rows) or not, for history.json."""
+    if not streamed(cache):
+        return {"streamed": False}
+    return {"streamed": True, "buffer_rows": cache.train_features.buffer_rows,
+            "block_rows": cache.train_features.block_rows}
+
+
+def head_run(model, history: dict, wall: float, cache, config_record: dict, record: dict) -> Run:
+    predictions = {"ids": cache.test_ids, "labels": cache.test_labels,
+                   "probabilities": history.pop("test_probabilities")}  # as the last test accuracy saw them
+    head_params = sum(p.numel() for p in model.parameters())
+    return Run("feature-extraction", model, history, config_record, wall, "cpu", head_params,
+               BACKBONE_PARAMETERS + head_params,
+               {"cache_key": cache.key, "classes": cache.classes, "cache_attrs": _jsonable(cache.attrs), **record},
+               predictions=predictions)
+
+
+def _jsonable(attrs: dict) -> dict:
+    return {key: (value if isinstance(value, (str, int, float, bool)) else str(value)) for key, value in attrs.items()}
