@@ -9,12 +9,12 @@ import textwrap
 
 import pytest
 
-from featcache.data import clean_view, datasets as data, transform, views as augment
+from featcache.data import clean_view, datasets as data, images, transform, views as augment
 
 # Everything that decides a view's pixels, from reading the file (Split.read) onwards.
 PIXEL_CODE = (data.Split.read, data.read_image, transform.resize_size, clean_view.resize_shorter_side, clean_view.center_crop,
               clean_view.normalization, clean_view.normalize_, clean_view.CleanView, augment.ViewParams,
-              augment.DecodedSplit, augment.ImageBatch, augment.view_params, augment.make_views,
+              images.DecodedSplit, augment.ImageBatch, augment.view_params, augment.make_views,
               augment._resized_crops, augment._color_jitter_, augment._adjust_brightness_, augment._adjust_contrast_)
 PIXEL_CONSTANTS = ("IMAGENET_MEAN", "IMAGENET_STD", "SCALE", "RATIO", "BRIGHTNESS", "CONTRAST")
 
