@@ -82,7 +82,7 @@ def with_bias_column(features: torch.Tensor) -> torch.Tensor:
 
 def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config: EpochConfig,
                 test_accuracy=None, log=None, seeds: list[int] | None = None, epoch_order=None,
-                progress: bool = False) -> dict:
+                progress: bool = False, rows: torch.Tensor | None = None, max_steps: int | None = None) -> dict:
     """The reference epoch loop (seeded shuffle, batches, per-epoch train loss and accuracy on the
     batches as trained, test accuracy) for G heads at once.
 
@@ -92,18 +92,29 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
     then sees exactly the batches a single head of seed seeds[k] would. `epoch_order(epoch)`, when
     given, replaces the shuffle (a streamed cache's block order: featcache.cache.streaming). `progress`: a
     tqdm bar in rows/s (for streamed caches, which take minutes).
+
+    `rows` [G, n] (with `seeds`) gives each head its own training rows, indices into `labels` and the
+    features: head k shuffles rows[k] alone, so it trains as a single head on those rows would (few-shot
+    trials, each on its own subset, in lockstep). `max_steps` stops after that many optimizer steps,
+    mid-epoch if it falls there (a budget in steps, not epochs: few-shot heads on 3 or 600 images get the
+    same number of updates); the last epoch's history then covers the rows it trained on.
     """
+    if rows is not None and (seeds is None or epoch_order is not None or len(rows) != len(seeds)):
+        raise FeatcacheError("per-head `rows` need one seed per head and the in-memory shuffle")
     onehot = torch.eye(heads.params.shape[1])  # class -> one-hot row, gathered per batch: no [G, N, C] state
     generators = [torch.Generator().manual_seed(seed) for seed in (seeds if seeds is not None else [config.seed])]
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
-    count = len(labels)
+    count = len(labels) if rows is None else rows.shape[-1]
     bar = tqdm(total=config.epochs * count, unit="row", desc="train", disable=not progress, dynamic_ncols=True)
+    steps = 0
     for epoch in range(config.epochs):
         if epoch_order is not None:
             order = epoch_order(epoch)
         else:
             orders = [torch.randperm(count, generator=generator) for generator in generators]
             order = torch.stack(orders) if seeds is not None else orders[0]
+            if rows is not None:
+                order = rows.gather(1, order)
         ordered_labels = labels[order]  # [N] or [G, N]: 8 bytes a row a head, at any number of classes
         totals = torch.zeros(2, len(heads.params), dtype=torch.float64)  # summed loss, correct count
         pending, start = [], 0
@@ -114,14 +125,18 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
                 totals += _scores(pending, ordered_labels)
                 pending = []
             bar.update(stop - start)
-            start = stop
+            start, steps = stop, steps + 1
+            if steps == max_steps:
+                break
         totals += _scores(pending, ordered_labels)
-        history["train_loss"].append((totals[0] / count).tolist())
-        history["train_acc"].append((totals[1] / count).tolist())
+        history["train_loss"].append((totals[0] / start).tolist())
+        history["train_acc"].append((totals[1] / start).tolist())
         history["test_acc"].append(test_accuracy().tolist() if test_accuracy is not None else None)
         if log is not None:
             log(log_epoch(epoch, config.epochs, history["train_loss"][-1][0], history["train_acc"][-1][0],
                           history["test_acc"][-1][0]))
+        if steps == max_steps:
+            break
     bar.close()
     return history
 
