@@ -5,8 +5,9 @@ numpy.random.default_rng([seed, k, t]): subsets come from the training split onl
 every probe and are reproducible from the seed. Each probe is evaluated on the whole test split.
 
 - linear: the reference head (Adam, lr 1e-3, batch 32, epoch e on augmented view 1 + e % V) for a fixed
-  budget of LINEAR_STEPS optimizer steps whatever k is (at 1 shot an epoch is one step); the trials of
-  one k train in lockstep as one LinearHeads, each with its own subset, init and shuffle.
+  budget of LINEAR_STEPS optimizer steps whatever k is (at 1 shot an epoch is one step), so that small k
+  is not also undertrained; the trials of one k train in lockstep in train-head's loop
+  (featcache.train.heads.train_heads), each with its own subset, init and shuffle.
 - logreg: scikit-learn LogisticRegressionCV on clean views, C chosen by stratified cross-validation
   inside the subset (min(k, 3) folds) when k >= 2, else C = 1.0.
 - knn: featcache.train.knn on clean views, k chosen on a validation split of the subset when every class has
@@ -14,6 +15,7 @@ every probe and are reproducible from the seed. Each probe is evaluated on the w
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -21,10 +23,9 @@ import numpy as np
 import torch
 
 from ..errors import FeatcacheError
-from ..train.heads import LinearHeads, with_bias_column
-from ..cache.reader import view_for_epoch
+from ..train.heads import LinearHeads, cached_batches, train_heads
 from ..train.knn import knn_probe
-from ..train.loop import seeded_linear
+from ..train.loop import EpochConfig, seeded_linear
 from ..cache.key import FEATURE_DIM
 from .stats import t_interval
 
@@ -50,27 +51,17 @@ def draw_subsets(labels: np.ndarray, shots: int, trials: int, seed: int) -> np.n
 
 def linear_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                   test_labels: torch.Tensor, subsets: np.ndarray, seed: int) -> np.ndarray:
-    """Test accuracy of one linear head per subset, all trained in lockstep for LINEAR_STEPS steps."""
+    """Test accuracy of one linear head per subset (init and shuffle seeded seed + trial), trained in
+    lockstep by train-head's loop, each on its own subset, for LINEAR_STEPS steps."""
     trials, count = subsets.shape
     classes = int(train_labels.max()) + 1
-    views = train_features.shape[1] - 1
-    heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, seed + trial) for trial in range(trials)],
-                        [LINEAR_LR] * trials, [0.0] * trials)
-    index = torch.from_numpy(subsets)
-    onehot = torch.nn.functional.one_hot(train_labels[index], classes).float()  # [G, n, C]
-    generators = [torch.Generator().manual_seed(seed + trial) for trial in range(trials)]
-    batch, steps, epoch = min(LINEAR_BATCH, count), 0, 0
-    while steps < LINEAR_STEPS:
-        order = torch.stack([torch.randperm(count, generator=g) for g in generators])  # [G, n]
-        rows = index.gather(1, order)
-        features = with_bias_column(train_features[rows, view_for_epoch(epoch, views)])  # [G, n, D+1]
-        targets = onehot.gather(1, order[..., None].expand(-1, -1, classes))
-        for start in range(0, count, batch):
-            heads.step(features[:, start:start + batch], targets[:, start:start + batch])
-            steps += 1
-            if steps == LINEAR_STEPS:
-                break
-        epoch += 1
+    seeds = [seed + trial for trial in range(trials)]
+    heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, each) for each in seeds], [LINEAR_LR] * trials,
+                        [0.0] * trials)
+    batch = min(LINEAR_BATCH, count)
+    config = EpochConfig(epochs=math.ceil(LINEAR_STEPS / math.ceil(count / batch)), batch_size=batch, seed=seed)
+    train_heads(heads, cached_batches(train_features), train_labels, config, seeds=seeds,
+                rows=torch.from_numpy(subsets), max_steps=LINEAR_STEPS)
     return heads.accuracy(test_features, test_labels).numpy()
 
 
