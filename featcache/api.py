@@ -208,9 +208,11 @@ def train_head(cache: FeatureCache | CacheSpec | str | Path, *, head: str = "lin
             history = {"train_loss": [probe["train_loss"]], "train_acc": [probe["train_acc"]],
                        "test_acc": [probe["test_acc"]], "test_probabilities": probe["test_probabilities"]}
             record["logreg"] = {"grid": probe["grid"], "best": probe["best"]}
-            if echo is not None:
+            if echo is not None and probe["grid"]:
                 echo(markdown_table(probe["grid"], ["C", "val_acc"]))
                 echo(f"chosen C={probe['best']['C']} (validation accuracy {probe['best']['val_acc']:.4f})")
+            elif echo is not None:
+                echo(f"C={probe['best']['C']} ({probe['chosen']})")
         else:
             if sweep:
                 result = sweep_heads(cache.train_features, cache.train_labels, list(sweep_lrs), list(sweep_wds), config,

@@ -447,8 +447,8 @@ def predict_command(model, inputs, out, output_format, top_k, batch_size, device
 @click.option("--trials", type=click.IntRange(min=2), default=20, show_default=True,
               help="Subsets drawn per k (seeded, without replacement, the same for every probe).")
 @click.option("--probes", default="linear,logreg,knn", show_default=True,
-              help="linear (reference head, fixed budget of 705 Adam steps), logreg (C by cross-validation "
-                   "inside the subset, C=1 at 1 shot), knn (k on a validation split from 5 shots, else 1-NN).")
+              help="linear (reference head, fixed budget of 705 Adam steps), logreg (train-head's probe: C on a "
+                   "validation split from 5 shots, else C=1), knn (k on a validation split from 5 shots, else 1-NN).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the subsets, inits and shuffles.")
 @click.option("--knn-temperature", type=float, default=None,
               help="kNN votes weighted by exp(similarity / T) (DINOv2 uses 0.07). Default: uniform votes.")

@@ -277,6 +277,26 @@ def test_heads_on_their_own_rows_train_as_single_heads_on_those_rows(cached):
     assert np.allclose(history["train_loss"][-1], steps[-1][1].tolist(), atol=1e-6)
 
 
+def test_logreg_probe_chooses_c_on_a_validation_split_from_5_images_per_class(cached, monkeypatch):
+    """Below 5 images in a class C is 1 and no split is drawn (a 1-image validation split cannot rank
+    five Cs); from 5 it is the best on validation_split(labels, val_fraction, seed), as for kNN's k."""
+    from featcache.train import heads as heads_module
+
+    cache = load_cache(cached[1])
+    features, labels = cache.train_features.numpy()[:, :1], cache.train_labels.numpy()
+    splits = []
+    real = heads_module.validation_split
+    monkeypatch.setattr(heads_module, "validation_split", lambda *args: splits.append(args[1:]) or real(*args))
+    for per_class in (1, 4):
+        chosen = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(3)])
+        probe = heads_module.logreg_probe(features[chosen], labels[chosen], seed=3)
+        assert probe["best"]["C"] == 1.0 and probe["model"][-1].C == 1.0 and not probe["grid"] and not splits
+    chosen = np.concatenate([np.flatnonzero(labels == c)[:5] for c in range(3)])
+    probe = heads_module.logreg_probe(features[chosen], labels[chosen], Cs=(0.001, 10.0), seed=3)
+    assert splits == [(0.2, 3)] and [row["C"] for row in probe["grid"]] == [0.001, 10.0]
+    assert probe["model"][-1].C == probe["best"]["C"] and probe["chosen"] == "validation split"
+
+
 @pytest.mark.parametrize("args, words", [
     (["--epochs", "0"], "--epochs"), (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"),
     (["--sweep", "--sweep-lrs", "abc"], "--sweep-lrs"), (["--val-fraction", "1.5", "--sweep"], "--val-fraction"),

@@ -8,10 +8,12 @@ every probe and are reproducible from the seed. Each probe is evaluated on the w
   budget of LINEAR_STEPS optimizer steps whatever k is (at 1 shot an epoch is one step), so that small k
   is not also undertrained; the trials of one k train in lockstep in train-head's loop
   (featcache.train.heads.train_heads), each with its own subset, init and shuffle.
-- logreg: scikit-learn LogisticRegressionCV on clean views, C chosen by stratified cross-validation
-  inside the subset (min(k, 3) folds) when k >= 2, else C = 1.0.
+- logreg: train-head's probe (featcache.train.heads.logreg_probe) on clean views: C chosen on a validation
+  split of the subset when every class has at least 5 images, else C = 1.0.
 - knn: featcache.train.knn on clean views, k chosen on a validation split of the subset when every class has
   at least 5 images, else 1-NN.
+logreg and knn share the threshold (featcache.train.knn.MIN_PER_CLASS): below it a validation split holds
+too few images to rank settings.
 """
 from __future__ import annotations
 
@@ -23,15 +25,14 @@ import numpy as np
 import torch
 
 from ..errors import FeatcacheError
-from ..train.heads import LinearHeads, cached_batches, train_heads
-from ..train.knn import knn_probe
+from ..train.heads import LinearHeads, cached_batches, logreg_probe, train_heads
+from ..train.knn import MIN_PER_CLASS, knn_probe
 from ..train.loop import EpochConfig, seeded_linear
 from ..cache.key import FEATURE_DIM
 from .stats import t_interval
 
 LINEAR_STEPS = 705  # the reference head's steps: 15 epochs x ceil(1,500 / 32) batches
 LINEAR_LR, LINEAR_BATCH = 1e-3, 32
-LOGREG_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 PROBES = ("linear", "logreg", "knn")
 
 
@@ -66,26 +67,17 @@ def linear_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test
 
 
 def logreg_probes(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-                  test_labels: np.ndarray, subsets: np.ndarray, shots: int) -> np.ndarray:
+                  test_labels: np.ndarray, subsets: np.ndarray, seed: int) -> np.ndarray:
+    """Test accuracy of train-head's logreg probe (featcache.train.heads.logreg_probe) on each subset, its
+    validation split seeded seed + trial as kNN's is."""
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     accuracies = []
-    for subset in subsets:
-        if shots >= 2:
-            folds = StratifiedKFold(min(shots, 3), shuffle=True, random_state=0)
-            model = LogisticRegressionCV(Cs=list(LOGREG_CS), cv=folds, max_iter=1000)
-        else:
-            model = LogisticRegression(C=1.0, max_iter=1000)
-        pipeline = make_pipeline(StandardScaler(), model)
+    for trial, subset in enumerate(subsets):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warnings.simplefilter("ignore", FutureWarning)  # LogisticRegressionCV defaults announced to change
-            pipeline.fit(train_features[subset], train_labels[subset])
-        accuracies.append(pipeline.score(test_features, test_labels))
+            warnings.simplefilter("ignore", ConvergenceWarning)  # hundreds of fits on a few images: noise
+            model = logreg_probe(train_features[subset][:, None], train_labels[subset], seed=seed + trial)["model"]
+        accuracies.append(model.score(test_features, test_labels))
     return np.array(accuracies)
 
 
@@ -121,7 +113,7 @@ def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
                                            cache.test_labels, subsets, seed)
             elif probe == "logreg":
                 accuracies = logreg_probes(clean.numpy(), labels, cache.test_features.numpy(),
-                                           cache.test_labels.numpy(), subsets, k)
+                                           cache.test_labels.numpy(), subsets, seed)
             else:
                 accuracies = knn_probes(clean, cache.train_labels, cache.test_features, cache.test_labels, subsets, seed,
                                         knn_temperature)
@@ -129,8 +121,8 @@ def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
             rows.append({"probe": probe, "shots": k, "trials": trials, "mean_test_acc": interval["mean"],
                          "std": interval["std"], "ci95_low": interval["low"], "ci95_high": interval["high"],
                          "setting": {"linear": f"{LINEAR_STEPS} Adam steps (batch {min(LINEAR_BATCH, k * len(np.unique(labels)))})",
-                                     "logreg": "C by CV" if k >= 2 else "C=1.0",
-                                     "knn": "k by validation" if k >= 5 else "1-NN"}[probe]})
+                                     "logreg": "C by validation" if k >= MIN_PER_CLASS else "C=1.0",
+                                     "knn": "k by validation" if k >= MIN_PER_CLASS else "1-NN"}[probe]})
             if log is not None:
                 log(f"{probe} {k}-shot: {interval['mean']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]")
     return rows
