@@ -422,9 +422,9 @@ def predict_command(model, inputs, out, output_format, top_k, batch_size, device
               help="Subsets drawn per k (seeded, without replacement, the same for every probe).")
 @click.option("--probes", type=CommaList(str), default=",".join(api_default(api.fewshot, "probes")),
               show_default=True,
-              help=f"linear (reference head, fixed budget of {FEWSHOT_LINEAR_STEPS} Adam steps), logreg (C by "
-                   "cross-validation inside the subset, C=1 at 1 shot), knn (k on a validation split from "
-                   f"{MIN_PER_CLASS_TO_CHOOSE} shots, else 1-NN).")
+              help=f"linear (reference head, fixed budget of {FEWSHOT_LINEAR_STEPS} Adam steps), logreg (train-head's "
+                   f"probe: C on a validation split from {MIN_PER_CLASS_TO_CHOOSE} shots, else C=1), knn (k on a "
+                   f"validation split from {MIN_PER_CLASS_TO_CHOOSE} shots, else 1-NN).")
 @click.option("--seed", type=int, default=api_default(api.fewshot, "seed"), show_default=True,
               help="Seeds the subsets, inits and shuffles.")
 @option(api.HeadConfig, "knn_temperature")

@@ -244,6 +244,60 @@ def test_logreg_probe_and_its_linear_head_agree(cached):
                                                      == cache.test_labels).float().mean()))
 
 
+def test_heads_on_their_own_rows_train_as_single_heads_on_those_rows(cached):
+    """Few-shot's use of train_heads: each head on its own subset of rows, its own seed, trains as the
+    reference head on that subset alone; a step budget stops mid-epoch after exactly that many steps."""
+    from featcache.train.heads import cached_batches, train_heads
+
+    cache = load_cache(cached[1])
+    rows = torch.tensor([[0, 3, 9, 12, 17, 22], [1, 2, 8, 11, 20, 23]])  # 2 heads, 6 rows each (of 24)
+    seeds, config = [4, 7], EpochConfig(epochs=5, batch_size=4, seed=4)  # 2 batches an epoch, the second of 2
+    heads = LinearHeads([seeded_linear(512, 3, seed) for seed in seeds], [1e-2] * 2, [0.0] * 2)
+    history = train_heads(heads, cached_batches(cache.train_features), cache.train_labels, config, seeds=seeds,
+                          rows=rows)
+    for index, seed in enumerate(seeds):
+        single, single_history = train_linear_head(cache.train_features[rows[index]], cache.train_labels[rows[index]],
+                                                   cache.test_features, cache.test_labels,
+                                                   EpochConfig(5, 4, seed), lr=1e-2)
+        assert torch.allclose(heads.as_linear(index).weight, single.weight, atol=1e-5)
+        assert [epoch[index] for epoch in history["train_acc"]] == single_history["train_acc"]
+
+    steps = []  # (batch shape, per-head mean loss of the batch before its step)
+    budget = LinearHeads([seeded_linear(512, 3, seed) for seed in seeds], [1e-2] * 2, [0.0] * 2)
+    real = budget.step
+
+    def step(features, onehot):
+        log_probs = real(features, onehot)
+        steps.append((tuple(features.shape), -(log_probs * onehot).sum(-1).mean(-1)))
+        return log_probs
+    budget.step = step
+    history = train_heads(budget, cached_batches(cache.train_features), cache.train_labels, config, seeds=seeds,
+                          rows=rows, max_steps=7)
+    assert [shape for shape, _ in steps] == [(2, 4, 513), (2, 2, 513)] * 3 + [(2, 4, 513)]  # 3 epochs, 1 batch
+    assert len(history["train_loss"]) == 4  # the last epoch: the mean over the 4 rows it trained, not all 6
+    assert np.allclose(history["train_loss"][-1], steps[-1][1].tolist(), atol=1e-6)
+
+
+def test_logreg_probe_chooses_c_on_a_validation_split_from_5_images_per_class(cached, monkeypatch):
+    """Below 5 images in a class C is 1 and no split is drawn (a 1-image validation split cannot rank
+    five Cs); from 5 it is the best on validation_split(labels, val_fraction, seed), as for kNN's k."""
+    from featcache.train import heads as heads_module
+
+    cache = load_cache(cached[1])
+    features, labels = cache.train_features.numpy()[:, :1], cache.train_labels.numpy()
+    splits = []
+    real = heads_module.validation_split
+    monkeypatch.setattr(heads_module, "validation_split", lambda *args: splits.append(args[1:]) or real(*args))
+    for per_class in (1, 4):
+        chosen = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(3)])
+        probe = heads_module.logreg_probe(features[chosen], labels[chosen], seed=3)
+        assert probe["best"]["C"] == 1.0 and probe["model"][-1].C == 1.0 and not probe["grid"] and not splits
+    chosen = np.concatenate([np.flatnonzero(labels == c)[:5] for c in range(3)])
+    probe = heads_module.logreg_probe(features[chosen], labels[chosen], Cs=(0.001, 10.0), seed=3)
+    assert splits == [(0.2, 3)] and [row["C"] for row in probe["grid"]] == [0.001, 10.0]
+    assert probe["model"][-1].C == probe["best"]["C"] and probe["chosen"] == "validation split"
+
+
 @pytest.mark.parametrize("args, words", [
     (["--epochs", "0"], "--epochs"), (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"),
     (["--sweep", "--sweep-lrs", "abc"], "--sweep-lrs"), (["--val-fraction", "1.5", "--sweep"], "--val-fraction"),

@@ -5,15 +5,19 @@ numpy.random.default_rng([seed, k, t]): subsets come from the training split onl
 every probe and are reproducible from the seed. Each probe is evaluated on the whole test split.
 
 - linear: the reference head (Adam, lr 1e-3, batch 32, epoch e on augmented view 1 + e % V) for a fixed
-  budget of LINEAR_STEPS optimizer steps whatever k is (at 1 shot an epoch is one step); the trials of
-  one k train in lockstep as one LinearHeads, each with its own subset, init and shuffle.
-- logreg: scikit-learn LogisticRegressionCV on clean views, C chosen by stratified cross-validation
-  inside the subset (min(k, 3) folds) when k >= 2, else C = 1.0.
+  budget of LINEAR_STEPS optimizer steps whatever k is (at 1 shot an epoch is one step), so that small k
+  is not also undertrained; the trials of one k train in lockstep in train-head's loop
+  (featcache.train.heads.train_heads), each with its own subset, init and shuffle.
+- logreg: train-head's probe (featcache.train.heads.logreg_probe) on clean views: C chosen on a validation
+  split of the subset when every class has at least 5 images, else C = 1.0.
 - knn: featcache.train.knn on clean views, k chosen on a validation split of the subset when every class has
   at least 5 images, else 1-NN.
+logreg and knn share the threshold (featcache.train.config.MIN_PER_CLASS_TO_CHOOSE): below it a validation split holds
+too few images to rank settings.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -21,16 +25,16 @@ import numpy as np
 import torch
 
 from ..errors import FeatcacheError
-from ..train.heads import LinearHeads, with_bias_column
-from ..cache.reader import view_for_epoch
+from ..train.heads import LinearHeads, cached_batches, logreg_probe, train_heads
+from ..train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE
 from ..train.knn import knn_probe
+from ..train.config import EpochConfig
 from ..train.loop import seeded_linear
 from ..cache.key import FEATURE_DIM
 from .stats import t_interval
 
-LINEAR_STEPS = 705  # the reference head's steps: 15 epochs x ceil(1,500 / 32) batches
+LINEAR_STEPS = FEWSHOT_LINEAR_STEPS  # the reference head's steps: 15 epochs x ceil(1,500 / 32) batches
 LINEAR_LR, LINEAR_BATCH = 1e-3, 32
-LOGREG_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 PROBES = ("linear", "logreg", "knn")
 
 
@@ -50,51 +54,32 @@ def draw_subsets(labels: np.ndarray, shots: int, trials: int, seed: int) -> np.n
 
 def linear_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                   test_labels: torch.Tensor, subsets: np.ndarray, seed: int) -> np.ndarray:
-    """Test accuracy of one linear head per subset, all trained in lockstep for LINEAR_STEPS steps."""
+    """Test accuracy of one linear head per subset (init and shuffle seeded seed + trial), trained in
+    lockstep by train-head's loop, each on its own subset, for LINEAR_STEPS steps."""
     trials, count = subsets.shape
     classes = int(train_labels.max()) + 1
-    views = train_features.shape[1] - 1
-    heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, seed + trial) for trial in range(trials)],
-                        [LINEAR_LR] * trials, [0.0] * trials)
-    index = torch.from_numpy(subsets)
-    onehot = torch.nn.functional.one_hot(train_labels[index], classes).float()  # [G, n, C]
-    generators = [torch.Generator().manual_seed(seed + trial) for trial in range(trials)]
-    batch, steps, epoch = min(LINEAR_BATCH, count), 0, 0
-    while steps < LINEAR_STEPS:
-        order = torch.stack([torch.randperm(count, generator=g) for g in generators])  # [G, n]
-        rows = index.gather(1, order)
-        features = with_bias_column(train_features[rows, view_for_epoch(epoch, views)])  # [G, n, D+1]
-        targets = onehot.gather(1, order[..., None].expand(-1, -1, classes))
-        for start in range(0, count, batch):
-            heads.step(features[:, start:start + batch], targets[:, start:start + batch])
-            steps += 1
-            if steps == LINEAR_STEPS:
-                break
-        epoch += 1
+    seeds = [seed + trial for trial in range(trials)]
+    heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, each) for each in seeds], [LINEAR_LR] * trials,
+                        [0.0] * trials)
+    batch = min(LINEAR_BATCH, count)
+    config = EpochConfig(epochs=math.ceil(LINEAR_STEPS / math.ceil(count / batch)), batch_size=batch, seed=seed)
+    train_heads(heads, cached_batches(train_features), train_labels, config, seeds=seeds,
+                rows=torch.from_numpy(subsets), max_steps=LINEAR_STEPS)
     return heads.accuracy(test_features, test_labels).numpy()
 
 
 def logreg_probes(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-                  test_labels: np.ndarray, subsets: np.ndarray, shots: int) -> np.ndarray:
+                  test_labels: np.ndarray, subsets: np.ndarray, seed: int) -> np.ndarray:
+    """Test accuracy of train-head's logreg probe (featcache.train.heads.logreg_probe) on each subset, its
+    validation split seeded seed + trial as kNN's is."""
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     accuracies = []
-    for subset in subsets:
-        if shots >= 2:
-            folds = StratifiedKFold(min(shots, 3), shuffle=True, random_state=0)
-            model = LogisticRegressionCV(Cs=list(LOGREG_CS), cv=folds, max_iter=1000)
-        else:
-            model = LogisticRegression(C=1.0, max_iter=1000)
-        pipeline = make_pipeline(StandardScaler(), model)
+    for trial, subset in enumerate(subsets):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warnings.simplefilter("ignore", FutureWarning)  # LogisticRegressionCV defaults announced to change
-            pipeline.fit(train_features[subset], train_labels[subset])
-        accuracies.append(pipeline.score(test_features, test_labels))
+            warnings.simplefilter("ignore", ConvergenceWarning)  # hundreds of fits on a few images: noise
+            model = logreg_probe(train_features[subset][:, None], train_labels[subset], seed=seed + trial)["model"]
+        accuracies.append(model.score(test_features, test_labels))
     return np.array(accuracies)
 
 
@@ -130,7 +115,7 @@ def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
                                            cache.test_labels, subsets, seed)
             elif probe == "logreg":
                 accuracies = logreg_probes(clean.numpy(), labels, cache.test_features.numpy(),
-                                           cache.test_labels.numpy(), subsets, k)
+                                           cache.test_labels.numpy(), subsets, seed)
             else:
                 accuracies = knn_probes(clean, cache.train_labels, cache.test_features, cache.test_labels, subsets, seed,
                                         knn_temperature)
@@ -138,8 +123,8 @@ def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
             rows.append({"probe": probe, "shots": k, "trials": trials, "mean_test_acc": interval["mean"],
                          "std": interval["std"], "ci95_low": interval["low"], "ci95_high": interval["high"],
                          "setting": {"linear": f"{LINEAR_STEPS} Adam steps (batch {min(LINEAR_BATCH, k * len(np.unique(labels)))})",
-                                     "logreg": "C by CV" if k >= 2 else "C=1.0",
-                                     "knn": "k by validation" if k >= 5 else "1-NN"}[probe]})
+                                     "logreg": "C by validation" if k >= MIN_PER_CLASS_TO_CHOOSE else "C=1.0",
+                                     "knn": "k by validation" if k >= MIN_PER_CLASS_TO_CHOOSE else "1-NN"}[probe]})
             if log is not None:
                 log(f"{probe} {k}-shot: {interval['mean']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]")
     return rows

@@ -3,6 +3,7 @@
 Features are in-memory tensors, so a head trains in well under a second: no DataLoader, no images; a
 cache larger than the memory budget is streamed from the file instead (featcache.cache.streaming).
 Selection (sweep, logreg's C) uses a validation split carved from the training images, never the test set.
+Few-shot (featcache.evaluate.fewshot) trains its probes with the same loop and the same logreg probe.
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from tqdm import tqdm
 
 from ..errors import FeatcacheError
 from ..cache.reader import FeatureCache, view_for_epoch
-from .config import EpochConfig
+from .config import MIN_PER_CLASS_TO_CHOOSE, EpochConfig
 from .loop import log_epoch, seeded_linear
 from ..cache.key import FEATURE_DIM
 
 DEFAULT_LOGREG_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+FALLBACK_C = 1.0  # scikit-learn's default C, for subsets too small to choose it
 
 
 class LinearHeads:
@@ -83,7 +85,7 @@ def with_bias_column(features: torch.Tensor) -> torch.Tensor:
 
 def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config: EpochConfig,
                 test_accuracy=None, log=None, seeds: list[int] | None = None, epoch_order=None,
-                progress: bool = False) -> dict:
+                progress: bool = False, rows: torch.Tensor | None = None, max_steps: int | None = None) -> dict:
     """The reference epoch loop (seeded shuffle, batches, per-epoch train loss and accuracy on the
     batches as trained, test accuracy) for G heads at once.
 
@@ -93,18 +95,29 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
     then sees exactly the batches a single head of seed seeds[k] would. `epoch_order(epoch)`, when
     given, replaces the shuffle (a streamed cache's block order: featcache.cache.streaming). `progress`: a
     tqdm bar in rows/s (for streamed caches, which take minutes).
+
+    `rows` [G, n] (with `seeds`) gives each head its own training rows, indices into `labels` and the
+    features: head k shuffles rows[k] alone, so it trains as a single head on those rows would (few-shot
+    trials, each on its own subset, in lockstep). `max_steps` stops after that many optimizer steps,
+    mid-epoch if it falls there (a budget in steps, not epochs: few-shot heads on 3 or 600 images get the
+    same number of updates); the last epoch's history then covers the rows it trained on.
     """
+    if rows is not None and (seeds is None or epoch_order is not None or len(rows) != len(seeds)):
+        raise FeatcacheError("per-head `rows` need one seed per head and the in-memory shuffle")
     onehot = torch.eye(heads.params.shape[1])  # class -> one-hot row, gathered per batch: no [G, N, C] state
     generators = [torch.Generator().manual_seed(seed) for seed in (seeds if seeds is not None else [config.seed])]
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
-    count = len(labels)
+    count = len(labels) if rows is None else rows.shape[-1]
     bar = tqdm(total=config.epochs * count, unit="row", desc="train", disable=not progress, dynamic_ncols=True)
+    steps = 0
     for epoch in range(config.epochs):
         if epoch_order is not None:
             order = epoch_order(epoch)
         else:
             orders = [torch.randperm(count, generator=generator) for generator in generators]
             order = torch.stack(orders) if seeds is not None else orders[0]
+            if rows is not None:
+                order = rows.gather(1, order)
         ordered_labels = labels[order]  # [N] or [G, N]: 8 bytes a row a head, at any number of classes
         totals = torch.zeros(2, len(heads.params), dtype=torch.float64)  # summed loss, correct count
         pending, start = [], 0
@@ -115,14 +128,18 @@ def train_heads(heads: LinearHeads, epoch_batches, labels: torch.Tensor, config:
                 totals += _scores(pending, ordered_labels)
                 pending = []
             bar.update(stop - start)
-            start = stop
+            start, steps = stop, steps + 1
+            if steps == max_steps:
+                break
         totals += _scores(pending, ordered_labels)
-        history["train_loss"].append((totals[0] / count).tolist())
-        history["train_acc"].append((totals[1] / count).tolist())
+        history["train_loss"].append((totals[0] / start).tolist())
+        history["train_acc"].append((totals[1] / start).tolist())
         history["test_acc"].append(test_accuracy().tolist() if test_accuracy is not None else None)
         if log is not None:
             log(log_epoch(epoch, config.epochs, history["train_loss"][-1][0], history["train_acc"][-1][0],
                           history["test_acc"][-1][0]))
+        if steps == max_steps:
+            break
     bar.close()
     return history
 
@@ -260,38 +277,52 @@ def sweep_heads(train_features: torch.Tensor, train_labels: torch.Tensor, lrs, w
     return SweepResult(grid, best)
 
 
+def logreg_probe(features: np.ndarray, labels: np.ndarray, Cs=DEFAULT_LOGREG_CS, val_fraction: float = 0.2,
+                 seed: int = 0) -> dict:
+    """The logistic-regression probe, train-head's and few-shot's: StandardScaler + LogisticRegression
+    (max_iter 2000) on features [N, R, D], R rows per image of which row 0 is the clean view.
+
+    C is the best of Cs (first of equals: the smaller C) fitted on validation_split(labels, val_fraction,
+    seed) and scored on the held-out clean views, when every class has at least MIN_PER_CLASS_TO_CHOOSE images, the
+    threshold at which kNN chooses its k; below it a split leaves too few images to rank Cs, so C is
+    FALLBACK_C. The chosen C is then refitted on every image. Returns the model, the grid, the best row and
+    how C was chosen (as knn_probe says how k was).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def fit(C, indices):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+        rows = features[indices]
+        return model.fit(rows.reshape(-1, rows.shape[-1]), np.repeat(labels[indices], rows.shape[1]))
+
+    grid, best, chosen = [], {"C": FALLBACK_C, "val_acc": None}, f"fixed (fewer than {MIN_PER_CLASS_TO_CHOOSE} images in a class)"
+    if np.bincount(labels).min() >= MIN_PER_CLASS_TO_CHOOSE:
+        chosen = "validation split"
+        fit_idx, val_idx = validation_split(torch.from_numpy(labels), val_fraction, seed)
+        for C in Cs:
+            model = fit(C, fit_idx)
+            grid.append({"C": C, "val_acc": float(model.score(features[val_idx, 0], labels[val_idx]))})
+        best = max(grid, key=lambda row: row["val_acc"])
+    return {"grid": grid, "best": best, "chosen": chosen, "model": fit(best["C"], np.arange(len(labels)))}
+
+
 def logistic_regression_probe(cache: FeatureCache, use_views: str = "clean", Cs=DEFAULT_LOGREG_CS,
                               val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """scikit-learn LogisticRegression on the cached features, C chosen on a validation split.
+    """train-head's logreg: logreg_probe on a cache's training images, scored on them and on the test split.
 
     use_views: "clean" fits on view 0 only; "all" adds every augmented view as extra training rows.
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     if use_views not in ("clean", "all"):
         raise FeatcacheError(f"`logreg_views` must be 'clean' or 'all', got {use_views}")
     features, labels = cache.train_features.numpy(), cache.train_labels.numpy()
-
-    def rows(indices):
-        chosen = features[indices] if use_views == "all" else features[indices, :1]
-        return chosen.reshape(-1, FEATURE_DIM), np.repeat(labels[indices], chosen.shape[1])
-
-    def fit(C, indices):
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-        return model.fit(*rows(indices))
-
-    fit_idx, val_idx = validation_split(cache.train_labels, val_fraction, seed)
-    grid = []
-    for C in Cs:
-        model = fit(C, fit_idx)
-        grid.append({"C": C, "val_acc": float(model.score(features[val_idx, 0], labels[val_idx]))})
-    best = max(grid, key=lambda row: row["val_acc"])
-    final = fit(best["C"], np.arange(len(labels)))
+    probe = logreg_probe(features if use_views == "all" else features[:, :1], labels, Cs, val_fraction, seed)
+    final = probe["model"]
     return {
-        "grid": grid, "best": best, "model": final,
+        **probe,
         "train_acc": float(final.score(features[:, 0], labels)),
         "test_acc": float(final.score(cache.test_features.numpy(), cache.test_labels.numpy())),
         "test_probabilities": final.predict_proba(cache.test_features.numpy()),

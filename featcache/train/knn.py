@@ -2,7 +2,7 @@
 
 No training: the training features are the model. Votes are uniform, or weighted by exp(similarity / T)
 (DINOv2's kNN evaluation uses T = 0.07). k is chosen on a validation split of the training images when
-every class has at least MIN_PER_CLASS images for it, else it is FALLBACK_K (1-NN).
+every class has at least MIN_PER_CLASS_TO_CHOOSE images for it, else it is FALLBACK_K (1-NN).
 KNNHead outputs the log of its vote shares, so a softmax on top (as an exported model applies) gives the
 vote shares back: the head drops into the same place as a Linear head.
 """
@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..errors import FeatcacheError
+from .config import MIN_PER_CLASS_TO_CHOOSE
 
 DEFAULT_KS = (1, 3, 5, 10, 20, 50)
 FALLBACK_K = 1  # too few images to choose k: the nearest neighbour (larger k ties on a few images)
-MIN_PER_CLASS = 5  # a validation split needs this many training images per class to choose k
 
 
 class KNNHead(nn.Module):
@@ -58,7 +58,7 @@ def knn_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_fea
         raise FeatcacheError(f"`knn_temperature` must be positive, got {temperature}")
     counts = np.bincount(train_labels.numpy(), minlength=classes)
     grid = []
-    if counts.min() >= MIN_PER_CLASS:
+    if counts.min() >= MIN_PER_CLASS_TO_CHOOSE:
         fit, val = validation_split(train_labels, val_fraction, seed)
         for k in (k for k in ks if k <= len(fit)):
             head = KNNHead(train_features[fit], train_labels[fit], classes, k, temperature)
@@ -68,7 +68,7 @@ def knn_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_fea
         k = max(grid, key=lambda row: row["val_acc"])["k"]  # first of equals: the smaller k
         chosen = "validation split"
     else:
-        k, chosen = FALLBACK_K, f"fixed (fewer than {MIN_PER_CLASS} images in a class)"
+        k, chosen = FALLBACK_K, f"fixed (fewer than {MIN_PER_CLASS_TO_CHOOSE} images in a class)"
     head = KNNHead(train_features, train_labels, classes, k, temperature)
     with torch.no_grad():
         test_log_shares = head(test_features)

@@ -54,9 +54,11 @@ def _trained(cache, config: HeadConfig, log, echo, progress: bool):
     if config.head == "logreg":
         probe = logistic_regression_probe(cache, config.logreg_views, val_fraction=config.val_fraction,
                                           seed=config.seed)
-        if echo is not None:
+        if echo is not None and probe["grid"]:
             echo(markdown_table(probe["grid"], ["C", "val_acc"]))
             echo(f"chosen C={probe['best']['C']} (validation accuracy {probe['best']['val_acc']:.4f})")
+        elif echo is not None:
+            echo(f"C={probe['best']['C']} ({probe['chosen']})")
         return (logreg_as_linear(probe["model"], len(cache.classes)),
                 _probe_history(probe, probe["test_probabilities"]),
                 {"logreg": {"grid": probe["grid"], "best": probe["best"]}}, lr, weight_decay)
