@@ -24,7 +24,8 @@ from .cache.key import DEFAULT_WEIGHTS, CacheSpec, ExtractConfig, ExtractResult,
 from .data.datasets import DataSpec
 from .data.transform import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size
 from .errors import FeatcacheError, ReportedElsewhere
-from .evaluate.runs import Run, SeedRuns, claimed, default_run_dir, read_run, seeds_line, summary_line
+from .evaluate.claims import claimed
+from .evaluate.runs import Run, SeedRuns, default_run_dir, read_run, seeds_line, summary_line
 from .evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 from .ranks import is_main_process, reported_once
 from .settings import as_seed_list, built
@@ -82,7 +83,7 @@ def open_cache(source: CacheSpec | str | Path, max_memory: int | str | None = No
 def claim_run_dir(out: str | Path | None, approach: str, overwrite: bool = False) -> Path:
     """The run directory a run will be written to (default runs/<approach>-<time>), refused if it
     already holds a run and `overwrite` is not set, or if another process is writing to it. Every
-    training function holds its folder this way (featcache.evaluate.runs.claimed) from before training until
+    training function holds its folder this way (featcache.evaluate.claims.claimed) from before training until
     the run is written."""
     with claimed(out, approach, overwrite) as folder:
         return folder

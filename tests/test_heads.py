@@ -129,7 +129,7 @@ def test_a_run_folder_is_held_by_one_process_and_released_by_a_kill(cached, run_
     refused in one line and writes nothing; a SIGKILLed holder leaves no stale claim."""
     _, path = cached
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from featcache.evaluate.runs import claimed\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from featcache.evaluate.claims import claimed\n"
                                f"with claimed({str(out)!r}, 'feature-extraction'):\n"
                                "    print('held', flush=True); sys.stdin.read()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

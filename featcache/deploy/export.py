@@ -26,8 +26,8 @@ from torch import nn
 from .._version import __version__
 from ..errors import FeatcacheError
 from ..data.clean_view import CROP, RESIZE, CleanView
-from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds, write_atomically
-from ..cache.key import FEATURE_DIM, weights_identity
+from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds, trained_model, write_atomically
+from ..cache.key import weights_identity
 from ..data.transform import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size
 
 METADATA = "featcache.json"
@@ -44,26 +44,6 @@ class Classifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(self.clean_view(images)).softmax(1)
-
-
-def _run_weights(run_dir: Path) -> dict:
-    path = run_dir / WEIGHTS
-    if not path.is_file():
-        raise FeatcacheError(f"run directory {run_dir} has no {WEIGHTS}: the trained weights are missing")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load's messages run to many lines
-        raise FeatcacheError(f"{path} is not a state dict torch.load(weights_only=True) can read "
-                             f"({type(error).__name__})") from None
-
-
-def _load_into(module: nn.Module, state: dict, path: Path, what: str) -> None:
-    try:
-        module.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        first = str(error).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else (first[0] if first else type(error).__name__)
-        raise FeatcacheError(f"{path} does not fit {what}: {detail}") from None
 
 
 def _backbone_source(record: dict, weights: str | None, run_dir: Path) -> tuple[str, str, int]:
@@ -108,7 +88,6 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     """featcache's own model of a run directory, in eval mode on the CPU, and the metadata an export of
     it records. For a feature-extraction run the backbone comes from the weights the cache recorded
     (or `weights`), checked against their recorded identity."""
-    from torchvision.models import resnet18
 
     from ..backbone import load_backbone
 
@@ -131,29 +110,18 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
         raise FeatcacheError(f"{run_dir} was trained on images preprocessed by an older featcache (transform "
                              f"version {trained_with}, not {TRANSFORM_VERSION}); an export would "
                              "resize differently: train it again with this featcache")
-    state = _run_weights(run_dir)
+    trained = trained_model(run_dir, record)  # the head alone for feature extraction
     provenance = {"approach": approach, "run_dir": str(run_dir.resolve()), "config": record.get("config", {}),
                   "final_test_acc": record["test_acc"][-1], "featcache_version_of_run": record.get("featcache_version")}
     if approach == "feature-extraction":
         source, identity, seed = _backbone_source(record, weights, run_dir)
         network = load_backbone(source, seed)
-        if "knn" in record:  # the head is the training features and their labels
-            from ..train.knn import KNNHead
-
-            try:
-                network.fc = KNNHead.from_state(state, record["knn"])
-            except FeatcacheError as error:
-                raise FeatcacheError(f"{run_dir / WEIGHTS}: {error}") from None
-            _load_into(network.fc, state, run_dir / WEIGHTS, f"a kNN head of {len(classes)} classes")
-        else:
-            network.fc = nn.Linear(FEATURE_DIM, len(classes))
-            _load_into(network.fc, state, run_dir / WEIGHTS, f"a Linear({FEATURE_DIM}, {len(classes)}) head")
+        network.fc = trained
         image_size = int(record["cache_attrs"]["image_size"])
         provenance.update(cache_key=record.get("cache_key"), cache_precision=record["cache_attrs"].get("precision"),
                           backbone_weights={"source": source, "identity": identity})
     else:
-        network = resnet18(num_classes=len(classes))
-        _load_into(network, state, run_dir / WEIGHTS, f"a ResNet-18 with {len(classes)} classes")
+        network = trained
         image_size = int(record.get("config", {}).get("image_size", 224))
         provenance["backbone_weights"] = {"source": record.get("config", {}).get("weights", "random init"),
                                           "identity": weights_identity(str(run_dir / WEIGHTS), 0)}

@@ -7,12 +7,11 @@ loadable with numpy alone.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import platform
 import time
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,102 +28,6 @@ HISTORY_KEYS = ("train_loss", "train_acc", "test_acc")
 
 def default_run_dir(approach: str) -> Path:
     return Path("runs") / f"{approach}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-@contextmanager
-def claimed(out: Path | None, approach: str, overwrite: bool = False, lock: bool = True):
-    """The run directory a run will be written to (default runs/<approach>-<time>), held by this process
-    for the block: refused in one line, before any training time is spent, if it already holds a run
-    (unless `overwrite`) or another process holds it. Two runs given the same `out` can otherwise both
-    write, leaving one's history.json beside the other's weights.pt.
-
-    The hold is an flock on a file inside the folder: the kernel drops it when the process ends, even
-    killed, so a killed run never leaves a stale claim. Where the file system has no flock (Windows,
-    Lustre without -o flock) the folder is only checked, as before there was a hold. Holding a folder
-    this process already holds (a run saved inside its experiment's claim) is allowed; `lock=False`
-    only checks (torchrun's ranks other than 0, which do not write). Folders the claim created are
-    removed again if they stay empty, so a refused or failed run leaves nothing."""
-    out = Path(out) if out is not None else default_run_dir(approach)
-    if not lock or out.resolve() in _HELD:
-        _refuse_a_finished_run(out, overwrite)
-        yield out
-        return
-    created = [folder for folder in (out, *out.parents) if not folder.exists()]
-    holder = None
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        holder = _hold(out)
-        _HELD.add(out.resolve())
-        _refuse_a_finished_run(out, overwrite)  # checked while held: no run can be written in between
-        yield out
-    finally:
-        _HELD.discard(out.resolve())
-        if holder is not None:
-            (out / CLAIM).unlink(missing_ok=True)
-            holder.close()
-        for folder in created:  # deepest first
-            try:
-                folder.rmdir()
-            except FileNotFoundError:  # never made (mkdir failed)
-                continue
-            except OSError:  # not empty: the run was written
-                break
-
-
-def claimed_by_rank(out: Path | None, approach: str, overwrite: bool = False):
-    """`claimed` for a run of every torchrun rank: rank 0 holds `out`, the others only check it;
-    nothing without `out` (a run kept in memory)."""
-    from ..ranks import is_main_process
-
-    return claimed(out, approach, overwrite, lock=is_main_process()) if out is not None else nullcontext()
-
-
-def saved_by_rank(result, folder: Path | None):
-    """A Run or SeedRuns written to the folder `claimed_by_rank` holds (checked before training, so
-    no time is lost); under torchrun rank 0 alone writes."""
-    from ..ranks import is_main_process
-
-    if folder is not None and is_main_process():
-        result.save(folder, overwrite=True)
-    return result
-
-
-CLAIM = ".featcache-claim"
-_HELD: set[Path] = set()  # the folders this process holds
-
-
-def _hold(out: Path):
-    """An open, flocked CLAIM file in `out` (None where flock is not available), or a FeatcacheError if
-    another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        return None
-    while True:
-        holder = open(out / CLAIM, "a")
-        try:
-            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder.close()
-            raise FeatcacheError(f"{out} is being written by another featcache process; choose another `out`, "
-                                 "or wait until it is done") from None
-        except OSError as error:  # ENOSYS, ENOLCK, EOPNOTSUPP: a file system without flock
-            holder.close()
-            (out / CLAIM).unlink(missing_ok=True)
-            if error.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
-                return None
-            raise
-        try:
-            if os.stat(out / CLAIM).st_ino == os.fstat(holder.fileno()).st_ino:
-                return holder
-        except FileNotFoundError:  # the previous holder removed the file between our open and flock
-            pass
-        holder.close()
-
-
-def _refuse_a_finished_run(out: Path, overwrite: bool) -> None:
-    if ((out / HISTORY).exists() or (out / SEEDS).exists()) and not overwrite:
-        raise FeatcacheError(f"{out} already holds a run; choose another `out` or pass `overwrite`")
 
 
 def clear_run_files(out: Path) -> None:
@@ -228,6 +131,48 @@ def read_seeds(folder: Path) -> dict:
         raise FeatcacheError(f"{path} is not valid JSON: {error}") from None
 
 
+def trained_model(folder: Path, record: dict):
+    """The model a run directory's weights.pt holds, rebuilt from what its history.json records: a
+    Linear(512, C) head, a kNN head (its training features are its weights) or a ResNet-18. The one
+    loader of a run's weights (Run.load, export, predict); a file that does not fit is one line."""
+    import torch
+    from torch import nn
+    from torchvision.models import resnet18
+
+    from ..cache.key import FEATURE_DIM
+
+    path = Path(folder) / WEIGHTS
+    if not path.is_file():
+        raise FeatcacheError(f"run directory {folder} has no {WEIGHTS}: the trained weights are missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load's messages run to many lines
+        raise FeatcacheError(f"{path} is not a state dict torch.load(weights_only=True) can read "
+                             f"({type(error).__name__})") from None
+    head = record["approach"] == "feature-extraction"
+    rows = state.get("weight" if head else "fc.weight") if isinstance(state, dict) else None
+    classes = len(record["classes"]) if record.get("classes") else len(rows) if rows is not None else 0
+    if not head:
+        model, what = resnet18(num_classes=classes), f"a ResNet-18 with {classes} classes"
+    elif "knn" in record:
+        from ..train.knn import KNNHead
+
+        try:
+            model = KNNHead.from_state(state, record["knn"])
+        except FeatcacheError as error:
+            raise FeatcacheError(f"{path}: {error}") from None
+        what = f"a kNN head of {classes} classes"
+    else:
+        model, what = nn.Linear(FEATURE_DIM, classes), f"a Linear({FEATURE_DIM}, {classes}) head"
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        lines = str(error).strip().splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+        raise FeatcacheError(f"{path} does not fit {what}: {detail}") from None
+    return model
+
+
 def is_seed_folder(folder: Path) -> bool:
     return (Path(folder) / SEEDS).is_file()
 
@@ -254,25 +199,9 @@ class Run:
 
     @classmethod
     def load(cls, folder: str | Path) -> Run:
-        """A run directory as a Run, its model rebuilt (a Linear(512, C) head, or a ResNet-18) with the
-        saved weights."""
-        import torch
-        from torch import nn
-        from torchvision.models import resnet18
-
-        from ..cache.key import FEATURE_DIM
-
+        """A run directory as a Run, its model rebuilt (trained_model) with the saved weights."""
         record = read_run(Path(folder))
-        state = torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True)
-        if "bank" in state:  # a kNN head: its training features are its weights
-            from ..train.knn import KNNHead
-
-            model = KNNHead.from_state(state, record["knn"])
-        else:
-            head = record["approach"] == "feature-extraction"
-            classes = len(state["weight"] if head else state["fc.weight"])
-            model = nn.Linear(FEATURE_DIM, classes) if head else resnet18(num_classes=classes)
-        model.load_state_dict(state)
+        model = trained_model(Path(folder), record)
         known = {"approach", "config", "wall_time_s", "device", "trainable_params", "total_params", "run_dir",
                  *HISTORY_KEYS}
         return cls(record["approach"], model, {key: record[key] for key in HISTORY_KEYS}, record.get("config", {}),
@@ -281,6 +210,8 @@ class Run:
                    read_predictions(Path(folder)))
 
     def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
+        from .claims import claimed
+
         with claimed(out, self.approach, overwrite) as out:
             write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,
                       self.device, self.trainable_params, self.total_params, self.predictions, **self.record)
@@ -313,6 +244,8 @@ class SeedRuns:
         return t_interval(self.final_test_accs)
 
     def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
+        from .claims import claimed
+
         with claimed(out, self.approach, overwrite) as out:
             for run in self.runs:
                 run.save(out / f"seed-{run.config.get('seed')}", overwrite=True)

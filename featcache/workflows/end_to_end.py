@@ -14,7 +14,8 @@ from ..data.datasets import DataSpec
 from ..data.images import data_record, decoded_line, timed_load_images
 from ..data.transform import DEFAULT_IMAGE_SIZE, TRANSFORM_VERSION
 from ..errors import FeatcacheError, cannot_write
-from ..evaluate.runs import HISTORY, Run, SeedRuns, claimed_by_rank, clear_run_files, summary_line, write_seeds
+from ..evaluate.claims import claimed_by_rank
+from ..evaluate.runs import HISTORY, Run, SeedRuns, clear_run_files, summary_line, write_seeds
 from ..ranks import is_main_process, reported_once
 from ..train.config import EndToEndConfig, EpochConfig, FinetuneConfig, ScratchConfig
 

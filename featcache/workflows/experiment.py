@@ -10,7 +10,8 @@ from typing import Callable
 
 from ..cache.key import CacheSpec, ExtractConfig
 from ..data.images import decoded_line, timed_load_images
-from ..evaluate.runs import APPROACHES, claimed_by_rank, default_run_dir, saved_by_rank, seeds_line, summary_line
+from ..evaluate.claims import claimed_by_rank, saved_by_rank
+from ..evaluate.runs import APPROACHES, default_run_dir, seeds_line, summary_line
 from ..train.config import ExperimentConfig, FinetuneConfig, HeadConfig, ScratchConfig
 from . import end_to_end, heads
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..cache.key import BACKBONE_PARAMETERS, CacheSpec
-from ..evaluate.runs import Run, SeedRuns, claimed_by_rank, saved_by_rank
+from ..evaluate.claims import claimed_by_rank, saved_by_rank
+from ..evaluate.runs import Run, SeedRuns
 from ..evaluate.tables import markdown_table
 from ..train.config import EpochConfig, HeadConfig
 
