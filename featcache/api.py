@@ -28,10 +28,10 @@ from .evaluate.claims import claimed
 from .evaluate.runs import Run, SeedRuns, default_run_dir, read_run, seeds_line, summary_line
 from .evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 from .ranks import is_main_process, reported_once
-from .settings import as_seed_list, built
+from .settings import UnknownSetting, as_seed_list, built
 from .train.config import EpochConfig, ExperimentConfig, FinetuneConfig, HeadConfig, ScratchConfig
 
-__all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "DataSpec", "CacheSpec", "ExtractConfig",
+__all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "UnknownSetting", "DataSpec", "CacheSpec", "ExtractConfig",
            "HeadConfig", "FinetuneConfig", "ScratchConfig", "ExperimentConfig", "Run", "SeedRuns", "extract",
            "open_cache", "train_head", "train_head_seeds", "load_images", "finetune", "finetune_seeds", "scratch",
            "scratch_seeds", "read_run", "compare", "experiment", "export", "load_model", "predict", "fewshot",
