@@ -268,7 +268,7 @@ def fewshot(cache, out: str | Path, *, shots=(1, 2, 5, 10, 20, 50), trials: int 
 def verify(path: str | Path) -> tuple[int, float]:
     """Recompute every checksum of a cache file, one shard's rows at a time: (ranges checked, seconds).
     A mismatch is a FeatcacheError naming the split and rows."""
-    from .cache.shards import verify_cache
+    from .cache.checksums import verify_cache
 
     return verify_cache(Path(path))
 

@@ -16,8 +16,8 @@ from featcache.cache.writer import extract
 from featcache.cache.key import cache_provenance
 from featcache.data.images import decode_all
 from featcache.data.datasets import load_dataset
-from featcache.train.heads import (LinearHeads, logistic_regression_probe, logreg_as_linear, sweep_heads,
-                                   train_linear_head, with_bias_column)
+from featcache.train.heads import LinearHeads, sweep_heads, train_linear_head, with_bias_column
+from featcache.train.logreg import logistic_regression_probe, logreg_as_linear
 from featcache.data.images import ImageData
 from featcache.train.heads import validation_split
 from featcache.cache.reader import view_for_epoch
@@ -281,7 +281,7 @@ def test_heads_on_their_own_rows_train_as_single_heads_on_those_rows(cached):
 def test_logreg_probe_chooses_c_on_a_validation_split_from_5_images_per_class(cached, monkeypatch):
     """Below 5 images in a class C is 1 and no split is drawn (a 1-image validation split cannot rank
     five Cs); from 5 it is the best on validation_split(labels, val_fraction, seed), as for kNN's k."""
-    from featcache.train import heads as heads_module
+    from featcache.train import logreg as heads_module
 
     cache = load_cache(cached[1])
     features, labels = cache.train_features.numpy()[:, :1], cache.train_labels.numpy()

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FeatcacheError
-from .shards import checksum_mismatches, damaged_cache
+from .checksums import checksum_mismatches, damaged_cache
 from .key import open_complete_cache
 
 

@@ -28,7 +28,8 @@ import torch
 from .reader import cache_metadata
 from ..errors import FeatcacheError
 from ..settings import memory_budget
-from .shards import CHUNK_ROWS, damaged_cache, verify_file
+from .checksums import damaged_cache, verify_file
+from .shards import CHUNK_ROWS
 from .key import FEATURE_DIM, open_complete_cache
 
 BLOCK_CHUNKS = 16  # 4,096 rows of one view, 8 MB, per read

@@ -17,7 +17,8 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import FeatcacheError
-from .shards import CHUNK_ROWS, features_sha256
+from .checksums import features_sha256
+from .shards import CHUNK_ROWS
 from .key import BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION
 
 WRITE_ROWS = 16 * CHUNK_ROWS  # rows generated and written at a time; checksummed per 256 rows, as extraction's

@@ -8,7 +8,7 @@ every probe and are reproducible from the seed. Each probe is evaluated on the w
   budget of LINEAR_STEPS optimizer steps whatever k is (at 1 shot an epoch is one step), so that small k
   is not also undertrained; the trials of one k train in lockstep in train-head's loop
   (featcache.train.heads.train_heads), each with its own subset, init and shuffle.
-- logreg: train-head's probe (featcache.train.heads.logreg_probe) on clean views: C chosen on a validation
+- logreg: train-head's probe (featcache.train.logreg.logreg_probe) on clean views: C chosen on a validation
   split of the subset when every class has at least 5 images, else C = 1.0.
 - knn: featcache.train.knn on clean views, k chosen on a validation split of the subset when every class has
   at least 5 images, else 1-NN.
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from ..errors import FeatcacheError
-from ..train.heads import LinearHeads, cached_batches, logreg_probe, train_heads
+from ..train.heads import LinearHeads, cached_batches, train_heads
+from ..train.logreg import logreg_probe
 from ..train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE
 from ..train.knn import knn_probe
 from ..train.config import EpochConfig
@@ -70,7 +71,7 @@ def linear_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test
 
 def logreg_probes(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
                   test_labels: np.ndarray, subsets: np.ndarray, seed: int) -> np.ndarray:
-    """Test accuracy of train-head's logreg probe (featcache.train.heads.logreg_probe) on each subset, its
+    """Test accuracy of train-head's logreg probe (featcache.train.logreg.logreg_probe) on each subset, its
     validation split seeded seed + trial as kNN's is."""
     from sklearn.exceptions import ConvergenceWarning
 

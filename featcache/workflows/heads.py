@@ -36,7 +36,8 @@ def train_head(cache, config: HeadConfig, *, out=None, overwrite: bool = False, 
 
 def _trained(cache, config: HeadConfig, log, echo, progress: bool):
     """(model, history, what history.json adds for this head, lr, weight_decay) of the head `config` names."""
-    from ..train.heads import logistic_regression_probe, logreg_as_linear, sweep_heads, train_linear_head
+    from ..train.heads import sweep_heads, train_linear_head
+    from ..train.logreg import logistic_regression_probe, logreg_as_linear
 
     lr, weight_decay = config.lr, config.weight_decay
     if config.head == "knn":
