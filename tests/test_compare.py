@@ -121,28 +121,41 @@ def test_compare_cli_on_run_dirs(experiment_dir, run_cli, tmp_path):
         assert f"| {name} | {history['train_acc'][-1]:.4g} | {history['test_acc'][-1]:.4g} |" in result.output
 
 
-def test_the_plot_shows_each_runs_history(experiment_dir, tmp_path, monkeypatch):
-    """What matplotlib is given: per panel, one line per run with that run's colour and per-epoch values."""
+def test_the_plot_shows_each_runs_history_in_a_colour_of_its_own(experiment_dir, tmp_path, monkeypatch):
+    """What matplotlib is given: per panel, one line per run with that run's per-epoch values; each approach
+    in one colour, its own, in all three panels and in its confusion matrix's title."""
     from matplotlib.axes import Axes
+    from matplotlib.colors import to_rgba
 
     import featcache
 
-    plotted = []
-    real_plot = Axes.plot
+    plotted, titled = [], {}
+    real_plot, real_title = Axes.plot, Axes.set_title
 
     def record(axis, x, y, **kwargs):
-        plotted.append((axis.get_title() or None, kwargs["label"], kwargs["color"], list(x), list(y)))
+        plotted.append((kwargs["label"], kwargs["color"], list(x), list(y)))
         return real_plot(axis, x, y, **kwargs)
 
+    def record_title(axis, label, *args, **kwargs):
+        if "color" in kwargs:  # the confusion matrices' titles: "<run>\ntest accuracy ..."
+            titled[label.split("\n")[0]] = kwargs["color"]
+        return real_title(axis, label, *args, **kwargs)
+
     monkeypatch.setattr(Axes, "plot", record)
-    featcache.compare([experiment_dir / name for name in ("scratch", "feature-extraction", "fine-tuning")],
-                      tmp_path / "cmp")
+    monkeypatch.setattr(Axes, "set_title", record_title)
+    approaches = ("scratch", "feature-extraction", "fine-tuning")
+    featcache.compare([experiment_dir / name for name in approaches], tmp_path / "cmp")
     assert len(plotted) == 9  # three panels x three runs
-    colours = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
-    for index, (_, label, colour, epochs, values) in enumerate(plotted):
-        approach, key = label, ("train_loss", "train_acc", "test_acc")[index % 3]
+    colours = {}
+    for index, (approach, colour, epochs, values) in enumerate(plotted):
         history = json.loads((experiment_dir / approach / "history.json").read_text())
-        assert colour == colours[approach] and epochs == [1, 2] and values == history[key]
+        assert epochs == [1, 2] and values == history[("train_loss", "train_acc", "test_acc")[index % 3]]
+        assert colour is not None, approach  # not left to matplotlib's cycle, which depends on the order
+        colours.setdefault(approach, set()).add(to_rgba(colour))
+    assert all(len(colours[approach]) == 1 for approach in approaches), colours  # the same in every panel
+    colour = {approach: next(iter(colours[approach])) for approach in approaches}
+    assert len(set(colour.values())) == 3, colour  # three approaches, three colours
+    assert {approach: to_rgba(titled[approach]) for approach in approaches} == colour  # as in the confusion plot
 
 
 def test_compare_names_a_folder_that_is_not_a_run(experiment_dir, run_cli, tmp_path):
