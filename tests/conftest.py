@@ -1,10 +1,18 @@
-"""Shared fixtures: a small synthetic image-folder dataset and helpers to run the CLI."""
+"""Shared fixtures: one small synthetic image folder and one small cache extracted from it (built once
+per session, read by every test that only reads them), a factory for the variants some tests need, and
+helpers to run the CLI.
+
+The shared folder and cache must never be changed: a test that modifies them works on a copy in its
+tmp_path. Each is checked at the end of the session (every file's sha256) and the session errors if a test
+changed it.
+"""
 from __future__ import annotations
 
 import hashlib
 import subprocess
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import featcache
 from featcache.cli import main
 from featcache.data.fingerprint import LISTINGS, TABLE
 
@@ -41,7 +50,49 @@ def write_image_folder(root: Path, train_per_class: int, test_per_class: int, se
 
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
-    return write_image_folder(tmp_path_factory.mktemp("data") / "tiny", train_per_class=8, test_per_class=4)
+    """The shared image set: 3 classes (ant, bee, cow), 8 training and 4 test images each (24 + 12),
+    mixed sizes and formats. Read only: copy it to tmp_path to change it."""
+    folder = write_image_folder(tmp_path_factory.mktemp("data") / "tiny", train_per_class=8, test_per_class=4)
+    before = tree_digest(folder)
+    yield folder
+    assert tree_digest(folder) == before, "a test changed the shared image_folder: copy it to tmp_path first"
+
+
+@pytest.fixture(scope="session")
+def make_image_folder(tmp_path_factory):
+    """make_image_folder(train_per_class, test_per_class, seed=0, sizes=...) -> a new folder of its own, for
+    tests that need another image set (other counts or sizes) or one they may change."""
+    def make(train_per_class: int, test_per_class: int, **options) -> Path:
+        return write_image_folder(tmp_path_factory.mktemp("images") / "data", train_per_class, test_per_class,
+                                  **options)
+    return make
+
+
+@dataclass(frozen=True)
+class SmallCache:
+    spec: featcache.CacheSpec  # what finds it: image_folder, random weights (seed 0), 32 px, 2 augmented views
+    path: Path  # the cache file: train [24, 3, 512], test [12, 512]
+
+
+SMALL_CACHE_BATCH, SMALL_CACHE_SHARD = 5, 7  # its cut: bit-equal to another extraction with the same cut
+
+
+@pytest.fixture(scope="session")
+def small_cache(image_folder, tmp_path_factory) -> SmallCache:
+    """The shared cache: image_folder extracted once (random weights, 32 px, 2 augmented views, batches of
+    5 in shards of 7 rows). Read only: copy the file (or its folder) to tmp_path to change it."""
+    spec = featcache.CacheSpec(featcache.DataSpec(str(image_folder)), weights="random", image_size=32, views=2,
+                               cache_dir=tmp_path_factory.mktemp("small-cache"))
+    extracted = featcache.extract(spec, batch_size=SMALL_CACHE_BATCH, shard_size=SMALL_CACHE_SHARD, progress=False)
+    before = tree_digest(spec.cache_dir)
+    yield SmallCache(spec, Path(extracted.path))
+    assert tree_digest(spec.cache_dir) == before, "a test changed the shared small_cache: copy it to tmp_path first"
+
+
+@pytest.fixture
+def cache(small_cache):
+    """small_cache opened (in memory), anew for each test: a test's changes to its tensors go no further."""
+    return featcache.open_cache(small_cache.path)
 
 
 @contextmanager

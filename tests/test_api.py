@@ -8,15 +8,13 @@ import pytest
 import torch
 
 import featcache
-from conftest import write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_quickstart_runs_through_import_featcache_alone(tmp_path):
-    data = write_image_folder(tmp_path / "data", 8, 4)
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "quickstart.py"), "--data", str(data),
+def test_quickstart_runs_through_import_featcache_alone(image_folder, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "quickstart.py"), "--data", str(image_folder),
                            "--weights", "random", "--image-size", "32", "--per-class", "8",
                            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=300)
@@ -36,20 +34,16 @@ def test_readme_api_section_is_the_quickstart_script():
 
 
 @pytest.fixture
-def cached_run(image_folder, tmp_path):
-    spec = featcache.CacheSpec(featcache.DataSpec(str(image_folder)), weights="random", image_size=32, views=2,
-                               cache_dir=tmp_path / "cache")
-    featcache.extract(spec, batch_size=8, progress=False)
-    return featcache.train_head(spec, epochs=2, out=tmp_path / "head")
+def cached_run(small_cache, tmp_path):
+    return featcache.train_head(small_cache.spec, epochs=2, out=tmp_path / "head")
 
 
-def test_one_spec_builds_the_key_and_a_cache_dataset_per_view(image_folder, tmp_path):
+def test_one_spec_builds_the_key_and_a_cache_dataset_per_view(image_folder, small_cache):
     spec = featcache.CacheSpec(featcache.DataSpec(str(image_folder)), weights="random", image_size=32, views=2,
-                               cache_dir=tmp_path)
-    extracted = featcache.extract(spec, batch_size=8)
+                               cache_dir=small_cache.spec.cache_dir)  # a new spec with the same arguments
     assert featcache.extract(spec).reused  # found from the spec alone
     cache = featcache.open_cache(spec)
-    assert cache.path == extracted.path
+    assert cache.path == small_cache.path
     features, label = cache.dataset("train", view=2)[5]
     assert torch.equal(features, cache.train_features[5, 2]) and label == cache.train_labels[5]
     assert len(cache.dataset("test")) == 12

@@ -1,22 +1,29 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback, and existing caches untouched."""
+import shutil
 
 import h5py
 import pytest
 import torch
 from torchvision.models import resnet18, resnet34
 
-from conftest import assert_clean_failure, tree_digest, write_image_folder
+from conftest import assert_clean_failure, tree_digest
 
 SMALL = ["--weights", "random", "--image-size", "32", "--views", "2", "--batch-size", "8"]
 
 
 @pytest.fixture
-def workspace(tmp_path, run_cli):
-    """A dataset and a cache dir that already holds a finished cache."""
-    data = write_image_folder(tmp_path / "data", 3, 2)
-    cache_dir = tmp_path / "cache"
-    assert run_cli("extract", "--data", data, "--cache-dir", cache_dir, *SMALL).exit_code == 0
+def workspace(image_folder, small_cache, tmp_path):
+    """A dataset and a cache dir that already holds its finished cache: copies of the shared ones, which
+    these tests change."""
+    data = shutil.copytree(image_folder, tmp_path / image_folder.name)  # the same name: the same cache file name
+    cache_dir = shutil.copytree(small_cache.spec.cache_dir, tmp_path / "cache")
     return data, cache_dir
+
+
+def test_the_workspace_cache_is_the_one_extract_finds(workspace, run_cli):
+    data, cache_dir = workspace
+    result = run_cli(*extract_args(data, cache_dir))
+    assert result.exit_code == 0 and "reused complete cache" in result.output, result.output
 
 
 def extract_args(data, cache_dir, *extra):
@@ -54,7 +61,7 @@ def test_empty_class_folder(workspace, run_cli):
 @pytest.mark.parametrize("damage, workers", [("garbage", "0"), ("truncated", "0"), ("truncated", "1")])
 def test_corrupt_image_is_named(workspace, run_cli, damage, workers):
     data, cache_dir = workspace
-    victim = data / "train" / "bee" / "0002.jpg"
+    victim = data / "train" / "ant" / "0002.jpg"  # in the first batch: no progress bar before the error
     content = victim.read_bytes()
     victim.write_bytes(b"not an image at all" if damage == "garbage" else content[: len(content) // 2])
     before = tree_digest(cache_dir)

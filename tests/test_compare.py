@@ -25,19 +25,63 @@ def test_experiment_writes_three_runs_a_plot_and_tables(experiment_dir):
         assert record["approach"] == approach and len(record["test_acc"]) == 2
     with Image.open(experiment_dir / "comparison.png") as image:
         assert image.size[0] > 1000 and image.size[1] > 300
-    rows = list(csv.DictReader((experiment_dir / "summary.csv").open()))
+    rows = list(csv.DictReader((experiment_dir / "summary.csv").open()))  # the numbers: test_summary_rows_...
     assert [row["approach"] for row in rows] == ["scratch", "feature-extraction", "fine-tuning"]
-    for row in rows:
-        history = json.loads((experiment_dir / row["approach"] / "history.json").read_text())
-        assert float(row["final_test_acc"]) == pytest.approx(history["test_acc"][-1])
-        assert float(row["final_train_acc"]) == pytest.approx(history["train_acc"][-1])
-        assert float(row["best_test_acc_on_test_set"]) == pytest.approx(max(history["test_acc"]))
-        assert float(row["train_test_gap"]) == pytest.approx(history["train_acc"][-1] - history["test_acc"][-1])
-        assert int(row["trainable_params"]) == history["trainable_params"]
+    assert [row["run_dir"] for row in rows] == [str(experiment_dir / row["approach"]) for row in rows]
     markdown = (experiment_dir / "summary.md").read_text()
     assert "picked on the test set" in markdown
     summary = markdown.split("\n\n")[0].splitlines()
     assert sum(line.startswith("| ") for line in summary) == 4  # header + three runs
+
+
+def write_history(folder, approach, train_acc, test_acc, **extra):
+    folder.mkdir(parents=True)
+    record = {"approach": approach, "train_loss": [1.0] * len(train_acc), "train_acc": train_acc,
+              "test_acc": test_acc, **extra}
+    (folder / "history.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_summary_rows_hold_hand_computed_numbers(tmp_path):
+    """Runs written by hand, their summary worked out by hand: a single run's last-epoch numbers, best
+    test epoch and gap; a folder of 3 seeds as means, with the t-interval over seeds."""
+    one = write_history(tmp_path / "scratch", "scratch", [0.50, 0.75, 0.70], [0.40, 0.60, 0.55],
+                        trainable_params=11178051, wall_time_s=12.5)
+    head = write_history(tmp_path / "feature-extraction", "feature-extraction", [0.90, 0.92], [0.86, 0.80],
+                         trainable_params=1539, wall_time_s=0.5, extract_wall_time_s=3.0)
+    seeds = tmp_path / "fine-tuning"
+    for seed, (train_acc, test_acc) in enumerate([([0.8, 0.90], [0.72, 0.70]), ([0.8, 0.90], [0.74, 0.74]),
+                                                  ([0.9, 0.96], [0.80, 0.78])]):
+        write_history(seeds / f"seed-{seed}", "fine-tuning", train_acc, test_acc, trainable_params=8395267,
+                      wall_time_s=10.0 + seed)
+    (seeds / "seeds.json").write_text(json.dumps({"approach": "fine-tuning", "seeds": [0, 1, 2]}))
+
+    import featcache
+
+    result = featcache.compare([one, head, seeds], tmp_path / "cmp")
+    rows = list(csv.DictReader((tmp_path / "cmp" / "summary.csv").open()))
+    assert [row["approach"] for row in rows] == ["scratch", "feature-extraction", "fine-tuning"]
+    number = {"final_train_acc", "final_test_acc", "best_test_acc_on_test_set", "train_test_gap", "wall_time_s",
+              "test_acc_std"}
+    expected = [  # final train, final test, best test epoch (picked on the test set), train - test, ...
+        {"final_train_acc": 0.70, "final_test_acc": 0.55, "best_test_acc_on_test_set": 0.60, "train_test_gap": 0.15,
+         "trainable_params": "11178051", "wall_time_s": 12.5, "extract_time_s": "", "seeds": "1",
+         "test_acc_std": "", "test_acc_ci95_seeds": ""},
+        {"final_train_acc": 0.92, "final_test_acc": 0.80, "best_test_acc_on_test_set": 0.86, "train_test_gap": 0.12,
+         "trainable_params": "1539", "wall_time_s": 0.5, "extract_time_s": "3.0", "seeds": "1",
+         "test_acc_std": "", "test_acc_ci95_seeds": ""},
+        # means over seeds: final test (0.70 + 0.74 + 0.78) / 3, best epochs (0.72 + 0.74 + 0.80) / 3, gaps
+        # (0.20 + 0.16 + 0.18) / 3; sd 0.04, so 0.74 +- t_2 * 0.04 / sqrt(3) = 0.74 +- 0.0994
+        {"final_train_acc": 0.92, "final_test_acc": 0.74, "best_test_acc_on_test_set": 0.7533333, "train_test_gap": 0.18,
+         "trainable_params": "8395267", "wall_time_s": 11.0, "seeds": "3", "test_acc_std": 0.04,
+         "test_acc_ci95_seeds": "[0.6406, 0.8394]"},
+    ]
+    for row, hand in zip(rows, expected):
+        for key, value in hand.items():
+            assert (float(row[key]) == pytest.approx(value, abs=1e-6)) if key in number and value != "" \
+                else row[key] == value, (row["approach"], key, row[key], value)
+    assert result["rows"][0]["final_test_acc"] == pytest.approx(0.55)
+    assert "| scratch | 0.7 | 0.55 | 0.6 | 0.15 |" in (tmp_path / "cmp" / "summary.md").read_text()
 
 
 def test_each_run_stores_its_last_epochs_predictions_and_compare_shows_them_per_class(experiment_dir):
@@ -77,28 +121,41 @@ def test_compare_cli_on_run_dirs(experiment_dir, run_cli, tmp_path):
         assert f"| {name} | {history['train_acc'][-1]:.4g} | {history['test_acc'][-1]:.4g} |" in result.output
 
 
-def test_the_plot_shows_each_runs_history(experiment_dir, tmp_path, monkeypatch):
-    """What matplotlib is given: per panel, one line per run with that run's colour and per-epoch values."""
+def test_the_plot_shows_each_runs_history_in_a_colour_of_its_own(experiment_dir, tmp_path, monkeypatch):
+    """What matplotlib is given: per panel, one line per run with that run's per-epoch values; each approach
+    in one colour, its own, in all three panels and in its confusion matrix's title."""
     from matplotlib.axes import Axes
+    from matplotlib.colors import to_rgba
 
     import featcache
 
-    plotted = []
-    real_plot = Axes.plot
+    plotted, titled = [], {}
+    real_plot, real_title = Axes.plot, Axes.set_title
 
     def record(axis, x, y, **kwargs):
-        plotted.append((axis.get_title() or None, kwargs["label"], kwargs["color"], list(x), list(y)))
+        plotted.append((kwargs["label"], kwargs["color"], list(x), list(y)))
         return real_plot(axis, x, y, **kwargs)
 
+    def record_title(axis, label, *args, **kwargs):
+        if "color" in kwargs:  # the confusion matrices' titles: "<run>\ntest accuracy ..."
+            titled[label.split("\n")[0]] = kwargs["color"]
+        return real_title(axis, label, *args, **kwargs)
+
     monkeypatch.setattr(Axes, "plot", record)
-    featcache.compare([experiment_dir / name for name in ("scratch", "feature-extraction", "fine-tuning")],
-                      tmp_path / "cmp")
+    monkeypatch.setattr(Axes, "set_title", record_title)
+    approaches = ("scratch", "feature-extraction", "fine-tuning")
+    featcache.compare([experiment_dir / name for name in approaches], tmp_path / "cmp")
     assert len(plotted) == 9  # three panels x three runs
-    colours = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
-    for index, (_, label, colour, epochs, values) in enumerate(plotted):
-        approach, key = label, ("train_loss", "train_acc", "test_acc")[index % 3]
+    colours = {}
+    for index, (approach, colour, epochs, values) in enumerate(plotted):
         history = json.loads((experiment_dir / approach / "history.json").read_text())
-        assert colour == colours[approach] and epochs == [1, 2] and values == history[key]
+        assert epochs == [1, 2] and values == history[("train_loss", "train_acc", "test_acc")[index % 3]]
+        assert colour is not None, approach  # not left to matplotlib's cycle, which depends on the order
+        colours.setdefault(approach, set()).add(to_rgba(colour))
+    assert all(len(colours[approach]) == 1 for approach in approaches), colours  # the same in every panel
+    colour = {approach: next(iter(colours[approach])) for approach in approaches}
+    assert len(set(colour.values())) == 3, colour  # three approaches, three colours
+    assert {approach: to_rgba(titled[approach]) for approach in approaches} == colour  # as in the confusion plot
 
 
 def test_compare_names_a_folder_that_is_not_a_run(experiment_dir, run_cli, tmp_path):

@@ -15,7 +15,7 @@ import torch
 from featcache.ranks import share_range
 from featcache.train.end_to_end import build_finetune_model
 from torchvision.models import resnet18
-from conftest import tree_digest, write_image_folder
+from conftest import tree_digest
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +26,8 @@ OPTIONS = ["--weights", "random", "--image-size", "32", "--per-class", "7", "--b
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return write_image_folder(tmp_path_factory.mktemp("ddp") / "data", 7, 3)
+def folder(make_image_folder):
+    return make_image_folder(7, 3)
 
 
 def torchrun(ranks: int, folder, out, *extra, command="finetune", start_only=False):

@@ -15,7 +15,7 @@ from featcache.cache.reader import load_cache
 from featcache.cache.writer import extract
 from featcache.data.datasets import load_dataset
 from featcache.cache.key import cache_provenance
-from conftest import torch_threads, write_image_folder
+from conftest import torch_threads
 
 pytestmark = pytest.mark.slow
 
@@ -99,8 +99,8 @@ def _rank_process(parent: int, rank: int) -> int | None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finding torchrun's workers needs /proc")
-def test_a_killed_rank_loses_only_its_shard_in_flight(tmp_path):
-    data = write_image_folder(tmp_path / "data", 40, 4)  # 24 training shards: rank 1 is far from done
+def test_a_killed_rank_loses_only_its_shard_in_flight(make_image_folder, tmp_path):
+    data = make_image_folder(40, 4)  # 24 training shards: rank 1 is far from done
     reference = one_process(data, tmp_path / "one", shard_size=5).path
     command = torchrun(2, data, tmp_path / "two", shard_size=5, start_only=True)
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=RANK_ENV)

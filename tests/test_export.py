@@ -18,18 +18,18 @@ from featcache.backbone import load_backbone
 from featcache.deploy.export import run_model
 from featcache.data.clean_view import CleanView, batchable, resize_shorter_side
 
-from conftest import assert_clean_failure, write_image_folder
+from conftest import assert_clean_failure
 
 SIZE = 32  # clean views resize the shorter side to 37: these images shrink and grow, in both orientations
 SIZES = ((32, 32), (64, 48), (30, 58))
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(make_image_folder, tmp_path_factory):
     """A feature-extraction run (backbone from a weights file) and a fine-tuning run on synthetic
     images of three sizes (square, landscape, portrait), each exported."""
     root = tmp_path_factory.mktemp("export")
-    data = write_image_folder(root / "data", 8, 4, sizes=SIZES)
+    data = make_image_folder(8, 4, sizes=SIZES)
     weights = root / "backbone.pth"
     torch.save(load_backbone("random", seed=3).state_dict(), weights)
     spec = featcache.CacheSpec(featcache.DataSpec(str(data)), weights=str(weights), image_size=SIZE, views=2,

@@ -18,13 +18,13 @@ from featcache.cache.reader import load_cache
 from featcache.cache.writer import extract
 from featcache.cache.key import cache_provenance
 from featcache.data.datasets import load_dataset
-from conftest import SHARED_DATA, SHARED_WEIGHTS, tree_digest, write_image_folder
+from conftest import SHARED_DATA, SHARED_WEIGHTS, SMALL_CACHE_BATCH, SMALL_CACHE_SHARD, tree_digest
 
 SMALL = ["--weights", "random", "--image-size", "32", "--views", "2", "--batch-size", "5"]
 
 
-def _extract(image_folder, cache_dir, seed=0, batch_size=5, views=2, weights="random", on_shard=None, force=False,
-             shard_size=7):
+def _extract(image_folder, cache_dir, seed=0, batch_size=SMALL_CACHE_BATCH, views=2, weights="random", on_shard=None,
+             force=False, shard_size=SMALL_CACHE_SHARD):  # by default small_cache's cut: the same bytes
     dataset = load_dataset(str(image_folder))
     backbone = load_backbone(weights, seed)
     provenance = cache_provenance(dataset, weights, seed, 32, views)
@@ -51,25 +51,25 @@ def test_extract_writes_the_documented_layout(image_folder, tmp_path, run_cli):
     assert again.exit_code == 0 and "reused complete cache" in again.output
 
 
-def test_same_seed_same_features_other_seed_other_file(image_folder, tmp_path):
-    first = load_cache(_extract(image_folder, tmp_path / "a").path)
-    second = load_cache(_extract(image_folder, tmp_path / "b").path)
+def test_same_seed_same_features_other_seed_other_file(image_folder, small_cache, tmp_path):
+    first = load_cache(small_cache.path)
+    second = load_cache(_extract(image_folder, tmp_path / "a").path)
     assert torch.equal(first.train_features, second.train_features)
     assert torch.equal(first.test_features, second.test_features)
     other = _extract(image_folder, tmp_path / "a", seed=1)
-    assert other.path != first.path and not other.reused
+    assert other.path != second.path and not other.reused
 
 
-def test_features_do_not_depend_on_batch_size(image_folder, tmp_path):
+def test_features_do_not_depend_on_batch_size(image_folder, small_cache, tmp_path):
     """The README's promise for another cut (batch or shard size): equal within 1e-4, not bit for bit."""
-    small = load_cache(_extract(image_folder, tmp_path / "a", batch_size=3, shard_size=5).path)
-    large = load_cache(_extract(image_folder, tmp_path / "b", batch_size=16).path)
+    small = load_cache(small_cache.path)  # batches of 5 in shards of 7
+    large = load_cache(_extract(image_folder, tmp_path, batch_size=16, shard_size=256).path)
     assert torch.allclose(small.train_features, large.train_features, atol=1e-4)
     assert torch.allclose(small.test_features, large.test_features, atol=1e-4)
 
 
-def test_interrupted_extraction_resumes_to_the_same_result(image_folder, tmp_path):
-    reference = load_cache(_extract(image_folder, tmp_path / "ref").path)
+def test_interrupted_extraction_resumes_to_the_same_result(image_folder, small_cache, tmp_path):
+    reference = load_cache(small_cache.path)  # the same cut, uninterrupted
 
     def crash(shard):
         if shard.split == "train" and shard.stop >= 14:
@@ -91,8 +91,8 @@ def test_interrupted_extraction_resumes_to_the_same_result(image_folder, tmp_pat
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_moment_resumes_to_the_same_result(tmp_path):
-    data = write_image_folder(tmp_path / "data", train_per_class=40, test_per_class=10)
+def test_sigkill_at_a_random_moment_resumes_to_the_same_result(make_image_folder, tmp_path):
+    data = make_image_folder(train_per_class=40, test_per_class=10)
     args = [sys.executable, "-m", "featcache", "extract", "--data", str(data), "--cache-dir", str(tmp_path / "cache"),
             "--weights", "random", "--image-size", "32", "--views", "4", "--batch-size", "4", "--shard-size", "6"]
     rng = np.random.default_rng(2)  # kill delays: reproducible
@@ -148,8 +148,8 @@ def test_changed_weights_transform_or_views_never_reuse(image_folder, tmp_path, 
     assert "reused complete cache" in again.output  # identity is content, not path
 
 
-def test_changed_image_file_never_reuses(tmp_path, run_cli):
-    data = write_image_folder(tmp_path / "data", 3, 2)
+def test_changed_image_file_never_reuses(make_image_folder, tmp_path, run_cli):
+    data = make_image_folder(3, 2)  # its own: this test changes an image
     args = ["extract", "--data", data, "--cache-dir", tmp_path / "cache", *SMALL]
     assert run_cli(*args).exit_code == 0
     image = data / "train" / "bee" / "0001.png"
@@ -173,9 +173,8 @@ def test_real_data_with_stand_in_weights(tmp_path, run_cli):
     assert cache.train_labels.tolist() == [0] * 6 + [1] * 6  # labels follow the order of --classes
 
 
-def test_reusing_a_cache_does_not_import_torch(image_folder, tmp_path, run_cli):
-    args = ["extract", "--data", str(image_folder), "--cache-dir", str(tmp_path), *SMALL]
-    assert run_cli(*args).exit_code == 0
+def test_reusing_a_cache_does_not_import_torch(image_folder, small_cache):
+    args = ["extract", "--data", str(image_folder), "--cache-dir", str(small_cache.spec.cache_dir), *SMALL]
     probe = ("import sys; from featcache.cli import main; main(sys.argv[1:], standalone_mode=False); "
              "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')")
     result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
@@ -183,14 +182,11 @@ def test_reusing_a_cache_does_not_import_torch(image_folder, tmp_path, run_cli):
     assert "reused complete cache" in result.stdout and "NO_TORCH" in result.stdout
 
 
-def test_features_do_not_depend_on_decoding_workers(image_folder, tmp_path):
+def test_features_do_not_depend_on_decoding_workers(image_folder, small_cache, tmp_path):
     dataset = load_dataset(str(image_folder))
-    results = []
-    for workers in (0, 2):
-        backbone = load_backbone("random", 0)
-        provenance = cache_provenance(dataset, "random", 0, 32, 2)
-        path = extract(dataset, backbone, provenance, tmp_path / str(workers), batch_size=5, num_workers=workers,
-                       progress=False).path
-        results.append(load_cache(path))
-    assert torch.equal(results[0].train_features, results[1].train_features)
-    assert torch.equal(results[0].test_features, results[1].test_features)
+    provenance = cache_provenance(dataset, "random", 0, 32, 2)
+    path = extract(dataset, load_backbone("random", 0), provenance, tmp_path, batch_size=SMALL_CACHE_BATCH,
+                   shard_size=SMALL_CACHE_SHARD, num_workers=2, progress=False).path
+    workers, in_process = load_cache(path), load_cache(small_cache.path)  # decoded in this process, same cut
+    assert torch.equal(workers.train_features, in_process.train_features)
+    assert torch.equal(workers.test_features, in_process.test_features)

@@ -86,11 +86,9 @@ def test_backbone_parameter_constant():
         == BACKBONE_PARAMETERS
 
 
-def test_finetune_cli_with_init_head(image_folder, run_cli, tmp_path):
+def test_finetune_cli_with_init_head(image_folder, small_cache, run_cli, tmp_path):
     args = ["--data", image_folder, "--weights", "random", "--image-size", "32"]
-    assert run_cli("extract", *args, "--views", "2", "--cache-dir", tmp_path / "cache").exit_code == 0
-    head = run_cli("train-head", *args, "--views", "2", "--cache-dir", tmp_path / "cache", "--epochs", "2",
-                   "--out", tmp_path / "head")
+    head = run_cli("train-head", small_cache.path, "--epochs", "2", "--out", tmp_path / "head")
     assert head.exit_code == 0, head.output
     result = run_cli("finetune", *args, "--epochs", "1", "--init-head", tmp_path / "head", "--out", tmp_path / "ft",
                      "--quiet")

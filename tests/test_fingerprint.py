@@ -7,8 +7,6 @@ import featcache
 from featcache.data import fingerprint
 from featcache.data.fingerprint import FileHashes
 
-from conftest import write_image_folder
-
 
 def age(folder, seconds=60):
     """Every file's mtime put `seconds` into the past (its ctime becomes now: wait out the racy window)."""
@@ -31,8 +29,8 @@ def locate(data, cache_dir, rehash=False):
     return spec.locate(rehash)[2]
 
 
-def test_second_call_reads_no_file_and_a_changed_file_changes_the_key(tmp_path, monkeypatch):
-    data = write_image_folder(tmp_path / "data", 3, 2)
+def test_second_call_reads_no_file_and_a_changed_file_changes_the_key(make_image_folder, tmp_path, monkeypatch):
+    data = make_image_folder(3, 2)
     age(data)
     monkeypatch.setattr(fingerprint, "RACY_NS", 0)  # ctime was just set by age(): trust it in this test
     reads = counting(monkeypatch)
@@ -53,8 +51,8 @@ def test_second_call_reads_no_file_and_a_changed_file_changes_the_key(tmp_path, 
     assert reads == [str(victim)] and changed != first  # ctime caught it: re-read, and a new key
 
 
-def test_racily_clean_files_are_hashed_again(tmp_path, monkeypatch):
-    data = write_image_folder(tmp_path / "data", 2, 1)  # just written: within the 2 s window
+def test_racily_clean_files_are_hashed_again(make_image_folder, tmp_path, monkeypatch):
+    data = make_image_folder(2, 1)  # just written: within the 2 s window
     reads = counting(monkeypatch)
     locate(data, tmp_path / "cache")
     reads.clear()
@@ -97,10 +95,10 @@ def test_the_table_serves_other_selections_of_the_same_files(tmp_path, monkeypat
     assert reads == []
 
 
-def test_class_folders_are_listed_again_only_when_they_change(tmp_path, monkeypatch):
+def test_class_folders_are_listed_again_only_when_they_change(make_image_folder, tmp_path, monkeypatch):
     """Folder listings are remembered under the folder's mtime and ctime: adding an image changes them,
     so that folder alone is listed again, and the new image enters the key."""
-    data = write_image_folder(tmp_path / "data", 3, 2)
+    data = make_image_folder(3, 2)
     age(data)
     for folder in (data / split / name for split in ("train", "test") for name in ("ant", "bee", "cow")):
         os.utime(folder, (time.time() - 60, time.time() - 60))

@@ -12,9 +12,8 @@ import torch
 import featcache
 from featcache.backbone import load_backbone
 from featcache.cache.reader import load_cache
-from featcache.cache.writer import extract
-from featcache.cache.key import cache_provenance
 from featcache.data.images import decode_all
+from featcache.cache.synthetic import write_synthetic_cache
 from featcache.data.datasets import load_dataset
 from featcache.train.heads import LinearHeads, sweep_heads, train_linear_head, with_bias_column
 from featcache.train.logreg import logistic_regression_probe, logreg_as_linear
@@ -26,28 +25,16 @@ from featcache.train.loop import accuracy, run_epochs, seeded_linear
 from featcache.train.end_to_end import reference_feature_extraction
 from conftest import tree_digest
 
-VIEWS = 3
 
-
-@pytest.fixture(scope="module")
-def cached(image_folder, tmp_path_factory):
+def test_cached_training_equals_the_end_to_end_reference_loop(image_folder, cache):
     dataset = load_dataset(str(image_folder))
-    backbone = load_backbone("random", 0)
-    provenance = cache_provenance(dataset, "random", 0, 32, VIEWS)
-    result = extract(dataset, backbone, provenance, tmp_path_factory.mktemp("cache"), batch_size=7, progress=False)
-    return dataset, result.path
-
-
-def test_cached_training_equals_the_end_to_end_reference_loop(cached):
-    dataset, path = cached
-    cache = load_cache(path)
-    config = EpochConfig(epochs=5, batch_size=4, seed=3)  # 5 epochs > 3 views: the view cycle wraps
+    config = EpochConfig(epochs=5, batch_size=4, seed=3)  # 5 epochs > 2 augmented views: the view cycle wraps
     head, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
                                       cache.test_labels, config, lr=1e-2)
     data = ImageData(decode_all(dataset.train, 32), torch.from_numpy(dataset.train.labels),
                      decode_all(dataset.test, 32), torch.from_numpy(dataset.test.labels), dataset.classes, 32, 0)
-    reference_head, reference = reference_feature_extraction(data, load_backbone("random", 0), config, 1e-2, VIEWS,
-                                                             log=None)
+    reference_head, reference = reference_feature_extraction(data, load_backbone("random", 0), config, 1e-2,
+                                                             cache.views, log=None)
     assert torch.allclose(head.weight, reference_head.weight, atol=1e-4)
     assert torch.allclose(head.bias, reference_head.bias, atol=1e-4)
     assert np.allclose(history["train_loss"], reference["train_loss"], atol=1e-4)
@@ -56,10 +43,9 @@ def test_cached_training_equals_the_end_to_end_reference_loop(cached):
     assert len(set(history["train_loss"])) == 5  # it trained: the loss moved every epoch
 
 
-def test_cached_head_loop_equals_plain_linear_and_torch_adam(cached):
+def test_cached_head_loop_equals_plain_linear_and_torch_adam(cache):
     """The written-out heads against nn.Linear + torch.optim.Adam in the shared epoch loop, on the same
     cached views, order and seed: same weights, same history."""
-    cache = load_cache(cached[1])
     config = EpochConfig(epochs=4, batch_size=5, seed=2)
     head, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
                                       cache.test_labels, config, lr=3e-3)
@@ -98,8 +84,8 @@ def test_hand_written_head_step_matches_torch_adam(weight_decay):
     assert not torch.allclose(trained.weight, seeded_linear(16, 4, 5).weight, atol=1e-2)  # it did train
 
 
-def test_train_head_cli_writes_a_run(cached, run_cli, tmp_path):
-    _, path = cached
+def test_train_head_cli_writes_a_run(small_cache, run_cli, tmp_path):
+    path = small_cache.path
     result = run_cli("train-head", path, "--epochs", "4", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert "Epoch 4/4 - Train Loss:" in result.output
@@ -124,10 +110,10 @@ def test_train_head_finds_the_cache_from_dataset_options(image_folder, run_cli, 
 
 
 @pytest.mark.slow
-def test_a_run_folder_is_held_by_one_process_and_released_by_a_kill(cached, run_cli, tmp_path):
+def test_a_run_folder_is_held_by_one_process_and_released_by_a_kill(small_cache, run_cli, tmp_path):
     """The run folder is flocked from before training until the run is written: a second process is
     refused in one line and writes nothing; a SIGKILLed holder leaves no stale claim."""
-    _, path = cached
+    path = small_cache.path
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys; from featcache.evaluate.claims import claimed\n"
                                f"with claimed({str(out)!r}, 'feature-extraction'):\n"
@@ -144,12 +130,12 @@ def test_a_run_folder_is_held_by_one_process_and_released_by_a_kill(cached, run_
     assert sorted(p.name for p in out.iterdir()) == ["history.json", "predictions.npz", "weights.pt"]
 
 
-def test_a_failed_run_leaves_no_folder_and_a_file_system_without_flock_still_writes(cached, run_cli, tmp_path,
+def test_a_failed_run_leaves_no_folder_and_a_file_system_without_flock_still_writes(small_cache, run_cli, tmp_path,
                                                                                    monkeypatch):
     import errno
     import fcntl
 
-    _, path = cached
+    path = small_cache.path
     failed = run_cli("train-head", tmp_path / "missing.h5", "--out", tmp_path / "a" / "b" / "run")
     assert failed.exit_code == 1 and not (tmp_path / "a").exists()  # the folders the claim made are gone
 
@@ -162,8 +148,8 @@ def test_a_failed_run_leaves_no_folder_and_a_file_system_without_flock_still_wri
 
 
 @pytest.mark.slow
-def test_two_train_heads_started_together_write_one_whole_run(cached, tmp_path):
-    _, path = cached
+def test_two_train_heads_started_together_write_one_whole_run(small_cache, tmp_path):
+    path = small_cache.path
     out = tmp_path / "run"
     processes = [subprocess.Popen([sys.executable, "-m", "featcache", "train-head", str(path), "--epochs", "3",
                                    "--seed", str(seed), "--out", str(out)],
@@ -181,9 +167,9 @@ def test_two_train_heads_started_together_write_one_whole_run(cached, tmp_path):
     assert run.final_test_acc == (probabilities.argmax(1) == cache.test_labels.numpy()).mean()
 
 
-def test_sweep_never_looks_at_test_labels(cached, run_cli, tmp_path):
-    _, path = cached
-    scrambled = tmp_path / path.name
+def test_sweep_never_looks_at_test_labels(small_cache, run_cli, tmp_path):
+    path = small_cache.path
+    scrambled = tmp_path / path.name  # a copy: the shared cache is not changed
     shutil.copy(path, scrambled)
     with h5py.File(scrambled, "r+") as handle:
         labels = handle["test/labels"][()]
@@ -198,8 +184,7 @@ def test_sweep_never_looks_at_test_labels(cached, run_cli, tmp_path):
     assert outcomes[0]["test_acc"] != outcomes[1]["test_acc"]  # test labels did matter for reporting
 
 
-def test_sweep_heads_match_single_heads(cached):
-    cache = load_cache(cached[1])
+def test_sweep_heads_match_single_heads(cache):
     config = EpochConfig(epochs=3, batch_size=4, seed=1)
     result = sweep_heads(cache.train_features, cache.train_labels, [1e-3, 1e-1], [0.0, 1e-2], config, 0.25)
     assert [(row["lr"], row["weight_decay"]) for row in result.grid] == [(1e-3, 0.0), (1e-3, 1e-2), (1e-1, 0.0),
@@ -220,28 +205,28 @@ def test_sweep_heads_match_single_heads(cached):
                                                                result.grid[first_best]["weight_decay"])
 
 
-def test_logreg_probe_and_its_linear_head_agree(cached):
-    cache = load_cache(cached[1])
-    probe = logistic_regression_probe(cache, "all", val_fraction=0.25)
+@pytest.fixture(scope="module")
+def separable(tmp_path_factory):
+    """Synthetic features, 3 classes separable but not trivially (90 training rows x 3 views, 60 test rows):
+    the probe's validation accuracy differs between values of C."""
+    path = write_synthetic_cache(tmp_path_factory.mktemp("separable") / "separable.h5", 90, views=2, test_rows=60,
+                                 separation=0.07)
+    return load_cache(path)
+
+
+def test_logreg_probe_learns_separable_features_and_its_linear_head_agrees(separable):
+    probe = logistic_regression_probe(separable, "all", val_fraction=0.25)
+    assert probe["test_acc"] > 0.5  # chance is 1/3 (60 test rows: 0.5 is 2.7 standard deviations above it)
+    # the chosen C is the first of the recorded grid's best validation accuracies
+    scores = [row["val_acc"] for row in probe["grid"]]
+    assert len(set(scores)) > 1  # else any choice would pass
+    assert probe["best"] == probe["grid"][scores.index(max(scores))]
+    # as a Linear head: softmax of its logits is the probe's predict_proba on rows it was not fitted on
     head = logreg_as_linear(probe["model"], 3)
     with torch.no_grad():
-        probabilities = head(cache.test_features).softmax(1).numpy()
-    assert np.allclose(probabilities, probe["model"].predict_proba(cache.test_features.numpy()), atol=1e-4)
-    # the chosen C is the best of separately fitted probes on the validation split, first of equals
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    fit, val = validation_split(cache.train_labels, 0.25, 0)
-    features, labels = cache.train_features.numpy(), cache.train_labels.numpy()
-    scores = []
-    for row in probe["grid"]:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=row["C"], max_iter=2000))
-        model.fit(features[fit].reshape(-1, 512), np.repeat(labels[fit], features.shape[1]))
-        scores.append(model.score(features[val, 0], labels[val]))
-    assert probe["best"]["C"] == probe["grid"][scores.index(max(scores))]["C"]
-    assert probe["test_acc"] == pytest.approx(float((head(cache.test_features).argmax(1)
-                                                     == cache.test_labels).float().mean()))
+        probabilities = head(separable.test_features).softmax(1).numpy()
+    assert np.allclose(probabilities, probe["model"].predict_proba(separable.test_features.numpy()), atol=1e-4)
+    assert probe["test_acc"] == pytest.approx(float((probabilities.argmax(1) == separable.test_labels.numpy()).mean()))
 
 
 def test_heads_on_their_own_rows_train_as_single_heads_on_those_rows(cached):
@@ -303,16 +288,15 @@ def test_logreg_probe_chooses_c_on_a_validation_split_from_5_images_per_class(ca
     (["--sweep", "--sweep-lrs", "abc"], "--sweep-lrs"), (["--val-fraction", "1.5", "--sweep"], "--val-fraction"),
     (["--sweep", "--head", "logreg"], "--sweep"), (["--weight-decay", "-1"], "--weight-decay"),
 ])
-def test_nonsense_training_settings(cached, run_cli, tmp_path, args, words):
-    _, path = cached
-    result = run_cli("train-head", path, *args, "--out", tmp_path / "run")
+def test_nonsense_training_settings(small_cache, run_cli, tmp_path, args, words):
+    result = run_cli("train-head", small_cache.path, *args, "--out", tmp_path / "run")
     assert result.exit_code != 0 and words in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("problem", ["missing", "incomplete", "other_version"])
-def test_bad_cache(cached, run_cli, tmp_path, problem):
-    _, path = cached
+def test_bad_cache(small_cache, run_cli, tmp_path, problem):
+    path = small_cache.path
     target = tmp_path / path.name
     if problem != "missing":
         shutil.copy(path, target)

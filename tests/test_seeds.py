@@ -14,13 +14,6 @@ from featcache.evaluate.stats import bootstrap_interval, mcnemar, paired_bootstr
 from featcache.settings import parse_seeds
 
 
-@pytest.fixture(scope="module")
-def cache(image_folder, tmp_path_factory):
-    spec = featcache.CacheSpec(featcache.DataSpec(str(image_folder)), weights="random", image_size=32, views=2,
-                               cache_dir=tmp_path_factory.mktemp("cache"))
-    return featcache.open_cache(featcache.extract(spec, progress=False).path)
-
-
 def test_parse_seeds():
     assert parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("5,2,9") == [5, 2, 9] and parse_seeds("3") == [0, 1, 2]
     for bad in ("a-b", "3-1", "1,1", ""):

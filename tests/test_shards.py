@@ -5,6 +5,7 @@ where it does not (ENOSPC from os.write on a shard)."""
 import errno
 import os
 import shutil
+from pathlib import Path
 
 import h5py
 import pytest
@@ -17,10 +18,10 @@ from featcache.cache.writer import extract
 from featcache.data.datasets import load_dataset
 from featcache.cache.shards import shard_folder
 from featcache.cache.key import cache_provenance
-from conftest import torch_threads, tree_digest
-from test_bad_input import assert_clean_failure
+from conftest import SMALL_CACHE_BATCH, SMALL_CACHE_SHARD, assert_clean_failure, torch_threads, tree_digest
 
-SHARD_SIZE, BATCH_SIZE = 7, 5  # 24 training rows: shards 0-6, 7-13, 14-20, 21-23; 12 test rows: 0-6, 7-11
+# small_cache's cut: 24 training rows: shards 0-6, 7-13, 14-20, 21-23; 12 test rows: 0-6, 7-11
+SHARD_SIZE, BATCH_SIZE = SMALL_CACHE_SHARD, SMALL_CACHE_BATCH
 
 
 def _extract(data, cache_dir, **kwargs):
@@ -30,10 +31,10 @@ def _extract(data, cache_dir, **kwargs):
                    shard_size=SHARD_SIZE, progress=False, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def reference(image_folder, tmp_path_factory):
-    """An uninterrupted run: what every faulty run must end up equal to, bit for bit."""
-    return load_cache(_extract(image_folder, tmp_path_factory.mktemp("reference")).path)
+@pytest.fixture
+def reference(small_cache):
+    """An uninterrupted run with the same cut: what every faulty run must end up equal to, bit for bit."""
+    return load_cache(small_cache.path)
 
 
 def assert_same_cache(path, reference):
@@ -201,8 +202,8 @@ def test_a_shard_damaged_before_assembly_is_recomputed_in_the_same_run(image_fol
     assert_same_cache(result.path, reference)
 
 
-def test_verify_names_the_rows_of_a_flipped_byte(image_folder, tmp_path, run_cli):
-    path = _extract(image_folder, tmp_path).path
+def test_verify_names_the_rows_of_a_flipped_byte(small_cache, tmp_path, run_cli):
+    path = Path(shutil.copy(small_cache.path, tmp_path))  # a copy: this test damages it
     good = run_cli("verify", path)
     assert good.exit_code == 0 and "all 6 checksummed row ranges match" in good.output
     with h5py.File(path, "r") as handle:
@@ -266,8 +267,8 @@ def test_ranks_with_different_thread_counts_are_refused_by_rank_0():
         _check_ranks_agree(TwoRanks(), 2)
 
 
-def test_leftover_shards_of_a_finished_cache_are_removed_on_reuse(image_folder, tmp_path, run_cli):
-    path = _extract(image_folder, tmp_path).path
+def test_leftover_shards_of_a_finished_cache_are_removed_on_reuse(image_folder, small_cache, tmp_path, run_cli):
+    path = Path(shutil.copy(small_cache.path, tmp_path))  # the finished cache, where this test may change things
     leftover = shard_folder(path)
     leftover.mkdir()
     (leftover / "train-000000.h5").write_bytes(b"killed between the rename and the clean-up")

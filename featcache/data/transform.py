@@ -37,7 +37,7 @@ def resize_size(image_size: int) -> int:
 # The identity of the code that turns an image file into a view's pixels (the decode resize and
 # clean view in featcache.data.clean_view, view_params, the crop, flip, jitter and normalisation in
 # featcache.data.views, and the constants above): bump it with any change to them, which gives every cache a new key.
-# tests/test_transform_identity.py hashes that code and fails when it changes and this does not.
+# tests/test_transform_identity.py hashes the pixels fixed images make and fails when they change and this does not.
 # 2: the decode resize is torch's float32 antialiased bilinear interpolate, rounded (was PIL's), the
 # one an exported model runs; the centre crop starts at floor((extent - S) / 2).
 TRANSFORM_VERSION = 2
