@@ -1,0 +1,188 @@
+"""The building blocks of the `featcache` command: options made from the configs' fields (a default and
+its help written once, in the config), the option groups several commands share, and the group that
+prints errors as one line."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+import re
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from . import api
+from .api import FeatcacheError, ReportedElsewhere
+
+# featcache.api imports torch, scikit-learn and matplotlib inside the functions that use them: finding
+# an existing cache (a repeated `featcache extract`) answers in a fraction of a second.
+
+
+class FriendlyGroup(click.Group):
+    """Turns FeatcacheError, and the OSErrors of the environment (permissions, a full disk), into one
+    line on stderr and exit status 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ReportedElsewhere:
+            ctx.exit(1)
+        except (FeatcacheError, OSError) as error:
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            rank = "" if api.is_main_process() else f"rank {os.environ['RANK']}: "  # under torchrun, who failed
+            message = " ".join(option_names(str(error), command).split())  # one line, always
+            raise click.ClickException(rank + message) from None
+
+
+def option_names(message: str, command: click.Command | None) -> str:
+    """The API's `argument` names in a message as this command's --options (unknown ones unquoted)."""
+    options = {param.name: param.opts[0] for param in (command.params if command else [])
+               if isinstance(param, click.Option)}
+    return re.sub(r"`(\w+)`", lambda match: options.get(match.group(1), match.group(1)), message)
+
+
+def stacked(*options):
+    """One decorator applying click options in the order listed (as if written one above the other)."""
+    return lambda function: functools.reduce(lambda f, option: option(f), reversed(options), function)
+
+
+class CommaList(click.ParamType):
+    """'a,b,c' as a tuple of `kind` (float, or str for names); blanks dropped."""
+
+    def __init__(self, kind=str):
+        self.kind, self.name = kind, "numbers" if kind is float else "names"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(self.kind(part.strip()) for part in str(value).split(",") if part.strip())
+        except ValueError:
+            self.fail(f"must be comma-separated {self.name}, got {value!r}", param, ctx)
+
+
+FIELD_TYPES = {"int": int, "int | None": int, "float": float, "float | None": float, "str": str, "str | None": str,
+               "Path": click.Path(path_type=Path), "Path | None": click.Path(path_type=Path),
+               "tuple[float, ...]": CommaList(float), "tuple[str, ...]": CommaList(str),
+               "tuple[str, ...] | None": CommaList(str), "int | str | None": str, "object": str}
+
+
+def option(config_class, name: str, *, default=dataclasses.MISSING, help: str | None = None, **click_settings):
+    """The click option of a config's field: its default and help come from the field (written once,
+    in the config); `default` and `help` only where a command means something else by it."""
+    item = config_class.__dataclass_fields__[name]
+    meta = item.metadata
+    value = item.default if default is dataclasses.MISSING else default
+    settings = {"default": value, "help": help or meta["help"], "show_default": value is not None and value is not False}
+    if item.type == "bool":
+        settings.update(is_flag=True, show_default=False)
+    elif meta["choices"]:
+        settings["type"] = click.Choice(list(meta["choices"]))
+    elif meta["minimum"] is not None:
+        settings["type"] = click.IntRange(min=meta["minimum"])
+    else:
+        settings["type"] = FIELD_TYPES[item.type]
+    if isinstance(value, tuple):
+        settings["default"] = ",".join(map(str, value))
+    if meta["metavar"]:
+        settings["metavar"] = meta["metavar"]
+    return click.option(meta["option"] or "--" + name.replace("_", "-"), **{**settings, **click_settings})
+
+
+def api_default(function, name: str):
+    """The default of an API function's argument, for the commands whose settings are plain arguments."""
+    return inspect.signature(function).parameters[name].default
+
+
+def data_options(function=None, *, per_class=dataclasses.MISSING, test_per_class=dataclasses.MISSING):
+    """Options that pick the dataset (DataSpec's fields), shared by every command that reads images."""
+    if function is None:
+        return functools.partial(data_options, per_class=per_class, test_per_class=test_per_class)
+    test_help = None if test_per_class is dataclasses.MISSING else "Keep the first N test images of each class."
+    return stacked(
+        option(api.DataSpec, "data"),
+        option(api.DataSpec, "classes"),
+        option(api.DataSpec, "per_class", default=per_class),
+        option(api.DataSpec, "test_per_class", default=test_per_class, help=test_help),
+        option(api.DataSpec, "download"),
+        option(api.DataSpec, "data_root"),
+    )(function)
+
+
+weights_options = stacked(option(api.CacheSpec, "weights"), option(api.CacheSpec, "image_size"))
+
+
+def run_options(batch_size: int, batch_help: str, seed_help: str):
+    """Seed, device, batch size and decoding workers; the batch size's default differs per command."""
+    return stacked(
+        option(api.CacheSpec, "seed", help=seed_help),
+        option(api.ExtractConfig, "device"),
+        option(api.ExtractConfig, "batch_size", default=batch_size, help=batch_help),
+        option(api.ExtractConfig, "num_workers"),
+    )
+
+
+cache_options = stacked(option(api.CacheSpec, "views"), option(api.CacheSpec, "cache_dir"),
+                        option(api.CacheSpec, "precision"))
+
+
+def data_spec(options: dict) -> api.DataSpec:
+    return api.DataSpec(options["data"], options["classes"] or None, options["per_class"], options["test_per_class"],
+                        options["download"], options["data_root"])
+
+
+def cache_spec(options: dict, views: int | None = None) -> api.CacheSpec:
+    return api.CacheSpec(data_spec(options), options["weights"], options["image_size"], views or options["views"],
+                         options["seed"], options["precision"], options["cache_dir"])
+
+
+def settings_of(config_class, options: dict, **extra) -> dict:
+    """The options that are fields of `config_class`, with `extra` ones (named differently on the command line)."""
+    return {**{name: options[name] for name in api_fields(config_class) if name in options}, **extra}
+
+
+def api_fields(config_class) -> list[str]:
+    return [item.name for item in dataclasses.fields(config_class)]
+
+
+def run_dir(options: dict, approach: str) -> Path:
+    """--out, or runs/<approach>-<time>: a command always writes its run."""
+    return options["out"] or api.default_run_dir(approach)
+
+
+def epoch_printer(options: dict):
+    """Per-epoch lines above any progress bar, unless --quiet."""
+    return None if options["quiet"] else tqdm.write
+
+
+SEED_HELP = "Seeds the augmented views, random weights, head init and shuffling."
+
+
+out_options = stacked(
+    click.option("--out", type=click.Path(path_type=Path), default=None,
+                 help="Run directory for history.json, weights.pt and predictions.npz (the last epoch's test "
+                      "predictions). Default: runs/<approach>-<time>."),
+    click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
+    click.option("--quiet", is_flag=True, help="No per-epoch lines or progress bars."),
+)
+
+
+def seeds_option(varies: str):
+    return click.option(
+        "--seeds", default=None,
+        help=f"Train once per training seed: 'A-B', a list '0,3,7' or a count N (seeds 0..N-1). A seed varies {varies}, "
+             "never the views (--seed picks those). Writes --out/seed-<k>/ per seed and --out/seeds.json, and "
+             "prints the mean, standard deviation and 95% t-interval of the final test accuracy.")
+
+
+finetune_options = stacked(*(option(api.FinetuneConfig, name)
+                             for name in ("lr_head", "lr_backbone", "unfreeze", "frozen_bn")))
+end_to_end_options = stacked(
+    option(api.FinetuneConfig, "max_memory"),
+    click.option("--resume", is_flag=True,
+                 help="Continue the killed run in --out from its last checkpoint (saved after every epoch), "
+                      "with the same options; any number of ranks. With --seeds: finished seeds are kept (their "
+                      "options checked), the unfinished one resumes from its checkpoint, the rest start."),
+)
