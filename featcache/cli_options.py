@@ -59,8 +59,8 @@ class CommaList(click.ParamType):
             return value
         try:
             return tuple(self.kind(part.strip()) for part in str(value).split(",") if part.strip())
-        except ValueError:
-            self.fail(f"must be comma-separated {self.name}, got {value!r}", param, ctx)
+        except ValueError:  # one line and exit status 1, as every FeatcacheError (FriendlyGroup)
+            raise FeatcacheError(f"`{param.name}` must be comma-separated {self.name}, got {value!r}") from None
 
 
 FIELD_TYPES = {"int": int, "int | None": int, "float": float, "float | None": float, "str": str, "str | None": str,
