@@ -229,12 +229,11 @@ def test_logreg_probe_learns_separable_features_and_its_linear_head_agrees(separ
     assert probe["test_acc"] == pytest.approx(float((probabilities.argmax(1) == separable.test_labels.numpy()).mean()))
 
 
-def test_heads_on_their_own_rows_train_as_single_heads_on_those_rows(cached):
+def test_heads_on_their_own_rows_train_as_single_heads_on_those_rows(cache):
     """Few-shot's use of train_heads: each head on its own subset of rows, its own seed, trains as the
     reference head on that subset alone; a step budget stops mid-epoch after exactly that many steps."""
     from featcache.train.heads import cached_batches, train_heads
 
-    cache = load_cache(cached[1])
     rows = torch.tensor([[0, 3, 9, 12, 17, 22], [1, 2, 8, 11, 20, 23]])  # 2 heads, 6 rows each (of 24)
     seeds, config = [4, 7], EpochConfig(epochs=5, batch_size=4, seed=4)  # 2 batches an epoch, the second of 2
     heads = LinearHeads([seeded_linear(512, 3, seed) for seed in seeds], [1e-2] * 2, [0.0] * 2)
@@ -263,12 +262,11 @@ def test_heads_on_their_own_rows_train_as_single_heads_on_those_rows(cached):
     assert np.allclose(history["train_loss"][-1], steps[-1][1].tolist(), atol=1e-6)
 
 
-def test_logreg_probe_chooses_c_on_a_validation_split_from_5_images_per_class(cached, monkeypatch):
+def test_logreg_probe_chooses_c_on_a_validation_split_from_5_images_per_class(cache, monkeypatch):
     """Below 5 images in a class C is 1 and no split is drawn (a 1-image validation split cannot rank
     five Cs); from 5 it is the best on validation_split(labels, val_fraction, seed), as for kNN's k."""
     from featcache.train import logreg as heads_module
 
-    cache = load_cache(cached[1])
     features, labels = cache.train_features.numpy()[:, :1], cache.train_labels.numpy()
     splits = []
     real = heads_module.validation_split
