@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ._version import __version__
-from .cache.key import DEFAULT_WEIGHTS, CacheSpec, ExtractConfig, ExtractResult, cache_key, reusable_cache, weights_source
+from .cache.key import DEFAULT_WEIGHTS, CacheSpec, ExtractConfig, ExtractResult
 from .data.datasets import DataSpec
 from .data.transform import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size
 from .errors import FeatcacheError, ReportedElsewhere
@@ -51,20 +51,11 @@ def extract(spec: CacheSpec, config: ExtractConfig | None = None, *, progress: b
     backbone once per view, in checksummed shards, resuming from finished ones. `config` (or its fields
     as keyword arguments: batch_size, shard_size, device, num_workers, force, rehash) says how. Under
     torchrun every process calls this with the same arguments and the shards are dealt over them."""
-    started = time.perf_counter()
+    from .workflows.extract import extract as find_or_extract
+
     with reported_once():
         config = built(ExtractConfig, config, settings, "extract")
-        dataset, provenance, final = spec.locate(config.rehash)
-        if not config.force and reusable_cache(final, cache_key(provenance)):
-            return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
-        from .backbone import load_backbone, resolve_device
-        from .cache.writer import extract as extract_shards
-
-        backbone = load_backbone(spec.weights, spec.seed)
-        device = resolve_device(config.device)
-    return extract_shards(dataset, backbone, provenance, spec.cache_dir, batch_size=config.batch_size,
-                          shard_size=config.shard_size, device=device, num_workers=config.num_workers,
-                          force=config.force, progress=progress, weights_source=weights_source(spec.weights))
+    return find_or_extract(spec, config, progress=progress)
 
 
 def open_cache(source: CacheSpec | str | Path, max_memory: int | str | None = None, heads: int = 1,
@@ -118,6 +109,8 @@ def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, config
     run directory per seed and seeds.json."""
     from .workflows.heads import train_head_seeds as train
 
+    if "seed" in settings:  # each head's seed is one of `seeds`
+        raise UnknownSetting("train_head_seeds takes `seeds`, not `seed`")
     config = built(HeadConfig, config, settings, "train_head_seeds")
     return train(cache, as_seed_list(seeds), config, out=out, overwrite=overwrite, log=log, echo=echo,
                  progress=progress)
@@ -147,7 +140,8 @@ def finetune(images: ImageData | DataSpec, weights: str | None = None, config: F
     from .workflows.end_to_end import finetune as train
 
     with reported_once():
-        config = built(FinetuneConfig, config, {**settings, **({"weights": weights} if weights else {})}, "finetune")
+        config = built(FinetuneConfig, config, {**settings, **({"weights": weights} if weights is not None else {})},
+                       "finetune")
     return train(images, config, out=out, overwrite=overwrite, log=log, echo=echo, progress=progress, resume=resume)
 
 
@@ -175,7 +169,7 @@ def finetune_seeds(images: ImageData | DataSpec, weights: str | None = None, see
     from .workflows.end_to_end import train_seeds
 
     with reported_once():
-        config = built(FinetuneConfig, config, {**settings, **({"weights": weights} if weights else {})},
+        config = built(FinetuneConfig, config, {**settings, **({"weights": weights} if weights is not None else {})},
                        "finetune_seeds")
         seeds = as_seed_list(seeds)
     return train_seeds(images, seeds, config, out=out, overwrite=overwrite, log=log, echo=echo, progress=progress,
@@ -216,8 +210,7 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, config: Experimen
     from .workflows.experiment import experiment as run_experiment
 
     config = built(ExperimentConfig, config, settings, "experiment")
-    return run_experiment(spec, config, out, overwrite=overwrite, echo=echo, log=log, progress=progress,
-                          extract=extract)
+    return run_experiment(spec, config, out, overwrite=overwrite, echo=echo, log=log, progress=progress)
 
 
 def export(run_dir: str | Path, out: str | Path, *, weights: str | None = None) -> dict:
@@ -284,8 +277,9 @@ def inspect(data: DataSpec, out: str | Path, *, image_size: int = DEFAULT_IMAGE_
 
 def bench(data: DataSpec, out: str | Path, *, weights: str = DEFAULT_WEIGHTS, image_size: int = DEFAULT_IMAGE_SIZE,
           views: int = CacheSpec.views, epochs: int = EpochConfig.epochs, batch_size: int = EpochConfig.batch_size,
-          extract_batch_size: int = ExtractConfig.batch_size, device: str = ExtractConfig.device, num_workers: int = 0, seed: int = 0, end_to_end: bool = True, command: str = "featcache bench",
-          log: Log | None = None) -> dict:
+          extract_batch_size: int = ExtractConfig.batch_size, device: str = ExtractConfig.device,
+          num_workers: int = ExtractConfig.num_workers, seed: int = 0, end_to_end: bool = True,
+          command: str = "featcache bench", log: Log | None = None) -> dict:
     """featcache bench: every speed figure side by side in one process; writes bench.json and bench.md
     to `out` and returns the result with their paths and the Markdown."""
     from .backbone import resolve_device

@@ -11,7 +11,6 @@ from torchvision.models import ResNet18_Weights, resnet18
 from .errors import FeatcacheError
 
 
-
 def imagenet_weights_path() -> Path:
     """Where torchvision's own cache keeps the ImageNet ResNet-18 file."""
     url = ResNet18_Weights.IMAGENET1K_V1.url

@@ -130,7 +130,7 @@ def train_end_to_end(options: dict, config_class, approach: str, single, seeds, 
 @weights_options
 @run_options(api.FinetuneConfig.batch_size, "Training batch size.", SEED_HELP)
 @option(api.FinetuneConfig, "epochs")
-@finetune_options
+@finetune_options(api.FinetuneConfig)
 @option(api.FinetuneConfig, "init_head", type=click.Path(path_type=Path),
         help="Start the head from a train-head run directory instead of a random init.")
 @end_to_end_options
@@ -176,9 +176,9 @@ def compare_command(run_dirs, out):
                    "no per-class results)")
 
 
-def echo_comparison(result: dict) -> None:
-    """The summary table (with intervals when a row has several seeds) and the paired verdicts."""
-    several = any(row["seeds"] > 1 for row in result["rows"])
+def echo_comparison(result: dict, several: bool | None = None) -> None:
+    """The summary table (with intervals when a row has several seeds, or `several`) and the paired verdicts."""
+    several = any(row["seeds"] > 1 for row in result["rows"]) if several is None else several
     click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS[:3] + api.UNCERTAINTY_COLUMNS if several
                                   else api.SUMMARY_COLUMNS))
     for row in result["comparisons"]:
@@ -295,7 +295,7 @@ def inspect_command(out, image_size, seed, count, view, **options):
 @run_options(api.ExperimentConfig.batch_size, "Training batch size (all three approaches).", SEED_HELP)
 @option(api.ExperimentConfig, "epochs")
 @option(api.ExperimentConfig, "lr")
-@finetune_options
+@finetune_options(api.ExperimentConfig)
 @option(api.CacheSpec, "views", default=None, type=click.IntRange(min=1),
         help="Augmented views to cache. Default: --epochs, so every epoch sees a fresh augmentation as in the "
              "end-to-end runs.")
@@ -314,7 +314,7 @@ def experiment(**options):
                             overwrite=options["overwrite"], echo=click.echo, log=epoch_printer(options),
                             progress=not options["quiet"], **settings_of(api.ExperimentConfig, options))
     comparison = result["comparison"]
-    echo_comparison(comparison)
+    echo_comparison(comparison, several=bool(options["seeds"]))
     plots = " and ".join(str(path) for path in (comparison["png"], comparison["confusion_png"]) if path)
     click.echo(f"experiment finished in {result['seconds']:.1f} s; plots {plots}, tables {comparison['markdown']} "
                f"and {comparison['csv']}")

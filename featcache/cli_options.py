@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from . import api
 from .api import FeatcacheError, ReportedElsewhere
+from .settings import field_names
 
 # featcache.api imports torch, scikit-learn and matplotlib inside the functions that use them: finding
 # an existing cache (a repeated `featcache extract`) answers in a fraction of a second.
@@ -74,6 +75,7 @@ def option(config_class, name: str, *, default=dataclasses.MISSING, help: str | 
     in the config); `default` and `help` only where a command means something else by it."""
     item = config_class.__dataclass_fields__[name]
     meta = item.metadata
+    assert meta["cli"], f"{config_class.__name__}.{name} is not a command-line setting"
     value = item.default if default is dataclasses.MISSING else default
     settings = {"default": value, "help": help or meta["help"], "show_default": value is not None and value is not False}
     if item.type == "bool":
@@ -138,13 +140,9 @@ def cache_spec(options: dict, views: int | None = None) -> api.CacheSpec:
                          options["seed"], options["precision"], options["cache_dir"])
 
 
-def settings_of(config_class, options: dict, **extra) -> dict:
-    """The options that are fields of `config_class`, with `extra` ones (named differently on the command line)."""
-    return {**{name: options[name] for name in api_fields(config_class) if name in options}, **extra}
-
-
-def api_fields(config_class) -> list[str]:
-    return [item.name for item in dataclasses.fields(config_class)]
+def settings_of(config_class, options: dict) -> dict:
+    """The options that are fields of `config_class`: what the API builds the config from."""
+    return {name: options[name] for name in field_names(config_class) if name in options}
 
 
 def run_dir(options: dict, approach: str) -> Path:
@@ -177,8 +175,10 @@ def seeds_option(varies: str):
              "prints the mean, standard deviation and 95% t-interval of the final test accuracy.")
 
 
-finetune_options = stacked(*(option(api.FinetuneConfig, name)
-                             for name in ("lr_head", "lr_backbone", "unfreeze", "frozen_bn")))
+def finetune_options(config_class):
+    """The fine-tuning settings, of fine-tuning itself or of the experiment."""
+    return stacked(*(option(config_class, name) for name in ("lr_head", "lr_backbone", "unfreeze", "frozen_bn")))
+
 end_to_end_options = stacked(
     option(api.FinetuneConfig, "max_memory"),
     click.option("--resume", is_flag=True,

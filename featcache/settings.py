@@ -2,12 +2,13 @@
 dataclass field every config of featcache is written with.
 
 A config's field carries its default and its help; the CLI builds each option from the field
-(featcache.cli.option), so a default is written once, as in Hugging Face's TrainingArguments.
+(featcache.cli_options.option), so a default is written once, as in Hugging Face's TrainingArguments.
 Torch-free: configs are checked before any model is built or image read.
 """
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from dataclasses import field, fields
@@ -35,6 +36,18 @@ def setting(default, help: str, *, option: str | None = None, choices: tuple | N
     return field(default=default, metadata=metadata)
 
 
+def like(config_class, name: str, help: str | None = None):
+    """A setting with the default and command-line form of another config's field (the experiment's
+    fine-tuning settings are fine-tuning's), its help unless `help` says more."""
+    item = config_class.__dataclass_fields__[name]
+    meta = dict(item.metadata)
+    return setting(item.default, help or meta.pop("help"), **{key: meta[key] for key in
+                                                             ("option", "choices", "minimum", "metavar", "cli")})
+
+
+DEVICES_HELP = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."
+
+
 def field_names(config_class) -> list[str]:
     return [item.name for item in fields(config_class)]
 
@@ -55,7 +68,7 @@ def built(config_class, config, arguments: dict, function: str):
 
 def check_positive(name: str, value: float) -> float:
     """A learning rate and the like: positive and finite."""
-    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and value > 0 and math.isfinite(value)):
         raise FeatcacheError(f"`{name}` must be a positive finite number, got {value}")
     return value
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,3 +107,30 @@ def test_importing_featcache_imports_no_torch_and_keeps_matplotlib_backend():
     probe = "import matplotlib; matplotlib.use('svg'); import featcache.evaluate.report; print(matplotlib.get_backend())"
     backend = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert backend.stdout.strip() == "svg", backend.stderr
+
+
+def test_configs_check_their_settings_before_any_work():
+    """Each config refuses a bad setting when it is built, naming it, with no torch imported (no model
+    built, no image read); numpy's numbers are numbers."""
+    script = """
+import sys
+import featcache
+bad = ((featcache.HeadConfig, {"sweep": True, "sweep_lrs": (-1.0,)}, "sweep_lrs"),
+       (featcache.HeadConfig, {"val_fraction": 1.0}, "val_fraction"),
+       (featcache.HeadConfig, {"head": "svm"}, "head"),
+       (featcache.FinetuneConfig, {"unfreeze": ("layer9",)}, "unfreeze"),
+       (featcache.ScratchConfig, {"max_memory": "lots"}, "max_memory"),
+       (featcache.ExperimentConfig, {"seeds": "3-1"}, "seeds"),
+       (featcache.ExtractConfig, {"shard_size": 0}, "shard_size"))
+for config, settings, name in bad:
+    try:
+        config(**settings)
+    except featcache.FeatcacheError as error:
+        assert f"`{name}`" in str(error), error
+    else:
+        raise AssertionError(f"{config.__name__}({settings}) was accepted")
+print("torch" in sys.modules)
+"""
+    checked = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert checked.returncode == 0 and checked.stdout.strip() == "False", checked.stderr
+    assert featcache.HeadConfig(lr=np.float32(1e-3), sweep=True, sweep_lrs=(np.float64(0.1),)).lr > 0

@@ -12,6 +12,7 @@ from featcache.train.heads import train_linear_head, train_seeded_heads
 from featcache.train.config import EpochConfig
 from featcache.evaluate.stats import bootstrap_interval, mcnemar, paired_bootstrap, t_interval
 from featcache.settings import parse_seeds
+from featcache.train.config import FEWSHOT_LINEAR_STEPS
 
 
 def test_parse_seeds():
@@ -233,7 +234,7 @@ def test_linear_probe_takes_its_fixed_budget_of_steps(cache, monkeypatch):
     subsets = fewshot_curves.draw_subsets(cache.train_labels.numpy(), 1, 3, seed=0)
     fewshot_curves.linear_probes(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
                                  subsets, seed=0)
-    assert len(steps) == fewshot_curves.LINEAR_STEPS and steps[0] == (3, 3, 513)  # 3 trials, 3 images, bias column
+    assert len(steps) == FEWSHOT_LINEAR_STEPS and steps[0] == (3, 3, 513)  # 3 trials, 3 images, bias column
 
 
 def test_knn_leave_one_out_and_temperature(cache):

@@ -18,19 +18,19 @@ from .._version import __version__
 from ..data.datasets import Dataset, DataSpec
 from ..data.transform import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size, transform_description
 from ..errors import FeatcacheError
-from ..settings import check_at_least, setting
+from ..settings import DEVICES_HELP, check_at_least, setting
 
 FORMAT = "featcache"
 FORMAT_VERSION = 2  # 2: sharded extraction, per-shard sha256 checksums, features chunked one view at a time
 BACKBONE = "torchvision.resnet18"
 FEATURE_DIM = 512
-STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # what fine-tuning may unfreeze
 BACKBONE_PARAMETERS = 11_176_512  # torchvision resnet18 without fc; checked in tests/test_finetune.py
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_WEIGHTS = "imagenet"
-DEVICES_HELP = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."
 WEIGHTS_HELP = ("'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, via torchvision's cache), 'random' (seeded "
                 "init, for tests) or a path to a ResNet-18 state dict (its fc is dropped).")
+
+
 def weights_source(weights: str) -> str:
     """What a cache records of where its backbone came from: 'imagenet', 'random' or an absolute path."""
     return weights if weights in ("imagenet", "random") else str(Path(weights).resolve())

@@ -37,7 +37,6 @@ EXPORT_FORMAT_VERSION = 1
 
 class Classifier(nn.Module):
     """uint8 images [N, 3, H, W] to class probabilities [N, C]: the clean view, the network, softmax."""
-
     def __init__(self, network: nn.Module, image_size: int):
         super().__init__()
         self.clean_view, self.network = CleanView(image_size), network
@@ -88,7 +87,6 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     """featcache's own model of a run directory, in eval mode on the CPU, and the metadata an export of
     it records. For a feature-extraction run the backbone comes from the weights the cache recorded
     (or `weights`), checked against their recorded identity."""
-
     from ..backbone import load_backbone
 
     run_dir = Path(run_dir)

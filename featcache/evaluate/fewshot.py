@@ -5,11 +5,11 @@ numpy.random.default_rng([seed, k, t]): subsets come from the training split onl
 every probe and are reproducible from the seed. Each probe is evaluated on the whole test split.
 
 - linear: the reference head (Adam, lr 1e-3, batch 32, epoch e on augmented view 1 + e % V) for a fixed
-  budget of LINEAR_STEPS optimizer steps whatever k is (at 1 shot an epoch is one step), so that small k
-  is not also undertrained; the trials of one k train in lockstep in train-head's loop
+  budget of the reference head's steps (FEWSHOT_LINEAR_STEPS) whatever k is (at 1 shot an epoch is one
+  step), so that small k is not also undertrained; the trials of one k train in lockstep in train-head's loop
   (featcache.train.heads.train_heads), each with its own subset, init and shuffle.
 - logreg: train-head's probe (featcache.train.logreg.logreg_probe) on clean views: C chosen on a validation
-  split of the subset when every class has at least 5 images, else C = 1.0.
+  split of the subset when every class has at least MIN_PER_CLASS_TO_CHOOSE (5) images, else C = 1.0.
 - knn: featcache.train.knn on clean views, k chosen on a validation split of the subset when every class has
   at least 5 images, else 1-NN.
 logreg and knn share the threshold (featcache.train.config.MIN_PER_CLASS_TO_CHOOSE): below it a validation split holds
@@ -27,14 +27,12 @@ import torch
 from ..errors import FeatcacheError
 from ..train.heads import LinearHeads, cached_batches, train_heads
 from ..train.logreg import logreg_probe
-from ..train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE
 from ..train.knn import knn_probe
-from ..train.config import EpochConfig
+from ..train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE, EpochConfig
 from ..train.loop import seeded_linear
 from ..cache.key import FEATURE_DIM
 from .stats import t_interval
 
-LINEAR_STEPS = FEWSHOT_LINEAR_STEPS  # the reference head's steps: 15 epochs x ceil(1,500 / 32) batches
 LINEAR_LR, LINEAR_BATCH = 1e-3, 32
 PROBES = ("linear", "logreg", "knn")
 
@@ -56,16 +54,17 @@ def draw_subsets(labels: np.ndarray, shots: int, trials: int, seed: int) -> np.n
 def linear_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                   test_labels: torch.Tensor, subsets: np.ndarray, seed: int) -> np.ndarray:
     """Test accuracy of one linear head per subset (init and shuffle seeded seed + trial), trained in
-    lockstep by train-head's loop, each on its own subset, for LINEAR_STEPS steps."""
+    lockstep by train-head's loop, each on its own subset, for FEWSHOT_LINEAR_STEPS steps."""
     trials, count = subsets.shape
     classes = int(train_labels.max()) + 1
     seeds = [seed + trial for trial in range(trials)]
     heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, each) for each in seeds], [LINEAR_LR] * trials,
                         [0.0] * trials)
     batch = min(LINEAR_BATCH, count)
-    config = EpochConfig(epochs=math.ceil(LINEAR_STEPS / math.ceil(count / batch)), batch_size=batch, seed=seed)
+    epochs = math.ceil(FEWSHOT_LINEAR_STEPS / math.ceil(count / batch))
+    config = EpochConfig(epochs=epochs, batch_size=batch, seed=seed)
     train_heads(heads, cached_batches(train_features), train_labels, config, seeds=seeds,
-                rows=torch.from_numpy(subsets), max_steps=LINEAR_STEPS)
+                rows=torch.from_numpy(subsets), max_steps=FEWSHOT_LINEAR_STEPS)
     return heads.accuracy(test_features, test_labels).numpy()
 
 
@@ -123,7 +122,8 @@ def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
             interval = t_interval(accuracies)
             rows.append({"probe": probe, "shots": k, "trials": trials, "mean_test_acc": interval["mean"],
                          "std": interval["std"], "ci95_low": interval["low"], "ci95_high": interval["high"],
-                         "setting": {"linear": f"{LINEAR_STEPS} Adam steps (batch {min(LINEAR_BATCH, k * len(np.unique(labels)))})",
+                         "setting": {"linear": f"{FEWSHOT_LINEAR_STEPS} Adam steps "
+                                               f"(batch {min(LINEAR_BATCH, k * len(np.unique(labels)))})",
                                      "logreg": "C by validation" if k >= MIN_PER_CLASS_TO_CHOOSE else "C=1.0",
                                      "knn": "k by validation" if k >= MIN_PER_CLASS_TO_CHOOSE else "1-NN"}[probe]})
             if log is not None:
@@ -170,7 +170,7 @@ def write_fewshot(rows: list[dict], out: Path, trials: int, seed: int, cache_pat
     columns = ["probe", "shots", "trials", "mean_test_acc", "ci95_low", "ci95_high", "std", "setting"]
     markdown = (markdown_table(rows, columns) + f"\n\nMean test accuracy over {trials} trials per k (subsets "
                 f"seeded by {seed}, the same for every probe), 95% t-interval over trials; the linear probe "
-                f"takes {LINEAR_STEPS} Adam steps whatever k is. Cache: {cache_path}.\n")
+                f"takes {FEWSHOT_LINEAR_STEPS} Adam steps whatever k is. Cache: {cache_path}.\n")
     (out / "fewshot.md").write_text(markdown)
     with (out / "fewshot.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

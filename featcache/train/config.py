@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..cache.key import DEFAULT_WEIGHTS, DEVICES_HELP, STAGES, ExtractConfig
+from ..cache.key import DEFAULT_WEIGHTS, ExtractConfig
 from ..data.transform import check_image_size
 from ..errors import FeatcacheError
-from ..settings import as_seed_list, check_at_least, check_choice, check_positive, parse_memory, setting
+from ..settings import (DEVICES_HELP, as_seed_list, check_at_least, check_choice, check_positive, like, parse_memory,
+                        setting)
 
 HEADS = ("linear", "logreg", "knn")
 DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_SWEEP_WDS = (0.0, 1e-4, 1e-3, 1e-2)
-MAX_MEMORY_HELP = "bytes or a size such as 1GB, 512MiB or 2e9"
+STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # what fine-tuning may unfreeze
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ class HeadConfig(EpochConfig):
             for name, values in (("sweep_lrs", self.sweep_lrs), ("sweep_wds", self.sweep_wds)):
                 if not values:
                     raise FeatcacheError(f"`{name}` must name at least one value")
+            for lr in self.sweep_lrs:
+                check_positive("sweep_lrs", lr)
+            if not all(decay >= 0 for decay in self.sweep_wds):
+                raise FeatcacheError(f"`sweep_wds` must be non-negative, got {list(self.sweep_wds)}")
         if not 0 < self.val_fraction < 1:
             raise FeatcacheError(f"`val_fraction` must be between 0 and 1, got {self.val_fraction}")
         check_choice("logreg_views", self.logreg_views, ("clean", "all"))
@@ -168,21 +173,16 @@ class ExperimentConfig:
     """The three approaches side by side on the same views (featcache.api.experiment); the data,
     weights, image size, views and view seed are the experiment's CacheSpec."""
 
-    epochs: int = setting(EpochConfig.epochs, "Training epochs.")
-    batch_size: int = setting(EpochConfig.batch_size, "Training batch size (all three approaches).", minimum=1)
-    lr: float = setting(ScratchConfig.lr, "Adam learning rate of scratch training and of the feature-extraction "
-                        "head.")
-    lr_head: float = setting(FinetuneConfig.lr_head, "Adam learning rate of fine-tuning's new head.")
-    lr_backbone: float = setting(FinetuneConfig.lr_backbone, "Adam learning rate of the unfrozen backbone stages.")
-    unfreeze: tuple[str, ...] = setting(FinetuneConfig.unfreeze, "Comma-separated backbone stages fine-tuning "
-                                        "trains (conv1, bn1, layer1..layer4); the rest stay frozen.")
-    frozen_bn: str = setting(FinetuneConfig.frozen_bn, "Fine-tuning's frozen modules: 'eval' or 'train' mode "
-                             "(see featcache finetune --help).", choices=("eval", "train"))
-    extract_batch_size: int = setting(ExtractConfig.batch_size, "Images per backbone forward during extraction.",
-                                      minimum=1)
-    device: str = setting(ExtractConfig.device, DEVICES_HELP)
-    num_workers: int = setting(ExtractConfig.num_workers, "DataLoader worker processes that decode images.",
-                               minimum=0)
+    epochs: int = like(EpochConfig, "epochs")
+    batch_size: int = like(EpochConfig, "batch_size", "Training batch size (all three approaches).")
+    lr: float = like(ScratchConfig, "lr", "Adam learning rate of scratch training and of the feature-extraction head.")
+    lr_head: float = like(FinetuneConfig, "lr_head")
+    lr_backbone: float = like(FinetuneConfig, "lr_backbone")
+    unfreeze: tuple[str, ...] = like(FinetuneConfig, "unfreeze")
+    frozen_bn: str = like(FinetuneConfig, "frozen_bn")
+    extract_batch_size: int = like(ExtractConfig, "batch_size", "Images per backbone forward during extraction.")
+    device: str = like(ExtractConfig, "device")
+    num_workers: int = like(ExtractConfig, "num_workers")
     seeds: object = setting(None, "Train every approach once per training seed ('A-B', '0,3,7' or a count N: seeds "
                             "0..N-1) on the same views and cache: seed k of each approach is a pair. The summary "
                             "shows mean ± interval per approach and the paired differences.")

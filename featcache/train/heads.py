@@ -22,7 +22,6 @@ from .loop import log_epoch, seeded_linear
 from ..cache.key import FEATURE_DIM
 
 
-
 class LinearHeads:
     """G heads Linear(D, C) with softmax cross-entropy, trained by Adam in lockstep on the same batches.
 

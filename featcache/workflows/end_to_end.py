@@ -24,7 +24,8 @@ Log = Callable[[str], None]
 
 def finetune(images, config: FinetuneConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
              echo: Log | None = None, progress: bool = False, resume: bool = False) -> Run:
-    """One fine-tuning run, as featcache.api.finetune documents."""
+    """A new head and config.unfreeze trained on `images` (ImageData, or a DataSpec decoded here), the rest
+    frozen; with `out`, a checkpoint after every epoch and `resume` from it."""
     from ..train.end_to_end import finetune as finetune_model
 
     with ExitStack() as held:  # the run folder, from before decoding until the run is written
@@ -45,7 +46,7 @@ def finetune(images, config: FinetuneConfig, *, out=None, overwrite: bool = Fals
 
 def scratch(images, config: ScratchConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
             echo: Log | None = None, progress: bool = False, resume: bool = False) -> Run:
-    """One run from a seeded random init, as featcache.api.scratch documents."""
+    """Every parameter of a seeded random init trained on `images`; `out` and `resume` as finetune."""
     from ..train.end_to_end import scratch as scratch_model
 
     with ExitStack() as held:  # the run folder, from before decoding until the run is written

@@ -14,15 +14,15 @@ from ..evaluate.claims import claimed_by_rank, saved_by_rank
 from ..evaluate.runs import APPROACHES, default_run_dir, seeds_line, summary_line
 from ..train.config import ExperimentConfig, FinetuneConfig, HeadConfig, ScratchConfig
 from . import end_to_end, heads
+from .extract import extract
 
 Log = Callable[[str], None]
 
 
 def experiment(spec: CacheSpec, config: ExperimentConfig, out=None, *, overwrite: bool = False,
-               echo: Log | None = None, log: Log | None = None, progress: bool = False,
-               extract: Callable | None = None) -> dict:
-    """As featcache.api.experiment documents; `extract(spec, config)` finds or writes the cache (the
-    API's extract, which stays light when the cache exists)."""
+               echo: Log | None = None, log: Log | None = None, progress: bool = False) -> dict:
+    """Scratch, extract + a cached linear head, fine-tuning, then compare, into `out`; returns the runs
+    (SeedRuns with config.seeds), compare's result and the seconds it took."""
     from ..cache.streaming import open_cache
     from ..evaluate.report import compare
     from ..train.end_to_end import build_finetune_model

@@ -19,7 +19,7 @@ Log = Callable[[str], None]
 
 def train_head(cache, config: HeadConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
                echo: Log | None = None, progress: bool = False) -> Run:
-    """One head, as featcache.api.train_head documents; `cache` open or what open_cache takes."""
+    """The head `config` names, trained on `cache` (open, or what open_cache takes), written to `out`."""
     with claimed_by_rank(out, "feature-extraction", overwrite) as folder, \
             opened(cache, config.max_memory, config.heads_at_once, config.head, echo) as cache:
         started = time.perf_counter()
@@ -89,8 +89,8 @@ def _probe_history(probe: dict, test_probabilities) -> dict:
 
 def train_head_seeds(cache, seeds: list[int], config: HeadConfig, *, out=None, overwrite: bool = False,
                      log: Log | None = None, echo: Log | None = None, progress: bool = False) -> SeedRuns:
-    """One head per training seed, as featcache.api.train_head_seeds documents: plain linear heads in
-    lockstep (one batched step for all seeds), the others seed after seed."""
+    """One head per training seed (its init, shuffle and validation split; the views stay the cache's):
+    plain linear heads in lockstep (one batched step for all seeds), the others seed after seed."""
     from dataclasses import replace
 
     from ..train.heads import train_seeded_heads
@@ -146,7 +146,7 @@ def _warn_few_blocks(cache, echo: Log | None) -> None:
     if echo is not None and streamed(cache) and stream.buffer_rows < len(stream) \
             and stream.buffer_rows // stream.block_rows < 8:
         echo(f"streaming with a shuffle buffer of {stream.buffer_rows // stream.block_rows} blocks of "
-             f"{stream.block_rows} rows: batches mix few classes of a class-sorted cache; a larger `max_memory` "
+             f"{stream.block_rows} rows: batches mix few classes of a class-sorted cache; more memory for the cache "
              "shuffles better")
 
 
