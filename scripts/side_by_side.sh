@@ -8,6 +8,7 @@ OLD=$1; NEW=$2; WORK=$3
 DATA=${DATA:-$(realpath ../shared/data/cifar10-catdoghorse)}; WEIGHTS=${WEIGHTS:-$(realpath ../shared/weights/resnet18-cifar10src-64px.pth)}
 
 for tree in old new; do
+  [ "${COMPARE_ONLY:-}" = 1 ] && break  # outputs already in WORK: compare them again
   root=$([ $tree = old ] && echo $OLD || echo $NEW)
   out=$WORK/$tree; mkdir -p $out
   (cd $root && python -m featcache experiment --data $DATA --weights $WEIGHTS --image-size 64 --per-class 100 \
@@ -34,10 +35,17 @@ for run in runs:
     pa, pb = (np.load(tree / run / "predictions.npz") for tree in (old, new))
     same_predictions = all(np.array_equal(pa[k], pb[k]) for k in ("ids", "labels", "probabilities"))
     ignore = {"wall_time_s", "created", "run_dir", "extract_wall_time_s"}
-    def strip(record):
-        text = json.dumps({k: v for k, v in record.items() if k not in ignore}, sort_keys=True)
-        return text.replace(str(old), "TREE").replace(str(new), "TREE")
+    def fields(record, tree, prefix=""):  # flattened, paths of the tree as TREE
+        flat = {}
+        for key, value in record.items():
+            if isinstance(value, dict):
+                flat.update(fields(value, tree, f"{prefix}{key}."))
+            elif key not in ignore:
+                flat[prefix + key] = json.dumps(value).replace(str(tree), "TREE")
+        return flat
+    fa, fb = fields(a, old), fields(b, new)
+    differing = sorted(key for key in {*fa, *fb} if fa.get(key) != fb.get(key))
     print(f"{str(run):40s} histories {'equal' if same else 'DIFFER'}, predictions.npz {'equal' if same_predictions else 'DIFFER'}, "
-          f"other fields {'equal' if strip(a) == strip(b) else 'DIFFER'}")
+          f"other fields {'equal' if not differing else 'differ: ' + ', '.join(differing)}")
 print("--help of every command:", "identical" if (old / "help.txt").read_text() == (new / "help.txt").read_text() else "DIFFERS")
 PY
