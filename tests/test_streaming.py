@@ -139,3 +139,28 @@ def test_streamed_peak_memory_growth_stays_under_the_budget(tmp_path):
     assert growth["40MB"]["streamed"] and not growth["2GB"]["streamed"]
     assert growth["40MB"]["growth"] < 40e6 < growth["2GB"]["growth"], growth
     assert growth["40MB"]["test_acc"] > 0.8
+
+
+def test_a_cache_of_any_feature_width_trains_every_head(tmp_path):
+    """The feature width is the cache file's, not ResNet-18's 512: a 48-wide cache (as another backbone
+    would write) trains every head, sizes its memory by 48 (streamed only when 48-wide rows do not fit),
+    and its run loads back as a Linear(48, 3)."""
+    path = write_synthetic_cache(tmp_path / "narrow.h5", 6000, views=2, test_rows=300, dim=48, separation=0.5)
+    runs = {"in memory": api.train_head(str(path), epochs=2, max_memory="36MB", out=tmp_path / "linear"),
+            "sweep": api.train_head(str(path), epochs=1, sweep=True, sweep_lrs=(1e-3,), sweep_wds=(0.0, 1e-3)),
+            "logreg": api.train_head(str(path), head="logreg"),
+            "knn": api.train_head(str(path), head="knn")}
+    runs.update({f"seed {run.config['seed']}": run for run in api.train_head_seeds(str(path), "0-1", epochs=1).runs})
+    # 100,000 rows x 2 views of 48 (+ bias) floats need 59 MB in memory (at 512 it would be 617 MB), over a
+    # budget of 45 MB that streaming's 32 MB reserve, 4 MB of row state and a buffer fit in
+    many = write_synthetic_cache(tmp_path / "many.h5", 100_000, views=1, test_rows=300, dim=48, separation=0.5)
+    runs["streamed"] = api.train_head(str(many), epochs=1, max_memory="45MB")
+    assert runs["streamed"].config["streamed"] and not runs["in memory"].config["streamed"]
+    for name, run in runs.items():
+        assert run.final_test_acc > 0.8, name  # chance is 1/3
+        if name != "knn":
+            assert (run.model.in_features, run.model.out_features) == (48, 3), name
+    loaded = api.Run.load(tmp_path / "linear")
+    assert torch.equal(loaded.model.weight, runs["in memory"].model.weight)
+    shots = api.fewshot(api.open_cache(path), tmp_path / "fewshot", shots=(1, 5), trials=2)
+    assert all(row["mean_test_acc"] > 0.5 for row in shots["rows"] if row["shots"] == 5)

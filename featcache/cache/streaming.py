@@ -30,15 +30,15 @@ from ..errors import FeatcacheError
 from ..settings import memory_budget
 from .checksums import damaged_cache, verify_file
 from .shards import CHUNK_ROWS
-from .key import FEATURE_DIM, open_complete_cache
+from .key import open_complete_cache
 
 BLOCK_CHUNKS = 16  # 4,096 rows of one view, 8 MB, per read
 MIN_GROUP_BLOCKS = 32  # smaller blocks where the buffer would hold fewer of them
 RESERVE = 32 * 10**6  # h5py's reads, torch's and the allocator's slack: measured 13-21 MB above the buffer here
-def in_memory_bytes(rows: int, views: int, test_rows: int) -> int:
+def in_memory_bytes(rows: int, views: int, test_rows: int, dim: int) -> int:
     """What train-head's in-memory path holds above the baseline: every view of every training row, one
     view gathered per epoch (with the bias column), and the test features."""
-    return (rows * (1 + views) + rows + test_rows) * (FEATURE_DIM + 1) * 4
+    return (rows * (1 + views) + rows + test_rows) * (dim + 1) * 4
 
 
 def row_state_bytes(rows: int, heads: int) -> int:
@@ -89,7 +89,7 @@ def open_streamed(path: Path, budget: int, heads: int = 1) -> StreamedCache:
         train_labels = torch.from_numpy(handle["train/labels"][()])
         test = {name: handle[f"test/{name}"][()] for name in ("features", "labels")}
         features = handle["train/features"]
-        row_bytes = (FEATURE_DIM + 1) * 4
+        row_bytes = (features.shape[-1] + 1) * 4
         left = budget - RESERVE - row_state_bytes(len(train_labels), heads) - test["features"].nbytes
         block_rows = block_rows_for(left // row_bytes)
         buffer_rows = (left - 2 * block_rows * row_bytes) // row_bytes  # a block read, and a subset's rows of it
@@ -116,7 +116,7 @@ class BlockStream:
                  seeds: list[int] | None = None):
         self.handle, self.rows, self.buffer_rows = handle, np.asarray(rows), min(buffer_rows, len(rows))
         self.block_rows, self.seed, self.seeds = block_rows, seed, seeds
-        self.views = handle.shape[1] - 1
+        self.views, self.dim = handle.shape[1] - 1, handle.shape[2]
         edges = np.searchsorted(self.rows, np.arange(0, handle.shape[0] + self.block_rows, self.block_rows))
         self.block_positions = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
         self._plan = None
@@ -171,9 +171,9 @@ class BlockStream:
         view = view_for_epoch(epoch, self.views)
         heads = len(permutations[0])
         if self._buffer is None:
-            self._buffer = torch.ones(self.buffer_rows, FEATURE_DIM + 1)  # last column: the bias input
+            self._buffer = torch.ones(self.buffer_rows, self.dim + 1)  # last column: the bias input
         buffer = self._buffer
-        carried = torch.empty(heads, 0, FEATURE_DIM + 1)
+        carried = torch.empty(heads, 0, self.dim + 1)
         for group, perms in zip(groups, permutations):
             filled = 0
             for start, stop in group:
@@ -221,9 +221,9 @@ def open_cache(source, max_memory: int | str | None = None, heads: int = 1, stre
         source = path
     budget = memory_budget(max_memory)
     with open_complete_cache(Path(source)) as handle:  # a foreign or incomplete file: one line, before sizing
-        rows, width = handle["train/features"].shape[:2]
+        rows, columns, dim = handle["train/features"].shape  # the feature width is the file's, any backbone's
         test_rows = handle["test/features"].shape[0]
-    needed = in_memory_bytes(rows, width - 1, test_rows)
+    needed = in_memory_bytes(rows, columns - 1, test_rows, dim)
     if needed <= budget:
         return load_cache(Path(source))
     if stream is not True:

@@ -3,7 +3,7 @@ images would take 14 hours to extract on this machine's CPUs).
 
 The file is a complete featcache cache (same layout, attributes and per-range sha256 as extraction
 writes), so train-head, verify and inspect read it as they read a real one. Rows are sorted by class,
-as an image folder's are; each class has a random mean in 512 dimensions and every view adds its own
+as an image folder's are; each class has a random mean in 512 dimensions (or `dim`) and every view adds its own
 Gaussian noise, so a linear head learns it but not perfectly.
 """
 from __future__ import annotations
@@ -27,39 +27,39 @@ WRITE_ROWS = 16 * CHUNK_ROWS  # rows generated and written at a time; checksumme
 
 def synthetic_features(rng: np.random.Generator, means: np.ndarray, labels: np.ndarray, views: int,
                        noise: float) -> np.ndarray:
-    """[n, views, D] float32: each row's class mean plus fresh noise per view."""
-    features = rng.standard_normal((len(labels), views, FEATURE_DIM), dtype=np.float32)
+    """[n, views, D] float32 (D the means' width): each row's class mean plus fresh noise per view."""
+    features = rng.standard_normal((len(labels), views, means.shape[1]), dtype=np.float32)
     features *= noise
     features += means[labels][:, None]
     return features
 
 
 def write_synthetic_cache(path: str | Path, rows: int, views: int = 2, classes: int = 3, test_rows: int = 3000,
-                          seed: int = 0, separation: float = 0.1, noise: float = 1.0) -> Path:
-    """Write a cache of `rows` training rows x (1 + views) and `test_rows` test rows to `path`
-    (temporary name, then rename); returns the path."""
+                          seed: int = 0, separation: float = 0.1, noise: float = 1.0, dim: int = FEATURE_DIM) -> Path:
+    """Write a cache of `rows` training rows x (1 + views) and `test_rows` test rows of `dim` features to
+    `path` (temporary name, then rename); returns the path."""
     if rows < classes or test_rows < classes or views < 1:
         raise FeatcacheError("a synthetic cache needs at least one row per class and one augmented view")
     path = Path(path)
     rng = np.random.default_rng(seed)
-    means = (rng.standard_normal((classes, FEATURE_DIM)) * separation).astype(np.float32)
+    means = (rng.standard_normal((classes, dim)) * separation).astype(np.float32)
     names = [f"class{index}" for index in range(classes)]
     partial = path.with_name(path.name + ".partial")
     checksums = {"train": [], "test": []}
     try:
         with h5py.File(partial, "w") as handle:
-            for split, count, width in (("train", rows, 1 + views), ("test", test_rows, 1)):
+            for split, count, columns in (("train", rows, 1 + views), ("test", test_rows, 1)):
                 labels = np.arange(count) * classes // count  # sorted by class, as an image folder
                 group = handle.create_group(split)
-                shape = (count, width, FEATURE_DIM) if split == "train" else (count, FEATURE_DIM)
-                chunks = (min(CHUNK_ROWS, count), 1, FEATURE_DIM) if split == "train" else (min(CHUNK_ROWS, count), FEATURE_DIM)
+                shape = (count, columns, dim) if split == "train" else (count, dim)
+                chunks = (min(CHUNK_ROWS, count), 1, dim) if split == "train" else (min(CHUNK_ROWS, count), dim)
                 features = group.create_dataset("features", shape=shape, dtype="float32", chunks=chunks)
                 group.create_dataset("labels", data=labels.astype(np.int64))
                 group.create_dataset("ids", data=[f"{split}/{names[label]}/{row:08d}" for row, label in enumerate(labels)],
                                      dtype=h5py.string_dtype())
                 for start in range(0, count, WRITE_ROWS):
                     stop = min(start + WRITE_ROWS, count)
-                    block = synthetic_features(rng, means, labels[start:stop], width, noise).reshape((stop - start, *shape[1:]))
+                    block = synthetic_features(rng, means, labels[start:stop], columns, noise).reshape((stop - start, *shape[1:]))
                     features[start:stop] = block
                     checksums[split] += [[start + offset, min(start + offset + CHUNK_ROWS, stop),
                                           features_sha256(block[offset:offset + CHUNK_ROWS])]

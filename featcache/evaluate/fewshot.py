@@ -30,7 +30,6 @@ from ..train.logreg import logreg_probe
 from ..train.knn import knn_probe
 from ..train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE, EpochConfig
 from ..train.loop import seeded_linear
-from ..cache.key import FEATURE_DIM
 from .stats import t_interval
 
 LINEAR_LR, LINEAR_BATCH = 1e-3, 32
@@ -58,7 +57,7 @@ def linear_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test
     trials, count = subsets.shape
     classes = int(train_labels.max()) + 1
     seeds = [seed + trial for trial in range(trials)]
-    heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, each) for each in seeds], [LINEAR_LR] * trials,
+    heads = LinearHeads([seeded_linear(train_features.shape[-1], classes, each) for each in seeds], [LINEAR_LR] * trials,
                         [0.0] * trials)
     batch = min(LINEAR_BATCH, count)
     epochs = math.ceil(FEWSHOT_LINEAR_STEPS / math.ceil(count / batch))

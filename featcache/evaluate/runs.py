@@ -133,7 +133,7 @@ def read_seeds(folder: Path) -> dict:
 
 def trained_model(folder: Path, record: dict):
     """The model a run directory's weights.pt holds, rebuilt from what its history.json records: a
-    Linear(512, C) head, a kNN head (its training features are its weights) or a ResNet-18. The one
+    Linear(D, C) head, a kNN head (its training features are its weights) or a ResNet-18. The one
     loader of a run's weights (Run.load, export, predict); a file that does not fit is one line."""
     import torch
     from torch import nn
@@ -152,6 +152,7 @@ def trained_model(folder: Path, record: dict):
     head = record["approach"] == "feature-extraction"
     rows = state.get("weight" if head else "fc.weight") if isinstance(state, dict) else None
     classes = len(record["classes"]) if record.get("classes") else len(rows) if rows is not None else 0
+    width = rows.shape[1] if head and rows is not None and rows.dim() == 2 else FEATURE_DIM  # the cache's features
     if not head:
         model, what = resnet18(num_classes=classes), f"a ResNet-18 with {classes} classes"
     elif "knn" in record:
@@ -163,7 +164,7 @@ def trained_model(folder: Path, record: dict):
             raise FeatcacheError(f"{path}: {error}") from None
         what = f"a kNN head of {classes} classes"
     else:
-        model, what = nn.Linear(FEATURE_DIM, classes), f"a Linear({FEATURE_DIM}, {classes}) head"
+        model, what = nn.Linear(width, classes), f"a Linear({width}, {classes}) head"
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:

@@ -19,7 +19,6 @@ from ..errors import FeatcacheError
 from ..cache.reader import view_for_epoch
 from .config import EpochConfig
 from .loop import log_epoch, seeded_linear
-from ..cache.key import FEATURE_DIM
 
 
 class LinearHeads:
@@ -74,6 +73,11 @@ class LinearHeads:
             head.weight.copy_(self.params[index, :, :-1])
             head.bias.copy_(self.params[index, :, -1])
         return head
+
+
+def feature_width(train_features) -> int:
+    """D of cached views [N, 1+V, D] or of a BlockStream: the cache's, whatever backbone wrote it."""
+    return train_features.shape[-1] if isinstance(train_features, torch.Tensor) else train_features.dim
 
 
 def with_bias_column(features: torch.Tensor) -> torch.Tensor:
@@ -192,9 +196,9 @@ def single_head_history(history: dict) -> dict:
 def train_linear_head(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                       test_labels: torch.Tensor, config: EpochConfig, lr: float = 1e-3,
                       weight_decay: float = 0.0, log=None, progress: bool = False) -> tuple[nn.Linear, dict]:
-    """A Linear(512, C) head on cached views [N, 1+V, 512] (or a BlockStream), with the reference loop."""
+    """A Linear(D, C) head on cached views [N, 1+V, D] (or a BlockStream), with the reference loop."""
     classes = int(max(train_labels.max(), test_labels.max())) + 1
-    heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, config.seed)], [lr], [weight_decay])
+    heads = LinearHeads([seeded_linear(feature_width(train_features), classes, config.seed)], [lr], [weight_decay])
     last = {}  # the latest epoch's test log-probabilities: the run stores its last epoch's predictions
 
     def test_accuracy():
@@ -212,7 +216,7 @@ def train_seeded_heads(train_features: torch.Tensor, train_labels: torch.Tensor,
     """One head per seed (its own init and shuffle), all trained in lockstep as one LinearHeads: for
     each seed, what train_linear_head with that seed gives, within float rounding."""
     classes = int(max(train_labels.max(), test_labels.max())) + 1
-    heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, seed) for seed in seeds], [lr] * len(seeds),
+    heads = LinearHeads([seeded_linear(feature_width(train_features), classes, seed) for seed in seeds], [lr] * len(seeds),
                         [weight_decay] * len(seeds))
     last = {}
 
@@ -263,7 +267,7 @@ def sweep_heads(train_features: torch.Tensor, train_labels: torch.Tensor, lrs, w
     settings = [(lr, wd) for lr in lrs for wd in weight_decays]
     fit, val = validation_split(train_labels, val_fraction, config.seed)
     classes = int(train_labels.max()) + 1
-    heads = LinearHeads([seeded_linear(FEATURE_DIM, classes, config.seed)] * len(settings),
+    heads = LinearHeads([seeded_linear(feature_width(train_features), classes, config.seed)] * len(settings),
                         [lr for lr, _ in settings], [wd for _, wd in settings])
     history = train_heads(heads, labels=train_labels[fit], config=config, progress=progress,
                           **training_source(train_features, config.seed, positions=fit))

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cache.key import FEATURE_DIM
 from ..cache.reader import FeatureCache
 from ..errors import FeatcacheError
 from .config import MIN_PER_CLASS_TO_CHOOSE
@@ -72,7 +71,7 @@ def logistic_regression_probe(cache: FeatureCache, use_views: str = "clean", Cs=
 
 
 def logreg_as_linear(pipeline, classes: int) -> nn.Linear:
-    """The fitted scaler + logistic regression as one equivalent Linear(512, C) head.
+    """The fitted scaler + logistic regression as one equivalent Linear(D, C) head.
 
     Softmax over the returned logits equals predict_proba, so the probe can seed `finetune --init-head`.
     """
@@ -83,7 +82,7 @@ def logreg_as_linear(pipeline, classes: int) -> nn.Linear:
     if coef.shape[0] == 1:  # binary: p(1) = sigmoid(z) = softmax([0, z])[1]
         coef = torch.cat([torch.zeros_like(coef), coef])
         intercept = torch.cat([torch.zeros(1), intercept])
-    head = nn.Linear(FEATURE_DIM, classes)
+    head = nn.Linear(coef.shape[1], classes)
     with torch.no_grad():
         head.weight.copy_(coef)
         head.bias.copy_(intercept)
