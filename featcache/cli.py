@@ -28,6 +28,7 @@ def main():
 @weights_options
 @run_options(api.ExtractConfig.batch_size, "Images per backbone forward.", SEED_HELP)
 @cache_options
+@option(api.CacheSpec, "backbone")
 @option(api.ExtractConfig, "shard_size")
 @option(api.ExtractConfig, "force")
 @option(api.ExtractConfig, "rehash")
@@ -72,6 +73,7 @@ def verify(cache):
 @option(api.CacheSpec, "views", help="Augmented views of the cache to find (without CACHE).")
 @option(api.CacheSpec, "cache_dir", help="Folder of cache files (without CACHE).")
 @option(api.CacheSpec, "precision")
+@option(api.CacheSpec, "backbone", help="The backbone of the cache to find (without CACHE).")
 @option(api.HeadConfig, "seed", help="Seeds head init, shuffling and the validation split (and picks the cache "
                                      "without CACHE).")
 @option(api.HeadConfig, "epochs")

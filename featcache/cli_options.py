@@ -137,7 +137,8 @@ def data_spec(options: dict) -> api.DataSpec:
 
 def cache_spec(options: dict, views: int | None = None) -> api.CacheSpec:
     return api.CacheSpec(data_spec(options), options["weights"], options["image_size"], views or options["views"],
-                         options["seed"], options["precision"], options["cache_dir"])
+                         options["seed"], options["precision"], options["cache_dir"],
+                         options.get("backbone", api.CacheSpec.backbone))
 
 
 def settings_of(config_class, options: dict) -> dict:

@@ -45,6 +45,7 @@ def like(config_class, name: str, help: str | None = None):
                                                              ("option", "choices", "minimum", "metavar", "cli")})
 
 
+DEFAULT_BACKBONE = "resnet18"  # its caches' keys and names are those of every featcache before --backbone
 DEVICES_HELP = "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -18,7 +19,7 @@ from .._version import __version__
 from ..data.datasets import Dataset, DataSpec
 from ..data.transform import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size, transform_description
 from ..errors import FeatcacheError
-from ..settings import DEVICES_HELP, check_at_least, setting
+from ..settings import DEFAULT_BACKBONE, DEVICES_HELP, check_at_least, setting
 
 FORMAT = "featcache"
 FORMAT_VERSION = 2  # 2: sharded extraction, per-shard sha256 checksums, features chunked one view at a time
@@ -27,8 +28,9 @@ FEATURE_DIM = 512
 BACKBONE_PARAMETERS = 11_176_512  # torchvision resnet18 without fc; checked in tests/test_finetune.py
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_WEIGHTS = "imagenet"
-WEIGHTS_HELP = ("'imagenet' (torchvision ResNet18_Weights.IMAGENET1K_V1, via torchvision's cache), 'random' (seeded "
-                "init, for tests) or a path to a ResNet-18 state dict (its fc is dropped).")
+WEIGHTS_HELP = ("'imagenet' (the backbone's default torchvision weights, ResNet18_Weights.IMAGENET1K_V1 for "
+                "resnet18, via torchvision's cache), 'random' (seeded init, for tests) or a path to a state dict of the "
+                "backbone (its classifier is dropped).")
 
 
 def weights_source(weights: str) -> str:
@@ -36,13 +38,16 @@ def weights_source(weights: str) -> str:
     return weights if weights in ("imagenet", "random") else str(Path(weights).resolve())
 
 
-def weights_identity(weights: str, seed: int) -> str:
+def weights_identity(weights: str, seed: int, backbone: str = DEFAULT_BACKBONE) -> str:
     """The weights' identity for the cache key: a file's content hash (never its path); for the
-    built-in choices, what produces them (a seeded init depends on the torch version too)."""
+    built-in choices, what produces them (a seeded init depends on the torch version too; the
+    architecture is the provenance's `backbone`)."""
     if weights == "random":
         return f"random:seed={seed}:torch=={version('torch')}:torchvision=={version('torchvision')}"
-    if weights == "imagenet":
+    if weights == "imagenet" and backbone == DEFAULT_BACKBONE:
         return f"imagenet:ResNet18_Weights.IMAGENET1K_V1:torchvision=={version('torchvision')}"
+    if weights == "imagenet":  # the model's DEFAULT weights, which the torchvision release fixes
+        return f"imagenet:{backbone}:DEFAULT:torchvision=={version('torchvision')}"
     if not Path(weights).is_file():
         raise FeatcacheError(f"weights file {weights} does not exist (or pass `weights` imagenet or random)")
     digest = hashlib.sha256()
@@ -53,13 +58,13 @@ def weights_identity(weights: str, seed: int) -> str:
 
 
 def cache_provenance(dataset, weights: str, seed: int, image_size: int, views: int,
-                     precision: str = "fp32", hashes=None) -> dict:
+                     precision: str = "fp32", hashes=None, backbone: str = DEFAULT_BACKBONE) -> dict:
     """Everything that determines the cached numbers; the cache key is a hash of exactly this.
     `hashes` (fingerprint.FileHashes) remembers the files' content hashes between calls."""
     return {
         "format_version": FORMAT_VERSION,
-        "backbone": BACKBONE,
-        "weights": weights_identity(weights, seed),
+        "backbone": f"torchvision.{backbone}",  # torchvision.resnet18: the key of every 0.2 cache
+        "weights": weights_identity(weights, seed, backbone),
         "dataset_fingerprint": dataset.fingerprint(hashes),
         "classes": list(dataset.classes),
         "train_ids_count": len(dataset.train),
@@ -78,7 +83,8 @@ def cache_key(provenance: dict) -> str:
 
 def cache_path(cache_dir: Path, dataset, provenance: dict) -> Path:
     key = cache_key(provenance)
-    name = f"{dataset.name}-resnet18-{provenance['image_size']}px-v{provenance['views']}-s{provenance['seed']}"
+    backbone = provenance["backbone"].removeprefix("torchvision.").replace(":", "-")
+    name = f"{dataset.name}-{backbone}-{provenance['image_size']}px-v{provenance['views']}-s{provenance['seed']}"
     return Path(cache_dir) / f"{name}-{key[:16]}.h5"
 
 
@@ -157,7 +163,7 @@ class CacheSpec:
     """Everything that determines cached features. Both the backbone and the cache key are built from
     it, so the features filed under a key are always those of the weights it names.
 
-    `weights` is 'imagenet', 'random' (seeded, for tests) or a path to a ResNet-18 state dict."""
+    `weights` is 'imagenet', 'random' (seeded, for tests) or a path to a state dict of `backbone`."""
 
     data: DataSpec = field(default_factory=DataSpec)
     weights: str = setting(DEFAULT_WEIGHTS, WEIGHTS_HELP)
@@ -169,8 +175,14 @@ class CacheSpec:
                              "with bf16 units; `featcache bench` reports how far its features are from fp32's).",
                              choices=PRECISIONS)
     cache_dir: Path = setting(Path("cache"), "Folder of cache files.")
+    backbone: str = setting(DEFAULT_BACKBONE, "A torchvision classification model by its registered name "
+                            "(torchvision.models.list_models(): resnet50, efficientnet_b0, mobilenet_v3_small, "
+                            "convnext_tiny, ...): its features are what its classifier sees. Normalisation is "
+                            "ImageNet's, as for every torchvision classification model.")
 
     def __post_init__(self):
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(self.backbone)):  # the model itself is checked when built
+            raise FeatcacheError(f"`backbone` must be a torchvision model name such as resnet50, got {self.backbone!r}")
         check_image_size(self.image_size)
         if self.views < 1:
             raise FeatcacheError(f"`views` must be at least 1, got {self.views}")
@@ -188,7 +200,7 @@ class CacheSpec:
         dataset = self.data.load(listings)
         hashes = FileHashes(self.cache_dir, rehash)
         provenance = cache_provenance(dataset, self.weights, self.seed, self.image_size, self.views, self.precision,
-                                      hashes)
+                                      hashes, self.backbone)
         listings.save()
         hashes.save()
         return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)

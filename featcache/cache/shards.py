@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import FeatcacheError
 from .checksums import SPLITS, features_sha256, verify_file
-from .key import FEATURE_DIM, shard_folder
+from .key import shard_folder
 
 SHARD_FORMAT = "featcache-shard"
 CHUNK_ROWS = 256  # HDF5 chunk rows of the assembled file; one chunk holds one view of up to 256 rows
@@ -49,9 +49,9 @@ class Shard:
         return len(self) * (1 + views if self.split == "train" else 1)
 
 
-def feature_bytes(shards: list[Shard], views: int) -> int:
+def feature_bytes(shards: list[Shard], views: int, dim: int) -> int:
     """Bytes of float32 features the shards hold: on disk as shards, and again in the assembled file."""
-    return sum(shard.view_count(views) for shard in shards) * FEATURE_DIM * 4
+    return sum(shard.view_count(views) for shard in shards) * dim * 4
 
 
 def plan_shards(counts: dict[str, int], shard_size: int) -> list[Shard]:
@@ -214,8 +214,8 @@ def scan_shards(folder: Path, shards: list[Shard], expected: dict) -> tuple[list
     return todo, removed
 
 
-def feature_shape(split: str, rows: int, views: int) -> tuple[int, ...]:
-    return (rows, 1 + views, FEATURE_DIM) if split == "train" else (rows, FEATURE_DIM)
+def feature_shape(split: str, rows: int, views: int, dim: int) -> tuple[int, ...]:
+    return (rows, 1 + views, dim) if split == "train" else (rows, dim)
 
 
 def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, splits: dict, views: int) -> list[str]:
@@ -225,7 +225,7 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
 
     Returns what was wrong with the shards it found damaged and removed (nothing assembled then: the
     caller recomputes them and assembles again). `splits` maps split name to (labels, ids). Training
-    features are chunked (rows, 1, 512): one view of every row is read without touching the others.
+    features are chunked (rows, 1, D): one view of every row is read without touching the others.
     """
     folder = shard_folder(final)
     missing = [shard.name for shard in shards if not (folder / shard.name).exists()]
@@ -233,7 +233,8 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
         raise FeatcacheError(f"every rank finished, but shard {missing[0]} is not in {folder} ({len(missing)} "
                              "missing): is `cache_dir` the same shared folder on every node?")
     partial = final.with_name(final.name + ".partial")
-    needed = feature_bytes(shards, views)
+    dim = expected["feature_dim"]
+    needed = feature_bytes(shards, views, dim)
     if free_bytes(final.parent) < needed:  # HDF5 copes badly with a full disk: do not start what cannot finish
         raise environment_error(OSError(errno.ENOSPC, "No space left"), final.parent, f"assembling {final.name}",
                                 needed)
@@ -243,9 +244,8 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
             handle.attrs.update({**attrs, "complete": False})
             for split, (labels, ids) in splits.items():
                 group = handle.create_group(split)
-                shape = feature_shape(split, len(labels), views)
-                chunks = (min(CHUNK_ROWS, shape[0]), 1, FEATURE_DIM) if split == "train" else \
-                    (min(CHUNK_ROWS, shape[0]), FEATURE_DIM)
+                shape = feature_shape(split, len(labels), views, dim)
+                chunks = (min(CHUNK_ROWS, shape[0]), 1, dim) if split == "train" else (min(CHUNK_ROWS, shape[0]), dim)
                 features = group.create_dataset("features", shape=shape, dtype="float32", chunks=chunks)
                 group.create_dataset("labels", data=labels)
                 group.create_dataset("ids", data=ids, dtype=h5py.string_dtype())

@@ -39,7 +39,7 @@ def cache_attributes(dataset: Dataset, provenance: dict, expected: dict, weights
     in the key; `weights_source` is the path, not in the key, for featcache export)."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "featcache_version": __version__,
-        "key": cache_key(provenance), "backbone": BACKBONE, "weights": provenance["weights"],
+        "key": cache_key(provenance), "backbone": provenance["backbone"], "weights": provenance["weights"],
         "image_size": provenance["image_size"], "transform": json.dumps(provenance["transform"]),
         "views": provenance["views"], "seed": provenance["seed"], "precision": provenance["precision"],
         "classes": json.dumps(provenance["classes"]),
@@ -96,7 +96,8 @@ def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int
             todo, removed = scan_shards(folder, shards, expected)
         else:
             todo, removed = list(shards), []
-        shard_bytes, final_bytes = feature_bytes(todo, views), feature_bytes(shards, views)
+        dim = expected["feature_dim"]
+        shard_bytes, final_bytes = feature_bytes(todo, views, dim), feature_bytes(shards, views, dim)
         free = free_bytes(final.parent)
         if shard_bytes + final_bytes > free:
             raise FeatcacheError(
@@ -130,7 +131,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
     shards = plan_shards({"train": len(dataset.train), "test": len(dataset.test)}, shard_size)
     device = local_device(torch.device(device))
     expected = {"key": cache_key(provenance), "shard_size": shard_size, "batch_size": batch_size,
-                "threads": compute_threads(device)}
+                "threads": compute_threads(device), "feature_dim": backbone.feature_dim}
     backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
     autotuning = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # autotuning could pick other kernels on other ranks
@@ -146,7 +147,8 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
                 result.shards_resumed = len(shards) - len(todo)
             result.shards_removed += removed
             _extract_shards(dataset, backbone, provenance, todo, group, batch_size, num_workers, device, final,
-                            expected, result, progress, on_shard, feature_bytes(shards, provenance["views"]))
+                            expected, result, progress, on_shard,
+                            feature_bytes(shards, provenance["views"], expected["feature_dim"]))
             assembly_started = time.perf_counter()
             damaged = group.on_main(lambda: assemble(final, shards, expected, cache_attributes(
                 dataset, provenance, expected, weights_source), _splits(dataset), provenance["views"]))
@@ -229,7 +231,7 @@ def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[S
             continue
         views = list(range(1 + provenance["views"])) if split_name == "train" else [0]
         shard = pending.pop(0)
-        rows = np.empty((len(shard), len(views), FEATURE_DIM), dtype=np.float32)
+        rows = np.empty((len(shard), len(views), expected["feature_dim"]), dtype=np.float32)
         for start, position, batch in _view_batches(split, split_name, _batch_ranges([shard] + pending, batch_size),
                                                     views, provenance, num_workers, device):
             forward_started = time.perf_counter()
@@ -241,7 +243,7 @@ def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[S
             if position < len(views) - 1 or start + len(batch) < shard.stop:
                 continue
             commit_started = time.perf_counter()
-            still_to_write = feature_bytes(uncommitted, provenance["views"]) + assembled_bytes
+            still_to_write = feature_bytes(uncommitted, provenance["views"], expected["feature_dim"]) + assembled_bytes
             write_shard(folder, shard, rows if split_name == "train" else rows[:, 0], expected, still_to_write)
             uncommitted.remove(shard)
             result.commit_seconds += time.perf_counter() - commit_started
@@ -250,4 +252,4 @@ def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[S
             poll()
             if pending:
                 shard = pending.pop(0)
-                rows = np.empty((len(shard), len(views), FEATURE_DIM), dtype=np.float32)
+                rows = np.empty((len(shard), len(views), expected["feature_dim"]), dtype=np.float32)

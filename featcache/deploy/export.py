@@ -27,7 +27,7 @@ from .._version import __version__
 from ..errors import FeatcacheError
 from ..data.clean_view import CROP, RESIZE, CleanView
 from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds, trained_model, write_atomically
-from ..cache.key import weights_identity
+from ..cache.key import BACKBONE, weights_identity
 from ..data.transform import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size
 
 METADATA = "featcache.json"
@@ -45,8 +45,8 @@ class Classifier(nn.Module):
         return self.network(self.clean_view(images)).softmax(1)
 
 
-def _backbone_source(record: dict, weights: str | None, run_dir: Path) -> tuple[str, str, int]:
-    """(weights to load, recorded identity, seed) of a feature-extraction run's backbone, checked
+def _backbone_source(record: dict, weights: str | None, run_dir: Path) -> tuple[str, str, int, str]:
+    """(weights to load, recorded identity, seed, torchvision name) of a feature-extraction run's backbone, checked
     against the identity the cache recorded: the head is only right on the backbone it was trained on."""
     attrs = record.get("cache_attrs", {})
     identity, seed = attrs.get("weights"), int(attrs.get("seed", 0))
@@ -60,7 +60,8 @@ def _backbone_source(record: dict, weights: str | None, run_dir: Path) -> tuple[
     if source not in ("imagenet", "random") and not Path(source).is_file():
         raise FeatcacheError(f"backbone weights {source} " + ("recorded for this run " if not weights else "")
                              + "do not exist; pass `weights` PATH to the file the cache was extracted with")
-    found = weights_identity(source, seed)
+    name = attrs.get("backbone", BACKBONE).removeprefix("torchvision.")
+    found = weights_identity(source, seed, name)
     if found != identity:
         if found.split(":")[0] != identity.split(":")[0]:
             raise FeatcacheError(f"the head of {run_dir} was trained on {identity[:23]}… weights, not {source}; "
@@ -70,7 +71,7 @@ def _backbone_source(record: dict, weights: str | None, run_dir: Path) -> tuple[
                                  f"{found}: install those torch/torchvision versions, or pass `weights` PATH to a file")
         raise FeatcacheError(f"backbone weights {source} ({found[:23]}…) are not those the head of {run_dir} was "
                              f"trained on ({identity[:23]}…); pass `weights` PATH to the right file")
-    return source, identity, seed
+    return source, identity, seed, name
 
 
 def _transform_version(record: dict) -> int | None:
@@ -87,7 +88,7 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     """featcache's own model of a run directory, in eval mode on the CPU, and the metadata an export of
     it records. For a feature-extraction run the backbone comes from the weights the cache recorded
     (or `weights`), checked against their recorded identity."""
-    from ..backbone import load_backbone
+    from ..backbone import load_backbone, replace_module
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -112,9 +113,9 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     provenance = {"approach": approach, "run_dir": str(run_dir.resolve()), "config": record.get("config", {}),
                   "final_test_acc": record["test_acc"][-1], "featcache_version_of_run": record.get("featcache_version")}
     if approach == "feature-extraction":
-        source, identity, seed = _backbone_source(record, weights, run_dir)
-        network = load_backbone(source, seed)
-        network.fc = trained
+        source, identity, seed, name = _backbone_source(record, weights, run_dir)
+        network = load_backbone(source, seed, name)
+        replace_module(network, network.classifier_name, trained)  # the trained head where the classifier was
         image_size = int(record["cache_attrs"]["image_size"])
         provenance.update(cache_key=record.get("cache_key"), cache_precision=record["cache_attrs"].get("precision"),
                           backbone_weights={"source": source, "identity": identity})

@@ -15,10 +15,11 @@ def extract(spec: CacheSpec, config: ExtractConfig, *, progress: bool = True) ->
         dataset, provenance, final = spec.locate(config.rehash)
         if not config.force and reusable_cache(final, cache_key(provenance)):
             return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
-        from ..backbone import load_backbone, resolve_device
+        from ..backbone import check_input_size, load_backbone, resolve_device
         from ..cache.writer import extract as extract_shards
 
-        backbone = load_backbone(spec.weights, spec.seed)
+        backbone = load_backbone(spec.weights, spec.seed, spec.backbone)
+        check_input_size(backbone, spec.backbone, spec.image_size)
         device = resolve_device(config.device)
     return extract_shards(dataset, backbone, provenance, spec.cache_dir, batch_size=config.batch_size,
                           shard_size=config.shard_size, device=device, num_workers=config.num_workers,

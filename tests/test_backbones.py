@@ -1,0 +1,75 @@
+"""Any torchvision classification model as the frozen backbone (--backbone NAME): its features are what
+its classifier sees, their width is the model's, and a non-ResNet backbone goes the whole way from
+extraction to predictions. ResNet-18 stays the default, with the keys and file names it always had."""
+import pytest
+import torch
+
+import featcache
+from featcache.backbone import load_backbone
+from featcache.cache.key import cache_provenance
+from featcache.data.datasets import load_dataset
+
+from conftest import assert_clean_failure
+
+# name -> the width of the features its classifier sees (ViT is left out: it takes 224-px images only)
+FAMILIES = {"resnet50": 2048, "efficientnet_b0": 1280, "mobilenet_v3_small": 1024, "convnext_tiny": 768,
+            "densenet121": 1024, "regnet_y_400mf": 440, "shufflenet_v2_x0_5": 1024, "swin_t": 768,
+            "mnasnet0_5": 1280}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_family_gives_its_classifiers_input_as_features(name):
+    backbone = load_backbone("random", 0, name).eval()
+    with torch.no_grad():
+        features = backbone(torch.randn(2, 3, 64, 64))
+    assert backbone.feature_dim == FAMILIES[name] and features.shape == (2, FAMILIES[name])
+    again = load_backbone("random", 0, name)  # seeded: the same network twice
+    assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), again.state_dict().values()))
+
+
+def test_resnet18_keeps_its_keys_and_file_names(image_folder, tmp_path):
+    dataset = load_dataset(str(image_folder))
+    default = cache_provenance(dataset, "random", 0, 32, 2)
+    assert default["backbone"] == "torchvision.resnet18"  # as every cache before --backbone recorded
+    assert default == cache_provenance(dataset, "random", 0, 32, 2, backbone="resnet18")
+    assert cache_provenance(dataset, "random", 0, 32, 2, backbone="resnet50")["backbone"] == "torchvision.resnet50"
+    spec = featcache.CacheSpec(featcache.DataSpec(str(image_folder)), "random", 32, 2, cache_dir=tmp_path)
+    assert "-resnet18-32px-" in spec.locate()[2].name
+
+
+@pytest.mark.slow
+def test_a_mobilenet_goes_from_extraction_to_predictions(image_folder, tmp_path, run_cli):
+    """extract -> train-head -> export -> predict with mobilenet_v3_small (1024-d features): the exported
+    file's accuracy on the test folder is the run's."""
+    common = ["--data", image_folder, "--weights", "random", "--image-size", 32, "--views", 2,
+              "--cache-dir", tmp_path / "cache"]
+    extracted = run_cli("extract", *common, "--backbone", "mobilenet_v3_small")
+    assert extracted.exit_code == 0, extracted.output
+    [cache] = (tmp_path / "cache").glob("*.h5")
+    assert "-mobilenet_v3_small-32px-" in cache.name
+    trained = run_cli("train-head", *common, "--backbone", "mobilenet_v3_small", "--epochs", 3,
+                      "--out", tmp_path / "head", "--quiet")
+    assert trained.exit_code == 0, trained.output
+    run = featcache.Run.load(tmp_path / "head")
+    assert (run.model.in_features, run.model.out_features) == (1024, 3)
+    assert run.record["cache_attrs"]["backbone"] == "torchvision.mobilenet_v3_small"
+    exported = run_cli("export", tmp_path / "head", "--out", tmp_path / "model.pt2")
+    assert exported.exit_code == 0, exported.output
+    predicted = featcache.predict(tmp_path / "model.pt2", [image_folder / "test"], tmp_path / "predictions.csv",
+                                  progress=False)
+    assert predicted["folder_accuracy"] == run.final_test_acc
+
+
+def test_bad_backbones_are_one_line(image_folder, tmp_path, run_cli):
+    common = ["--data", image_folder, "--image-size", 32, "--views", 1, "--cache-dir", tmp_path / "cache"]
+    assert_clean_failure(run_cli("extract", *common, "--weights", "random", "--backbone", "resnet181"),
+                         "resnet181 is not a torchvision classification model", "resnet18")
+    assert_clean_failure(run_cli("extract", *common, "--weights", "random", "--backbone", "ResNet-18"),
+                         "--backbone must be a torchvision model name")
+    assert_clean_failure(run_cli("extract", *common, "--weights", "random", "--backbone", "vit_b_16"),
+                         "vit_b_16 cannot take 32-px images")
+    resnet = tmp_path / "resnet18.pt"
+    torch.save(load_backbone("random", 1).state_dict(), resnet)
+    assert_clean_failure(run_cli("extract", *common, "--weights", resnet, "--backbone", "mobilenet_v3_small"),
+                         "do not fit torchvision mobilenet_v3_small")
+    assert not list((tmp_path / "cache").glob("*.h5"))
