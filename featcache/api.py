@@ -226,7 +226,7 @@ def export(run_dir: str | Path, out: str | Path, *, weights: str | None = None) 
 def load_model(model: str | Path, *, weights: str | None = None, device: str = "cpu"):
     """(model, metadata) of an exported file or a run directory: model(uint8 images [N, 3, H, W]) gives
     class probabilities in the order of metadata['classes']."""
-    from .backbone import resolve_device
+    from .ranks import resolve_device
     from .deploy.predict import load_model as load
 
     return load(model, resolve_device(device), weights)
@@ -282,7 +282,7 @@ def bench(data: DataSpec, out: str | Path, *, weights: str = DEFAULT_WEIGHTS, im
           command: str = "featcache bench", log: Log | None = None) -> dict:
     """featcache bench: every speed figure side by side in one process; writes bench.json and bench.md
     to `out` and returns the result with their paths and the Markdown."""
-    from .backbone import resolve_device
+    from .ranks import resolve_device
     from .bench import bench_markdown, run_bench, write_bench
 
     check_image_size(image_size)

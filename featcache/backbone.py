@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from .errors import FeatcacheError
+from .data.transform import IMAGENET_MEAN, IMAGENET_STD
 from .settings import DEFAULT_BACKBONE
 
 
@@ -65,6 +66,44 @@ def torchvision_model(name: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None)
 
 
+TIMM = "timm:"  # a backbone name with this prefix is a timm model (the optional extra featcache[timm])
+
+
+def timm_model(name: str, pretrained: bool) -> nn.Module:
+    """timm's model `name` with its 1000-class classifier (its own pretrained weights through timm with
+    `pretrained`); timm missing, or a name timm does not know, is one line."""
+    try:
+        import timm
+    except ImportError:
+        raise FeatcacheError(f"`backbone` {TIMM}{name} needs timm: pip install 'featcache[timm]'") from None
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:3]
+        raise FeatcacheError(f"`backbone` {TIMM}{name} is not a timm model"
+                             + (f" (did you mean {', '.join(close)}?)" if close else "") + "; see timm.list_models()")
+    try:
+        return timm.create_model(name, pretrained=pretrained)
+    except Exception as error:  # no network, no cached file: huggingface_hub and urllib raise many kinds
+        raise FeatcacheError(f"timm could not load the pretrained weights of {name} ({type(error).__name__}: "
+                             f"{' '.join(str(error).split())[:150]}); pass `weights` PATH to a local file") from None
+
+
+class Renormalized(nn.Module):
+    """A backbone that expects another normalisation than ImageNet's (timm's pretrained_cfg mean and std),
+    fed featcache's ImageNet-normalised views: x * ImageNet std + ImageNet mean gives the pixels in
+    [0, 1] again, then (pixels - mean) / std is the model's own normalisation."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        imagenet_mean, imagenet_std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (mean, std))
+        self.register_buffer("scale", imagenet_std / std, persistent=False)
+        self.register_buffer("shift", (imagenet_mean - mean) / std, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale + self.shift)
+
+
 def classifier_name(model: nn.Module) -> str:
     """The qualified name of the model's last Linear layer, its classifier: what it is without it is the
     feature extractor (ResNet `fc`, EfficientNet and MobileNet `classifier.1`/`classifier.3`, ConvNeXt
@@ -81,28 +120,65 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def load_backbone(weights: str = "imagenet", seed: int = 0, name: str = DEFAULT_BACKBONE) -> nn.Module:
-    """torchvision's model `name` whose forward returns its pooled features: its classifier (the last
-    Linear, `classifier_name`) replaced by Identity. `feature_dim` and `classifier_name` are set on the
-    returned module. `weights` is "imagenet" (the model's default ImageNet weights), "random" (seeded
-    init, for tests) or a path to a state dict; a file's own classifier is dropped, and a file for
-    another architecture is a FeatcacheError naming what differs.
+    """The backbone `name` (a torchvision classification model, or timm's as 'timm:NAME') whose forward
+    returns its pooled features: its classifier (the last Linear, `classifier_name`) replaced by
+    Identity. `feature_dim` and `classifier_name` are set on the returned module. `weights` is
+    "imagenet" (the model's default ImageNet weights), "random" (seeded init, for tests) or a path to a
+    state dict; a file's own classifier is dropped, and a file for another architecture is a
+    FeatcacheError naming what differs. A timm model normalised otherwise than ImageNet's mean and std
+    (its pretrained_cfg) is wrapped in Renormalized.
     """
-    build = resnet18 if name == DEFAULT_BACKBONE else lambda: torchvision_model(name)
+    if name.startswith(TIMM):
+        build = lambda: timm_model(name[len(TIMM):], pretrained=weights == "imagenet")  # noqa: E731
+    else:
+        build = resnet18 if name == DEFAULT_BACKBONE else lambda: torchvision_model(name)  # noqa: E731
     if weights == "random":
         with torch.random.fork_rng(devices=[]):  # the seeded init leaves the caller's random state alone
             torch.manual_seed(seed)
             model = build()
     else:
         model = build()  # every parameter is then loaded
+    if weights not in ("random", "imagenet") or (weights == "imagenet" and not name.startswith(TIMM)):
+        state = _imagenet_state_dict(name) if weights == "imagenet" else _file_state_dict(Path(weights))
+        _load_whole(model, by_order(state, model.state_dict()), weights, name)
     head = classifier_name(model)
     feature_dim = model.get_submodule(head).in_features
     replace_module(model, head, nn.Identity())
+    config = getattr(model, "pretrained_cfg", None) or {}
+    if name.startswith(TIMM) and "mean" in config and (tuple(config["mean"]), tuple(config["std"])) != \
+            (IMAGENET_MEAN, IMAGENET_STD):
+        model, head = Renormalized(model, config["mean"], config["std"]), "model." + head
     model.feature_dim, model.classifier_name = feature_dim, head
-    if weights == "random":
-        return model
-    state = _imagenet_state_dict(name) if weights == "imagenet" else _file_state_dict(Path(weights))
-    state = {key: value for key, value in state.items() if not key.startswith(head + ".")}
+    return model
+
+
+def by_order(state: dict, expected: dict) -> dict:
+    """`state` under `expected`'s names when none of its names match but its tensors have the same shapes
+    in the same order (BatchNorm's num_batches_tracked aside): another implementation's names for the
+    same network, such as the EfficientNet-Lite0 wheel's (lukemelas-style) for timm's
+    tf_efficientnet_lite0. Otherwise `state` as it is."""
+    def tensors(names):
+        return [name for name in names if not name.endswith("num_batches_tracked")]
+
+    mine, theirs = tensors(expected), tensors(state)
+    if set(mine) & set(theirs) or len(mine) != len(theirs) or \
+            any(state[a].shape != expected[b].shape for a, b in zip(theirs, mine)):
+        return state
+    return {b: state[a] for a, b in zip(theirs, mine)}
+
+
+def _load_whole(model: nn.Module, state: dict, weights: str, name: str) -> None:
+    """Every tensor of the model from `state`, the classifier's included when it has them (a file without
+    the classifier, or with another number of classes, leaves the model's: it is dropped next)."""
     expected = model.state_dict()
+    head = classifier_name(model) + "."
+    state = {key: value for key, value in state.items()
+             if not key.startswith(head) or (key in expected and expected[key].shape == value.shape)}
+    for key in expected:
+        if key.startswith(head) and key not in state:
+            state[key] = expected[key]
+        elif key.endswith("num_batches_tracked") and key not in state:
+            state[key] = expected[key]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = [f"{key} {tuple(state[key].shape)} != {tuple(value.shape)}"
@@ -112,9 +188,9 @@ def load_backbone(weights: str = "imagenet", seed: int = 0, name: str = DEFAULT_
             f"missing {len(missing)} keys (e.g. {missing[0]})" if missing else "",
             f"unexpected {len(unexpected)} keys (e.g. {unexpected[0]})" if unexpected else "",
             f"wrong shape: {wrong_shape[0]}" if wrong_shape else "") if part)
-        raise FeatcacheError(f"weights {weights} do not fit torchvision {name}: {details}")
+        raise FeatcacheError(f"weights {weights} do not fit {'' if name.startswith(TIMM) else 'torchvision '}{name}: "
+                             f"{details}")
     model.load_state_dict(state)
-    return model
 
 
 def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
@@ -127,18 +203,6 @@ def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
         reason = " ".join(str(error).split())[:150] or type(error).__name__
         raise FeatcacheError(f"`backbone` {name} cannot take {image_size}-px images ({reason}); choose another "
                              "`image_size` or backbone") from None
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise FeatcacheError(f"unknown device {device!r}: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise FeatcacheError(f"device {device} requested but CUDA is not available")
-    return resolved
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

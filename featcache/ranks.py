@@ -58,6 +58,21 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' (CUDA when available, else the CPU), 'cpu', 'cuda' or 'cuda:N', checked."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise FeatcacheError(f"unknown device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FeatcacheError(f"device {device} requested but CUDA is not available")
+    return resolved
+
+
 def share_range(count: int, rank: int, world_size: int) -> tuple[int, int]:
     """Rank `rank`'s contiguous share [start, stop) of `count` items: torch.tensor_split's cut, the
     one every share of a batch, of the test set or of the shards uses."""

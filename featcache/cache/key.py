@@ -38,6 +38,27 @@ def weights_source(weights: str) -> str:
     return weights if weights in ("imagenet", "random") else str(Path(weights).resolve())
 
 
+def backbone_identity(backbone: str) -> str:
+    """What the provenance records of the architecture: torchvision.NAME, or timm.NAME with its version."""
+    if backbone.startswith("timm:"):
+        return f"timm.{backbone.removeprefix('timm:')}:timm=={_timm_version()}"
+    return f"torchvision.{backbone}"
+
+
+def backbone_name(identity: str) -> str:
+    """The `backbone` a provenance's identity was made from (backbone_identity's inverse)."""
+    if identity.startswith("timm."):
+        return "timm:" + identity.removeprefix("timm.").split(":")[0]
+    return identity.removeprefix("torchvision.")
+
+
+def _timm_version() -> str:
+    try:
+        return version("timm")
+    except Exception:  # importlib.metadata.PackageNotFoundError
+        raise FeatcacheError("a timm: backbone needs timm: pip install 'featcache[timm]'") from None
+
+
 def weights_identity(weights: str, seed: int, backbone: str = DEFAULT_BACKBONE) -> str:
     """The weights' identity for the cache key: a file's content hash (never its path); for the
     built-in choices, what produces them (a seeded init depends on the torch version too; the
@@ -46,6 +67,8 @@ def weights_identity(weights: str, seed: int, backbone: str = DEFAULT_BACKBONE) 
         return f"random:seed={seed}:torch=={version('torch')}:torchvision=={version('torchvision')}"
     if weights == "imagenet" and backbone == DEFAULT_BACKBONE:
         return f"imagenet:ResNet18_Weights.IMAGENET1K_V1:torchvision=={version('torchvision')}"
+    if weights == "imagenet" and backbone.startswith("timm:"):  # timm's default pretrained tag for the name
+        return f"imagenet:{backbone}:timm=={_timm_version()}"
     if weights == "imagenet":  # the model's DEFAULT weights, which the torchvision release fixes
         return f"imagenet:{backbone}:DEFAULT:torchvision=={version('torchvision')}"
     if not Path(weights).is_file():
@@ -63,7 +86,7 @@ def cache_provenance(dataset, weights: str, seed: int, image_size: int, views: i
     `hashes` (fingerprint.FileHashes) remembers the files' content hashes between calls."""
     return {
         "format_version": FORMAT_VERSION,
-        "backbone": f"torchvision.{backbone}",  # torchvision.resnet18: the key of every 0.2 cache
+        "backbone": backbone_identity(backbone),  # torchvision.resnet18: the key of every 0.2 cache
         "weights": weights_identity(weights, seed, backbone),
         "dataset_fingerprint": dataset.fingerprint(hashes),
         "classes": list(dataset.classes),
@@ -83,7 +106,7 @@ def cache_key(provenance: dict) -> str:
 
 def cache_path(cache_dir: Path, dataset, provenance: dict) -> Path:
     key = cache_key(provenance)
-    backbone = provenance["backbone"].removeprefix("torchvision.").replace(":", "-")
+    backbone = provenance["backbone"].split(":")[0].removeprefix("torchvision.").replace(".", "-")  # the name alone
     name = f"{dataset.name}-{backbone}-{provenance['image_size']}px-v{provenance['views']}-s{provenance['seed']}"
     return Path(cache_dir) / f"{name}-{key[:16]}.h5"
 
@@ -177,12 +200,14 @@ class CacheSpec:
     cache_dir: Path = setting(Path("cache"), "Folder of cache files.")
     backbone: str = setting(DEFAULT_BACKBONE, "A torchvision classification model by its registered name "
                             "(torchvision.models.list_models(): resnet50, efficientnet_b0, mobilenet_v3_small, "
-                            "convnext_tiny, ...): its features are what its classifier sees. Normalisation is "
-                            "ImageNet's, as for every torchvision classification model.")
+                            "convnext_tiny, ...) or a timm model as timm:NAME (pip install 'featcache[timm]'): its "
+                            "features are what its classifier sees. Normalisation: the timm model's own "
+                            "(pretrained_cfg), else ImageNet's.")
 
     def __post_init__(self):
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(self.backbone)):  # the model itself is checked when built
-            raise FeatcacheError(f"`backbone` must be a torchvision model name such as resnet50, got {self.backbone!r}")
+        if not re.fullmatch(r"(timm:)?[a-z][a-z0-9_.]*", str(self.backbone)):  # the model is checked when built
+            raise FeatcacheError("`backbone` must be a torchvision model name such as resnet50, or timm:NAME, got "
+                                 f"{self.backbone!r}")
         check_image_size(self.image_size)
         if self.views < 1:
             raise FeatcacheError(f"`views` must be at least 1, got {self.views}")

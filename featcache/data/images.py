@@ -157,7 +157,7 @@ def load_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int 
     available RAM, shared among torchrun's local ranks), the test split first; a split that does not
     fit is decoded per batch, training batches by `num_workers` DataLoader workers. The numbers are the
     same either way."""
-    from ..backbone import resolve_device
+    from ..ranks import resolve_device
 
     check_image_size(image_size)
     if num_workers < 0:

@@ -27,7 +27,7 @@ from .._version import __version__
 from ..errors import FeatcacheError
 from ..data.clean_view import CROP, RESIZE, CleanView
 from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds, trained_model, write_atomically
-from ..cache.key import BACKBONE, weights_identity
+from ..cache.key import BACKBONE, backbone_name, weights_identity
 from ..data.transform import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size
 
 METADATA = "featcache.json"
@@ -60,7 +60,7 @@ def _backbone_source(record: dict, weights: str | None, run_dir: Path) -> tuple[
     if source not in ("imagenet", "random") and not Path(source).is_file():
         raise FeatcacheError(f"backbone weights {source} " + ("recorded for this run " if not weights else "")
                              + "do not exist; pass `weights` PATH to the file the cache was extracted with")
-    name = attrs.get("backbone", BACKBONE).removeprefix("torchvision.")
+    name = backbone_name(attrs.get("backbone", BACKBONE))
     found = weights_identity(source, seed, name)
     if found != identity:
         if found.split(":")[0] != identity.split(":")[0]:

@@ -77,7 +77,7 @@ def predict(model: str | Path, inputs: list[str | Path], out: str | Path, *, out
     """Classify `inputs` with `model` and write the top-k classes of each to `out` (CSV or JSON), in
     input order. A file that is not a readable image is an error naming it; with `skip_bad` it is
     reported through `echo`, listed with its error, and the run goes on."""
-    from ..backbone import resolve_device
+    from ..ranks import resolve_device
 
     if output_format not in FORMATS:
         raise FeatcacheError(f"`output_format` must be one of {', '.join(FORMATS)}, got {output_format!r}")

@@ -15,7 +15,8 @@ def extract(spec: CacheSpec, config: ExtractConfig, *, progress: bool = True) ->
         dataset, provenance, final = spec.locate(config.rehash)
         if not config.force and reusable_cache(final, cache_key(provenance)):
             return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
-        from ..backbone import check_input_size, load_backbone, resolve_device
+        from ..backbone import check_input_size, load_backbone
+        from ..ranks import resolve_device
         from ..cache.writer import extract as extract_shards
 
         backbone = load_backbone(spec.weights, spec.seed, spec.backbone)
