@@ -21,12 +21,10 @@ def imagenet_weights_path() -> Path:
 
 
 def _imagenet_state_dict(name: str) -> dict:
-    import torchvision.models
-
-    enum = ResNet18_Weights.IMAGENET1K_V1 if name == DEFAULT_BACKBONE else torchvision.models.get_model_weights(name).DEFAULT
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+    """ResNet-18's ImageNet weights, as every featcache before --backbone loaded them."""
+    path = imagenet_weights_path()
     try:
-        return enum.get_state_dict(progress=True, check_hash=True)
+        return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
     except Exception as error:  # urllib, ssl, hash and socket errors all mean the same to a user
         raise FeatcacheError(
             f"ImageNet {name} weights are not in torchvision's cache ({path}) and could not be "
@@ -50,9 +48,10 @@ def _file_state_dict(path: Path) -> dict:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def torchvision_model(name: str) -> nn.Module:
-    """torchvision's classification model `name` (torchvision.models.list_models), untrained; an unknown
-    name is one line naming the closest ones."""
+def torchvision_model(name: str, imagenet: bool = False) -> nn.Module:
+    """torchvision's classification model `name` (torchvision.models.list_models), untrained, or with
+    `imagenet` built by torchvision's own builder with its DEFAULT weights (which also sets what they
+    expect, such as Inception's transform_input); an unknown name is one line naming the closest ones."""
     import difflib
 
     import torchvision.models
@@ -63,7 +62,14 @@ def torchvision_model(name: str) -> nn.Module:
         raise FeatcacheError(f"`backbone` {name} is not a torchvision classification model"
                              + (f" (did you mean {', '.join(close)}?)" if close else "")
                              + "; see torchvision.models.list_models()")
-    return torchvision.models.get_model(name, weights=None)
+    if not imagenet:
+        return torchvision.models.get_model(name, weights=None)
+    try:
+        return torchvision.models.get_model(name, weights="DEFAULT")
+    except Exception as error:  # urllib, ssl, hash and socket errors all mean the same to a user
+        raise FeatcacheError(f"ImageNet {name} weights are not in torchvision's cache ({torch.hub.get_dir()}) and "
+                             f"could not be downloaded ({type(error).__name__}); pass `weights` PATH with a local "
+                             "state dict") from None
 
 
 TIMM = "timm:"  # a backbone name with this prefix is a timm model (the optional extra featcache[timm])
@@ -131,24 +137,28 @@ def load_backbone(weights: str = "imagenet", seed: int = 0, name: str = DEFAULT_
     if name.startswith(TIMM):
         build = lambda: timm_model(name[len(TIMM):], pretrained=weights == "imagenet")  # noqa: E731
     else:
-        build = resnet18 if name == DEFAULT_BACKBONE else lambda: torchvision_model(name)  # noqa: E731
+        build = resnet18 if name == DEFAULT_BACKBONE else lambda: torchvision_model(name, weights == "imagenet")  # noqa: E731
     if weights == "random":
         with torch.random.fork_rng(devices=[]):  # the seeded init leaves the caller's random state alone
             torch.manual_seed(seed)
             model = build()
     else:
         model = build()  # every parameter is then loaded
-    if weights not in ("random", "imagenet") or (weights == "imagenet" and not name.startswith(TIMM)):
+    if weights not in ("random", "imagenet") or (weights == "imagenet" and name == DEFAULT_BACKBONE):
         state = _imagenet_state_dict(name) if weights == "imagenet" else _file_state_dict(Path(weights))
         _load_whole(model, by_order(state, model.state_dict()), weights, name)
-    head = classifier_name(model)
-    feature_dim = model.get_submodule(head).in_features
-    replace_module(model, head, nn.Identity())
+    if name.startswith(TIMM):  # timm's own way: every head (a distilled model has two) becomes Identity
+        head, feature_dim = None, model.num_features
+        model.reset_classifier(0)
+    else:
+        head = classifier_name(model)
+        feature_dim = model.get_submodule(head).in_features
+        replace_module(model, head, nn.Identity())
     config = getattr(model, "pretrained_cfg", None) or {}
     if name.startswith(TIMM) and "mean" in config and (tuple(config["mean"]), tuple(config["std"])) != \
             (IMAGENET_MEAN, IMAGENET_STD):
-        model, head = Renormalized(model, config["mean"], config["std"]), "model." + head
-    model.feature_dim, model.classifier_name = feature_dim, head
+        model = Renormalized(model, config["mean"], config["std"])
+    model.feature_dim, model.classifier_name = feature_dim, head  # head None: a trained head goes after the model
     return model
 
 
@@ -162,7 +172,8 @@ def by_order(state: dict, expected: dict) -> dict:
 
     mine, theirs = tensors(expected), tensors(state)
     if set(mine) & set(theirs) or len(mine) != len(theirs) or \
-            any(state[a].shape != expected[b].shape for a, b in zip(theirs, mine)):
+            any(state[a].shape != expected[b].shape or a.rsplit(".", 1)[-1] != b.rsplit(".", 1)[-1]
+                for a, b in zip(theirs, mine)):  # the same kind of tensor too: BatchNorm's four share a shape
         return state
     return {b: state[a] for a, b in zip(theirs, mine)}
 
@@ -199,9 +210,9 @@ def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, image_size, image_size))
-    except (RuntimeError, AssertionError, ValueError) as error:
+    except Exception as error:  # each model fails its own way: assertions, shape errors, index errors
         reason = " ".join(str(error).split())[:150] or type(error).__name__
-        raise FeatcacheError(f"`backbone` {name} cannot take {image_size}-px images ({reason}); choose another "
+        raise FeatcacheError(f"`backbone` {name} cannot run a {image_size}-px image ({reason}); choose another "
                              "`image_size` or backbone") from None
 
 

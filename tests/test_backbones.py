@@ -69,7 +69,7 @@ def test_bad_backbones_are_one_line(image_folder, tmp_path, run_cli):
     assert_clean_failure(run_cli("extract", *common, "--weights", "random", "--backbone", "ResNet-18"),
                          "--backbone must be a torchvision model name")
     assert_clean_failure(run_cli("extract", *common, "--weights", "random", "--backbone", "vit_b_16"),
-                         "vit_b_16 cannot take 32-px images")
+                         "vit_b_16 cannot run a 32-px image")
     resnet = tmp_path / "resnet18.pt"
     torch.save(load_backbone("random", 1).state_dict(), resnet)
     assert_clean_failure(run_cli("extract", *common, "--weights", resnet, "--backbone", "mobilenet_v3_small"),
@@ -123,3 +123,25 @@ def test_timm_names_and_a_missing_timm_are_one_line(image_folder, tmp_path, run_
     monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed: its import fails
     assert_clean_failure(run_cli("extract", *common, "--backbone", "timm:tf_efficientnet_lite0"),
                          "needs timm: pip install 'featcache[timm]'")
+
+
+def test_other_names_are_mapped_by_order_only_when_every_tensor_is_of_the_same_kind(tmp_path):
+    """A file with other names for the same network, in the same order, loads (the EfficientNet-Lite0
+    wheel's case); a BatchNorm's tensors in another order within each module (bias, running_mean,
+    running_var, weight: one shape for all four) are refused, never loaded into the wrong places."""
+    from torchvision.models import resnet18
+
+    state = resnet18().state_dict()
+    path = tmp_path / "renamed.pt"
+    torch.save({f"net.{key}": value for key, value in state.items()}, path)
+    features = load_backbone(str(path), 0).eval()
+    assert torch.equal(features.layer1[0].bn1.running_var, state["layer1.0.bn1.running_var"])
+    modules = list(dict.fromkeys(key.rsplit(".", 1)[0] for key in state))  # in the network's order
+    def reordered(keys):  # alphabetical within a module whose tensors all share one shape (a BatchNorm)
+        return sorted(keys) if len({state[k].shape for k in keys if "num_batches" not in k}) == 1 else keys
+    shuffled = [key for module in modules for key in reordered([k for k in state if k.rsplit(".", 1)[0] == module])]
+    assert [state[key].shape for key in shuffled if "num_batches" not in key] == \
+        [value.shape for key, value in state.items() if "num_batches" not in key]  # every shape still in place
+    torch.save({f"net.{key}": state[key] for key in shuffled}, path)
+    with pytest.raises(featcache.FeatcacheError, match="do not fit torchvision resnet18"):
+        load_backbone(str(path), 0)

@@ -115,7 +115,10 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     if approach == "feature-extraction":
         source, identity, seed, name = _backbone_source(record, weights, run_dir)
         network = load_backbone(source, seed, name)
-        replace_module(network, network.classifier_name, trained)  # the trained head where the classifier was
+        if network.classifier_name is None:  # timm's heads reset: the trained head follows the pooled features
+            network = nn.Sequential(network, trained)
+        else:  # the trained head where the classifier was (ResNet's fc, as before --backbone)
+            replace_module(network, network.classifier_name, trained)
         image_size = int(record["cache_attrs"]["image_size"])
         provenance.update(cache_key=record.get("cache_key"), cache_precision=record["cache_attrs"].get("precision"),
                           backbone_weights={"source": source, "identity": identity})
