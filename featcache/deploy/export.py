@@ -27,7 +27,7 @@ from .._version import __version__
 from ..errors import FeatcacheError
 from ..data.clean_view import CROP, RESIZE, CleanView
 from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds, trained_model, write_atomically
-from ..cache.key import BACKBONE, backbone_name, weights_identity
+from ..cache.key import BACKBONE, backbone_identity, backbone_name, weights_identity
 from ..data.transform import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size
 
 METADATA = "featcache.json"
@@ -60,7 +60,11 @@ def _backbone_source(record: dict, weights: str | None, run_dir: Path) -> tuple[
     if source not in ("imagenet", "random") and not Path(source).is_file():
         raise FeatcacheError(f"backbone weights {source} " + ("recorded for this run " if not weights else "")
                              + "do not exist; pass `weights` PATH to the file the cache was extracted with")
-    name = backbone_name(attrs.get("backbone", BACKBONE))
+    recorded = attrs.get("backbone", BACKBONE)
+    name = backbone_name(recorded)
+    if name.startswith("timm:") and recorded != backbone_identity(name):  # another timm builds other networks
+        raise FeatcacheError(f"the head of {run_dir} was trained on features of {recorded}, but here it is "
+                             f"{backbone_identity(name)}: install that timm version")
     found = weights_identity(source, seed, name)
     if found != identity:
         if found.split(":")[0] != identity.split(":")[0]:
@@ -120,11 +124,13 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
         else:  # the trained head where the classifier was (ResNet's fc, as before --backbone)
             replace_module(network, network.classifier_name, trained)
         image_size = int(record["cache_attrs"]["image_size"])
-        provenance.update(cache_key=record.get("cache_key"), cache_precision=record["cache_attrs"].get("precision"),
+        provenance.update(backbone=record["cache_attrs"].get("backbone", BACKBONE), cache_key=record.get("cache_key"),
+                          cache_precision=record["cache_attrs"].get("precision"),
                           backbone_weights={"source": source, "identity": identity})
     else:
         network = trained
         image_size = int(record.get("config", {}).get("image_size", 224))
+        provenance["backbone"] = BACKBONE  # the end-to-end trainers train ResNet-18
         provenance["backbone_weights"] = {"source": record.get("config", {}).get("weights", "random init"),
                                           "identity": weights_identity(str(run_dir / WEIGHTS), 0)}
     metadata = {

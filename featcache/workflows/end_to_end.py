@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
+from ..cache.key import BACKBONE
 from ..data.datasets import DataSpec
 from ..data.images import data_record, decoded_line, timed_load_images
 from ..data.transform import DEFAULT_IMAGE_SIZE, TRANSFORM_VERSION
@@ -133,6 +134,10 @@ def _init_head_state(init_head, classes: list[str]):
     if trained.record.get("classes") not in (None, classes):
         raise FeatcacheError(f"`init_head` {_head_source(init_head)} was trained on classes "
                              f"{trained.record['classes']}, not {classes}")
+    backbone = trained.record.get("cache_attrs", {}).get("backbone", BACKBONE)
+    if backbone != BACKBONE:  # fine-tuning is ResNet-18's: another backbone's features mean other things
+        raise FeatcacheError(f"`init_head` {_head_source(init_head)} was trained on {backbone} features; "
+                             f"fine-tuning starts a head on {BACKBONE}'s")
     return trained.model.state_dict()
 
 
