@@ -4,10 +4,10 @@ Layout (readable with plain h5py):
     / attrs            format, format_version, featcache_version, key, complete, backbone,
                        weights, image_size, transform (JSON), views, seed, precision,
                        classes (JSON), dataset (JSON), shard_size, batch_size, checksums (JSON)
-    /train/features    float32 [N, 1+V, 512]   view 0 clean, views 1..V augmented; chunks (<=256, 1, 512)
+    /train/features    float32 [N, 1+V, D]     view 0 clean, views 1..V augmented; chunks (<=256, 1, D)
     /train/labels      int64 [N]
     /train/ids         str [N]
-    /test/features     float32 [M, 512]
+    /test/features     float32 [M, D]      D the backbone's width (512 for ResNet-18)
     /test/labels, /test/ids
 
 The writer is featcache.cache.writer. Reading needs neither torchvision nor the augmentation, so a
@@ -27,25 +27,30 @@ from .key import open_complete_cache
 
 
 @dataclass
-class FeatureCache:
-    """A complete cache loaded into memory: tensors are tiny next to the images they summarise."""
+class CacheContents:
+    """What every opened cache holds, in memory (FeatureCache) or streamed (featcache.cache.streaming)."""
 
     path: Path
-    train_features: torch.Tensor  # [N, 1+V, 512]
+    train_features: torch.Tensor  # [N, 1+V, D]; a BlockStream for a StreamedCache
     train_labels: torch.Tensor
-    test_features: torch.Tensor  # [M, 512]
+    test_features: torch.Tensor  # [M, D]
     test_labels: torch.Tensor
     classes: list[str]
     key: str
     attrs: dict
     test_ids: list[str]
 
+
+@dataclass
+class FeatureCache(CacheContents):
+    """A complete cache loaded into memory: tensors are tiny next to the images they summarise."""
+
     @property
     def views(self) -> int:
         return self.train_features.shape[1] - 1
 
     def dataset(self, split: str = "train", view: int = 0) -> torch.utils.data.TensorDataset:
-        """(features [512], label) pairs of one view, for a DataLoader in your own training loop: view 0
+        """(features [D], label) pairs of one view, for a DataLoader in your own training loop: view 0
         is the clean view, 1..V the augmented ones; the test split has view 0 only."""
         if split not in ("train", "test"):
             raise FeatcacheError(f"`split` must be 'train' or 'test', got {split!r}")

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 import torch
 
-from .reader import cache_metadata
+from .reader import CacheContents, cache_metadata
 from ..errors import FeatcacheError
 from ..settings import memory_budget
 from .checksums import damaged_cache, verify_file
@@ -55,19 +55,9 @@ def block_rows_for(buffer_rows: int) -> int:
 
 
 @dataclass
-class StreamedCache:
+class StreamedCache(CacheContents):
     """A cache whose training features stay in the file: what FeatureCache has, with `train_features` a
     BlockStream. Every feature byte is checked against its sha256 when it is opened, range by range."""
-
-    path: Path
-    train_features: "BlockStream"
-    train_labels: torch.Tensor
-    test_features: torch.Tensor
-    test_labels: torch.Tensor
-    classes: list[str]
-    key: str
-    attrs: dict
-    test_ids: list[str]
 
     @property
     def views(self) -> int:
