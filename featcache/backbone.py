@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def _file_state_dict(path: Path) -> dict:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def torchvision_model(name: str, imagenet: bool = False) -> nn.Module:
+def torchvision_model(name: str, imagenet: bool = False, classes: int = 1000) -> nn.Module:
     """torchvision's classification model `name` (torchvision.models.list_models), untrained, or with
     `imagenet` built by torchvision's own builder with its DEFAULT weights (which also sets what they
     expect, such as Inception's transform_input); an unknown name is one line naming the closest ones."""
@@ -63,7 +64,7 @@ def torchvision_model(name: str, imagenet: bool = False) -> nn.Module:
                              + (f" (did you mean {', '.join(close)}?)" if close else "")
                              + "; see torchvision.models.list_models()")
     if not imagenet:
-        return torchvision.models.get_model(name, weights=None)
+        return torchvision.models.get_model(name, weights=None, num_classes=classes)
     try:
         return torchvision.models.get_model(name, weights="DEFAULT")
     except Exception as error:  # urllib, ssl, hash and socket errors all mean the same to a user
@@ -75,7 +76,7 @@ def torchvision_model(name: str, imagenet: bool = False) -> nn.Module:
 TIMM = "timm:"  # a backbone name with this prefix is a timm model (the optional extra featcache[timm])
 
 
-def timm_model(name: str, pretrained: bool) -> nn.Module:
+def timm_model(name: str, pretrained: bool, classes: int = 1000) -> nn.Module:
     """timm's model `name` with its 1000-class classifier (its own pretrained weights through timm with
     `pretrained`); timm missing, or a name timm does not know, is one line."""
     try:
@@ -87,7 +88,7 @@ def timm_model(name: str, pretrained: bool) -> nn.Module:
         raise FeatcacheError(f"`backbone` {TIMM}{name} is not a timm model"
                              + (f" (did you mean {', '.join(close)}?)" if close else "") + "; see timm.list_models()")
     try:
-        return timm.create_model(name, pretrained=pretrained)
+        return timm.create_model(name, pretrained=pretrained, num_classes=classes)
     except Exception as error:  # no network, no cached file: huggingface_hub and urllib raise many kinds
         raise FeatcacheError(f"timm could not load the pretrained weights of {name} ({type(error).__name__}: "
                              f"{' '.join(str(error).split())[:150]}); pass `weights` PATH to a local file") from None
@@ -125,28 +126,39 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def load_backbone(weights: str = "imagenet", seed: int = 0, name: str = DEFAULT_BACKBONE) -> nn.Module:
-    """The backbone `name` (a torchvision classification model, or timm's as 'timm:NAME') whose forward
-    returns its pooled features: its classifier (the last Linear, `classifier_name`) replaced by
-    Identity. `feature_dim` and `classifier_name` are set on the returned module. `weights` is
-    "imagenet" (the model's default ImageNet weights), "random" (seeded init, for tests) or a path to a
-    state dict; a file's own classifier is dropped, and a file for another architecture is a
-    FeatcacheError naming what differs. A timm model normalised otherwise than ImageNet's mean and std
-    (its pretrained_cfg) is wrapped in Renormalized.
-    """
-    if name.startswith(TIMM):
-        build = lambda: timm_model(name[len(TIMM):], pretrained=weights == "imagenet")  # noqa: E731
-    else:
-        build = resnet18 if name == DEFAULT_BACKBONE else lambda: torchvision_model(name, weights == "imagenet")  # noqa: E731
+def load_network(weights: str = "imagenet", seed: int = 0, name: str = DEFAULT_BACKBONE) -> nn.Module:
+    """The classification network `name` (a torchvision model, or timm's as 'timm:NAME') with its own
+    classifier. `weights` is "imagenet" (the model's default ImageNet weights), "random" (seeded init,
+    for tests) or a path to a state dict; a file's own classifier may be for other classes, and a file
+    for another architecture is a FeatcacheError naming what differs."""
     if weights == "random":
         with torch.random.fork_rng(devices=[]):  # the seeded init leaves the caller's random state alone
             torch.manual_seed(seed)
-            model = build()
+            model = untrained_network(name)
+    elif weights == "imagenet" and name != DEFAULT_BACKBONE:
+        model = untrained_network(name, imagenet=True)  # through torchvision's or timm's own loader
     else:
-        model = build()  # every parameter is then loaded
-    if weights not in ("random", "imagenet") or (weights == "imagenet" and name == DEFAULT_BACKBONE):
+        model = untrained_network(name)  # every parameter is then loaded
         state = _imagenet_state_dict(name) if weights == "imagenet" else _file_state_dict(Path(weights))
         _load_whole(model, by_order(state, model.state_dict()), weights, name)
+    return model
+
+
+def untrained_network(name: str, imagenet: bool = False, classes: int = 1000) -> nn.Module:
+    """The network `name` in its library's own init (or its library's ImageNet weights)."""
+    if name.startswith(TIMM):
+        return timm_model(name[len(TIMM):], imagenet, classes)
+    if name == DEFAULT_BACKBONE and not imagenet:
+        return resnet18(num_classes=classes)
+    return torchvision_model(name, imagenet, classes)
+
+
+def load_backbone(weights: str = "imagenet", seed: int = 0, name: str = DEFAULT_BACKBONE) -> nn.Module:
+    """The backbone `name` whose forward returns its pooled features: load_network's network with its
+    classifier (the last Linear, `classifier_name`) replaced by Identity. `feature_dim` and
+    `classifier_name` are set on the returned module. A timm model normalised otherwise than ImageNet's
+    mean and std (its pretrained_cfg) is wrapped in Renormalized."""
+    model = load_network(weights, seed, name)
     if name.startswith(TIMM):  # timm's own way: every head (a distilled model has two) becomes Identity
         head, feature_dim = None, model.num_features
         model.reset_classifier(0)
@@ -154,12 +166,122 @@ def load_backbone(weights: str = "imagenet", seed: int = 0, name: str = DEFAULT_
         head = classifier_name(model)
         feature_dim = model.get_submodule(head).in_features
         replace_module(model, head, nn.Identity())
+    model = _renormalized(model, name)
+    model.feature_dim, model.classifier_name = feature_dim, head  # head None: a trained head goes after the model
+    return model
+
+
+def _renormalized(model: nn.Module, name: str) -> nn.Module:
     config = getattr(model, "pretrained_cfg", None) or {}
     if name.startswith(TIMM) and "mean" in config and (tuple(config["mean"]), tuple(config["std"])) != \
             (IMAGENET_MEAN, IMAGENET_STD):
-        model = Renormalized(model, config["mean"], config["std"])
-    model.feature_dim, model.classifier_name = feature_dim, head  # head None: a trained head goes after the model
+        return Renormalized(model, config["mean"], config["std"])
     return model
+
+
+def with_new_head(model: nn.Module, name: str, make_head: Callable[[int], nn.Module]) -> nn.Module:
+    """load_network's `model` with its classifier replaced by make_head(feature size), as fine-tuning
+    trains it; Renormalized where load_backbone's would be. Sets `head_name` (the head's qualified name
+    in the returned module) and `feature_dim`."""
+    if name.startswith(TIMM):
+        model.reset_classifier(1)  # one Linear where timm's head goes, replaced below
+    head = classifier_name(model)
+    feature_dim = model.get_submodule(head).in_features
+    replace_module(model, head, make_head(feature_dim))
+    return _named_head(_renormalized(model, name), head, feature_dim)
+
+
+def scratch_network(name: str, classes: int, seed: int) -> nn.Module:
+    """The network `name` from its library's init seeded by `seed`, `classes` outputs; the same modules
+    and state-dict names as with_new_head's (a fine-tuned run's weights load into it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = untrained_network(name, classes=classes)
+    head = classifier_name(model)
+    return _named_head(_renormalized(model, name), head, model.get_submodule(head).in_features)
+
+
+def _named_head(model: nn.Module, head: str, feature_dim: int) -> nn.Module:
+    model.head_name = f"model.{head}" if isinstance(model, Renormalized) else head
+    model.feature_dim = feature_dim
+    return model
+
+
+FINETUNE_FAMILIES = {"ResNet", "EfficientNet", "MobileNetV2", "MobileNetV3", "ConvNeXt", "VisionTransformer"}
+STAGE_LISTS = ("blocks", "stages", "encoder.layers", "features")  # where each family keeps its stages, in order
+
+
+def network_of(model: nn.Module) -> nn.Module:
+    """The library's own network inside a Renormalized wrapper: the module names users write."""
+    return model.model if isinstance(model, Renormalized) else model
+
+
+def last_stage(model: nn.Module, name: str) -> tuple[str, ...]:
+    """The modules fine-tuning trains by default besides the head (its `unfreeze`): the last stage of a
+    family featcache knows (torchvision's and timm's ResNet, EfficientNet, MobileNet, ConvNeXt, ViT) and
+    every parameter after it up to the head (EfficientNet's final 1x1 convolution, ConvNeXt's and ViT's
+    final norm). ResNet: layer4, as before --backbone. Another family is one line asking for `unfreeze`."""
+    network = network_of(model)
+    family = type(network).__name__
+    stage = "layer4" if hasattr(network, "layer4") else None
+    for path in STAGE_LISTS if stage is None and family in FINETUNE_FAMILIES else ():
+        try:
+            stages = network.get_submodule(path)
+        except AttributeError:
+            continue
+        blocks = [child for child, module in stages.named_children()  # torchvision's final 1x1 conv is not a stage
+                  if type(module).__name__ != "Conv2dNormActivation" and any(True for _ in module.parameters())]
+        if blocks:
+            stage = f"{path}.{blocks[-1]}"
+            break
+    if stage is None or family not in FINETUNE_FAMILIES:
+        raise FeatcacheError(f"`backbone` {name} ({family}) has no default last stage to fine-tune; name the "
+                             f"modules to train with `unfreeze` (its top-level modules: {_top_level(network)})")
+    names = [key for key, _ in network.named_parameters()]
+    head = model.head_name.removeprefix("model.") if isinstance(model, Renormalized) else model.head_name
+    first = next(k for k, key in enumerate(names) if key.startswith(stage + "."))
+    return _covering_modules(network, {key for key in names[first:] if not key.startswith(head + ".")})
+
+
+def default_unfreeze(name: str) -> tuple[str, ...]:
+    """last_stage of the network `name`, from its structure alone (built on the meta device: no memory, no
+    init, no weights)."""
+    with torch.device("meta"):
+        model = with_new_head(untrained_network(name), name, lambda width: nn.Linear(width, 1))
+    return last_stage(model, name)
+
+
+def _covering_modules(network: nn.Module, parameters: set[str]) -> tuple[str, ...]:
+    """The fewest modules whose parameters are exactly `parameters`, in registration order."""
+    chosen = []
+    for path, module in network.named_modules():
+        own = {f"{path}.{key}" for key, _ in module.named_parameters()}
+        if path and own and own <= parameters and not any(path.startswith(c + ".") for c in chosen):
+            chosen.append(path)
+    return tuple(chosen)
+
+
+def _top_level(network: nn.Module) -> str:
+    return ", ".join(child for child, module in network.named_children() if any(True for _ in module.parameters()))
+
+
+def check_unfreeze(model: nn.Module, name: str, unfreeze) -> None:
+    """Each of `unfreeze` names a module of the network with parameters, and not its head: one line if not."""
+    network = network_of(model)
+    head = model.head_name.removeprefix("model.") if isinstance(model, Renormalized) else model.head_name
+    for module in unfreeze:
+        try:
+            found = network.get_submodule(module)
+        except AttributeError:
+            found = None
+        if found is None or module == head or not any(True for _ in found.parameters()):
+            raise FeatcacheError(f"`unfreeze`: {module} is not a module of {name} with parameters besides its head; "
+                                 f"its top-level modules: {_top_level(network)}")
+
+
+def module_path(model: nn.Module, module: str) -> str:
+    """`module` (a name in the library's own network) as a name in `model`."""
+    return f"model.{module}" if isinstance(model, Renormalized) else module
 
 
 def by_order(state: dict, expected: dict) -> dict:

@@ -38,6 +38,12 @@ def weights_source(weights: str) -> str:
     return weights if weights in ("imagenet", "random") else str(Path(weights).resolve())
 
 
+def check_backbone_name(backbone: str) -> None:
+    """The form of a backbone name, without importing torch: whether the model exists is checked when built."""
+    if not re.fullmatch(r"(timm:)?[a-z][a-z0-9_.]*", str(backbone)):
+        raise FeatcacheError(f"`backbone` must be a torchvision model name such as resnet50, or timm:NAME, got {backbone!r}")
+
+
 def backbone_identity(backbone: str) -> str:
     """What the provenance records of the architecture: torchvision.NAME, or timm.NAME with its version."""
     if backbone.startswith("timm:"):
@@ -205,9 +211,7 @@ class CacheSpec:
                             "(pretrained_cfg), else ImageNet's.")
 
     def __post_init__(self):
-        if not re.fullmatch(r"(timm:)?[a-z][a-z0-9_.]*", str(self.backbone)):  # the model is checked when built
-            raise FeatcacheError("`backbone` must be a torchvision model name such as resnet50, or timm:NAME, got "
-                                 f"{self.backbone!r}")
+        check_backbone_name(self.backbone)
         check_image_size(self.image_size)
         if self.views < 1:
             raise FeatcacheError(f"`views` must be at least 1, got {self.views}")

@@ -27,6 +27,7 @@ from .._version import __version__
 from ..errors import FeatcacheError
 from ..data.clean_view import CROP, RESIZE, CleanView
 from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds, trained_model, write_atomically
+from ..settings import DEFAULT_BACKBONE
 from ..cache.key import BACKBONE, backbone_identity, backbone_name, weights_identity
 from ..data.transform import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size
 
@@ -130,7 +131,7 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     else:
         network = trained
         image_size = int(record.get("config", {}).get("image_size", 224))
-        provenance["backbone"] = BACKBONE  # the end-to-end trainers train ResNet-18
+        provenance["backbone"] = backbone_identity(record.get("config", {}).get("backbone", DEFAULT_BACKBONE))
         provenance["backbone_weights"] = {"source": record.get("config", {}).get("weights", "random init"),
                                           "identity": weights_identity(str(run_dir / WEIGHTS), 0)}
     metadata = {
@@ -155,8 +156,13 @@ def export(run_dir: str | Path, out: str | Path, weights: str | None = None) -> 
     batch, height, width = (torch.export.Dim(name, min=1 if name == "batch" else 2, max=1 << 16)
                             for name in ("batch", "height", "width"))
     example = torch.zeros(2, 3, size + 3, size + 7, dtype=torch.uint8)  # sizes unlike any constant in the graph
-    with torch.no_grad():
-        program = torch.export.export(classifier, (example,), dynamic_shapes=({0: batch, 2: height, 3: width},))
+    try:
+        with torch.no_grad():
+            program = torch.export.export(classifier, (example,), dynamic_shapes=({0: batch, 2: height, 3: width},))
+    except Exception as error:  # torch.export's own errors (constraint violations, untraceable code) run to pages
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise FeatcacheError(f"torch.export cannot trace the network of {run_dir} ({metadata['backbone']}) for any "
+                             f"batch and image size: {reason}") from None
     buffer = io.BytesIO()  # any file name the user likes: torch.export.save warns on names without .pt2
     torch.export.save(program, buffer, extra_files={METADATA: json.dumps(metadata, indent=2)})
     out = write_atomically(Path(out), buffer.getbuffer())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..errors import FeatcacheError
+from ..settings import DEFAULT_BACKBONE
 
 HISTORY = "history.json"
 WEIGHTS = "weights.pt"
@@ -133,13 +134,11 @@ def read_seeds(folder: Path) -> dict:
 
 def trained_model(folder: Path, record: dict):
     """The model a run directory's weights.pt holds, rebuilt from what its history.json records: a
-    Linear(D, C) head, a kNN head (its training features are its weights) or a ResNet-18. The one
-    loader of a run's weights (Run.load, export, predict); a file that does not fit is one line."""
+    Linear(D, C) head, a kNN head (its training features are its weights) or an end-to-end run's network
+    (its config's backbone; ResNet-18 for runs from before --backbone). The one loader of a run's
+    weights (Run.load, export, predict); a file that does not fit is one line."""
     import torch
     from torch import nn
-    from torchvision.models import resnet18
-
-    from ..cache.key import FEATURE_DIM
 
     path = Path(folder) / WEIGHTS
     if not path.is_file():
@@ -150,11 +149,13 @@ def trained_model(folder: Path, record: dict):
         raise FeatcacheError(f"{path} is not a state dict torch.load(weights_only=True) can read "
                              f"({type(error).__name__})") from None
     head = record["approach"] == "feature-extraction"
-    rows = state.get("weight" if head else "fc.weight") if isinstance(state, dict) else None
+    rows = state.get("weight") if head and isinstance(state, dict) else None
     classes = len(record["classes"]) if record.get("classes") else len(rows) if rows is not None else 0
-    width = rows.shape[1] if head and rows is not None and rows.dim() == 2 else FEATURE_DIM  # the cache's features
     if not head:
-        model, what = resnet18(num_classes=classes), f"a ResNet-18 with {classes} classes"
+        from ..backbone import scratch_network
+
+        backbone = record.get("config", {}).get("backbone", DEFAULT_BACKBONE)
+        model, what = scratch_network(backbone, classes, 0), f"a {backbone} network with {classes} classes"
     elif "knn" in record:
         from ..train.knn import KNNHead
 
@@ -164,6 +165,7 @@ def trained_model(folder: Path, record: dict):
             raise FeatcacheError(f"{path}: {error}") from None
         what = f"a kNN head of {classes} classes"
     else:
+        width = rows.shape[1] if rows is not None and rows.dim() == 2 else 0  # the cache's features
         model, what = nn.Linear(width, classes), f"a Linear({width}, {classes}) head"
     try:
         model.load_state_dict(state)

@@ -8,9 +8,10 @@ keyword arguments and the CLI derives each option's default and help from their 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
-from ..cache.key import DEFAULT_WEIGHTS, ExtractConfig
+from ..cache.key import DEFAULT_WEIGHTS, CacheSpec, ExtractConfig, check_backbone_name
 from ..data.transform import check_image_size
 from ..errors import FeatcacheError
 from ..settings import (DEVICES_HELP, as_seed_list, check_at_least, check_choice, check_positive, like, parse_memory,
@@ -19,7 +20,6 @@ from ..settings import (DEVICES_HELP, as_seed_list, check_at_least, check_choice
 HEADS = ("linear", "logreg", "knn")
 DEFAULT_SWEEP_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 DEFAULT_SWEEP_WDS = (0.0, 1e-4, 1e-3, 1e-2)
-STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # what fine-tuning may unfreeze
 
 
 @dataclass(frozen=True)
@@ -113,9 +113,13 @@ class EndToEndConfig(EpochConfig):
         "--num-workers workers instead of once; the numbers are the same. Default: half the available RAM, "
         "shared among the machine's ranks.", metavar="SIZE")
     num_workers: int = setting(0, "DataLoader worker processes that decode images.", minimum=0)
+    backbone: str = like(CacheSpec, "backbone", "The network to train: a torchvision classification model by its "
+                         "registered name (resnet18, efficientnet_b0, convnext_tiny, ...) or a timm model as "
+                         "timm:NAME.")
 
     def __post_init__(self):
         super().__post_init__()
+        check_backbone_name(self.backbone)
         if self.image_size is not None:
             check_image_size(self.image_size)
         check_at_least("num_workers", self.num_workers, 0)
@@ -125,7 +129,7 @@ class EndToEndConfig(EpochConfig):
 
 @dataclass(frozen=True)
 class ScratchConfig(EndToEndConfig):
-    """ResNet-18 from a seeded random init, every parameter trained (featcache.api.scratch)."""
+    """The backbone's network from a seeded random init, every parameter trained (featcache.api.scratch)."""
 
     lr: float = setting(1e-3, "Adam learning rate.")
 
@@ -142,8 +146,11 @@ class FinetuneConfig(EndToEndConfig):
                            cli=False)
     lr_head: float = setting(1e-3, "Adam learning rate of the new head.")
     lr_backbone: float = setting(1e-5, "Adam learning rate of the unfrozen backbone stages.")
-    unfreeze: tuple[str, ...] = setting(("layer4",), "Comma-separated backbone stages to train (conv1, bn1, "
-                                        "layer1..layer4); the rest stay frozen.")
+    unfreeze: tuple[str, ...] | None = setting(
+        None, "Comma-separated modules of the backbone to train besides the new head, by their names in the "
+        "model (layer3,layer4; features.7; blocks.6); the rest stay frozen. Default: its last stage (ResNet layer4; "
+        "EfficientNet and MobileNet their last block stage and final convolution; ConvNeXt and ViT their last stage "
+        "and final norm).", metavar="MODULES")
     frozen_bn: str = setting("eval", "'eval': frozen modules stay in eval mode, their BatchNorm statistics never "
                              "change (and the frozen trunk's test outputs are computed once). 'train': the "
                              "notebook's behaviour, whole model in train mode.", choices=("eval", "train"))
@@ -163,9 +170,13 @@ def check_finetune_settings(lr_head: float, lr_backbone: float, unfreeze, frozen
 
 
 def check_unfreeze(unfreeze) -> None:
-    unknown = [stage for stage in unfreeze if stage not in STAGES]
-    if unknown:
-        raise FeatcacheError(f"`unfreeze`: unknown stage {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    """Module names in form only: whether the backbone has them is checked when it is built."""
+    if unfreeze is None:
+        return
+    malformed = [name for name in unfreeze if not re.fullmatch(r"[A-Za-z_0-9]+(\.[A-Za-z_0-9]+)*", str(name))]
+    if malformed:
+        raise FeatcacheError(f"`unfreeze`: {', '.join(map(str, malformed))} is not a module name such as layer4 or "
+                             "features.7")
 
 
 @dataclass(frozen=True)
@@ -178,7 +189,7 @@ class ExperimentConfig:
     lr: float = like(ScratchConfig, "lr", "Adam learning rate of scratch training and of the feature-extraction head.")
     lr_head: float = like(FinetuneConfig, "lr_head")
     lr_backbone: float = like(FinetuneConfig, "lr_backbone")
-    unfreeze: tuple[str, ...] = like(FinetuneConfig, "unfreeze")
+    unfreeze: tuple[str, ...] | None = like(FinetuneConfig, "unfreeze")
     frozen_bn: str = like(FinetuneConfig, "frozen_bn")
     extract_batch_size: int = like(ExtractConfig, "batch_size", "Images per backbone forward during extraction.")
     device: str = like(ExtractConfig, "device")

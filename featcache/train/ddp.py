@@ -73,8 +73,11 @@ class DistributedRanks(Ranks):
 
     def sync_batchnorm(self, model: nn.Module) -> nn.Module:
         """Every BatchNorm layer of the whole model synced (frozen ones are in eval mode: plain BatchNorm);
-        on the whole model, so that a stage shared with a trainable part is replaced everywhere."""
-        return (nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.device.type == "cuda"
+        on the whole model, so that a stage shared with a trainable part is replaced everywhere. torch's
+        SyncBatchNorm on GPUs, unless the model has BatchNorm subclasses (timm's BatchNormAct2d, whose
+        activation torch's conversion drops): those, and every BatchNorm on CPUs, GlooSyncBatchNorm."""
+        plain = all(type(module) is nn.BatchNorm2d for module in model.modules() if isinstance(module, nn.BatchNorm2d))
+        return (nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.device.type == "cuda" and plain
                 else GlooSyncBatchNorm.convert(model))
 
     def wrap(self, module: nn.Module) -> nn.Module:
@@ -128,7 +131,9 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
 
     Two differentiable all-reduces (SummedOverRanks): sums and counts for the mean, then squared
     deviations for the variance, the two-pass form torch's own kernel computes on one process.
-    Evaluation mode is plain BatchNorm2d."""
+    Evaluation mode is plain BatchNorm2d. It keeps the module it replaced (`replaced`): a subclass that
+    does more after normalising (timm's BatchNormAct2d: dropout, activation) still does it, and
+    revert_batchnorm gives it back with the trained state."""
 
     @classmethod
     def convert(cls, module: nn.Module) -> nn.Module:
@@ -136,6 +141,8 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
             if isinstance(child, nn.BatchNorm2d) and not isinstance(child, cls):
                 synced = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
                 synced.load_state_dict(child.state_dict())
+                synced.to(next(iter(child.state_dict().values())).device)
+                synced.__dict__["replaced"] = child  # not a submodule: its tensors are the synced one's
                 synced.train(child.training)
                 synced.requires_grad_(any(p.requires_grad for p in child.parameters()))
                 setattr(module, name, synced)
@@ -144,6 +151,13 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normalised = self.normalise(x)
+        replaced = self.__dict__.get("replaced")
+        if type(replaced) is not nn.BatchNorm2d and hasattr(replaced, "act"):  # timm's BatchNormAct2d
+            normalised = replaced.act(replaced.drop(normalised))
+        return normalised
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
         if self.momentum is None:
@@ -165,9 +179,15 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
 
 
 def revert_batchnorm(module: nn.Module) -> nn.Module:
-    """Synced BatchNorm layers back to plain BatchNorm2d (same state), for saving and single-process use."""
+    """Synced BatchNorm layers back to what they replaced (same state), for saving and single-process use."""
     for name, child in module.named_children():
-        if isinstance(child, (nn.SyncBatchNorm, GlooSyncBatchNorm)):
+        if isinstance(child, GlooSyncBatchNorm):
+            original = child.__dict__["replaced"]
+            original.load_state_dict(child.state_dict())
+            original.train(child.training)
+            original.requires_grad_(child.weight.requires_grad)
+            setattr(module, name, original)
+        elif isinstance(child, nn.SyncBatchNorm):
             plain = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
                                    child.track_running_stats).to(child.weight.device)
             plain.load_state_dict(child.state_dict())

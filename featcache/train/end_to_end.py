@@ -6,64 +6,77 @@ import time
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
 from tqdm import tqdm
 
 from ..errors import FeatcacheError
 from ..data.images import ImageData
-from ..backbone import load_backbone
+from ..backbone import check_unfreeze, default_unfreeze, last_stage, load_network, module_path, scratch_network, with_new_head
+from ..settings import DEFAULT_BACKBONE
 from .ddp import Ranks, revert_batchnorm
 from .heads import LinearHeads, single_head_history, train_heads, with_bias_column
 from ..cache.reader import view_for_epoch
-from .config import EpochConfig, check_unfreeze
+from .config import EpochConfig
 from .loop import EVAL_BATCH, evaluate, run_epochs, seeded_linear
-from ..cache.key import FEATURE_DIM
 
-def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[str]) -> nn.Module:
-    """Pretrained ResNet-18, everything frozen but a new seeded head and the `unfreeze` stages."""
-    check_unfreeze(unfreeze)
-    model = load_backbone(weights, seed)
-    model.fc = seeded_linear(FEATURE_DIM, classes, seed)
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    for name in ("fc", *unfreeze):
-        for parameter in getattr(model, name).parameters():
-            parameter.requires_grad_(True)
+def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[str] | None,
+                         backbone: str = DEFAULT_BACKBONE) -> nn.Module:
+    """The pretrained network with a new seeded head, everything frozen but the head and the `unfreeze`
+    modules (featcache.backbone.check_unfreeze); None means the family's last stage
+    (featcache.backbone.last_stage: ResNet's layer4)."""
+    model = with_new_head(load_network(weights, seed, backbone), backbone,
+                          lambda width: seeded_linear(width, classes, seed))
+    if unfreeze is None:
+        unfreeze = list(last_stage(model, backbone))
+    check_unfreeze(model, backbone, unfreeze)
+    model.requires_grad_(False)
+    for name in (model.head_name, *(module_path(model, module) for module in unfreeze)):
+        model.get_submodule(name).requires_grad_(True)
     return model
 
 
-def split_trunk(model: nn.Module, unfreeze: list[str]) -> tuple[nn.Sequential, nn.Sequential]:
-    """(frozen trunk, trainable rest) of a torchvision ResNet, split before the first unfrozen stage."""
-    order = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]
-    first = min(order.index(stage) for stage in unfreeze) if unfreeze else len(order)
-    trunk = nn.Sequential(*(getattr(model, name) for name in order[:first]))
-    rest = nn.Sequential(*(getattr(model, name) for name in order[first:]), nn.Flatten(1), model.fc)
+RESNET_ORDER = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]
+
+
+def split_trunk(model: nn.Module, unfreeze: list[str]) -> tuple[nn.Sequential, nn.Sequential] | None:
+    """(frozen trunk, trainable rest) of a torchvision ResNet, split before the first unfrozen stage, so
+    that the trunk runs without gradients and its test outputs are computed once; None for another
+    network, which runs whole (autograd records nothing below the first trainable module either way)."""
+    from torchvision.models import ResNet
+
+    if not isinstance(model, ResNet) or not set(unfreeze) <= set(RESNET_ORDER):
+        return None
+    first = min(RESNET_ORDER.index(stage) for stage in unfreeze) if unfreeze else len(RESNET_ORDER)
+    trunk = nn.Sequential(*(getattr(model, name) for name in RESNET_ORDER[:first]))
+    rest = nn.Sequential(*(getattr(model, name) for name in RESNET_ORDER[first:]), nn.Flatten(1), model.fc)
     return trunk, rest
 
 
 def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float = 1e-3,
-             lr_backbone: float = 1e-5, unfreeze: tuple[str, ...] = ("layer4",), frozen_bn: str = "eval",
+             lr_backbone: float = 1e-5, unfreeze: list[str] | None = None, frozen_bn: str = "eval",
              init_head: dict | None = None, log=tqdm.write, progress: bool = False, ranks=None,
-             checkpoint=None) -> tuple[nn.Module, dict]:
-    """Fine-tune the `unfreeze` stages and a new head with two learning rates.
+             checkpoint=None, backbone: str = DEFAULT_BACKBONE) -> tuple[nn.Module, dict]:
+    """Fine-tune the `unfreeze` modules (default: the backbone's last stage) and a new head with two
+    learning rates.
 
     frozen_bn="eval" keeps frozen modules in eval mode (BatchNorm statistics never change), which also
-    makes the frozen trunk's output on the test images fixed: computed once, reused every epoch.
+    makes a ResNet's frozen trunk's output on the test images fixed: computed once, reused every epoch.
     frozen_bn="train" reproduces the notebook (whole model in train mode). `ranks` and `checkpoint`:
     featcache.train.ddp (torchrun, and resuming a killed run).
     """
     ranks = ranks or Ranks()
-    unfreeze = list(unfreeze)
-    model = build_finetune_model(weights, len(data.classes), config.seed, unfreeze)
+    unfreeze = list(unfreeze) if unfreeze is not None else list(default_unfreeze(backbone))
+    model = build_finetune_model(weights, len(data.classes), config.seed, unfreeze, backbone)
     if init_head is not None:
         try:
-            model.fc.load_state_dict(init_head)
+            model.get_submodule(model.head_name).load_state_dict(init_head)
         except RuntimeError as error:
             raise FeatcacheError(f"`init_head` does not fit this head ({len(data.classes)} classes): {error}") from None
     model = ranks.sync_batchnorm(model.to(data.device).to(memory_format=torch.channels_last))
-    trunk, rest = split_trunk(model, unfreeze)
-    backbone_params = [p for name in unfreeze for p in getattr(model, name).parameters()]
-    optimizer = torch.optim.Adam([{"params": model.fc.parameters(), "lr": lr_head},
+    trained = [model.head_name, *(module_path(model, name) for name in unfreeze)]  # after sync_batchnorm's swaps
+    split = split_trunk(model, unfreeze)
+    trunk, rest = split if split is not None else (nn.Identity(), model)
+    backbone_params = [p for name in trained[1:] for p in model.get_submodule(name).parameters()]
+    optimizer = torch.optim.Adam([{"params": model.get_submodule(model.head_name).parameters(), "lr": lr_head},
                                   {"params": backbone_params, "lr": lr_backbone}])
 
     def set_train_mode():
@@ -71,8 +84,8 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
             model.train()
             return
         model.eval()
-        for name in ("fc", *unfreeze):  # only modules with trainable parameters train
-            getattr(model, name).train()
+        for name in trained:  # only modules with trainable parameters train
+            model.get_submodule(name).train()
 
     def train_inputs(epoch, shares):
         for views in data.view_batches("train", [share.tolist() for share in shares], 1 + epoch):
@@ -82,7 +95,7 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
 
     test_labels = data.test_labels.to(data.device)
     last = checkpoint.carry if checkpoint is not None else {}  # the latest epoch's test probabilities
-    if frozen_bn == "eval":
+    if frozen_bn == "eval" and split is not None:
         trunk.eval()
         first, stop = ranks.own(len(test_labels))  # this rank's test images
         with torch.no_grad():
@@ -97,7 +110,7 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
     else:
         def test_accuracy():
             model.eval()
-            accuracy, last["probabilities"] = evaluate(nn.Sequential(trunk, rest), data.test_batch, test_labels, ranks)
+            accuracy, last["probabilities"] = evaluate(model, data.test_batch, test_labels, ranks)
             return accuracy
 
     history = run_epochs(ranks.wrap(rest), optimizer, data.train_labels.to(data.device), train_inputs, test_accuracy,
@@ -106,12 +119,11 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
 
 
 def scratch(data: ImageData, config: EpochConfig, lr: float = 1e-3, log=tqdm.write,
-            progress: bool = False, ranks=None, checkpoint=None) -> tuple[nn.Module, dict]:
-    """ResNet-18 from a seeded random init, everything trained, same loop and augmentation."""
+            progress: bool = False, ranks=None, checkpoint=None, backbone: str = DEFAULT_BACKBONE) -> tuple[nn.Module, dict]:
+    """The backbone's network (ResNet-18) from a seeded random init, everything trained, same loop and
+    augmentation."""
     ranks = ranks or Ranks()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = resnet18(num_classes=len(data.classes))
+    model = scratch_network(backbone, len(data.classes), config.seed)
     model = ranks.sync_batchnorm(model.to(data.device).to(memory_format=torch.channels_last))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     test_labels = data.test_labels.to(data.device)
@@ -146,7 +158,7 @@ def reference_feature_extraction(data: ImageData, backbone: nn.Module, config: E
     cache with `views` augmented views sees; kept as the reference the cache is checked and timed against.
     """
     backbone = backbone.to(data.device).eval().to(memory_format=torch.channels_last)
-    heads = LinearHeads([seeded_linear(FEATURE_DIM, len(data.classes), config.seed)], [lr], [0.0])
+    heads = LinearHeads([seeded_linear(backbone.feature_dim, len(data.classes), config.seed)], [lr], [0.0])
 
     @torch.inference_mode()
     def train_batches(epoch, order, batch_size):

@@ -43,7 +43,12 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
     metrics; `model` is then DDP-wrapped. `checkpoint` (featcache.train.ddp.Checkpoint) saves the state after
     every epoch, of `saved` (default: the unwrapped model; the whole network when only part of it
     trains, as its frozen BatchNorm may still update), and restores a saved one first. Each epoch's line goes to `log` (tqdm.write keeps it
-    above an active progress bar)."""
+    above an active progress bar).
+
+    What a model draws at random while training (dropout, stochastic depth: torchvision's EfficientNet
+    and ConvNeXt, timm's drop_path) comes from torch's global generator, seeded at each epoch by
+    (seed, epoch, rank) and restored afterwards: the same command gives the same numbers, a resumed
+    run those of an unbroken one; N ranks draw other masks than one process (each its own rows)."""
     from .ddp import Ranks
 
     ranks = ranks or Ranks()
@@ -58,38 +63,40 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
         generator.set_state(state["generator"])
         history, first = state["history"], state["epoch"] + 1
     bar = tqdm(total=(config.epochs - first) * count, unit="img", desc="train", disable=not progress, dynamic_ncols=True)
-    for epoch in range(first, config.epochs):
-        set_train_mode()
-        order = torch.randperm(count, generator=generator)
-        loss_sum = torch.zeros((), device=labels.device)
-        correct = torch.zeros((), dtype=torch.long, device=labels.device)
-        batches = [order[start:start + config.batch_size] for start in range(0, count, config.batch_size)]
-        shares = [ranks.batch_share(batch) for batch in batches]
-        for batch, indices, inputs in zip(batches, shares, epoch_inputs(epoch, shares)):
-            target = labels[indices.to(labels.device)]
-            logits = model(inputs)
-            if ranks.world_size == 1:
-                loss = criterion(logits, target)
-                share_loss = loss.detach() * len(indices)
-            else:  # DDP averages over ranks: scaled so the step is the global batch's mean loss
-                share_loss = nn.functional.cross_entropy(logits, target, reduction="sum")
-                loss = share_loss * (ranks.world_size / len(batch))
-                share_loss = share_loss.detach()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += share_loss
-            correct += (logits.detach().argmax(1) == target).sum()
-            bar.update(len(batch))
-        history["train_loss"].append(ranks.sum(loss_sum).item() / count)
-        history["train_acc"].append(ranks.sum(correct).item() / count)
-        history["test_acc"].append(test_accuracy())
-        if log is not None:
-            log(log_epoch(epoch, config.epochs, *(history[k][-1] for k in ("train_loss", "train_acc", "test_acc"))))
-        if checkpoint is not None:
-            state = {"epoch": epoch, "history": history, "model": saved.state_dict(),
-                     "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-            ranks.on_main(lambda: checkpoint.save(state))
+    with torch.random.fork_rng(devices=[labels.device] if labels.device.type == "cuda" else []):
+        for epoch in range(first, config.epochs):
+            torch.manual_seed(hash((config.seed, epoch, ranks.rank)) & (2**63 - 1))  # ints hash alike in every process
+            set_train_mode()
+            order = torch.randperm(count, generator=generator)
+            loss_sum = torch.zeros((), device=labels.device)
+            correct = torch.zeros((), dtype=torch.long, device=labels.device)
+            batches = [order[start:start + config.batch_size] for start in range(0, count, config.batch_size)]
+            shares = [ranks.batch_share(batch) for batch in batches]
+            for batch, indices, inputs in zip(batches, shares, epoch_inputs(epoch, shares)):
+                target = labels[indices.to(labels.device)]
+                logits = model(inputs)
+                if ranks.world_size == 1:
+                    loss = criterion(logits, target)
+                    share_loss = loss.detach() * len(indices)
+                else:  # DDP averages over ranks: scaled so the step is the global batch's mean loss
+                    share_loss = nn.functional.cross_entropy(logits, target, reduction="sum")
+                    loss = share_loss * (ranks.world_size / len(batch))
+                    share_loss = share_loss.detach()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += share_loss
+                correct += (logits.detach().argmax(1) == target).sum()
+                bar.update(len(batch))
+            history["train_loss"].append(ranks.sum(loss_sum).item() / count)
+            history["train_acc"].append(ranks.sum(correct).item() / count)
+            history["test_acc"].append(test_accuracy())
+            if log is not None:
+                log(log_epoch(epoch, config.epochs, *(history[k][-1] for k in ("train_loss", "train_acc", "test_acc"))))
+            if checkpoint is not None:
+                state = {"epoch": epoch, "history": history, "model": saved.state_dict(),
+                         "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+                ranks.on_main(lambda: checkpoint.save(state))
     bar.close()
     return history
 

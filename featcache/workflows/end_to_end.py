@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
-from ..cache.key import BACKBONE
+from ..cache.key import BACKBONE, backbone_name
 from ..data.datasets import DataSpec
 from ..data.images import data_record, decoded_line, timed_load_images
 from ..data.transform import DEFAULT_IMAGE_SIZE, TRANSFORM_VERSION
@@ -27,6 +27,7 @@ def finetune(images, config: FinetuneConfig, *, out=None, overwrite: bool = Fals
              echo: Log | None = None, progress: bool = False, resume: bool = False) -> Run:
     """A new head and config.unfreeze trained on `images` (ImageData, or a DataSpec decoded here), the rest
     frozen; with `out`, a checkpoint after every epoch and `resume` from it."""
+    from ..backbone import default_unfreeze
     from ..train.end_to_end import finetune as finetune_model
 
     with ExitStack() as held:  # the run folder, from before decoding until the run is written
@@ -35,14 +36,16 @@ def finetune(images, config: FinetuneConfig, *, out=None, overwrite: bool = Fals
             log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
             data = data_record(images)
             images = _images_of(images, config, echo)
-            initial = _init_head_state(config.init_head, images.classes) if config.init_head is not None else None
-        record = {"weights": config.weights, "image_size": images.image_size, "epochs": config.epochs,
+            initial = _init_head_state(config.init_head, images.classes, config.backbone) \
+                if config.init_head is not None else None
+            unfreeze = list(config.unfreeze if config.unfreeze is not None else default_unfreeze(config.backbone))
+        record = {"backbone": config.backbone, "weights": config.weights, "image_size": images.image_size, "epochs": config.epochs,
                   "batch_size": config.batch_size, "seed": config.seed, "view_seed": images.view_seed,
-                  "lr_head": config.lr_head, "lr_backbone": config.lr_backbone, "unfreeze": list(config.unfreeze),
+                  "lr_head": config.lr_head, "lr_backbone": config.lr_backbone, "unfreeze": unfreeze,
                   "frozen_bn": config.frozen_bn, "init_head": _head_source(config.init_head), "data": data}
         return _train_on_ranks("fine-tuning", lambda images, **extra: finetune_model(
-            images, config.weights, _schedule(config), config.lr_head, config.lr_backbone, list(config.unfreeze),
-            config.frozen_bn, initial, log=log, progress=progress, **extra), images, config, record, folder, resume)
+            images, config.weights, _schedule(config), config.lr_head, config.lr_backbone, unfreeze, config.frozen_bn,
+            initial, log=log, progress=progress, backbone=config.backbone, **extra), images, config, record, folder, resume)
 
 
 def scratch(images, config: ScratchConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
@@ -56,10 +59,10 @@ def scratch(images, config: ScratchConfig, *, out=None, overwrite: bool = False,
             log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
             data = data_record(images)
             images = _images_of(images, config, echo)
-        record = {"image_size": images.image_size, "epochs": config.epochs, "batch_size": config.batch_size,
+        record = {"backbone": config.backbone, "image_size": images.image_size, "epochs": config.epochs, "batch_size": config.batch_size,
                   "seed": config.seed, "view_seed": images.view_seed, "lr": config.lr, "data": data}
         return _train_on_ranks("scratch", lambda images, **extra: scratch_model(
-            images, _schedule(config), config.lr, log=log, progress=progress, **extra),
+            images, _schedule(config), config.lr, log=log, progress=progress, backbone=config.backbone, **extra),
             images, config, record, folder, resume)
 
 
@@ -128,16 +131,17 @@ def _images_of(images, config: EndToEndConfig, echo: Log | None):
     return images
 
 
-def _init_head_state(init_head, classes: list[str]):
-    """The state dict of a head to start fine-tuning from: a Run, or a run directory."""
+def _init_head_state(init_head, classes: list[str], backbone: str):
+    """The state dict of a head to start fine-tuning from: a Run, or a run directory, trained on the
+    features of `backbone` (with any weights: fine-tuning starts from its own)."""
     trained = init_head if isinstance(init_head, Run) else Run.load(init_head)
     if trained.record.get("classes") not in (None, classes):
         raise FeatcacheError(f"`init_head` {_head_source(init_head)} was trained on classes "
                              f"{trained.record['classes']}, not {classes}")
-    backbone = trained.record.get("cache_attrs", {}).get("backbone", BACKBONE)
-    if backbone != BACKBONE:  # fine-tuning is ResNet-18's: another backbone's features mean other things
-        raise FeatcacheError(f"`init_head` {_head_source(init_head)} was trained on {backbone} features; "
-                             f"fine-tuning starts a head on {BACKBONE}'s")
+    trained_on = trained.record.get("cache_attrs", {}).get("backbone", BACKBONE)
+    if backbone_name(trained_on) != backbone:  # another backbone's features mean other things
+        raise FeatcacheError(f"`init_head` {_head_source(init_head)} was trained on {backbone_name(trained_on)} "
+                             f"features; fine-tuning starts a head on {backbone}'s")
     return trained.model.state_dict()
 
 

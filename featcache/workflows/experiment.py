@@ -28,13 +28,13 @@ def experiment(spec: CacheSpec, config: ExperimentConfig, out=None, *, overwrite
     from ..train.end_to_end import build_finetune_model
 
     echo = echo or (lambda line: None)
-    build_finetune_model(spec.weights, 2, spec.seed, list(config.unfreeze))  # the weights load, before any work
+    build_finetune_model(spec.weights, 2, spec.seed, config.unfreeze, spec.backbone)  # the weights load, before any work
     seeds = config.seed_list
     shared = {"epochs": config.epochs, "batch_size": config.batch_size, "seed": spec.seed}
-    scratch_config = ScratchConfig(**shared, lr=config.lr)
+    scratch_config = ScratchConfig(**shared, lr=config.lr, backbone=spec.backbone)
     finetune_config = FinetuneConfig(**shared, weights=spec.weights, lr_head=config.lr_head,
                                      lr_backbone=config.lr_backbone, unfreeze=config.unfreeze,
-                                     frozen_bn=config.frozen_bn)
+                                     frozen_bn=config.frozen_bn, backbone=spec.backbone)
     out = Path(out) if out is not None else default_run_dir("experiment")
     with ExitStack() as held:  # the three run folders, until the comparison is written
         folders = {approach: held.enter_context(claimed_by_rank(out / approach, approach, overwrite))
