@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ._version import __version__
-from .cache.key import DEFAULT_WEIGHTS, CacheSpec, ExtractConfig, ExtractResult
+from .cache.key import DEFAULT_WEIGHTS, CacheSpec, ExtractConfig, ExtractResult, check_backbone_name
 from .data.datasets import DataSpec
 from .data.transform import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size
 from .errors import FeatcacheError, ReportedElsewhere
@@ -267,26 +267,29 @@ def verify(path: str | Path) -> tuple[int, float]:
 
 
 def inspect(data: DataSpec, out: str | Path, *, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0,
-            count: int = 16, view: int = 1) -> list[dict]:
-    """ResNet-18's parameters per module and the share each approach trains (returned as table rows),
-    and a PNG grid at `out` of `count` training images as view `view` makes them."""
+            count: int = 16, view: int = 1, backbone: str = CacheSpec.backbone) -> list[dict]:
+    """The backbone's parameters per top-level module and the share each approach trains (returned as
+    table rows), and a PNG grid at `out` of `count` training images as view `view` makes them."""
     from .evaluate.report import inspect as inspect_views
 
-    return inspect_views(data, Path(out), check_image_size(image_size), seed, count, view)
+    check_backbone_name(backbone)
+    return inspect_views(data, Path(out), check_image_size(image_size), seed, count, view, backbone)
 
 
 def bench(data: DataSpec, out: str | Path, *, weights: str = DEFAULT_WEIGHTS, image_size: int = DEFAULT_IMAGE_SIZE,
           views: int = CacheSpec.views, epochs: int = EpochConfig.epochs, batch_size: int = EpochConfig.batch_size,
           extract_batch_size: int = ExtractConfig.batch_size, device: str = ExtractConfig.device,
           num_workers: int = ExtractConfig.num_workers, seed: int = 0, end_to_end: bool = True,
-          command: str = "featcache bench", log: Log | None = None) -> dict:
+          command: str = "featcache bench", log: Log | None = None, backbone: str = CacheSpec.backbone) -> dict:
     """featcache bench: every speed figure side by side in one process; writes bench.json and bench.md
     to `out` and returns the result with their paths and the Markdown."""
     from .ranks import resolve_device
     from .bench import bench_markdown, run_bench, write_bench
 
     check_image_size(image_size)
+    check_backbone_name(backbone)
     result = run_bench(data.load(), weights, image_size, views, epochs, batch_size, extract_batch_size,
-                       resolve_device(device), num_workers, seed, end_to_end, log=log or (lambda line: None))
+                       resolve_device(device), num_workers, seed, end_to_end, log=log or (lambda line: None),
+                       architecture=backbone)
     json_path, md_path = write_bench(result, Path(out), command)
     return {**result, "json": json_path, "md": md_path, "markdown": bench_markdown(result, command)}

@@ -244,11 +244,16 @@ def last_stage(model: nn.Module, name: str) -> tuple[str, ...]:
 
 
 def default_unfreeze(name: str) -> tuple[str, ...]:
-    """last_stage of the network `name`, from its structure alone (built on the meta device: no memory, no
-    init, no weights)."""
-    with torch.device("meta"):
-        model = with_new_head(untrained_network(name), name, lambda width: nn.Linear(width, 1))
-    return last_stage(model, name)
+    """last_stage of the network `name`, from its structure alone: built on the meta device (no memory,
+    no init, no weights) where its init code allows, else on the CPU."""
+    try:
+        with torch.device("meta"):
+            model = untrained_network(name)
+    except FeatcacheError:
+        raise
+    except Exception:  # init code that reads values (RegNet's) cannot run on meta tensors
+        model = untrained_network(name)
+    return last_stage(with_new_head(model, name, lambda width: nn.Linear(width, 1)), name)
 
 
 def _covering_modules(network: nn.Module, parameters: set[str]) -> tuple[str, ...]:

@@ -18,14 +18,15 @@ from torchvision import transforms
 
 from .data.images import ImageData, decode_all, decoded_chunks
 from .data.views import make_views
-from .backbone import load_backbone
+from .backbone import check_input_size, load_backbone
 from .cache.reader import load_cache
 from .cache.writer import extract
 from .data.datasets import Dataset
 from .train.heads import train_linear_head
 from .train.config import EpochConfig
 from .data.transform import IMAGENET_MEAN, IMAGENET_STD, resize_size
-from .cache.key import cache_provenance
+from .cache.key import backbone_name, cache_provenance
+from .settings import DEFAULT_BACKBONE
 from .evaluate.tables import markdown_table
 from .train.end_to_end import reference_feature_extraction
 
@@ -114,7 +115,8 @@ def _extraction_rank(rank: int, world_size: int, port: int, dataset: Dataset, we
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
     torch.set_num_threads(threads)
-    result = extract(dataset, load_backbone(weights, provenance["seed"]), provenance, Path(cache_dir),
+    result = extract(dataset, load_backbone(weights, provenance["seed"], backbone_name(provenance["backbone"])),
+                     provenance, Path(cache_dir),
                      batch_size=batch_size, progress=False, weights_source=weights)
     if rank == 0:
         results.put(result.images_per_second)
@@ -146,14 +148,16 @@ def machine_description(device: torch.device) -> dict:
 
 def run_bench(dataset: Dataset, weights: str, image_size: int, views: int, epochs: int, batch_size: int,
               extract_batch_size: int, device: torch.device, num_workers: int = 0, seed: int = 0,
-              end_to_end: bool = True, log=print) -> dict:
+              end_to_end: bool = True, log=print, architecture: str = DEFAULT_BACKBONE) -> dict:
     """Time every path on one dataset and config; returns all figures, ratios and target checks."""
-    backbone = load_backbone(weights, seed).to(device).eval().to(memory_format=torch.channels_last)
-    provenance = cache_provenance(dataset, weights, seed, image_size, views)
+    backbone = load_backbone(weights, seed, architecture)
+    check_input_size(backbone, architecture, image_size)
+    backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
+    provenance = cache_provenance(dataset, weights, seed, image_size, views, backbone=architecture)
     decoded_test = decode_all(dataset.test, image_size)
     probe_count = min(extract_batch_size, len(decoded_test))
     probe = make_views(decoded_test[:probe_count], list(range(probe_count)), 0, "test", seed, image_size, device)
-    figures = {"train_images": len(dataset.train), "test_images": len(dataset.test), "image_size": image_size,
+    figures = {"backbone": architecture, "feature_dim": backbone.feature_dim, "train_images": len(dataset.train), "test_images": len(dataset.test), "image_size": image_size,
                "views": views, "epochs": epochs, "batch_size": batch_size, "extract_batch_size": extract_batch_size}
 
     log("timing the bare backbone forward ...")

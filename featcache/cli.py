@@ -132,6 +132,7 @@ def train_end_to_end(options: dict, config_class, approach: str, single, seeds, 
 @weights_options
 @run_options(api.FinetuneConfig.batch_size, "Training batch size.", SEED_HELP)
 @option(api.FinetuneConfig, "epochs")
+@option(api.FinetuneConfig, "backbone")
 @finetune_options(api.FinetuneConfig)
 @option(api.FinetuneConfig, "init_head", type=click.Path(path_type=Path),
         help="Start the head from a train-head run directory instead of a random init.")
@@ -139,8 +140,8 @@ def train_end_to_end(options: dict, config_class, approach: str, single, seeds, 
 @seeds_option("the head's init and the shuffle (one run after another)")
 @out_options
 def finetune_command(**options):
-    """Fine-tune a pretrained ResNet-18 end to end: new head plus the --unfreeze stages, two learning
-    rates, the reference augmentation drawn fresh each epoch, test accuracy every epoch."""
+    """Fine-tune a pretrained backbone (ResNet-18) end to end: new head plus the --unfreeze modules, two
+    learning rates, the reference augmentation drawn fresh each epoch, test accuracy every epoch."""
     train_end_to_end(options, api.FinetuneConfig, "fine-tuning", api.finetune, api.finetune_seeds,
                      options["weights"])
 
@@ -151,11 +152,13 @@ def finetune_command(**options):
 @run_options(api.ScratchConfig.batch_size, "Training batch size.", SEED_HELP)
 @option(api.ScratchConfig, "epochs")
 @option(api.ScratchConfig, "lr")
+@option(api.ScratchConfig, "backbone")
 @end_to_end_options
 @seeds_option("the model's init and the shuffle (one run after another)")
 @out_options
 def scratch_command(**options):
-    """Train ResNet-18 from a seeded random init: every parameter, Adam, the reference augmentation."""
+    """Train the backbone's network (ResNet-18) from a seeded random init: every parameter, Adam, the
+    reference augmentation."""
     train_end_to_end(options, api.ScratchConfig, "scratch", api.scratch, api.scratch_seeds)
 
 
@@ -283,10 +286,12 @@ def fewshot_command(cache, shots, trials, probes, seed, knn_temperature, out):
               help="Which view to show: 0 clean, 1.. augmented (as extract caches them).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "inspect.png", show_default=True,
               help="PNG file of the image grid.")
-def inspect_command(out, image_size, seed, count, view, **options):
-    """Show ResNet-18's parameters per module, the share each approach trains, and a grid of
-    training images as augmented, with their class names."""
-    rows = api.inspect(data_spec(options), out, image_size=image_size, seed=seed, count=count, view=view)
+@option(api.CacheSpec, "backbone")
+def inspect_command(out, image_size, seed, count, view, backbone, **options):
+    """Show the backbone's parameters per module (ResNet-18's by default), the share each approach
+    trains, and a grid of training images as augmented, with their class names."""
+    rows = api.inspect(data_spec(options), out, image_size=image_size, seed=seed, count=count, view=view,
+                       backbone=backbone)
     click.echo(api.markdown_table(rows, ["module", "parameters", "feature_extraction", "fine_tuning"]))
     click.echo(f"wrote {out}")
 
@@ -297,6 +302,8 @@ def inspect_command(out, image_size, seed, count, view, **options):
 @run_options(api.ExperimentConfig.batch_size, "Training batch size (all three approaches).", SEED_HELP)
 @option(api.ExperimentConfig, "epochs")
 @option(api.ExperimentConfig, "lr")
+@option(api.CacheSpec, "backbone", help="The network of all three approaches: a torchvision classification model "
+        "by its registered name or timm:NAME.")
 @finetune_options(api.ExperimentConfig)
 @option(api.CacheSpec, "views", default=None, type=click.IntRange(min=1),
         help="Augmented views to cache. Default: --epochs, so every epoch sees a fresh augmentation as in the "
@@ -330,6 +337,7 @@ def experiment(**options):
 @option(api.CacheSpec, "views", help="Augmented views to extract.")
 @option(api.ExperimentConfig, "extract_batch_size", help="Images per backbone forward, for extraction and the "
                                                        "bare-forward ceiling.")
+@option(api.CacheSpec, "backbone")
 @click.option("--no-end-to-end", is_flag=True, help="Skip the (slow) end-to-end loop: throughput figures only.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "bench", show_default=True,
               help="Folder for bench.json and bench.md.")
@@ -343,7 +351,8 @@ def bench_command(**options):
                        image_size=options["image_size"], views=options["views"], epochs=options["epochs"],
                        batch_size=options["batch_size"], extract_batch_size=options["extract_batch_size"],
                        device=options["device"], num_workers=options["num_workers"], seed=options["seed"],
-                       end_to_end=not options["no_end_to_end"], command=command, log=click.echo)
+                       end_to_end=not options["no_end_to_end"], command=command, log=click.echo,
+                       backbone=options["backbone"])
     click.echo(result["markdown"])
     click.echo(f"wrote {result['json']} and {result['md']}")
 

@@ -118,19 +118,30 @@ def plot_confusion(per_class: dict, path: Path) -> Path:
     return Path(path)
 
 
-def parameter_table(model: nn.Module) -> list[dict]:
-    """Parameters per top-level module of a ResNet, and which approach trains them (notebook section 7)."""
+def parameter_table(model: nn.Module, fine_tuned: tuple[str, ...]) -> list[dict]:
+    """Parameters per top-level module of a network with a new head (featcache.backbone.with_new_head),
+    and which approach trains them (notebook section 7): feature extraction the head, fine-tuning the
+    head and the `fine_tuned` modules (a module fine-tuning trains in part is 'partly')."""
+    from ..backbone import network_of
+
+    network = network_of(model)
+    head = model.head_name.removeprefix("model.") if network is not model else model.head_name
+    trained = (head, *fine_tuned)
     rows = []
-    for name, module in model.named_children():
+    for name, module in network.named_children():
         count = sum(p.numel() for p in module.parameters())
+        inside = [t for t in trained if t == name or t.startswith(name + ".")]
         if count:
             rows.append({"module": name, "parameters": count,
-                         "feature_extraction": "trained" if name == "fc" else "frozen",
-                         "fine_tuning": "trained" if name in ("fc", "layer4") else "frozen"})
+                         "feature_extraction": "trained" if name == head else "partly" if head.startswith(name + ".")
+                         else "frozen",
+                         "fine_tuning": "trained" if name in trained else "partly" if inside else "frozen"})
     total = sum(row["parameters"] for row in rows)
     shares = []
+    counts = {"feature_extraction": sum(p.numel() for p in network.get_submodule(head).parameters()),
+              "fine_tuning": sum(p.numel() for name in trained for p in network.get_submodule(name).parameters())}
     for approach in ("feature_extraction", "fine_tuning"):
-        trained = sum(row["parameters"] for row in rows if row[approach] == "trained")
+        trained = counts[approach]
         shares.append({"module": f"trainable, {approach.replace('_', ' ')}", "parameters": trained,
                        approach: f"{100 * trained / total:.2f}%"})
     return rows + shares + [{"module": "total", "parameters": total}]
@@ -156,16 +167,16 @@ def image_grid(views: torch.Tensor, labels: list[str], path: Path, columns: int 
     return Path(path)
 
 
-def inspect(data, out: Path, image_size: int, seed: int, count: int, view: int) -> list[dict]:
-    """ResNet-18's parameter table, and a grid of `count` training images (spread over the classes) as
-    view `view` makes them, written to `out`."""
-    from torchvision.models import resnet18
-
+def inspect(data, out: Path, image_size: int, seed: int, count: int, view: int, backbone: str) -> list[dict]:
+    """The backbone's parameter table (fine-tuning's default last stage), and a grid of `count` training
+    images (spread over the classes) as view `view` makes them, written to `out`."""
+    from ..backbone import default_unfreeze, scratch_network
     from ..data.images import DecodedSplit
     from ..data.views import make_views
 
     dataset = data.load()
-    rows = parameter_table(resnet18(num_classes=len(dataset.classes)))
+    model = scratch_network(backbone, len(dataset.classes), seed)
+    rows = parameter_table(model, default_unfreeze(backbone))
     picks = np.linspace(0, len(dataset.train) - 1, min(count, len(dataset.train))).round().astype(int).tolist()
     decoded = DecodedSplit(dataset.train, image_size)
     views = make_views([decoded[i] for i in picks], picks, view, "train", seed, image_size)
