@@ -29,13 +29,14 @@ from .evaluate.runs import Run, SeedRuns, default_run_dir, read_run, seeds_line,
 from .evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 from .ranks import is_main_process, reported_once
 from .settings import UnknownSetting, as_seed_list, built
-from .train.config import EpochConfig, ExperimentConfig, FinetuneConfig, HeadConfig, ScratchConfig
+from .train.config import (BackbonesConfig, EpochConfig, ExperimentConfig, FinetuneConfig, HeadConfig,
+                           ScratchConfig)
 
 __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "UnknownSetting", "DataSpec", "CacheSpec", "ExtractConfig",
            "HeadConfig", "FinetuneConfig", "ScratchConfig", "ExperimentConfig", "Run", "SeedRuns", "extract",
            "open_cache", "train_head", "train_head_seeds", "load_images", "finetune", "finetune_seeds", "scratch",
            "scratch_seeds", "read_run", "compare", "experiment", "export", "load_model", "predict", "fewshot",
-           "verify", "inspect", "bench", "claim_run_dir", "default_run_dir", "is_main_process", "summary_line",
+           "verify", "inspect", "bench", "backbones", "BackbonesConfig", "claim_run_dir", "default_run_dir", "is_main_process", "summary_line",
            "seeds_line", "markdown_table", "SUMMARY_COLUMNS", "UNCERTAINTY_COLUMNS", "MIN_IMAGE_SIZE"]
 
 if TYPE_CHECKING:  # for annotations only: importing it needs torch
@@ -293,3 +294,19 @@ def bench(data: DataSpec, out: str | Path, *, weights: str = DEFAULT_WEIGHTS, im
                        architecture=backbone)
     json_path, md_path = write_bench(result, Path(out), command)
     return {**result, "json": json_path, "md": md_path, "markdown": bench_markdown(result, command)}
+
+
+def backbones(specs: list[CacheSpec], config: BackbonesConfig | None = None, *, labels: list | None = None,
+              out: str | Path | None = None, overwrite: bool = False, echo: Log | None = None,
+              progress: bool = False, **settings) -> dict:
+    """Backbones compared side by side on one dataset (Kornblith et al.'s question: which transfers best
+    to these images?). Each CacheSpec names a backbone with its weights and image size; they must share
+    the data, views and seed. Each cache is found or extracted, each backbone's bare forward timed in
+    this run, and every head of `config` (or BackbonesConfig's fields as keyword arguments: heads,
+    seeds, epochs, ...) trained over the same seeds on each, written to `out`/<label>/<head>/. Returns
+    the table rows, the paired comparisons (per head, every pair of backbones, with a verdict) and the
+    paths of backbones.md, .csv, .json and .png in `out`, with the wall time of the whole."""
+    from .workflows.backbones import compare_backbones
+
+    config = built(BackbonesConfig, config, settings, "backbones")
+    return compare_backbones(list(specs), labels, config, out, overwrite=overwrite, echo=echo, progress=progress)

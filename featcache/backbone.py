@@ -3,6 +3,7 @@ a local file or a seeded random init."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -341,6 +342,25 @@ def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
         reason = " ".join(str(error).split())[:150] or type(error).__name__
         raise FeatcacheError(f"`backbone` {name} cannot run a {image_size}-px image ({reason}); choose another "
                              "`image_size` or backbone") from None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a host timer counts it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_forward_throughput(backbone: nn.Module, batch: torch.Tensor, batches: int) -> float:
+    """Images/s of the backbone alone on one prepared batch (after a warm-up forward): the ceiling for
+    extraction, and the cost `featcache backbones` sets each backbone's accuracy against."""
+    with torch.inference_mode():
+        backbone(batch)  # warm-up: allocator, kernels
+        synchronize(batch.device)
+        started = time.perf_counter()
+        for _ in range(batches):
+            backbone(batch).float().cpu()
+        synchronize(batch.device)
+    return batches * len(batch) / (time.perf_counter() - started)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

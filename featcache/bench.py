@@ -18,7 +18,7 @@ from torchvision import transforms
 
 from .data.images import ImageData, decode_all, decoded_chunks
 from .data.views import make_views
-from .backbone import check_input_size, load_backbone
+from .backbone import bare_forward_throughput, check_input_size, load_backbone, synchronize
 from .cache.reader import load_cache
 from .cache.writer import extract
 from .data.datasets import Dataset
@@ -38,24 +38,6 @@ TARGETS = {  # ratio: (direction, target)
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def bare_forward_throughput(backbone, batch: torch.Tensor, batches: int) -> float:
-    """Images/s of the backbone alone on one prepared batch, the ceiling for extraction."""
-    device = batch.device
-    with torch.inference_mode():
-        backbone(batch)  # warm-up: allocator, kernels
-        _sync(device)
-        started = time.perf_counter()
-        for _ in range(batches):
-            backbone(batch).float().cpu()
-        _sync(device)
-    return batches * len(batch) / (time.perf_counter() - started)
-
-
 def bf16_agreement(backbone, batch: torch.Tensor) -> dict:
     """How far bf16-autocast features are from fp32 ones on the same batch, and its throughput."""
     device = batch.device
@@ -63,10 +45,10 @@ def bf16_agreement(backbone, batch: torch.Tensor) -> dict:
         reference = backbone(batch).float()
         with torch.autocast(device.type, dtype=torch.bfloat16):
             backbone(batch)  # warm-up
-            _sync(device)
+            synchronize(device)
             started = time.perf_counter()
             low = backbone(batch).float()
-            _sync(device)
+            synchronize(device)
             seconds = time.perf_counter() - started
     cosine = torch.nn.functional.cosine_similarity(reference, low, dim=1)
     return {"bf16_forward_images_per_s": len(batch) / seconds,
@@ -105,7 +87,7 @@ def featcache_pipeline_throughput(dataset: Dataset, image_size: int, batch_size:
     for start, images in decoded_chunks(dataset.train, image_size, ranges, num_workers, device):
         make_views(images, list(range(start, start + len(images))), 1, "train", 0, image_size, device)
         done += len(images)
-    _sync(device)
+    synchronize(device)
     return done / (time.perf_counter() - started)
 
 
@@ -210,7 +192,7 @@ def run_bench(dataset: Dataset, weights: str, image_size: int, views: int, epoch
                          torch.from_numpy(dataset.test.labels), dataset.classes, image_size, seed, device)
         started = time.perf_counter()
         reference_feature_extraction(data, backbone, config, 1e-3, views, log=None)
-        _sync(device)
+        synchronize(device)
         figures["end_to_end_s"] = time.perf_counter() - started
         ratios["head_speedup_vs_end_to_end"] = figures["end_to_end_s"] / figures["head_s"]
         ratios["first_run_speedup_vs_end_to_end"] = figures["end_to_end_s"] / figures["first_run_s"]

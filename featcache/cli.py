@@ -10,7 +10,7 @@ import click
 
 from . import api
 from .api import FeatcacheError, __version__
-from .cli_options import (SEED_HELP, CommaList, FriendlyGroup, api_default, cache_options, cache_spec, data_options,
+from .cli_options import (SEED_HELP, BackboneEntry, CommaList, FriendlyGroup, api_default, cache_options, cache_spec, data_options,
                           data_spec, end_to_end_options, epoch_printer, finetune_options, option, out_options, run_dir,
                           run_options, seeds_option, settings_of, weights_options)
 from .train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE
@@ -327,6 +327,48 @@ def experiment(**options):
     plots = " and ".join(str(path) for path in (comparison["png"], comparison["confusion_png"]) if path)
     click.echo(f"experiment finished in {result['seconds']:.1f} s; plots {plots}, tables {comparison['markdown']} "
                f"and {comparison['csv']}")
+
+
+@main.command("backbones")
+@data_options
+@click.option("--backbone", "entries", type=BackboneEntry(), multiple=True, required=True,
+              help="A backbone to compare, repeated for each: NAME (as extract's --backbone) with optional "
+                   "',weights=PATH|imagenet|random', ',image-size=S' and ',label=TEXT', e.g. "
+                   "'resnet18,weights=near.pth,image-size=64,label=near'. Unset parts take --weights and "
+                   "--image-size.")
+@option(api.CacheSpec, "weights", help="Weights of a backbone whose --backbone names none.")
+@option(api.CacheSpec, "image_size", help="Crop size of a backbone whose --backbone names none.")
+@option(api.CacheSpec, "seed", help="Seeds the augmented views and random weights (every backbone sees the same).")
+@cache_options
+@option(api.BackbonesConfig, "heads")
+@option(api.BackbonesConfig, "seeds")
+@option(api.BackbonesConfig, "epochs")
+@option(api.BackbonesConfig, "batch_size")
+@option(api.BackbonesConfig, "lr")
+@option(api.BackbonesConfig, "extract_batch_size")
+@option(api.BackbonesConfig, "device")
+@option(api.BackbonesConfig, "num_workers")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for backbones.md/.csv/.json/.png and the runs (<label>/<head>/seed-<k>/). Default: "
+                   "runs/backbones-<time>.")
+@click.option("--overwrite", is_flag=True, help="Replace runs already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress lines or bars.")
+def backbones_command(entries, **options):
+    """Compare backbones on one dataset: a cache per backbone (found or extracted), the cached heads
+    (linear, logreg, kNN) over seeds on each, and a table and plot of accuracy with its intervals
+    against forward images/s and feature size, with a paired verdict for every pair of backbones."""
+    specs = [api.CacheSpec(data_spec(options), entry.get("weights", options["weights"]),
+                           entry.get("image_size", options["image_size"]), options["views"], options["seed"],
+                           options["precision"], options["cache_dir"], entry["backbone"]) for entry in entries]
+    result = api.backbones(specs, labels=[entry.get("label") for entry in entries],
+                           out=options["out"] or api.default_run_dir("backbones"), overwrite=options["overwrite"],
+                           echo=None if options["quiet"] else click.echo, progress=not options["quiet"],
+                           **settings_of(api.BackbonesConfig, options))
+    click.echo(result["table"])
+    for comparison in result["comparisons"]:
+        click.echo(f"{comparison['head']}: {comparison['a']} - {comparison['b']}: {comparison['verdict']}")
+    click.echo(f"compared {len(specs)} backbones in {result['seconds']:.1f} s; wrote {result['markdown']}, "
+               f"{result['csv']}, {result['json']} and {result['png']}")
 
 
 @main.command("bench")

@@ -64,6 +64,28 @@ class CommaList(click.ParamType):
             raise FeatcacheError(f"`{param.name}` must be comma-separated {self.name}, got {value!r}") from None
 
 
+class BackboneEntry(click.ParamType):
+    """'NAME[,weights=W][,image-size=S][,label=L]': one backbone of `featcache backbones`, as a dict of
+    what it sets (backbone, weights, image_size, label)."""
+
+    name = "backbone"
+    KEYS = ("weights", "image-size", "label")
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        name, *settings = [part.strip() for part in str(value).split(",")]
+        entry = {"backbone": name}
+        for part in settings:
+            key, equals, setting = part.partition("=")
+            if not equals or key not in self.KEYS or not setting:
+                raise FeatcacheError(f"`backbone` {value}: {part!r} is not weights=W, image-size=S or label=L")
+            if key == "image-size" and not setting.isdigit():
+                raise FeatcacheError(f"`backbone` {value}: image-size must be a whole number of pixels")
+            entry[key.replace("-", "_")] = int(setting) if key == "image-size" else setting
+        return entry
+
+
 FIELD_TYPES = {"int": int, "int | None": int, "float": float, "float | None": float, "str": str, "str | None": str,
                "Path": click.Path(path_type=Path), "Path | None": click.Path(path_type=Path),
                "tuple[float, ...]": CommaList(float), "tuple[str, ...]": CommaList(str),

@@ -118,7 +118,10 @@ import featcache
 bad = ((featcache.HeadConfig, {"sweep": True, "sweep_lrs": (-1.0,)}, "sweep_lrs"),
        (featcache.HeadConfig, {"val_fraction": 1.0}, "val_fraction"),
        (featcache.HeadConfig, {"head": "svm"}, "head"),
-       (featcache.FinetuneConfig, {"unfreeze": ("layer9",)}, "unfreeze"),
+       (featcache.FinetuneConfig, {"unfreeze": ("layer4/x",)}, "unfreeze"),
+       (featcache.ScratchConfig, {"backbone": "ResNet-18"}, "backbone"),
+       (featcache.BackbonesConfig, {"heads": ("linear", "svm")}, "heads"),
+       (featcache.BackbonesConfig, {"seeds": "3-1"}, "seeds"),
        (featcache.ScratchConfig, {"max_memory": "lots"}, "max_memory"),
        (featcache.ExperimentConfig, {"seeds": "3-1"}, "seeds"),
        (featcache.ExtractConfig, {"shard_size": 0}, "shard_size"))

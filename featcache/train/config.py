@@ -210,3 +210,36 @@ class ExperimentConfig:
     @property
     def seed_list(self) -> list[int] | None:
         return as_seed_list(self.seeds) if self.seeds is not None else None
+
+
+@dataclass(frozen=True)
+class BackbonesConfig:
+    """Backbones compared on one dataset (featcache.api.backbones): one cache per backbone, then every
+    cached head over the same seeds on each."""
+
+    heads: tuple[str, ...] = setting(HEADS, "Comma-separated heads trained on every backbone's cache: linear, "
+                                     "logreg, knn.")
+    seeds: object = setting("0-4", "Training seeds of every head ('A-B', '0,3,7' or a count N: seeds 0..N-1); seed "
+                            "k of one backbone is paired with seed k of another.")
+    epochs: int = like(EpochConfig, "epochs")
+    batch_size: int = like(EpochConfig, "batch_size")
+    lr: float = like(HeadConfig, "lr")
+    extract_batch_size: int = like(ExtractConfig, "batch_size", "Images per backbone forward, for extraction and "
+                                   "the forward timing.")
+    device: str = like(ExtractConfig, "device")
+    num_workers: int = like(ExtractConfig, "num_workers")
+
+    def __post_init__(self):
+        EpochConfig(self.epochs, self.batch_size)
+        if not self.heads:
+            raise FeatcacheError("`heads` must name at least one of " + ", ".join(HEADS))
+        for head in self.heads:
+            check_choice("heads", head, HEADS)
+        check_positive("lr", self.lr)
+        check_at_least("extract_batch_size", self.extract_batch_size, 1)
+        check_at_least("num_workers", self.num_workers, 0)
+        as_seed_list(self.seeds)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return as_seed_list(self.seeds)

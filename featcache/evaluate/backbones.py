@@ -1,0 +1,96 @@
+"""What `featcache backbones` writes: per backbone and head, the accuracy over seeds with both
+intervals against the backbone's cost (forward images/s, feature size), a plot of the same, and the
+paired comparisons between backbones (compare's statistics: same test images, same seeds)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from .comparison import comparisons_markdown, correctness, load_group, paired_comparisons
+from .stats import bootstrap_interval, t_interval
+from .tables import markdown_table
+
+COLUMNS = ["backbone", "head", "image_size", "feature_dim", "forward_images_per_s", "extract_s", "seeds",
+           "test_acc", "test_acc_std", "test_acc_ci95_seeds", "test_acc_ci95_test_images"]
+HEAD_COLOURS = {"linear": "tab:blue", "logreg": "tab:orange", "knn": "tab:green"}
+
+
+def write_report(entries: list[dict], heads: tuple[str, ...], out: Path) -> dict:
+    """backbones.md, .csv, .json and .png in `out` from each entry (a backbone: label, image size,
+    feature size, forward images/s, extraction seconds, and its heads' folders of seeds)."""
+    rows, comparisons = [], []
+    for head in heads:
+        groups = []
+        for entry in entries:
+            group = load_group(Path(entry["folders"][head]))
+            group["label"] = entry["label"]
+            groups.append(group)
+            rows.append(_row(entry, head, group))
+        comparisons += [{**comparison, "head": head} for comparison in paired_comparisons(groups)]
+    out = Path(out)
+    png = _plot(rows, heads, out / "backbones.png")
+    markdown = out / "backbones.md"
+    markdown.write_text(
+        "# Backbones compared\n\n" + markdown_table(rows, COLUMNS) + "\n\n"
+        "test_acc is the mean final test accuracy over the seeds; test_acc_ci95_seeds its t-interval over seeds, "
+        "test_acc_ci95_test_images a bootstrap over test images. forward_images_per_s is the bare frozen backbone "
+        "at its image size, timed in this run; extract_s the extraction's wall time when this run extracted the "
+        "cache (blank: found).\n"
+        + "".join(comparisons_markdown([c for c in comparisons if c["head"] == head]).replace(
+            "## Paired comparisons", f"## Paired comparisons, {head} head") for head in heads))
+    csv_path = out / "backbones.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({column: row.get(column, "") for column in COLUMNS} for row in rows)
+    json_path = out / "backbones.json"
+    json_path.write_text(json.dumps({"backbones": entries, "rows": rows, "comparisons": comparisons}, indent=2,
+                                    default=str) + "\n")
+    return {"rows": rows, "comparisons": comparisons, "png": png, "markdown": markdown, "csv": csv_path,
+            "json": json_path, "table": markdown_table(rows, COLUMNS)}
+
+
+def _row(entry: dict, head: str, group: dict) -> dict:
+    accuracies = [run["test_acc"][-1] for run in group["runs"]]
+    seeds = t_interval(accuracies)
+    row = {"backbone": entry["label"], "head": head, "image_size": entry["image_size"],
+           "feature_dim": entry["feature_dim"], "forward_images_per_s": entry["forward_images_per_s"],
+           "extract_s": entry["extract_s"] if entry["extract_s"] is not None else "", "seeds": seeds["n"],
+           "test_acc": seeds["mean"], "test_acc_std": seeds["std"] if seeds["std"] is not None else "",
+           "low": seeds["low"], "high": seeds["high"],
+           "test_acc_ci95_seeds": f"[{seeds['low']:.4f}, {seeds['high']:.4f}]" if seeds["low"] is not None else ""}
+    correct = correctness(group)
+    if correct is not None:
+        images = bootstrap_interval(correct[1])
+        row["test_acc_ci95_test_images"] = f"[{images['low']:.4f}, {images['high']:.4f}]"
+    return row
+
+
+def _plot(rows: list[dict], heads: tuple[str, ...], path: Path) -> Path:
+    """Accuracy (mean, seed interval as error bar) against forward images/s and against feature size."""
+    figure = Figure(figsize=(13, 4.8))
+    axes = figure.subplots(1, 2, sharey=True)
+    for axis, key, title in ((axes[0], "forward_images_per_s", "bare forward images/s (log)"),
+                             (axes[1], "feature_dim", "feature size (log)")):
+        for head in heads:
+            mine = [row for row in rows if row["head"] == head]
+            means = [row["test_acc"] for row in mine]
+            errors = [[row["test_acc"] - (row["low"] if row["low"] is not None else row["test_acc"]) for row in mine],
+                      [(row["high"] if row["high"] is not None else row["test_acc"]) - row["test_acc"] for row in mine]]
+            axis.errorbar([row[key] for row in mine], means, yerr=errors, fmt="o", capsize=3, label=head,
+                          color=HEAD_COLOURS.get(head))
+        for row in rows:
+            if row["head"] == heads[0]:
+                axis.annotate(row["backbone"], (row[key], row["test_acc"]), textcoords="offset points", xytext=(6, 6),
+                              fontsize=8)
+        axis.set_xscale("log")
+        axis.set_xlabel(title)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("final test accuracy (mean over seeds, 95% interval)")
+    axes[0].legend(title="head", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
