@@ -131,9 +131,10 @@ def load_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int 
 def finetune(images: ImageData | DataSpec, weights: str | None = None, config: FinetuneConfig | None = None, *,
              out: str | Path | None = None, overwrite: bool = False, log: Log | None = None, echo: Log | None = None,
              progress: bool = False, resume: bool = False, **settings) -> Run:
-    """Fine-tune a pretrained ResNet-18 (`weights`: 'imagenet', 'random' or a state dict's path) on
-    `images` (from load_images, or a DataSpec to decode at `image_size`, default 224, on `device`; the
-    views are seeded by `seed`): a new head (lr_head) and the `unfreeze` stages (lr_backbone), the rest
+    """Fine-tune a pretrained `backbone` (default ResNet-18; `weights`: 'imagenet', 'random' or a state
+    dict's path) on `images` (from load_images, or a DataSpec to decode at `image_size`, default 224, on
+    `device`; the views are seeded by `seed`): a new head (lr_head) and the `unfreeze` modules, default the
+    family's last stage (lr_backbone; featcache.backbone.last_stage), the rest
     frozen in eval mode (frozen_bn='train': the notebook's everything-in-train-mode). `init_head` starts
     the head from a Run or a run directory. `config` or FinetuneConfig's fields as keyword arguments.
     Under torchrun every rank trains its share of each batch (featcache.train.ddp); with `out`, a
@@ -149,7 +150,8 @@ def finetune(images: ImageData | DataSpec, weights: str | None = None, config: F
 def scratch(images: ImageData | DataSpec, config: ScratchConfig | None = None, *, out: str | Path | None = None,
             overwrite: bool = False, log: Log | None = None, echo: Log | None = None, progress: bool = False,
             resume: bool = False, **settings) -> Run:
-    """ResNet-18 from a seeded random init on `images` (as finetune): every parameter, Adam, the reference
+    """The `backbone`'s network (default ResNet-18) from a seeded random init on `images` (as finetune):
+    every parameter, Adam, the reference
     augmentation drawn fresh each epoch. `config` or ScratchConfig's fields; torchrun and `resume` as
     finetune."""
     from .workflows.end_to_end import scratch as train

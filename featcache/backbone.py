@@ -88,11 +88,14 @@ def timm_model(name: str, pretrained: bool, classes: int = 1000) -> nn.Module:
         close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:3]
         raise FeatcacheError(f"`backbone` {TIMM}{name} is not a timm model"
                              + (f" (did you mean {', '.join(close)}?)" if close else "") + "; see timm.list_models()")
-    try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=classes)
+    try:  # the model's own number of classes unless told otherwise (an in21k tag's head is not 1000)
+        return timm.create_model(name, pretrained=pretrained, **({"num_classes": classes} if classes != 1000 else {}))
     except Exception as error:  # no network, no cached file: huggingface_hub and urllib raise many kinds
-        raise FeatcacheError(f"timm could not load the pretrained weights of {name} ({type(error).__name__}: "
-                             f"{' '.join(str(error).split())[:150]}); pass `weights` PATH to a local file") from None
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:150]}"
+        if not pretrained:
+            raise FeatcacheError(f"timm could not build {name} ({reason})") from None
+        raise FeatcacheError(f"timm could not load the pretrained weights of {name} ({reason}); pass `weights` "
+                             "PATH to a local file") from None
 
 
 class Renormalized(nn.Module):
@@ -230,8 +233,8 @@ def last_stage(model: nn.Module, name: str) -> tuple[str, ...]:
             stages = network.get_submodule(path)
         except AttributeError:
             continue
-        blocks = [child for child, module in stages.named_children()  # torchvision's final 1x1 conv is not a stage
-                  if type(module).__name__ != "Conv2dNormActivation" and any(True for _ in module.parameters())]
+        blocks = [child for child, module in stages.named_children()
+                  if not _is_final_conv(module) and any(True for _ in module.parameters())]
         if blocks:
             stage = f"{path}.{blocks[-1]}"
             break
@@ -239,22 +242,57 @@ def last_stage(model: nn.Module, name: str) -> tuple[str, ...]:
         raise FeatcacheError(f"`backbone` {name} ({family}) has no default last stage to fine-tune; name the "
                              f"modules to train with `unfreeze` (its top-level modules: {_top_level(network)})")
     names = [key for key, _ in network.named_parameters()]
-    head = model.head_name.removeprefix("model.") if isinstance(model, Renormalized) else model.head_name
+    head = own_head_name(model)
     first = next(k for k, key in enumerate(names) if key.startswith(stage + "."))
     return _covering_modules(network, {key for key in names[first:] if not key.startswith(head + ".")})
 
 
+def network_structure(name: str) -> nn.Module:
+    """The network `name` without weights, for what its structure alone answers (module names, parameter
+    counts): built on the meta device (no memory, no init) where its init code allows, else initialised
+    on the CPU; the caller's random state is untouched either way."""
+    with torch.random.fork_rng(devices=[]):
+        try:
+            with torch.device("meta"):
+                return untrained_network(name)
+        except Exception:  # init code that reads values (RegNet's) cannot run on meta tensors; a real error recurs
+            return untrained_network(name)
+
+
 def default_unfreeze(name: str) -> tuple[str, ...]:
-    """last_stage of the network `name`, from its structure alone: built on the meta device (no memory,
-    no init, no weights) where its init code allows, else on the CPU."""
-    try:
-        with torch.device("meta"):
-            model = untrained_network(name)
-    except FeatcacheError:
-        raise
-    except Exception:  # init code that reads values (RegNet's) cannot run on meta tensors
-        model = untrained_network(name)
-    return last_stage(with_new_head(model, name, lambda width: nn.Linear(width, 1)), name)
+    """last_stage of the network `name`, from its structure alone."""
+    with torch.random.fork_rng(devices=[]):
+        return last_stage(with_new_head(network_structure(name), name, lambda width: nn.Linear(width, 1)), name)
+
+
+def check_trainable(name: str, image_size: int, unfreeze) -> tuple[str, ...]:
+    """Before any image is decoded: the network `name` (its library's init, no weights) runs an
+    `image_size` image and has the `unfreeze` modules (None: its family's last stage); returns them."""
+    with torch.random.fork_rng(devices=[]):
+        model = with_new_head(untrained_network(name), name, lambda width: nn.Linear(width, 1))
+    check_input_size(model, name, image_size)
+    unfreeze = tuple(unfreeze) if unfreeze is not None else last_stage(model, name)
+    check_unfreeze(model, name, unfreeze)
+    return unfreeze
+
+
+def backbone_parameters(name: str) -> int:
+    """Parameters of the backbone `name` without its classifier (11,176,512 for ResNet-18)."""
+    model = with_new_head(network_structure(name), name, lambda width: nn.Identity())
+    return sum(p.numel() for p in model.parameters())
+
+
+def own_head_name(model: nn.Module) -> str:
+    """with_new_head's head, by its name in the library's own network (network_of)."""
+    return model.head_name.removeprefix("model.") if isinstance(model, Renormalized) else model.head_name
+
+
+def _is_final_conv(module: nn.Module) -> bool:
+    """torchvision's and timm's final 1x1 convolution among a network's stages (alone, or alone in a
+    Sequential as in timm's MobileNetV3): what follows the last stage, not a stage."""
+    while isinstance(module, nn.Sequential) and len(module) == 1 and type(module) is nn.Sequential:
+        module = module[0]
+    return type(module).__name__ in ("Conv2dNormActivation", "ConvBnAct")
 
 
 def _covering_modules(network: nn.Module, parameters: set[str]) -> tuple[str, ...]:
@@ -272,17 +310,23 @@ def _top_level(network: nn.Module) -> str:
 
 
 def check_unfreeze(model: nn.Module, name: str, unfreeze) -> None:
-    """Each of `unfreeze` names a module of the network with parameters, and not its head: one line if not."""
-    network = network_of(model)
-    head = model.head_name.removeprefix("model.") if isinstance(model, Renormalized) else model.head_name
+    """Each of `unfreeze` names a module of the network with parameters, apart from its head and from each
+    other (a parameter in two of them would be trained twice): one line if not."""
+    network, head = network_of(model), own_head_name(model)
     for module in unfreeze:
         try:
             found = network.get_submodule(module)
         except AttributeError:
             found = None
-        if found is None or module == head or not any(True for _ in found.parameters()):
-            raise FeatcacheError(f"`unfreeze`: {module} is not a module of {name} with parameters besides its head; "
-                                 f"its top-level modules: {_top_level(network)}")
+        if found is None or not any(True for _ in found.parameters()):
+            raise FeatcacheError(f"`unfreeze`: {module} is not a module of {name} with parameters; its top-level "
+                                 f"modules: {_top_level(network)}")
+        if module == head or head.startswith(module + "."):
+            raise FeatcacheError(f"`unfreeze`: {module} holds {name}'s new head ({head}), which always trains; name "
+                                 "the modules before it")
+        inside = [other for other in unfreeze if other != module and module.startswith(other + ".")]
+        if inside or list(unfreeze).count(module) > 1:
+            raise FeatcacheError(f"`unfreeze`: {module} is named twice (or inside {', '.join(inside)})")
 
 
 def module_path(model: nn.Module, module: str) -> str:

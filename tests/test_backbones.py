@@ -101,16 +101,17 @@ def test_the_efficientnet_lite0_wheel_loads_into_timm_as_the_wheels_own_model():
 
 
 @pytest.mark.slow
-def test_a_timm_model_goes_from_extraction_to_predictions(image_folder, tmp_path, run_cli):
+@pytest.mark.parametrize("name, width", [("tf_efficientnet_lite0", 1280), ("convnext_atto", 320)])
+def test_a_timm_model_goes_from_extraction_to_predictions(image_folder, tmp_path, run_cli, name, width):
     pytest.importorskip("timm", reason="timm is in the test extra: pip install -e '.[test]'")
     common = ["--data", image_folder, "--weights", "random", "--image-size", 32, "--views", 1,
-              "--cache-dir", tmp_path / "cache", "--backbone", "timm:tf_efficientnet_lite0"]
+              "--cache-dir", tmp_path / "cache", "--backbone", f"timm:{name}"]
     assert run_cli("extract", *common).exit_code == 0
     [cache] = (tmp_path / "cache").glob("*.h5")
-    assert "-timm-tf_efficientnet_lite0-32px-" in cache.name
+    assert f"-timm-{name}-32px-" in cache.name
     assert run_cli("train-head", *common, "--epochs", 2, "--out", tmp_path / "head", "--quiet").exit_code == 0
     run = featcache.Run.load(tmp_path / "head")
-    assert run.model.in_features == 1280
+    assert run.model.in_features == width
     exported = run_cli("export", tmp_path / "head", "--out", tmp_path / "model.pt2")
     assert exported.exit_code == 0, exported.output
     predicted = featcache.predict(tmp_path / "model.pt2", [image_folder / "test"], tmp_path / "predictions.csv",

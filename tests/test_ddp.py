@@ -222,3 +222,27 @@ def test_seeds_resume_keeps_finished_seeds_and_finishes_the_killed_one(folder, t
     assert not (out / "seed-1" / "checkpoint.pt").exists()
     assert json.loads((out / "seeds.json").read_text())["final_test_acc"] == \
         json.loads((tmp_path / "whole" / "seeds.json").read_text())["final_test_acc"]
+
+
+def test_a_timm_network_on_two_gloo_ranks_trains_what_one_process_trains(folder, tmp_path):
+    """timm's tf_efficientnet_lite0, its default last stage (blocks.6, conv_head, bn2) fine-tuned: its
+    BatchNormAct2d layers are synced with their activation kept (without it the two runs part at the first
+    step), and it draws nothing at random, so 2 ranks compute what 1 does."""
+    pytest.importorskip("timm", reason="timm is in the test extra: pip install -e '.[test]'")
+    name = "timm:tf_efficientnet_lite0"
+    runs = {ranks: subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                   str(ranks), "-m", "featcache", "finetune", "--data", str(folder), "--weights", "random",
+                                   "--image-size", "32", "--per-class", "7", "--batch-size", "8", "--epochs", "1",
+                                   "--lr-backbone", "1e-3", "--backbone", name, "--quiet", "--out", str(tmp_path / str(ranks))],
+                                  capture_output=True, text=True, timeout=600)
+            for ranks in (1, 2)}
+    for result in runs.values():
+        assert result.returncode == 0, result.stderr
+    (history, weights, _), (ref_history, ref_weights, _) = read(tmp_path / "2"), read(tmp_path / "1")
+    np.testing.assert_allclose(history["train_loss"], ref_history["train_loss"], rtol=1e-3)
+    assert history["test_acc"] == ref_history["test_acc"]
+    init = build_finetune_model("random", 3, 0, None, name).state_dict()
+    names = [key for key in weights if weights[key].is_floating_point()]
+    differences = torch.stack([(weights[key] - ref_weights[key]).norm() for key in names])
+    updates = torch.stack([(ref_weights[key] - init[key]).norm() for key in names])
+    assert updates.norm() > 0 and differences.norm() <= 0.03 * updates.norm()

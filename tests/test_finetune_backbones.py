@@ -4,7 +4,6 @@ activation survives synced BatchNorm, and a fine-tuned non-ResNet run loads, exp
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import featcache
 from featcache.backbone import default_unfreeze, load_backbone
@@ -14,6 +13,7 @@ from featcache.data.images import ImageData, decode_all
 from featcache.train.config import EpochConfig
 from featcache.train.end_to_end import build_finetune_model, reference_feature_extraction
 from featcache.train.heads import train_linear_head
+from featcache.train.loop import seeded_linear
 
 from conftest import assert_clean_failure
 
@@ -26,6 +26,7 @@ LAST_STAGES = {  # what each family's default --unfreeze trains besides the head
     "timm:tf_efficientnet_lite0": ("blocks.6", "conv_head", "bn2"),
     "timm:convnext_atto": ("stages.3", "head.norm"),
     "timm:vit_tiny_patch16_224": ("blocks.11", "norm"),
+    "timm:mobilenetv3_small_100": ("blocks.4", "blocks.5", "conv_head"),  # blocks.5: a lone 1x1 ConvBnAct
 }
 
 
@@ -66,10 +67,10 @@ def test_finetune_trains_the_last_stage_and_nothing_else_with_the_same_numbers_t
 
 
 @pytest.mark.slow
-def test_a_finetuned_mobilenet_loads_exports_and_predicts(image_folder, tmp_path, run_cli):
+def test_a_finetuned_mobilenet_loads_exports_and_predicts(image_folder, tmp_path, run_cli, monkeypatch):
     """finetune --backbone mobilenet_v3_small: the run records its backbone and the modules it trained,
     Run.load rebuilds it, the exported file predicts the test folder with the run's accuracy; scratch on
-    the same backbone loads too."""
+    the same backbone loads too, and a network torch.export cannot trace is refused in one line."""
     common = ["--data", image_folder, "--image-size", 32, "--epochs", 1, "--batch-size", 8, "--quiet",
               "--backbone", "mobilenet_v3_small"]
     tuned = run_cli("finetune", *common, "--weights", "random", "--out", tmp_path / "ft")
@@ -88,6 +89,15 @@ def test_a_finetuned_mobilenet_loads_exports_and_predicts(image_folder, tmp_path
     assert scratch.exit_code == 0, scratch.output
     assert featcache.Run.load(tmp_path / "scratch").model.classifier[3].out_features == 3
 
+    def untraceable(*args, **kwargs):  # as torch.export fails on code it cannot trace (pages of detail)
+        raise RuntimeError("Could not guard on data-dependent expression\nand forty more lines")
+
+    monkeypatch.setattr(torch.export, "export", untraceable)
+    assert_clean_failure(run_cli("export", tmp_path / "scratch", "--out", tmp_path / "scratch.pt2"),
+                         "torch.export cannot trace the network of", "torchvision.mobilenet_v3_small",
+                         "Could not guard on data-dependent expression and forty more lines")
+    assert not (tmp_path / "scratch.pt2").exists()
+
 
 def test_unknown_families_and_modules_are_one_line(image_folder, tmp_path, run_cli):
     common = ["--data", image_folder, "--weights", "random", "--image-size", 32, "--epochs", 1, "--quiet"]
@@ -99,7 +109,32 @@ def test_unknown_families_and_modules_are_one_line(image_folder, tmp_path, run_c
                          "--unfreeze: layer4 is not a module of efficientnet_b0", "features, classifier")
     assert_clean_failure(run_cli("finetune", *common, "--unfreeze", "layer4/x", "--out", tmp_path / "c"),
                          "--unfreeze: layer4/x is not a module name")
+    assert_clean_failure(run_cli("finetune", *common, "--backbone", "efficientnet_b0", "--unfreeze",
+                                 "features.8,classifier", "--out", tmp_path / "d"),
+                         "--unfreeze: classifier holds efficientnet_b0's new head (classifier.1)")
+    assert_clean_failure(run_cli("finetune", *common, "--unfreeze", "layer4,layer4.1", "--out", tmp_path / "e"),
+                         "--unfreeze: layer4.1 is named twice (or inside layer4)")
+    for command, extra in (("finetune", common), ("scratch", common[:2] + common[4:])):  # before any decoding
+        assert_clean_failure(run_cli(command, *extra, "--backbone", "vit_b_16", "--out", tmp_path / command),
+                             "vit_b_16 cannot run a 32-px image")
     assert not any(tmp_path.iterdir())  # refused before any run folder was written
+
+
+def test_a_run_from_before_backbones_resumes_as_resnet18(image_folder, tmp_path, run_cli):
+    """history.json without `backbone` (written before --backbone): --resume finds it finished with the
+    same options, and it loads as a ResNet-18."""
+    import json
+
+    common = ["--data", image_folder, "--weights", "random", "--image-size", 32, "--epochs", 1, "--quiet",
+              "--out", tmp_path / "ft"]
+    assert run_cli("finetune", *common).exit_code == 0
+    history = json.loads((tmp_path / "ft" / "history.json").read_text())
+    del history["config"]["backbone"]
+    (tmp_path / "ft" / "history.json").write_text(json.dumps(history))
+    resumed = run_cli("finetune", *common, "--resume", "--overwrite")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((tmp_path / "ft" / "history.json").read_text()) == history  # kept as it was
+    assert featcache.Run.load(tmp_path / "ft").model.fc.out_features == 3
 
 
 def test_synced_batchnorm_keeps_timms_activation():
@@ -144,4 +179,35 @@ def test_cached_training_equals_the_end_to_end_loop_on_a_non_resnet_backbone(ima
     assert torch.allclose(head.weight, reference_head.weight, atol=1e-4)
     assert np.allclose(history["train_loss"], reference["train_loss"], atol=1e-4)
     assert history["test_acc"] == reference["test_acc"]
-    assert not torch.equal(head.weight, nn.Linear(1024, 3).weight)
+    assert not torch.equal(head.weight, seeded_linear(1024, 3, config.seed).weight)  # it trained
+
+
+def test_backbones_side_by_side(image_folder, tmp_path, run_cli):
+    """featcache backbones: one cache per backbone (each its own image size), every head over the same seeds
+    on each, a row per backbone and head, a paired comparison per pair and head, the runs on disk; a lone
+    backbone or two labelled alike are one line."""
+    common = ["--data", image_folder, "--weights", "random", "--image-size", 32, "--views", 2, "--cache-dir",
+              tmp_path / "cache", "--seeds", "0-2", "--epochs", 2, "--heads", "linear,knn", "--quiet"]
+    result = run_cli("backbones", *common, "--backbone", "resnet18", "--backbone",
+                     "mobilenet_v3_small,image-size=48,label=mnv3", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    report = __import__("json").loads((tmp_path / "out" / "backbones.json").read_text())
+    rows = {(row["backbone"], row["head"]): row for row in report["rows"]}
+    assert set(rows) == {(label, head) for label in ("resnet18 (random)", "mnv3") for head in ("linear", "knn")}
+    assert rows["mnv3", "knn"]["feature_dim"] == 1024 and rows["mnv3", "knn"]["image_size"] == 48
+    assert rows["resnet18 (random)", "linear"]["feature_dim"] == 512
+    assert all(row["seeds"] == 3 and row["forward_images_per_s"] > 0 for row in rows.values())
+    assert sorted((c["head"], c["a"], c["b"]) for c in report["comparisons"]) == \
+        [(head, "resnet18 (random)", "mnv3") for head in ("knn", "linear")]
+    linear = featcache.SeedRuns.load(tmp_path / "out" / "mnv3" / "linear")
+    assert linear.seeds == [0, 1, 2] and rows["mnv3", "linear"]["test_acc"] == pytest.approx(
+        np.mean(linear.final_test_accs))
+    assert len(list((tmp_path / "cache").glob("*.h5"))) == 2
+    for name in ("backbones.md", "backbones.csv", "backbones.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert_clean_failure(run_cli("backbones", *common, "--backbone", "resnet18", "--out", tmp_path / "one"),
+                         "needs at least two")
+    assert_clean_failure(run_cli("backbones", *common, "--backbone", "resnet18,label=a", "--backbone",
+                                 "mobilenet_v3_small,label=a", "--out", tmp_path / "same"), "same label")
+    assert_clean_failure(run_cli("backbones", *common, "--backbone", "resnet18,size=64", "--out", tmp_path / "bad"),
+                         "'size=64' is not weights=W, image-size=S or label=L")

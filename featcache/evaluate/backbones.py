@@ -46,7 +46,7 @@ def write_report(entries: list[dict], heads: tuple[str, ...], out: Path) -> dict
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({column: row.get(column, "") for column in COLUMNS} for row in rows)
-    json_path = out / "backbones.json"
+    json_path = out / "backbones.json"  # written last: featcache.workflows.backbones.REPORT
     json_path.write_text(json.dumps({"backbones": entries, "rows": rows, "comparisons": comparisons}, indent=2,
                                     default=str) + "\n")
     return {"rows": rows, "comparisons": comparisons, "png": png, "markdown": markdown, "csv": csv_path,

@@ -10,6 +10,7 @@ import torch
 from matplotlib.figure import Figure  # not pyplot: files only, and a notebook's backend stays as it is
 from torch import nn
 
+from ..errors import FeatcacheError
 from .comparison import comparisons_markdown, group_row, load_group, paired_comparisons, per_class_results
 from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 
@@ -118,15 +119,15 @@ def plot_confusion(per_class: dict, path: Path) -> Path:
     return Path(path)
 
 
-def parameter_table(model: nn.Module, fine_tuned: tuple[str, ...]) -> list[dict]:
+def parameter_table(model: nn.Module, fine_tuned: tuple[str, ...] | None) -> list[dict]:
     """Parameters per top-level module of a network with a new head (featcache.backbone.with_new_head),
     and which approach trains them (notebook section 7): feature extraction the head, fine-tuning the
-    head and the `fine_tuned` modules (a module fine-tuning trains in part is 'partly')."""
-    from ..backbone import network_of
+    head and the `fine_tuned` modules (a module fine-tuning trains in part is 'partly'; None: what
+    --unfreeze names, the family having no default)."""
+    from ..backbone import network_of, own_head_name
 
-    network = network_of(model)
-    head = model.head_name.removeprefix("model.") if network is not model else model.head_name
-    trained = (head, *fine_tuned)
+    network, head = network_of(model), own_head_name(model)
+    trained = (head, *(fine_tuned or ()))
     rows = []
     for name, module in network.named_children():
         count = sum(p.numel() for p in module.parameters())
@@ -135,12 +136,13 @@ def parameter_table(model: nn.Module, fine_tuned: tuple[str, ...]) -> list[dict]
             rows.append({"module": name, "parameters": count,
                          "feature_extraction": "trained" if name == head else "partly" if head.startswith(name + ".")
                          else "frozen",
-                         "fine_tuning": "trained" if name in trained else "partly" if inside else "frozen"})
+                         "fine_tuning": "trained" if name in trained else "partly" if inside
+                         else "as --unfreeze names" if fine_tuned is None else "frozen"})
     total = sum(row["parameters"] for row in rows)
     shares = []
     counts = {"feature_extraction": sum(p.numel() for p in network.get_submodule(head).parameters()),
               "fine_tuning": sum(p.numel() for name in trained for p in network.get_submodule(name).parameters())}
-    for approach in ("feature_extraction", "fine_tuning"):
+    for approach in ("feature_extraction", "fine_tuning") if fine_tuned is not None else ("feature_extraction",):
         trained = counts[approach]
         shares.append({"module": f"trainable, {approach.replace('_', ' ')}", "parameters": trained,
                        approach: f"{100 * trained / total:.2f}%"})
@@ -168,15 +170,20 @@ def image_grid(views: torch.Tensor, labels: list[str], path: Path, columns: int 
 
 
 def inspect(data, out: Path, image_size: int, seed: int, count: int, view: int, backbone: str) -> list[dict]:
-    """The backbone's parameter table (fine-tuning's default last stage), and a grid of `count` training
-    images (spread over the classes) as view `view` makes them, written to `out`."""
+    """The backbone's parameter table (fine-tuning's default last stage: a family without one shows only
+    the head), and a grid of `count` training images (spread over the classes) as view `view` makes them,
+    written to `out`."""
     from ..backbone import default_unfreeze, scratch_network
     from ..data.images import DecodedSplit
     from ..data.views import make_views
 
     dataset = data.load()
     model = scratch_network(backbone, len(dataset.classes), seed)
-    rows = parameter_table(model, default_unfreeze(backbone))
+    try:
+        fine_tuned = default_unfreeze(backbone)
+    except FeatcacheError:  # a family with no default: fine-tuning trains what --unfreeze names
+        fine_tuned = None
+    rows = parameter_table(model, fine_tuned)
     picks = np.linspace(0, len(dataset.train) - 1, min(count, len(dataset.train))).round().astype(int).tolist()
     decoded = DecodedSplit(dataset.train, image_size)
     views = make_views([decoded[i] for i in picks], picks, view, "train", seed, image_size)

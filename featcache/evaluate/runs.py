@@ -155,6 +155,9 @@ def trained_model(folder: Path, record: dict):
         from ..backbone import scratch_network
 
         backbone = record.get("config", {}).get("backbone", DEFAULT_BACKBONE)
+        if not classes:  # a run from before runs recorded their classes: its head's rows say how many
+            classes = len(state.get(scratch_network(backbone, 1, 0).head_name + ".weight", [])) \
+                if isinstance(state, dict) else 0
         model, what = scratch_network(backbone, classes, 0), f"a {backbone} network with {classes} classes"
     elif "knn" in record:
         from ..train.knn import KNNHead

@@ -140,12 +140,12 @@ class ScratchConfig(EndToEndConfig):
 
 @dataclass(frozen=True)
 class FinetuneConfig(EndToEndConfig):
-    """A pretrained backbone with a new head and the `unfreeze` stages trained (featcache.api.finetune)."""
+    """A pretrained backbone with a new head and the `unfreeze` modules trained (featcache.api.finetune)."""
 
     weights: str = setting(DEFAULT_WEIGHTS, "The pretrained backbone: 'imagenet', 'random' or a state dict's path.",
                            cli=False)
     lr_head: float = setting(1e-3, "Adam learning rate of the new head.")
-    lr_backbone: float = setting(1e-5, "Adam learning rate of the unfrozen backbone stages.")
+    lr_backbone: float = setting(1e-5, "Adam learning rate of the unfrozen backbone modules.")
     unfreeze: tuple[str, ...] | None = setting(
         None, "Comma-separated modules of the backbone to train besides the new head, by their names in the "
         "model (layer3,layer4; features.7; blocks.6); the rest stay frozen. Default: its last stage (ResNet layer4; "
@@ -165,12 +165,12 @@ class FinetuneConfig(EndToEndConfig):
 def check_finetune_settings(lr_head: float, lr_backbone: float, unfreeze, frozen_bn: str) -> None:
     check_positive("lr_head", lr_head)
     check_positive("lr_backbone", lr_backbone)
-    check_unfreeze(unfreeze)
+    check_module_names(unfreeze)
     check_choice("frozen_bn", frozen_bn, ("eval", "train"))
 
 
-def check_unfreeze(unfreeze) -> None:
-    """Module names in form only: whether the backbone has them is checked when it is built."""
+def check_module_names(unfreeze) -> None:
+    """`unfreeze`'s module names in form only: featcache.backbone.check_unfreeze checks them on the network."""
     if unfreeze is None:
         return
     malformed = [name for name in unfreeze if not re.fullmatch(r"[A-Za-z_0-9]+(\.[A-Za-z_0-9]+)*", str(name))]

@@ -6,7 +6,10 @@
 - A rank's loss is its share's summed cross-entropy x N / global batch size: DDP averages gradients
   over ranks, so the step is the gradient of the global batch's mean loss however the batch splits.
 - Trainable BatchNorm layers normalise with statistics over all ranks: torch's SyncBatchNorm on GPUs;
-  on CPUs (gloo), where SyncBatchNorm refuses CPU tensors, GlooSyncBatchNorm below.
+  on CPUs (gloo), where SyncBatchNorm refuses CPU tensors, and for BatchNorm subclasses (timm's
+  BatchNormAct2d), GlooSyncBatchNorm below.
+- What a model draws at random (dropout, stochastic depth) each rank draws for its own share: for such
+  a model N ranks do not compute bit for bit what one does (featcache.train.loop.run_epochs).
 - Training metrics are summed over ranks; the test set is cut into N contiguous shares, each image
   evaluated once, and the probabilities gathered in order (no padding duplicates).
 """
@@ -21,6 +24,7 @@ from torch import nn
 
 from ..ranks import ProcessGroup, SingleProcess, env_world_size, local_device
 from ..errors import FeatcacheError, cannot_write
+from ..settings import DEFAULT_BACKBONE
 
 
 class Ranks(SingleProcess):
@@ -142,7 +146,7 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
                 synced = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
                 synced.load_state_dict(child.state_dict())
                 synced.to(next(iter(child.state_dict().values())).device)
-                synced.__dict__["replaced"] = child  # not a submodule: its tensors are the synced one's
+                synced.__dict__["replaced"] = child  # not a submodule: its stale tensors get the trained state on revert
                 synced.train(child.training)
                 synced.requires_grad_(any(p.requires_grad for p in child.parameters()))
                 setattr(module, name, synced)
@@ -229,7 +233,8 @@ class Checkpoint:
         except Exception as error:  # a truncated or foreign file: torch raises several kinds
             raise self.ranks.error(
                 f"cannot resume from {self.path}: {' '.join(str(error).split())[:200]}") from None
-        differing = differing_options(state["options"], self.options)
+        differing = differing_options({"backbone": DEFAULT_BACKBONE, **state["options"]},  # saved before --backbone
+                                      self.options)
         if differing:
             raise self.ranks.error(
                 f"{self.path} was saved by a run with other options ({', '.join(differing)}); resume with the "

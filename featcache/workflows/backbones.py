@@ -19,7 +19,8 @@ from . import heads
 from .extract import extract
 
 Log = Callable[[str], None]
-TIMED_BATCHES = 3  # forward batches timed per backbone, after a warm-up one
+REPORT = "backbones.json"
+TIMED_IMAGES = 256  # images timed per backbone (at least 3 batches), after a warm-up batch
 
 
 def label_of(spec: CacheSpec) -> str:
@@ -38,10 +39,13 @@ def compare_backbones(specs: list[CacheSpec], labels: list | None, config: Backb
 
     echo = echo or (lambda line: None)
     labels = list(labels) if labels is not None else [None] * len(specs)
-    labels = [label or label_of(spec) for spec, label in zip(specs, labels + [None] * (len(specs) - len(labels)))] \
-        if len(labels) <= len(specs) else labels
+    if len(labels) != len(specs):
+        raise FeatcacheError(f"`labels` names {len(labels)} backbones, not {len(specs)}")
+    labels = [label or label_of(spec) for spec, label in zip(specs, labels)]
     _check_comparable(specs, labels)
     out = Path(out) if out is not None else default_run_dir("backbones")
+    if (out / REPORT).exists() and not overwrite:
+        raise FeatcacheError(f"{out} already holds a comparison of backbones; choose another `out` or pass `overwrite`")
     seeds = config.seed_list
     started = time.perf_counter()
     with ExitStack() as held:  # every head's folder, until the report is written
@@ -92,7 +96,8 @@ def forward_throughput(spec: CacheSpec, config: BackbonesConfig) -> float:
     batch = torch.randn(config.extract_batch_size, 3, spec.image_size, spec.image_size,
                         generator=torch.Generator().manual_seed(0)).to(device)
     return bare_forward_throughput(backbone.to(memory_format=torch.channels_last),
-                                   batch.to(memory_format=torch.channels_last), TIMED_BATCHES)
+                                   batch.to(memory_format=torch.channels_last),
+                                   max(3, TIMED_IMAGES // config.extract_batch_size))
 
 
 def folder_name(label: str) -> str:
@@ -102,8 +107,8 @@ def folder_name(label: str) -> str:
 def _check_comparable(specs: list[CacheSpec], labels: list[str]) -> None:
     if len(specs) < 2:
         raise FeatcacheError("comparing backbones needs at least two")
-    if len(labels) != len(specs):
-        raise FeatcacheError(f"`labels` names {len(labels)} backbones, not {len(specs)}")
+    if not all(folder_name(label) for label in labels):
+        raise FeatcacheError(f"a label needs a letter or digit to name its folder: {', '.join(labels)}")
     if len({folder_name(label) for label in labels}) < len(labels):
         raise FeatcacheError(f"two backbones have the same label ({', '.join(labels)}): name them apart")
     if any(spec.data != specs[0].data or spec.views != specs[0].views or spec.seed != specs[0].seed

@@ -18,6 +18,7 @@ from ..errors import FeatcacheError, cannot_write
 from ..evaluate.claims import claimed_by_rank
 from ..evaluate.runs import HISTORY, Run, SeedRuns, clear_run_files, summary_line, write_seeds
 from ..ranks import is_main_process, reported_once
+from ..settings import DEFAULT_BACKBONE
 from ..train.config import EndToEndConfig, EpochConfig, FinetuneConfig, ScratchConfig
 
 Log = Callable[[str], None]
@@ -27,7 +28,7 @@ def finetune(images, config: FinetuneConfig, *, out=None, overwrite: bool = Fals
              echo: Log | None = None, progress: bool = False, resume: bool = False) -> Run:
     """A new head and config.unfreeze trained on `images` (ImageData, or a DataSpec decoded here), the rest
     frozen; with `out`, a checkpoint after every epoch and `resume` from it."""
-    from ..backbone import default_unfreeze
+    from ..backbone import check_trainable
     from ..train.end_to_end import finetune as finetune_model
 
     with ExitStack() as held:  # the run folder, from before decoding until the run is written
@@ -35,10 +36,10 @@ def finetune(images, config: FinetuneConfig, *, out=None, overwrite: bool = Fals
             folder = held.enter_context(claimed_by_rank(out, "fine-tuning", overwrite))
             log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
             data = data_record(images)
+            unfreeze = list(check_trainable(config.backbone, _image_size(images, config), config.unfreeze))
             images = _images_of(images, config, echo)
             initial = _init_head_state(config.init_head, images.classes, config.backbone) \
                 if config.init_head is not None else None
-            unfreeze = list(config.unfreeze if config.unfreeze is not None else default_unfreeze(config.backbone))
         record = {"backbone": config.backbone, "weights": config.weights, "image_size": images.image_size, "epochs": config.epochs,
                   "batch_size": config.batch_size, "seed": config.seed, "view_seed": images.view_seed,
                   "lr_head": config.lr_head, "lr_backbone": config.lr_backbone, "unfreeze": unfreeze,
@@ -51,6 +52,7 @@ def finetune(images, config: FinetuneConfig, *, out=None, overwrite: bool = Fals
 def scratch(images, config: ScratchConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
             echo: Log | None = None, progress: bool = False, resume: bool = False) -> Run:
     """Every parameter of a seeded random init trained on `images`; `out` and `resume` as finetune."""
+    from ..backbone import check_trainable
     from ..train.end_to_end import scratch as scratch_model
 
     with ExitStack() as held:  # the run folder, from before decoding until the run is written
@@ -58,6 +60,7 @@ def scratch(images, config: ScratchConfig, *, out=None, overwrite: bool = False,
             folder = held.enter_context(claimed_by_rank(out, "scratch", overwrite))
             log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
             data = data_record(images)
+            check_trainable(config.backbone, _image_size(images, config), ())
             images = _images_of(images, config, echo)
         record = {"backbone": config.backbone, "image_size": images.image_size, "epochs": config.epochs, "batch_size": config.batch_size,
                   "seed": config.seed, "view_seed": images.view_seed, "lr": config.lr, "data": data}
@@ -114,6 +117,11 @@ def train_seeds(images, seeds: list[int], config: EndToEndConfig, *, out=None, o
             write_seeds(folder, approach, seed_runs.seeds, seed_runs.final_test_accs, seed_runs.summary(),
                         seed_runs.seconds)
         return seed_runs
+
+
+def _image_size(images, config: EndToEndConfig) -> int:
+    """The crop size the network will see: ImageData's own, or what a DataSpec will be decoded at."""
+    return (config.image_size or DEFAULT_IMAGE_SIZE) if isinstance(images, DataSpec) else images.image_size
 
 
 def _images_of(images, config: EndToEndConfig, echo: Log | None):
@@ -195,7 +203,8 @@ def _finished_run(folder: Path, record: dict) -> Run:
     from ..train.ddp import CHECKPOINT, differing_options
 
     config = read_run(folder).get("config", {})
-    differing = differing_options({key: value for key, value in config.items() if key not in ("ranks", "decoding")},
+    differing = differing_options({"backbone": DEFAULT_BACKBONE,  # a run from before --backbone trained ResNet-18
+                                   **{key: value for key, value in config.items() if key not in ("ranks", "decoding")}},
                                   record)
     if differing:
         raise FeatcacheError(f"{folder} holds a finished run with other options ({', '.join(differing)}); resume "

@@ -28,7 +28,10 @@ def experiment(spec: CacheSpec, config: ExperimentConfig, out=None, *, overwrite
     from ..train.end_to_end import build_finetune_model
 
     echo = echo or (lambda line: None)
-    build_finetune_model(spec.weights, 2, spec.seed, config.unfreeze, spec.backbone)  # the weights load, before any work
+    from ..backbone import check_input_size
+
+    network = build_finetune_model(spec.weights, 2, spec.seed, config.unfreeze, spec.backbone)  # before any work:
+    check_input_size(network, spec.backbone, spec.image_size)  # the weights load, the image size runs
     seeds = config.seed_list
     shared = {"epochs": config.epochs, "batch_size": config.batch_size, "seed": spec.seed}
     scratch_config = ScratchConfig(**shared, lr=config.lr, backbone=spec.backbone)

@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from ..cache.key import BACKBONE_PARAMETERS, CacheSpec
+from ..cache.key import BACKBONE, BACKBONE_PARAMETERS, CacheSpec
+from ..errors import FeatcacheError
 from ..evaluate.claims import claimed_by_rank, saved_by_rank
 from ..evaluate.runs import Run, SeedRuns
 from ..evaluate.tables import markdown_table
@@ -167,9 +168,17 @@ def streaming_record(cache) -> dict:
 def head_run(model, history: dict, wall: float, cache, config_record: dict, record: dict) -> Run:
     predictions = {"ids": cache.test_ids, "labels": cache.test_labels,
                    "probabilities": history.pop("test_probabilities")}  # as the last test accuracy saw them
+    from ..backbone import backbone_parameters
+    from ..cache.key import backbone_name
+
     head_params = sum(p.numel() for p in model.parameters())
+    identity = cache.attrs.get("backbone", BACKBONE)
+    try:
+        backbone_params = BACKBONE_PARAMETERS if identity == BACKBONE else backbone_parameters(backbone_name(identity))
+    except FeatcacheError:  # a timm cache's head trains without timm; its backbone then goes uncounted
+        backbone_params = None
     return Run("feature-extraction", model, history, config_record, wall, "cpu", head_params,
-               BACKBONE_PARAMETERS + head_params,
+               backbone_params + head_params if backbone_params is not None else None,
                {"cache_key": cache.key, "classes": cache.classes, "cache_attrs": _jsonable(cache.attrs), **record},
                predictions=predictions)
 
