@@ -84,9 +84,10 @@ def featcache_pipeline_throughput(dataset: Dataset, image_size: int, batch_size:
     started = time.perf_counter()
     done = 0
     ranges = [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
-    for start, images in decoded_chunks(dataset.train, image_size, ranges, num_workers, device):
-        make_views(images, list(range(start, start + len(images))), 1, "train", 0, image_size, device)
-        done += len(images)
+    for chunk in decoded_chunks(dataset.train, image_size, ranges, num_workers, device):
+        make_views(chunk.images, list(range(chunk.start, chunk.start + len(chunk.images))), 1, "train", 0, image_size,
+                   device)
+        done += len(chunk.images)
     synchronize(device)
     return done / (time.perf_counter() - started)
 

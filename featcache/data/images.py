@@ -17,7 +17,7 @@ from ..settings import memory_budget
 from .clean_view import resize_shorter_side
 from .datasets import DataSpec, Split
 from .transform import DEFAULT_IMAGE_SIZE, check_image_size, resize_size
-from .views import make_views
+from .views import make_views, views_params
 
 
 class DecodedSplit(torch.utils.data.Dataset):
@@ -40,36 +40,71 @@ class DecodedSplit(torch.utils.data.Dataset):
         return resize_shorter_side(image[None], self.size)[0].to(torch.uint8)
 
 
-class DecodedChunks(torch.utils.data.Dataset):
-    """Chunks of consecutive samples, so DataLoader workers decode a whole chunk at a time."""
+@dataclass(frozen=True)
+class ViewPlan:
+    """The views a chunk's images will be made into (split name, view seed, view indices): their random
+    parameters are drawn in the DataLoader worker that decodes the chunk (views.views_params)."""
 
-    def __init__(self, decoded: DecodedSplit, ranges: list[tuple[int, int]]):
-        self.decoded, self.ranges = decoded, ranges
+    split: str
+    seed: int
+    views: tuple[int, ...]
+
+
+@dataclass
+class Chunk:
+    """Decoded consecutive samples from `start`, with their views' parameters (ViewPlan) and the
+    worker's seconds spent decoding and drawing them (for featcache's extraction profile)."""
+
+    start: int
+    images: list[torch.Tensor]
+    params: dict = field(default_factory=dict)
+    decode_seconds: float = 0.0
+    params_seconds: float = 0.0
+
+
+class DecodedChunks(torch.utils.data.Dataset):
+    """Chunks of consecutive samples, so DataLoader workers decode a whole chunk at a time (and draw its
+    views' parameters with `plan`)."""
+
+    def __init__(self, decoded: DecodedSplit, ranges: list[tuple[int, int]], plan: ViewPlan | None = None):
+        self.decoded, self.ranges, self.plan = decoded, ranges, plan
 
     def __len__(self) -> int:
         return len(self.ranges)
 
     def __getitem__(self, position: int):
-        """(start, images), or (start, FeatcacheError): returned, not raised, because a DataLoader
-        worker would wrap a raised error in a multi-line traceback message."""
+        """A Chunk, or a FeatcacheError: returned, not raised, because a DataLoader worker would wrap a
+        raised error in a multi-line traceback message."""
         start, stop = self.ranges[position]
+        started = time.perf_counter()
         try:
-            return start, [self.decoded[i] for i in range(start, stop)]
+            chunk = Chunk(start, [self.decoded[i] for i in range(start, stop)])
         except FeatcacheError as error:
-            return start, error
+            return error
+        chunk.decode_seconds = time.perf_counter() - started
+        if self.plan is not None:
+            chunk.params = views_params(chunk.images, list(range(start, stop)), list(self.plan.views), self.plan.split,
+                                        self.plan.seed)
+            chunk.params_seconds = time.perf_counter() - started - chunk.decode_seconds
+        return chunk
 
 
 def decoded_chunks(split: Split, image_size: int, ranges: list[tuple[int, int]], num_workers: int = 0,
-                   device: torch.device | str = "cpu"):
-    """(start, decoded images) for each (start, stop) range, decoded by `num_workers` DataLoader
-    workers; a decoding error is raised here, as the one-line FeatcacheError naming the file."""
-    chunks = DecodedChunks(DecodedSplit(split, image_size), ranges)
-    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers,
-                                         pin_memory=torch.device(device).type == "cuda")
-    for start, images in loader:
-        if isinstance(images, FeatcacheError):
-            raise images
-        yield start, images
+                   device: torch.device | str = "cpu", plan: ViewPlan | None = None):
+    """A Chunk for each (start, stop) range, decoded by `num_workers` DataLoader workers; a decoding
+    error is raised here, as the one-line FeatcacheError naming the file."""
+    chunks = DecodedChunks(DecodedSplit(split, image_size), ranges, plan)
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+                                         pin_memory=False)  # ImageBatch pins what goes to a GPU, once
+    for chunk in loader:
+        if isinstance(chunk, FeatcacheError):
+            raise chunk
+        yield chunk
+
+
+def _as_is(item):
+    """DataLoader's collate for a Chunk: none (its default would not know the class)."""
+    return item
 
 
 class DecodedOrError(torch.utils.data.Dataset):

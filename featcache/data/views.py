@@ -114,34 +114,42 @@ def _color_jitter_(batch: torch.Tensor, params: list[ViewParams]) -> torch.Tenso
     return batch
 
 
+def views_params(images: list[torch.Tensor], indices: list[int], views: list[int], split: str,
+                 seed: int) -> dict[int, list[ViewParams]]:
+    """view_params of each augmented view in `views` for each image: what extraction's DataLoader
+    workers draw beside the decode, off the GPU's path (the same numbers make_views would draw)."""
+    return {view: [view_params(seed, split, index, view, *image.shape[1:]) for index, image in zip(indices, images)]
+            for view in views if view != 0}
+
+
 class ImageBatch:
     """Decoded uint8 images grouped by shape and converted to float once, so that every view made of
-    the same batch (extract makes 1 + V) reuses the conversion."""
+    the same batch (extract makes 1 + V) reuses the conversion. On a GPU each group is stacked straight
+    into pinned memory and copied without blocking (one host copy, not a stack then a pin)."""
 
     def __init__(self, images: list[torch.Tensor], device: torch.device | str = "cpu"):
-        self.count, self.device = len(images), device
+        self.count, self.device = len(images), torch.device(device)
         by_shape: dict[tuple, list[int]] = {}
         for k, image in enumerate(images):
             by_shape.setdefault(tuple(image.shape), []).append(k)
-        self.groups = [(members, _to_device(torch.stack([images[k] for k in members]), device).float().div_(255))
+        self.groups = [(members, self._on_device([images[k] for k in members]).float().div_(255))
                        for members in by_shape.values()]
 
-
-def _to_device(images: torch.Tensor, device) -> torch.Tensor:
-    """uint8 images to the device before any float work: on a GPU the augmentation runs there, and
-    the copy comes from pinned memory without blocking."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return images
-    return images.pin_memory().to(device, non_blocking=True)
+    def _on_device(self, images: list[torch.Tensor]) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.stack(images)
+        pinned = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype, pin_memory=True)
+        return torch.stack(images, out=pinned).to(self.device, non_blocking=True)
 
 
 def make_views(images: list[torch.Tensor] | ImageBatch, indices: list[int], view: int, split: str, seed: int,
-               image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+               image_size: int, device: torch.device | str = "cpu",
+               params: list[ViewParams] | None = None) -> torch.Tensor:
     """Normalised float views [B, 3, S, S] of decoded uint8 images (sample `indices[k]` is images[k]).
 
     Images of equal shape are processed together; each output depends only on its own image and
-    parameters, so the pixels do not depend on how samples are batched.
+    parameters, so the pixels do not depend on how samples are batched. `params`: the view's
+    parameters drawn beforehand (views_params), else drawn here.
     """
     batch = images if isinstance(images, ImageBatch) else ImageBatch(images, device)
     out = torch.empty(batch.count, 3, image_size, image_size, device=batch.device,
@@ -150,9 +158,11 @@ def make_views(images: list[torch.Tensor] | ImageBatch, indices: list[int], view
         for members, group in batch.groups:
             out[members] = center_crop(group, image_size)
         return normalize_(out)
-    params = [None] * batch.count
+    drawn = params is None
+    params = [None] * batch.count if drawn else params
     for members, group in batch.groups:
-        for k in members:
-            params[k] = view_params(seed, split, indices[k], view, *group.shape[2:])
+        if drawn:
+            for k in members:
+                params[k] = view_params(seed, split, indices[k], view, *group.shape[2:])
         out[members] = _resized_crops(group, [params[k] for k in members], image_size)
     return normalize_(_color_jitter_(out, params))
