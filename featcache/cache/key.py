@@ -176,6 +176,7 @@ class ExtractResult:
     backbone_seconds: float = 0.0  # this process's
     commit_seconds: float = 0.0  # this process's shard writes
     assembly_seconds: float = 0.0  # rank 0's assembly (other ranks: waiting for it)
+    stage_seconds: dict = field(default_factory=dict)  # this process's seconds per stage (cache.pipeline.StageClock)
     shards_total: int = 0
     shards_resumed: int = 0  # shards already done when this run started
     shards_removed: list = field(default_factory=list)  # damaged shard files found and recomputed

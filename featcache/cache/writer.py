@@ -21,12 +21,13 @@ from tqdm import tqdm
 
 from .._version import __version__
 from ..errors import FeatcacheError
-from ..data.images import decoded_chunks
+from ..data.images import ViewPlan, decoded_chunks
 from ..data.views import ImageBatch, make_views
+from .pipeline import HostCopies, ShardCommitter, StageClock, background_commits
 from ..data.datasets import Dataset
 from ..ranks import coordinator, local_device
 from .shards import (Shard, assemble, check_cut, environment_error, feature_bytes, free_bytes,
-                     megabytes, plan_shards, scan_shards, write_shard)
+                     megabytes, plan_shards, scan_shards)
 from .key import (BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractConfig, ExtractResult, cache_key, cache_path,
                   reusable_cache, shard_folder)
 
@@ -71,14 +72,26 @@ def _batch_ranges(shards: list[Shard], batch_size: int) -> list[tuple[int, int]]
 
 
 def _view_batches(split, split_name: str, ranges: list[tuple[int, int]], views: list[int], provenance: dict,
-                  num_workers: int, device):
-    """(batch start, view position, normalised views) for every (start, stop) range, every view."""
-    for start, images in decoded_chunks(split, provenance["image_size"], ranges, num_workers, device):
-        indices = list(range(start, start + len(images)))
-        batch = ImageBatch(images, device)
+                  num_workers: int, device, clock: StageClock):
+    """(batch start, view position, normalised views) for every (start, stop) range, every view; the
+    views' parameters are drawn in the DataLoader workers beside the decode (ViewPlan)."""
+    plan = ViewPlan(split_name, provenance["seed"], tuple(views))
+    chunks = decoded_chunks(split, provenance["image_size"], ranges, num_workers, device, plan)
+    while True:
+        with clock.host_span("decode_wait"):
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        clock.add("decode_in_workers", chunk.decode_seconds)
+        clock.add("params_in_workers", chunk.params_seconds)
+        indices = list(range(chunk.start, chunk.start + len(chunk.images)))
+        with clock.device_span("to_device"):
+            batch = ImageBatch(chunk.images, device)
         for position, view in enumerate(views):
-            yield start, position, make_views(batch, indices, view, split_name, provenance["seed"],
-                                              provenance["image_size"], device)
+            with clock.device_span("views"):
+                made = make_views(batch, indices, view, split_name, provenance["seed"], provenance["image_size"],
+                                  device, chunk.params.get(view))
+            yield chunk.start, position, made
 
 
 def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int, force: bool):
@@ -221,35 +234,63 @@ def _extract_shards(dataset: Dataset, backbone, provenance: dict, todo: list[Sha
 def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[Shard], batch_size: int,
                     num_workers: int, device: torch.device, final: Path, expected: dict, result: ExtractResult,
                     bar, on_shard, poll, assembled_bytes: int) -> None:
-    """Compute and commit this process's shards, split by split, batch by batch. For the message of a
-    full disk, what is still to write is this process's uncommitted shards plus the assembled file."""
-    folder = shard_folder(final)
+    """Compute and commit this process's shards, split by split, batch by batch: a batch's features
+    reach the host while the next batch runs (HostCopies), and a finished shard is committed by the
+    ShardCommitter (on a writer thread on GPUs) in the same order and bytes. For the message of a full
+    disk, what is still to write is this process's uncommitted shards plus the assembled file."""
+    clock = StageClock(device)
     uncommitted = list(shards)
-    for split_name, split in (("train", dataset.train), ("test", dataset.test)):
-        pending = [shard for shard in shards if shard.split == split_name]
-        if not pending:
-            continue
-        views = list(range(1 + provenance["views"])) if split_name == "train" else [0]
-        shard = pending.pop(0)
-        rows = np.empty((len(shard), len(views), expected["feature_dim"]), dtype=np.float32)
-        for start, position, batch in _view_batches(split, split_name, _batch_ranges([shard] + pending, batch_size),
-                                                    views, provenance, num_workers, device):
-            forward_started = time.perf_counter()
-            with torch.inference_mode(), autocast(device, provenance["precision"]):
-                features = backbone(batch).float().cpu().numpy()
-            result.backbone_seconds += time.perf_counter() - forward_started
-            rows[start - shard.start:start - shard.start + len(batch), position] = features
-            bar.update(len(batch))
-            if position < len(views) - 1 or start + len(batch) < shard.stop:
-                continue
-            commit_started = time.perf_counter()
+
+    def committed(shard: Shard) -> None:  # on this thread, once the shard is durable
+        if on_shard is not None:
+            on_shard(shard)
+        poll()
+
+    committer = ShardCommitter(shard_folder(final), expected, background_commits(device), committed, clock)
+    try:
+        for split_name, split in (("train", dataset.train), ("test", dataset.test)):
+            mine = [shard for shard in shards if shard.split == split_name]
+            if mine:
+                _compute_split(dataset, split_name, split, mine, backbone, provenance, batch_size, num_workers,
+                               device, expected, bar, clock, committer, uncommitted, assembled_bytes)
+        committer.drain()
+    finally:
+        committer.close()
+        for stage, seconds in clock.seconds().items():
+            result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
+        result.backbone_seconds = result.stage_seconds.get("forward", 0.0)
+        result.commit_seconds = sum(result.stage_seconds.get(stage, 0.0) for stage in ("commit", "commit_thread"))
+
+
+def _compute_split(dataset, split_name: str, split, shards: list[Shard], backbone, provenance: dict,
+                   batch_size: int, num_workers: int, device, expected: dict, bar, clock: StageClock,
+                   committer: ShardCommitter, uncommitted: list[Shard], assembled_bytes: int) -> None:
+    views = list(range(1 + provenance["views"])) if split_name == "train" else [0]
+    owner = {start: shard for shard in shards for start, _ in _batch_ranges([shard], batch_size)}
+    rows: dict[Shard, np.ndarray] = {}
+    copies = HostCopies(device)
+
+    def store(tag, features: np.ndarray) -> None:  # a batch's features are on the host: into its shard's rows
+        start, position = tag
+        shard = owner[start]
+        block = rows.setdefault(shard, np.empty((len(shard), len(views), expected["feature_dim"]), dtype=np.float32))
+        block[start - shard.start:start - shard.start + len(features), position] = features
+        if position == len(views) - 1 and start + len(features) == shard.stop:  # the shard's last batch
             still_to_write = feature_bytes(uncommitted, provenance["views"], expected["feature_dim"]) + assembled_bytes
-            write_shard(folder, shard, rows if split_name == "train" else rows[:, 0], expected, still_to_write)
+            done = rows.pop(shard)
+            committer.submit(shard, done if split_name == "train" else done[:, 0], still_to_write)
             uncommitted.remove(shard)
-            result.commit_seconds += time.perf_counter() - commit_started
-            if on_shard is not None:
-                on_shard(shard)
-            poll()
-            if pending:
-                shard = pending.pop(0)
-                rows = np.empty((len(shard), len(views), expected["feature_dim"]), dtype=np.float32)
+
+    for start, position, batch in _view_batches(split, split_name, _batch_ranges(shards, batch_size), views,
+                                                provenance, num_workers, device, clock):
+        with torch.inference_mode(), autocast(device, provenance["precision"]):
+            with clock.device_span("forward"):
+                features = backbone(batch).float()
+            with clock.device_span("to_host"):
+                copies.put((start, position), features)
+        bar.update(len(batch))
+        for tag, ready in copies.ready(keep=1):
+            store(tag, ready)
+        committer.collect()
+    for tag, ready in copies.ready(keep=0):
+        store(tag, ready)
