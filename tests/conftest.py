@@ -157,3 +157,11 @@ def small_disk(tmp_path):
     yield mount
     for folder in mounts:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture(params=["0", "1"], ids=["commits-inline", "commits-on-a-thread"])
+def commit_thread(request, monkeypatch):
+    """Both ways extraction commits its shards (featcache.cache.pipeline.ShardCommitter): on the thread
+    that computes them, as on CPUs, and on a writer thread, as on GPUs (subprocesses inherit it)."""
+    monkeypatch.setenv("FEATCACHE_COMMIT_THREAD", request.param)
+    return request.param

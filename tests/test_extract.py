@@ -91,7 +91,7 @@ def test_interrupted_extraction_resumes_to_the_same_result(image_folder, small_c
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_moment_resumes_to_the_same_result(make_image_folder, tmp_path):
+def test_sigkill_at_a_random_moment_resumes_to_the_same_result(make_image_folder, tmp_path, commit_thread):
     data = make_image_folder(train_per_class=40, test_per_class=10)
     args = [sys.executable, "-m", "featcache", "extract", "--data", str(data), "--cache-dir", str(tmp_path / "cache"),
             "--weights", "random", "--image-size", "32", "--views", "4", "--batch-size", "4", "--shard-size", "6"]

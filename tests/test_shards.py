@@ -76,7 +76,7 @@ def test_too_small_a_disk_is_refused_before_any_work(image_folder, small_disk, r
     assert not list(disk.rglob("*.h5"))
 
 
-def test_disk_filling_up_during_extraction_then_room_made(image_folder, small_disk, reference):
+def test_disk_filling_up_during_extraction_then_room_made(image_folder, small_disk, reference, commit_thread):
     disk = small_disk("1m")
     filler = None
 
@@ -90,15 +90,19 @@ def test_disk_filling_up_during_extraction_then_room_made(image_folder, small_di
     message = str(failure.value)
     assert "\n" not in message and "no room left in" in message and "MB is free" in message
     [shards] = (disk / "cache").glob("*.shards")
-    assert [p.name for p in shards.iterdir()] == ["train-000000.h5"]  # the finished shard is kept, no temp file
+    kept = sorted(p.name for p in shards.iterdir())  # the finished shards, no temporary file
+    # inline, on_shard runs right after shard 0's commit; a writer thread may have made shard 1 durable too
+    assert kept == ["train-000000.h5"] if commit_thread == "0" else kept in (["train-000000.h5"],
+                                                                             ["train-000000.h5", "train-000001.h5"])
     assert not list((disk / "cache").glob("*.h5"))
     filler.unlink()
     resumed = _extract(image_folder, disk / "cache")
-    assert resumed.shards_resumed == 1
+    assert resumed.shards_resumed == len(kept)
     assert_same_cache(resumed.path, reference)
 
 
-def test_disk_full_at_assembly_keeps_the_shards_and_the_rerun_only_assembles(image_folder, small_disk, reference):
+def test_disk_full_at_assembly_keeps_the_shards_and_the_rerun_only_assembles(image_folder, small_disk, reference,
+                                                                            commit_thread):
     disk = small_disk("1m")
     filler = None
 
@@ -116,7 +120,8 @@ def test_disk_full_at_assembly_keeps_the_shards_and_the_rerun_only_assembles(ima
     assert_same_cache(resumed.path, reference)
 
 
-def test_injected_enospc_on_a_shard_write_is_one_line(image_folder, tmp_path, run_cli, monkeypatch, reference):
+def test_injected_enospc_on_a_shard_write_is_one_line(image_folder, tmp_path, run_cli, monkeypatch, reference,
+                                                     commit_thread):
     real_write = os.write
     calls = {"count": 0}
 
@@ -189,7 +194,8 @@ def test_flipped_byte_and_truncated_shard_are_recomputed(image_folder, tmp_path,
     assert_same_cache(resumed.path, reference)
 
 
-def test_a_shard_damaged_before_assembly_is_recomputed_in_the_same_run(image_folder, tmp_path, reference):
+def test_a_shard_damaged_before_assembly_is_recomputed_in_the_same_run(image_folder, tmp_path, reference,
+                                                                     commit_thread):
     def damage_the_first_shard(shard):
         if shard.split == "test" and shard.index == 1:  # the last shard: assembly comes next
             [folder] = tmp_path.glob("*.shards")
