@@ -1,8 +1,8 @@
 """Where extraction's time goes, in one command, on synthetic images: featcache's pipeline stage by stage
 (featcache.cache.pipeline.StageClock: CUDA events for device work on a GPU, host timers on a CPU),
 against the bare backbone forward timed the same way (same batch, channels-last, many batches), and
-with --old against the pipeline before 0.3 (parameters drawn on the main thread, blocking copies,
-commits inline), kept below for the before/after run, whose features must be bit-identical.
+with --old against the pipeline before 0.3 (scripts/old_pipeline.py: parameters drawn on the main
+thread, blocking copies, commits inline), whose features must be bit-identical.
 
     python scripts/profile_extraction.py                      # CPU-sized: 300 32x32 PNGs, 64 px, V=4
     python scripts/profile_extraction.py --images 10000 --views 10 --image-size 224 --batch-size 256 \
@@ -21,25 +21,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 from featcache.backbone import bare_forward_throughput, load_backbone  # noqa: E402
 from featcache.cache.key import cache_provenance  # noqa: E402
 from featcache.cache.reader import load_cache  # noqa: E402
-from featcache.cache.shards import plan_shards, write_shard  # noqa: E402
 from featcache.cache.writer import autocast, extract  # noqa: E402
 from featcache.data.datasets import load_dataset  # noqa: E402
-from featcache.data.images import decoded_chunks  # noqa: E402
-from featcache.data.views import make_views  # noqa: E402
 from featcache.ranks import resolve_device  # noqa: E402
+from old_pipeline import old_pipeline  # noqa: E402  (beside this script)
 
 STAGES = {  # in the order a batch meets them
-    "decode_wait": "main thread waiting for decoded chunks",
-    "decode_in_workers": "decode + resize (in DataLoader workers with --num-workers: in parallel)",
-    "params_in_workers": "view parameters (beside the decode)",
+    "decode_wait": "main thread waiting for decoded chunks (with no workers: the decode itself)",
+    "decode_in_workers": "decode (DataLoader workers, in parallel)",
+    "resize_in_workers": "resize (DataLoader workers, in parallel)",
+    "params_in_workers": "view parameters (DataLoader workers, in parallel)",
     "to_device": "host-to-device copy and float conversion",
     "views": "view making (crop, flip, jitter, normalise)",
     "forward": "backbone forward",
     "to_host": "device-to-host copy",
+    "to_host_wait": "main thread waiting for a device-to-host copy",
     "commit": "shard commits on the main thread",
     "commit_wait": "main thread waiting for the writer thread",
     "commit_thread": "shard commits on the writer thread (in parallel)",
@@ -59,40 +59,6 @@ def synthetic_images(root: Path, count: int, jpeg: bool) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(folder / f"{k:06d}.{'jpg' if jpeg else 'png'}")
     return root
-
-
-def old_pipeline(dataset, backbone, provenance: dict, folder: Path, batch_size: int, shard_size: int,
-                 num_workers: int, device: torch.device) -> dict:
-    """Extraction's loop before 0.3, for the before/after run: each batch stacked then pinned, parameters
-    drawn on the main thread, features copied back blocking, each shard committed inline. Returns the
-    features per split ([rows, views, D]) and the seconds it took."""
-    started = time.perf_counter()
-    backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
-    record = {"key": "old-pipeline", "shard_size": shard_size, "batch_size": batch_size}
-    features = {}
-    for name, split in (("train", dataset.train), ("test", dataset.test)):
-        views = list(range(1 + provenance["views"])) if name == "train" else [0]
-        shards = [shard for shard in plan_shards({"train": len(dataset.train), "test": len(dataset.test)}, shard_size)
-                  if shard.split == name]
-        rows = np.empty((len(split), len(views), backbone.feature_dim), dtype=np.float32)
-        ranges = [(start, min(start + batch_size, shard.stop)) for shard in shards
-                  for start in range(shard.start, shard.stop, batch_size)]
-        for chunk in decoded_chunks(split, provenance["image_size"], ranges, num_workers):
-            images = chunk.images
-            if device.type == "cuda":  # the old copy: stack, pin, copy
-                images = list(torch.stack(images).pin_memory().to(device, non_blocking=True))
-            indices = list(range(chunk.start, chunk.start + len(images)))
-            for position, view in enumerate(views):
-                batch = make_views(images, indices, view, name, provenance["seed"], provenance["image_size"], device)
-                with torch.inference_mode(), autocast(device, provenance["precision"]):
-                    rows[chunk.start:chunk.start + len(batch), position] = backbone(batch).float().cpu().numpy()
-            for shard in shards:
-                if shard.stop == chunk.start + len(images):
-                    write_shard(folder, shard, rows[shard.start:shard.stop], record, 0)
-        features[name] = rows
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return {"features": features, "seconds": time.perf_counter() - started}
 
 
 def main() -> None:
@@ -147,9 +113,9 @@ def main() -> None:
             cache = load_cache(result.path)
             same = all(np.array_equal(old_runs[0]["features"][name], getattr(cache, f"{name}_features").numpy()
                                       .reshape(old_runs[0]["features"][name].shape)) for name in ("train", "test"))
-            new_s = sorted(run.seconds for run in runs)[len(runs) // 2]
+            new_s = sorted(run.seconds - run.assembly_seconds for run in runs)[len(runs) // 2]  # the old one has none
             old_s = sorted(run["seconds"] for run in old_runs)[len(old_runs) // 2]
-            print(f"\nmedian of {len(runs)} cold runs each: new {result.images / new_s:.0f} images/s, old "
+            print(f"\nmedian of {len(runs)} cold runs each, assembly aside: new {result.images / new_s:.0f} images/s, old "
                   f"{result.images / old_s:.0f} images/s, new / old {old_s / new_s:.3f}; features bit-identical: "
                   f"{'yes' if same else 'NO'}")
 

@@ -45,7 +45,7 @@ def assert_bit_identical(path, reference_path):
     assert torch.equal(result.test_features, reference.test_features)
 
 
-def test_two_ranks_write_the_same_bytes_as_one_process(image_folder, tmp_path):
+def test_two_ranks_write_the_same_bytes_as_one_process(image_folder, tmp_path, commit_thread):
     # 24 training and 12 test rows in shards of 5: neither split is a multiple of the shard size
     reference = one_process(image_folder, tmp_path / "one", shard_size=5).path
     run = torchrun(2, image_folder, tmp_path / "two", shard_size=5)

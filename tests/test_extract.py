@@ -68,7 +68,7 @@ def test_features_do_not_depend_on_batch_size(image_folder, small_cache, tmp_pat
     assert torch.allclose(small.test_features, large.test_features, atol=1e-4)
 
 
-def test_interrupted_extraction_resumes_to_the_same_result(image_folder, small_cache, tmp_path):
+def test_interrupted_extraction_resumes_to_the_same_result(image_folder, small_cache, tmp_path, commit_thread):
     reference = load_cache(small_cache.path)  # the same cut, uninterrupted
 
     def crash(shard):
@@ -79,11 +79,15 @@ def test_interrupted_extraction_resumes_to_the_same_result(image_folder, small_c
         _extract(image_folder, tmp_path / "run", on_shard=crash)
     [shards] = (tmp_path / "run").glob("*.shards")
     final = shards.with_name(shards.name.removesuffix(".shards"))
-    assert not final.exists() and sorted(p.name for p in shards.iterdir()) == ["train-000000.h5", "train-000001.h5"]
+    kept = sorted(p.name for p in shards.iterdir())  # committed shards only: no temporary file
+    # inline, the interrupt comes right after train-000001's commit; with a writer thread the shard it was
+    # writing is finished (the queued ones dropped), so one more may be kept
+    assert not final.exists() and kept[:2] == ["train-000000.h5", "train-000001.h5"]
+    assert len(kept) == 2 if commit_thread == "0" else len(kept) <= 3
     with pytest.raises(FeatcacheError, match="unfinished extraction"):
         load_cache(final)
     resumed = _extract(image_folder, tmp_path / "run")
-    assert resumed.shards_resumed == 2 and resumed.shards_total == 4 + 2 and resumed.path == final
+    assert resumed.shards_resumed == len(kept) and resumed.shards_total == 4 + 2 and resumed.path == final
     assert not shards.exists()  # removed after a verified assembly
     result = load_cache(final)
     assert torch.equal(result.train_features, reference.train_features)

@@ -34,7 +34,7 @@ def test_parameters_drawn_beside_the_decode_make_the_same_views(image_folder):
 
 
 def test_host_copies_come_back_in_order_one_batch_late():
-    copies = HostCopies(torch.device("cpu"))
+    copies = HostCopies(torch.device("cpu"), StageClock(torch.device("cpu")))
     seen = []
     for k in range(4):
         copies.put(("batch", k), torch.full((2, 3), float(k)))
@@ -79,13 +79,33 @@ def test_a_writer_thread_writes_the_same_cache(image_folder, tmp_path, monkeypat
     for setting in ("0", "1"):
         monkeypatch.setenv("FEATCACHE_COMMIT_THREAD", setting)
         results[setting] = extract(dataset, load_backbone("random", 0), provenance, tmp_path / setting, batch_size=5,
-                                   shard_size=7, progress=False)
+                                   shard_size=7, progress=False)  # shards of 7 rows in batches of 5: no cut aligns
     inline, threaded = (load_cache(results[setting].path) for setting in ("0", "1"))
     assert torch.equal(inline.train_features, threaded.train_features)
     assert torch.equal(inline.test_features, threaded.test_features)
     assert run_cli("verify", results["1"].path).exit_code == 0
     stages = results["1"].stage_seconds
     assert {"decode_wait", "to_device", "views", "forward", "to_host", "commit_thread", "commit_wait"} <= set(stages)
+    assert "decode_in_workers" not in stages  # no workers: the decode ran inside decode_wait, counted once
     assert "commit" in results["0"].stage_seconds and "commit_thread" not in results["0"].stage_seconds
     assert all(0 <= seconds <= results["1"].seconds for seconds in stages.values())
     assert results["1"].backbone_seconds == stages["forward"] > 0
+
+
+@pytest.mark.slow
+def test_the_profile_script_prints_the_breakdown_and_the_old_loop_agrees():
+    """scripts/profile_extraction.py at a CPU size: every stage in its table, and the pre-0.3 loop it keeps
+    for the before/after run computes bit-identical features."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "scripts/profile_extraction.py", "--images", "30", "--views", "1",
+                          "--image-size", "32", "--batch-size", "5", "--shard-size", "7", "--num-workers", "1",
+                          "--old"], capture_output=True, text=True, timeout=300, cwd=root)
+    assert run.returncode == 0, run.stderr
+    assert "features bit-identical: yes" in run.stdout, run.stdout
+    for stage in ("decode", "resize", "view parameters", "backbone forward", "view making",
+                  "shard commits on the main thread", "assembly"):
+        assert f"| {stage}" in run.stdout, run.stdout

@@ -91,9 +91,10 @@ def test_disk_filling_up_during_extraction_then_room_made(image_folder, small_di
     assert "\n" not in message and "no room left in" in message and "MB is free" in message
     [shards] = (disk / "cache").glob("*.shards")
     kept = sorted(p.name for p in shards.iterdir())  # the finished shards, no temporary file
-    # inline, on_shard runs right after shard 0's commit; a writer thread may have made shard 1 durable too
-    assert kept == ["train-000000.h5"] if commit_thread == "0" else kept in (["train-000000.h5"],
-                                                                             ["train-000000.h5", "train-000001.h5"])
+    # inline, on_shard runs right after shard 0's commit; a writer thread may have made the next ones durable
+    # before on_shard(0) ran on the main thread and filled the disk
+    assert kept == ["train-000000.h5"] if commit_thread == "0" else \
+        kept == [f"train-{k:06d}.h5" for k in range(len(kept))] and len(kept) >= 1
     assert not list((disk / "cache").glob("*.h5"))
     filler.unlink()
     resumed = _extract(image_folder, disk / "cache")

@@ -1,10 +1,10 @@
 """Writing the feature cache: extraction in checksummed shards by any number of processes.
 
 Extraction computes fixed shards of consecutive rows (featcache.cache.shards), dealt round-robin over the
-processes; each shard is committed to its own file. When all are done, rank 0 verifies them and copies
-them into `<name>.h5.partial`, which is renamed to `<name>.h5` only after the copy matches the shards'
-checksums: a reader never sees an incomplete file under the final name, and a killed run loses at
-most the shards in flight.
+processes; each shard is committed to its own file (featcache.cache.pipeline: on a writer thread on
+GPUs). When all are done, rank 0 verifies them and copies them into `<name>.h5.partial`, which is
+renamed to `<name>.h5` only after the copy matches the shards' checksums: a reader never sees an
+incomplete file under the final name, and a killed run loses at most the shards in flight.
 """
 from __future__ import annotations
 
@@ -82,8 +82,10 @@ def _view_batches(split, split_name: str, ranges: list[tuple[int, int]], views: 
             chunk = next(chunks, None)
         if chunk is None:
             return
-        clock.add("decode_in_workers", chunk.decode_seconds)
-        clock.add("params_in_workers", chunk.params_seconds)
+        if num_workers:  # else the decode ran inside decode_wait, on this thread
+            clock.add("decode_in_workers", chunk.decode_seconds)
+            clock.add("resize_in_workers", chunk.resize_seconds)
+            clock.add("params_in_workers", chunk.params_seconds)
         indices = list(range(chunk.start, chunk.start + len(chunk.images)))
         with clock.device_span("to_device"):
             batch = ImageBatch(chunk.images, device)
@@ -251,30 +253,33 @@ def _compute_shards(dataset: Dataset, backbone, provenance: dict, shards: list[S
         for split_name, split in (("train", dataset.train), ("test", dataset.test)):
             mine = [shard for shard in shards if shard.split == split_name]
             if mine:
-                _compute_split(dataset, split_name, split, mine, backbone, provenance, batch_size, num_workers,
-                               device, expected, bar, clock, committer, uncommitted, assembled_bytes)
+                _compute_split(split_name, split, mine, backbone, provenance, batch_size, num_workers, device,
+                               expected, bar, clock, committer, uncommitted, assembled_bytes)
         committer.drain()
-    finally:
-        committer.close()
-        for stage, seconds in clock.seconds().items():
-            result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
-        result.backbone_seconds = result.stage_seconds.get("forward", 0.0)
-        result.commit_seconds = sum(result.stage_seconds.get(stage, 0.0) for stage in ("commit", "commit_thread"))
+    except BaseException:
+        committer.close(abandon=True)  # the shard being written is finished, the queued ones dropped
+        raise
+    committer.close()
+    for stage, seconds in clock.seconds().items():
+        result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
+    result.backbone_seconds = result.stage_seconds.get("forward", 0.0)
+    result.commit_seconds = sum(result.stage_seconds.get(stage, 0.0) for stage in ("commit", "commit_thread"))
 
 
-def _compute_split(dataset, split_name: str, split, shards: list[Shard], backbone, provenance: dict,
+def _compute_split(split_name: str, split, shards: list[Shard], backbone, provenance: dict,
                    batch_size: int, num_workers: int, device, expected: dict, bar, clock: StageClock,
                    committer: ShardCommitter, uncommitted: list[Shard], assembled_bytes: int) -> None:
     views = list(range(1 + provenance["views"])) if split_name == "train" else [0]
     owner = {start: shard for shard in shards for start, _ in _batch_ranges([shard], batch_size)}
     rows: dict[Shard, np.ndarray] = {}
-    copies = HostCopies(device)
+    copies = HostCopies(device, clock)
 
     def store(tag, features: np.ndarray) -> None:  # a batch's features are on the host: into its shard's rows
         start, position = tag
         shard = owner[start]
-        block = rows.setdefault(shard, np.empty((len(shard), len(views), expected["feature_dim"]), dtype=np.float32))
-        block[start - shard.start:start - shard.start + len(features), position] = features
+        if shard not in rows:
+            rows[shard] = np.empty((len(shard), len(views), expected["feature_dim"]), dtype=np.float32)
+        rows[shard][start - shard.start:start - shard.start + len(features), position] = features
         if position == len(views) - 1 and start + len(features) == shard.stop:  # the shard's last batch
             still_to_write = feature_bytes(uncommitted, provenance["views"], expected["feature_dim"]) + assembled_bytes
             done = rows.pop(shard)

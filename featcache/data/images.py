@@ -36,8 +36,15 @@ class DecodedSplit(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        return self.timed(index)[0]
+
+    def timed(self, index: int) -> tuple[torch.Tensor, float, float]:
+        """(sample, seconds decoding it, seconds resizing it): the extraction profile's two stages."""
+        started = time.perf_counter()
         image = F.pil_to_tensor(self.split.read(index))
-        return resize_shorter_side(image[None], self.size)[0].to(torch.uint8)
+        decoded = time.perf_counter()
+        resized = resize_shorter_side(image[None], self.size)[0].to(torch.uint8)
+        return resized, decoded - started, time.perf_counter() - decoded
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class Chunk:
     images: list[torch.Tensor]
     params: dict = field(default_factory=dict)
     decode_seconds: float = 0.0
+    resize_seconds: float = 0.0
     params_seconds: float = 0.0
 
 
@@ -76,16 +84,17 @@ class DecodedChunks(torch.utils.data.Dataset):
         """A Chunk, or a FeatcacheError: returned, not raised, because a DataLoader worker would wrap a
         raised error in a multi-line traceback message."""
         start, stop = self.ranges[position]
-        started = time.perf_counter()
         try:
-            chunk = Chunk(start, [self.decoded[i] for i in range(start, stop)])
+            samples = [self.decoded.timed(i) for i in range(start, stop)]
         except FeatcacheError as error:
             return error
-        chunk.decode_seconds = time.perf_counter() - started
+        chunk = Chunk(start, [image for image, _, _ in samples], decode_seconds=sum(s[1] for s in samples),
+                      resize_seconds=sum(s[2] for s in samples))
         if self.plan is not None:
+            started = time.perf_counter()
             chunk.params = views_params(chunk.images, list(range(start, stop)), list(self.plan.views), self.plan.split,
                                         self.plan.seed)
-            chunk.params_seconds = time.perf_counter() - started - chunk.decode_seconds
+            chunk.params_seconds = time.perf_counter() - started
         return chunk
 
 
@@ -94,17 +103,11 @@ def decoded_chunks(split: Split, image_size: int, ranges: list[tuple[int, int]],
     """A Chunk for each (start, stop) range, decoded by `num_workers` DataLoader workers; a decoding
     error is raised here, as the one-line FeatcacheError naming the file."""
     chunks = DecodedChunks(DecodedSplit(split, image_size), ranges, plan)
-    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
-                                         pin_memory=False)  # ImageBatch pins what goes to a GPU, once
-    for chunk in loader:
+    loader = torch.utils.data.DataLoader(chunks, batch_size=None, num_workers=num_workers)  # not pinned here:
+    for chunk in loader:  # ImageBatch stacks what goes to a GPU straight into pinned memory
         if isinstance(chunk, FeatcacheError):
             raise chunk
         yield chunk
-
-
-def _as_is(item):
-    """DataLoader's collate for a Chunk: none (its default would not know the class)."""
-    return item
 
 
 class DecodedOrError(torch.utils.data.Dataset):

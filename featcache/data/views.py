@@ -67,19 +67,26 @@ def view_params(seed: int, split: str, index: int, view: int, height: int, width
                       brightness_first=bool(rng.random() < 0.5))
 
 
+def _sent_ahead(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor of host values on `device`: on a GPU through pinned memory without blocking, as
+    torch.tensor(values, device=cuda) would wait for the work already queued (the previous forward)."""
+    tensor = torch.tensor(values, dtype=dtype)
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
+
+
 def _resized_crops(images: torch.Tensor, params: list[ViewParams], size: int) -> torch.Tensor:
     """Crop each image to its box, resize to size x size (bilinear) and mirror the flipped ones, in one
     grid_sample call: a flip is the same sample points in reverse order, so it costs no extra pass."""
     _, _, height, width = images.shape
     device = images.device
-    boxes = torch.tensor([[p.top, p.left, p.height, p.width] for p in params], dtype=torch.float32, device=device)
+    boxes = _sent_ahead([[p.top, p.left, p.height, p.width] for p in params], torch.float32, device)
     steps = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size
     # Pixel-centre coordinates of the output in the source image, then grid_sample's [-1, 1] units.
     ys = boxes[:, 0:1] + steps * boxes[:, 2:3] - 0.5
     xs = boxes[:, 1:2] + steps * boxes[:, 3:4] - 0.5
     ys = (2 * ys + 1) / height - 1
     xs = (2 * xs + 1) / width - 1
-    flip = torch.tensor([p.flip for p in params], device=device)[:, None]
+    flip = _sent_ahead([p.flip for p in params], torch.bool, device)[:, None]
     xs = torch.where(flip, xs.flip(-1), xs)
     grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)
     return nnf.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -104,10 +111,11 @@ def _color_jitter_(batch: torch.Tensor, params: list[ViewParams]) -> torch.Tenso
     """In place: torchvision's adjust_brightness/adjust_contrast, in each view's own random order.
     In place because at 224 px every fresh batch-sized tensor costs as much as the arithmetic."""
     device = batch.device
-    brightness = torch.tensor([p.brightness for p in params], device=device).view(-1, 1, 1, 1)
-    contrast = torch.tensor([p.contrast for p in params], device=device).view(-1, 1, 1, 1)
-    other = torch.tensor([not p.brightness_first for p in params], device=device).nonzero().flatten()
-    contrast_first = batch[other] if len(other) else None  # a copy, taken before the in-place steps
+    brightness = _sent_ahead([p.brightness for p in params], torch.float32, device).view(-1, 1, 1, 1)
+    contrast = _sent_ahead([p.contrast for p in params], torch.float32, device).view(-1, 1, 1, 1)
+    first = [k for k, p in enumerate(params) if not p.brightness_first]  # found on the host: no device sync
+    other = _sent_ahead(first, torch.long, device)
+    contrast_first = batch[other] if first else None  # a copy, taken before the in-place steps
     _adjust_contrast_(_adjust_brightness_(batch, brightness), contrast)
     if contrast_first is not None:
         batch[other] = _adjust_brightness_(_adjust_contrast_(contrast_first, contrast[other]), brightness[other])
@@ -134,6 +142,10 @@ class ImageBatch:
             by_shape.setdefault(tuple(image.shape), []).append(k)
         self.groups = [(members, self._on_device([images[k] for k in members]).float().div_(255))
                        for members in by_shape.values()]
+        # where each group's views go in the batch: all of it (one shape, the usual case), else an index
+        # tensor sent ahead (a Python list as an index would be copied to the device with a wait)
+        self.rows = [slice(None) if len(self.groups) == 1 else _sent_ahead(members, torch.long, self.device)
+                     for members, _ in self.groups]
 
     def _on_device(self, images: list[torch.Tensor]) -> torch.Tensor:
         if self.device.type != "cuda":
@@ -155,14 +167,14 @@ def make_views(images: list[torch.Tensor] | ImageBatch, indices: list[int], view
     out = torch.empty(batch.count, 3, image_size, image_size, device=batch.device,
                       memory_format=torch.channels_last)  # the backbone's layout, kept by in-place ops
     if view == 0:
-        for members, group in batch.groups:
-            out[members] = center_crop(group, image_size)
+        for rows, (_, group) in zip(batch.rows, batch.groups):
+            out[rows] = center_crop(group, image_size)
         return normalize_(out)
     drawn = params is None
     params = [None] * batch.count if drawn else params
-    for members, group in batch.groups:
+    for (members, group), rows in zip(batch.groups, batch.rows):
         if drawn:
             for k in members:
                 params[k] = view_params(seed, split, indices[k], view, *group.shape[2:])
-        out[members] = _resized_crops(group, [params[k] for k in members], image_size)
+        out[rows] = _resized_crops(group, [params[k] for k in members], image_size)
     return normalize_(_color_jitter_(out, params))
