@@ -27,7 +27,10 @@ def one_process(data, cache_dir, shard_size, batch_size=3, threads=1, **kwargs):
                        batch_size=batch_size, shard_size=shard_size, progress=False, **kwargs)
 
 
-RANK_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default, kept whatever the suite runs with
+def rank_env() -> dict:
+    """This process's environment (a test's FEATCACHE_COMMIT_THREAD too) with torchrun's default of one
+    thread per rank, kept whatever the suite runs with."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def torchrun(processes, data, cache_dir, shard_size, batch_size=3, start_only=False):
@@ -35,7 +38,7 @@ def torchrun(processes, data, cache_dir, shard_size, batch_size=3, start_only=Fa
                "-m", "featcache", "extract", "--data", str(data), "--cache-dir", str(cache_dir), "--weights", "random",
                "--image-size", "32", "--views", "2", "--batch-size", str(batch_size), "--shard-size", str(shard_size)]
     return command if start_only else subprocess.run(command, capture_output=True, text=True, timeout=300,
-                                                      env=RANK_ENV)
+                                                      env=rank_env())
 
 
 def assert_bit_identical(path, reference_path):
@@ -103,7 +106,7 @@ def test_a_killed_rank_loses_only_its_shard_in_flight(make_image_folder, tmp_pat
     data = make_image_folder(40, 4)  # 24 training shards: rank 1 is far from done
     reference = one_process(data, tmp_path / "one", shard_size=5).path
     command = torchrun(2, data, tmp_path / "two", shard_size=5, start_only=True)
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=RANK_ENV)
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rank_env())
     deadline = time.time() + 120
     while not list((tmp_path / "two").glob("*.shards/train-000001.h5")) and time.time() < deadline:
         time.sleep(0.01)
@@ -113,7 +116,7 @@ def test_a_killed_rank_loses_only_its_shard_in_flight(make_image_folder, tmp_pat
     launcher.communicate(timeout=120)
     assert launcher.returncode != 0
     assert not list((tmp_path / "two").glob("*.h5"))
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=RANK_ENV)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=rank_env())
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed: " in rerun.stdout  # the shards both ranks committed before the kill were kept
     assert_bit_identical(tmp_path / "two" / reference.name, reference)
