@@ -179,3 +179,10 @@ def test_inspect_writes_parameter_table_and_grid(image_folder, run_cli, tmp_path
     assert "| layer4 | 8393728 |" in result.output and "| total | 11178051 |" in result.output  # 3-class head
     assert "| 0.01% |" in result.output and "| 75.10% |" in result.output
     assert (tmp_path / "grid.png").stat().st_size > 5_000
+    other = run_cli("inspect", "--data", image_folder, "--image-size", "32", "--backbone", "efficientnet_b0",
+                    "--out", tmp_path / "grid.png")  # the head is classifier.1 after a Dropout: all it trains
+    assert "| features | 4007548 | frozen | partly |" in other.output, other.output
+    assert "| classifier | 3843 | trained | trained |" in other.output
+    no_default = run_cli("inspect", "--data", image_folder, "--image-size", "32", "--backbone", "regnet_y_400mf",
+                         "--out", tmp_path / "grid.png")
+    assert "| trunk_output | 3902216 | frozen | as --unfreeze names |" in no_default.output, no_default.output

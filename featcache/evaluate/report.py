@@ -122,28 +122,30 @@ def plot_confusion(per_class: dict, path: Path) -> Path:
 def parameter_table(model: nn.Module, fine_tuned: tuple[str, ...] | None) -> list[dict]:
     """Parameters per top-level module of a network with a new head (featcache.backbone.with_new_head),
     and which approach trains them (notebook section 7): feature extraction the head, fine-tuning the
-    head and the `fine_tuned` modules (a module fine-tuning trains in part is 'partly'; None: what
-    --unfreeze names, the family having no default)."""
+    head and the `fine_tuned` modules; a module whose parameters an approach trains only in part is
+    'partly' (None: fine-tuning trains what --unfreeze names, the family having no default)."""
     from ..backbone import network_of, own_head_name
 
     network, head = network_of(model), own_head_name(model)
-    trained = (head, *(fine_tuned or ()))
-    rows = []
-    for name, module in network.named_children():
-        count = sum(p.numel() for p in module.parameters())
-        inside = [t for t in trained if t == name or t.startswith(name + ".")]
-        if count:
-            rows.append({"module": name, "parameters": count,
-                         "feature_extraction": "trained" if name == head else "partly" if head.startswith(name + ".")
-                         else "frozen",
-                         "fine_tuning": "trained" if name in trained else "partly" if inside
-                         else "as --unfreeze names" if fine_tuned is None else "frozen"})
+    trains = {"feature_extraction": {f"{head}.{key}" for key, _ in network.get_submodule(head).named_parameters()}}
+    trains["fine_tuning"] = trains["feature_extraction"] | {
+        f"{module}.{key}" for module in fine_tuned or () for key, _ in network.get_submodule(module).named_parameters()}
+
+    def status(module: str, approach: str) -> str:
+        mine = [f"{module}.{key}" for key, _ in network.get_submodule(module).named_parameters()]
+        trained = sum(key in trains[approach] for key in mine)
+        if approach == "fine_tuning" and fine_tuned is None and trained < len(mine):
+            return "as --unfreeze names"
+        return "trained" if trained == len(mine) else "partly" if trained else "frozen"
+
+    sizes = dict(network.named_parameters())
+    rows = [{"module": name, "parameters": sum(p.numel() for p in module.parameters()),
+             **{approach: status(name, approach) for approach in trains}}
+            for name, module in network.named_children() if any(True for _ in module.parameters())]
     total = sum(row["parameters"] for row in rows)
     shares = []
-    counts = {"feature_extraction": sum(p.numel() for p in network.get_submodule(head).parameters()),
-              "fine_tuning": sum(p.numel() for name in trained for p in network.get_submodule(name).parameters())}
     for approach in ("feature_extraction", "fine_tuning") if fine_tuned is not None else ("feature_extraction",):
-        trained = counts[approach]
+        trained = sum(sizes[key].numel() for key in trains[approach])
         shares.append({"module": f"trainable, {approach.replace('_', ' ')}", "parameters": trained,
                        approach: f"{100 * trained / total:.2f}%"})
     return rows + shares + [{"module": "total", "parameters": total}]
