@@ -137,3 +137,16 @@ print("torch" in sys.modules)
     checked = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert checked.returncode == 0 and checked.stdout.strip() == "False", checked.stderr
     assert featcache.HeadConfig(lr=np.float32(1e-3), sweep=True, sweep_lrs=(np.float64(0.1),)).lr > 0
+
+
+def test_the_api_docs_list_every_configs_fields():
+    """docs/api.md's table of configs names each config's fields, no more and no fewer."""
+    import dataclasses
+    import re
+
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| ([\w, ]+) \|$", (ROOT / "docs" / "api.md").read_text(), re.MULTILINE)
+    assert len(rows) >= 8
+    for name, fields in rows:
+        documented = [field.strip() for field in fields.split(",")]
+        actual = [field.name for field in dataclasses.fields(getattr(featcache, name))]
+        assert sorted(documented) == sorted(actual), name
