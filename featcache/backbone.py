@@ -2,6 +2,7 @@
 a local file or a seeded random init."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -276,6 +277,7 @@ def check_trainable(name: str, image_size: int, unfreeze) -> tuple[str, ...]:
     return unfreeze
 
 
+@functools.lru_cache
 def backbone_parameters(name: str) -> int:
     """Parameters of the backbone `name` without its classifier (11,176,512 for ResNet-18)."""
     model = with_new_head(network_structure(name), name, lambda width: nn.Identity())
@@ -290,7 +292,7 @@ def own_head_name(model: nn.Module) -> str:
 def _is_final_conv(module: nn.Module) -> bool:
     """torchvision's and timm's final 1x1 convolution among a network's stages (alone, or alone in a
     Sequential as in timm's MobileNetV3): what follows the last stage, not a stage."""
-    while isinstance(module, nn.Sequential) and len(module) == 1 and type(module) is nn.Sequential:
+    while type(module) is nn.Sequential and len(module) == 1:
         module = module[0]
     return type(module).__name__ in ("Conv2dNormActivation", "ConvBnAct")
 

@@ -12,7 +12,8 @@ from . import api
 from .api import FeatcacheError, __version__
 from .cli_options import (SEED_HELP, BackboneEntry, CommaList, FriendlyGroup, api_default, cache_options, cache_spec, data_options,
                           data_spec, end_to_end_options, epoch_printer, finetune_options, option, out_options, run_dir,
-                          run_options, seeds_option, settings_of, weights_options)
+                          run_options, seeds_option, settings_of, stacked, weights_options)
+from .settings import field_names
 from .train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE
 
 
@@ -340,14 +341,7 @@ def experiment(**options):
 @option(api.CacheSpec, "image_size", help="Crop size of a backbone whose --backbone names none.")
 @option(api.CacheSpec, "seed", help="Seeds the augmented views and random weights (every backbone sees the same).")
 @cache_options
-@option(api.BackbonesConfig, "heads")
-@option(api.BackbonesConfig, "seeds")
-@option(api.BackbonesConfig, "epochs")
-@option(api.BackbonesConfig, "batch_size")
-@option(api.BackbonesConfig, "lr")
-@option(api.BackbonesConfig, "extract_batch_size")
-@option(api.BackbonesConfig, "device")
-@option(api.BackbonesConfig, "num_workers")
+@stacked(*(option(api.BackbonesConfig, name) for name in field_names(api.BackbonesConfig)))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for backbones.md/.csv/.json/.png and the runs (<label>/<head>/seed-<k>/). Default: "
                    "runs/backbones-<time>.")

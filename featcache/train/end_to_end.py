@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..errors import FeatcacheError
 from ..data.images import ImageData
-from ..backbone import check_unfreeze, default_unfreeze, last_stage, load_network, module_path, scratch_network, with_new_head
+from ..backbone import check_unfreeze, last_stage, load_network, module_path, scratch_network, with_new_head
 from ..settings import DEFAULT_BACKBONE
 from .ddp import Ranks, revert_batchnorm
 from .heads import LinearHeads, single_head_history, train_heads, with_bias_column
@@ -22,7 +22,7 @@ def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[s
                          backbone: str = DEFAULT_BACKBONE) -> nn.Module:
     """The pretrained network with a new seeded head, everything frozen but the head and the `unfreeze`
     modules (featcache.backbone.check_unfreeze); None means the family's last stage
-    (featcache.backbone.last_stage: ResNet's layer4)."""
+    (featcache.backbone.last_stage: ResNet's layer4). The modules it trains are its `unfreeze`."""
     model = with_new_head(load_network(weights, seed, backbone), backbone,
                           lambda width: seeded_linear(width, classes, seed))
     if unfreeze is None:
@@ -31,6 +31,7 @@ def build_finetune_model(weights: str, classes: int, seed: int, unfreeze: list[s
     model.requires_grad_(False)
     for name in (model.head_name, *(module_path(model, module) for module in unfreeze)):
         model.get_submodule(name).requires_grad_(True)
+    model.unfreeze = list(unfreeze)
     return model
 
 
@@ -64,8 +65,8 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
     featcache.train.ddp (torchrun, and resuming a killed run).
     """
     ranks = ranks or Ranks()
-    unfreeze = list(unfreeze) if unfreeze is not None else list(default_unfreeze(backbone))
     model = build_finetune_model(weights, len(data.classes), config.seed, unfreeze, backbone)
+    unfreeze = model.unfreeze
     if init_head is not None:
         try:
             model.get_submodule(model.head_name).load_state_dict(init_head)
