@@ -129,6 +129,36 @@ def tree_digest(folder: Path) -> dict:
             for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name not in (TABLE, LISTINGS)}
 
 
+def export_and_predict(run_cli, run_dir: Path, images: Path, out: Path) -> tuple[float | None, dict]:
+    """`featcache export run_dir` to out/model.pt2, then featcache.predict over `images` with that file:
+    (its accuracy on the folder, the file's metadata)."""
+    exported = run_cli("export", run_dir, "--out", out / "model.pt2")
+    assert exported.exit_code == 0, exported.output
+    predicted = featcache.predict(out / "model.pt2", [images], out / "predictions.csv", progress=False)
+    return predicted["folder_accuracy"], featcache.load_model(out / "model.pt2")[1]
+
+
+def cached_and_end_to_end_heads(image_folder: Path, cache, backbone: str, config, lr: float):
+    """((head, history) trained from `cache`, (head, history) of the notebook's loop running `backbone`
+    (random weights, seed 0, 32 px) on every batch, epoch e on the cache's view 1 + e % V): what a
+    cache must reproduce."""
+    import torch
+
+    from featcache.backbone import load_backbone
+    from featcache.data.datasets import load_dataset
+    from featcache.data.images import ImageData, decode_all
+    from featcache.train.end_to_end import reference_feature_extraction
+    from featcache.train.heads import train_linear_head
+
+    dataset = load_dataset(str(image_folder))
+    cached = train_linear_head(cache.train_features, cache.train_labels, cache.test_features, cache.test_labels,
+                               config, lr=lr)
+    data = ImageData(decode_all(dataset.train, 32), torch.from_numpy(dataset.train.labels),
+                     decode_all(dataset.test, 32), torch.from_numpy(dataset.test.labels), dataset.classes, 32, 0)
+    return cached, reference_feature_extraction(data, load_backbone("random", 0, backbone), config, lr, cache.views,
+                                                log=None)
+
+
 def assert_clean_failure(result, *words):
     """One line on stderr holding each of `words`, exit status 1, no traceback."""
     assert result.exit_code == 1, result.output

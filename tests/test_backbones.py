@@ -11,7 +11,7 @@ from featcache.backbone import load_backbone
 from featcache.cache.key import cache_provenance
 from featcache.data.datasets import load_dataset
 
-from conftest import assert_clean_failure
+from conftest import assert_clean_failure, export_and_predict
 
 # name -> the width of the features its classifier sees (ViT is left out: it takes 224-px images only)
 FAMILIES = {"resnet50": 2048, "efficientnet_b0": 1280, "mobilenet_v3_small": 1024, "convnext_tiny": 768,
@@ -58,12 +58,8 @@ def test_a_mobilenet_goes_from_extraction_to_predictions(image_folder, tmp_path,
     assert_clean_failure(run_cli("finetune", "--data", image_folder, "--weights", "random", "--image-size", 32,
                                  "--epochs", 1, "--init-head", tmp_path / "head", "--out", tmp_path / "ft"),
                          "mobilenet_v3_small features", "fine-tuning starts a head on resnet18's")
-    exported = run_cli("export", tmp_path / "head", "--out", tmp_path / "model.pt2")
-    assert exported.exit_code == 0, exported.output
-    predicted = featcache.predict(tmp_path / "model.pt2", [image_folder / "test"], tmp_path / "predictions.csv",
-                                  progress=False)
-    assert predicted["folder_accuracy"] == run.final_test_acc
-    assert featcache.load_model(tmp_path / "model.pt2")[1]["backbone"] == "torchvision.mobilenet_v3_small"
+    accuracy, metadata = export_and_predict(run_cli, tmp_path / "head", image_folder / "test", tmp_path)
+    assert accuracy == run.final_test_acc and metadata["backbone"] == "torchvision.mobilenet_v3_small"
 
 
 def test_bad_backbones_are_one_line(image_folder, tmp_path, run_cli):
@@ -112,11 +108,8 @@ def test_a_timm_model_goes_from_extraction_to_predictions(image_folder, tmp_path
     assert run_cli("train-head", *common, "--epochs", 2, "--out", tmp_path / "head", "--quiet").exit_code == 0
     run = featcache.Run.load(tmp_path / "head")
     assert run.model.in_features == width
-    exported = run_cli("export", tmp_path / "head", "--out", tmp_path / "model.pt2")
-    assert exported.exit_code == 0, exported.output
-    predicted = featcache.predict(tmp_path / "model.pt2", [image_folder / "test"], tmp_path / "predictions.csv",
-                                  progress=False)
-    assert predicted["folder_accuracy"] == run.final_test_acc
+    accuracy, _ = export_and_predict(run_cli, tmp_path / "head", image_folder / "test", tmp_path)
+    assert accuracy == run.final_test_acc
 
 
 def test_timm_names_and_a_missing_timm_are_one_line(image_folder, tmp_path, run_cli, monkeypatch):

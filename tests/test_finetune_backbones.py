@@ -8,14 +8,11 @@ import torch
 import featcache
 from featcache.backbone import default_unfreeze, load_backbone
 from featcache.cache.reader import load_cache
-from featcache.data.datasets import load_dataset
-from featcache.data.images import ImageData, decode_all
 from featcache.train.config import EpochConfig
-from featcache.train.end_to_end import build_finetune_model, reference_feature_extraction
-from featcache.train.heads import train_linear_head
+from featcache.train.end_to_end import build_finetune_model
 from featcache.train.loop import seeded_linear
 
-from conftest import assert_clean_failure
+from conftest import assert_clean_failure, cached_and_end_to_end_heads, export_and_predict
 
 LAST_STAGES = {  # what each family's default --unfreeze trains besides the head
     "resnet18": ("layer4",),
@@ -79,12 +76,8 @@ def test_a_finetuned_mobilenet_loads_exports_and_predicts(image_folder, tmp_path
     assert run.config["backbone"] == "mobilenet_v3_small"
     assert run.config["unfreeze"] == ["features.11", "features.12", "classifier.0"]
     assert run.model.classifier[3].out_features == 3
-    exported = run_cli("export", tmp_path / "ft", "--out", tmp_path / "model.pt2")
-    assert exported.exit_code == 0, exported.output
-    predicted = featcache.predict(tmp_path / "model.pt2", [image_folder / "test"], tmp_path / "predictions.csv",
-                                  progress=False)
-    assert predicted["folder_accuracy"] == run.final_test_acc
-    assert featcache.load_model(tmp_path / "model.pt2")[1]["backbone"] == "torchvision.mobilenet_v3_small"
+    accuracy, metadata = export_and_predict(run_cli, tmp_path / "ft", image_folder / "test", tmp_path)
+    assert accuracy == run.final_test_acc and metadata["backbone"] == "torchvision.mobilenet_v3_small"
     scratch = run_cli("scratch", *common, "--out", tmp_path / "scratch")
     assert scratch.exit_code == 0, scratch.output
     assert featcache.Run.load(tmp_path / "scratch").model.classifier[3].out_features == 3
@@ -167,18 +160,14 @@ def test_cached_training_equals_the_end_to_end_loop_on_a_non_resnet_backbone(ima
     spec = featcache.CacheSpec(featcache.DataSpec(str(image_folder)), "random", 32, 2, cache_dir=tmp_path,
                                backbone="mobilenet_v3_small")
     cache = load_cache(featcache.extract(spec, progress=False).path)
-    dataset = load_dataset(str(image_folder))
     config = EpochConfig(epochs=3, batch_size=4, seed=3)  # 3 epochs > 2 augmented views: the view cycle wraps
-    head, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
-                                      cache.test_labels, config, lr=1e-2)
-    data = ImageData(decode_all(dataset.train, 32), torch.from_numpy(dataset.train.labels),
-                     decode_all(dataset.test, 32), torch.from_numpy(dataset.test.labels), dataset.classes, 32, 0)
-    reference_head, reference = reference_feature_extraction(
-        data, load_backbone("random", 0, "mobilenet_v3_small"), config, 1e-2, cache.views, log=None)
+    (head, history), (reference_head, reference) = cached_and_end_to_end_heads(image_folder, cache,
+                                                                               "mobilenet_v3_small", config, 1e-2)
     assert head.weight.shape == (3, 1024)
     assert torch.allclose(head.weight, reference_head.weight, atol=1e-4)
+    assert torch.allclose(head.bias, reference_head.bias, atol=1e-4)
     assert np.allclose(history["train_loss"], reference["train_loss"], atol=1e-4)
-    assert history["test_acc"] == reference["test_acc"]
+    assert history["train_acc"] == reference["train_acc"] and history["test_acc"] == reference["test_acc"]
     assert not torch.equal(head.weight, seeded_linear(1024, 3, config.seed).weight)  # it trained
 
 

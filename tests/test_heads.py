@@ -10,31 +10,21 @@ import pytest
 import torch
 
 import featcache
-from featcache.backbone import load_backbone
 from featcache.cache.reader import load_cache
-from featcache.data.images import decode_all
 from featcache.cache.synthetic import write_synthetic_cache
-from featcache.data.datasets import load_dataset
 from featcache.train.heads import LinearHeads, sweep_heads, train_linear_head, with_bias_column
 from featcache.train.logreg import logistic_regression_probe, logreg_as_linear
-from featcache.data.images import ImageData
 from featcache.train.heads import validation_split
 from featcache.cache.reader import view_for_epoch
 from featcache.train.config import EpochConfig
 from featcache.train.loop import accuracy, run_epochs, seeded_linear
-from featcache.train.end_to_end import reference_feature_extraction
-from conftest import tree_digest
+from conftest import cached_and_end_to_end_heads, tree_digest
 
 
 def test_cached_training_equals_the_end_to_end_reference_loop(image_folder, cache):
-    dataset = load_dataset(str(image_folder))
     config = EpochConfig(epochs=5, batch_size=4, seed=3)  # 5 epochs > 2 augmented views: the view cycle wraps
-    head, history = train_linear_head(cache.train_features, cache.train_labels, cache.test_features,
-                                      cache.test_labels, config, lr=1e-2)
-    data = ImageData(decode_all(dataset.train, 32), torch.from_numpy(dataset.train.labels),
-                     decode_all(dataset.test, 32), torch.from_numpy(dataset.test.labels), dataset.classes, 32, 0)
-    reference_head, reference = reference_feature_extraction(data, load_backbone("random", 0), config, 1e-2,
-                                                             cache.views, log=None)
+    (head, history), (reference_head, reference) = cached_and_end_to_end_heads(image_folder, cache, "resnet18",
+                                                                               config, 1e-2)
     assert torch.allclose(head.weight, reference_head.weight, atol=1e-4)
     assert torch.allclose(head.bias, reference_head.bias, atol=1e-4)
     assert np.allclose(history["train_loss"], reference["train_loss"], atol=1e-4)

@@ -8,6 +8,7 @@ import torch
 from scipy import stats as scipy_stats
 
 import featcache
+from conftest import export_and_predict
 from featcache.train.heads import train_linear_head, train_seeded_heads
 from featcache.train.config import EpochConfig
 from featcache.evaluate.stats import bootstrap_interval, mcnemar, paired_bootstrap, t_interval
@@ -168,9 +169,8 @@ def test_knn_head_runs_exports_and_predicts(cache, image_folder, tmp_path, run_c
     assert "chosen k=" in result.output
     run = featcache.Run.load(tmp_path / "knn")
     assert run.record["knn"]["k"] >= 1 and run.predictions["probabilities"].shape == (12, 3)
-    assert run_cli("export", tmp_path / "knn", "--out", tmp_path / "knn.pt2").exit_code == 0
-    predicted = featcache.predict(tmp_path / "knn.pt2", [image_folder / "test"], tmp_path / "p.csv", progress=False)
-    assert predicted["folder_accuracy"] == run.final_test_acc
+    accuracy, _ = export_and_predict(run_cli, tmp_path / "knn", image_folder / "test", tmp_path)
+    assert accuracy == run.final_test_acc
 
 
 def test_fewshot_subsets_are_seeded_per_class_from_training_images_and_shared_by_probes(cache, tmp_path, monkeypatch):
