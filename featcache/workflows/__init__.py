@@ -1,0 +1,1 @@
+"""What each command does, between the API and the phase packages."""
