@@ -34,10 +34,12 @@ from .key import (BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION, PRECISIONS, Ext
 ASSEMBLY_ATTEMPTS = 3  # a shard damaged between its commit and assembly is recomputed; twice more is a bad disk
 
 
-def cache_attributes(dataset: Dataset, provenance: dict, expected: dict, weights_source: str) -> dict:
+def cache_attributes(dataset: Dataset, provenance: dict, expected: dict, weights_source: str,
+                     backbone_parameters: int) -> dict:
     """The file's attributes: provenance, layout, how the rows were cut (`expected`: shard size, batch
-    size, threads; not in the key) and where the weights were read from (`weights` is their identity,
-    in the key; `weights_source` is the path, not in the key, for featcache export)."""
+    size, threads; not in the key), where the weights were read from (`weights` is their identity,
+    in the key; `weights_source` is the path, not in the key, for featcache export) and the backbone's
+    parameter count (not in the key: what a head's run reports without building the network)."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "featcache_version": __version__,
         "key": cache_key(provenance), "backbone": provenance["backbone"], "weights": provenance["weights"],
@@ -47,7 +49,7 @@ def cache_attributes(dataset: Dataset, provenance: dict, expected: dict, weights
         "dataset": json.dumps({"name": dataset.name, "fingerprint": provenance["dataset_fingerprint"],
                                **dataset.description}),
         "shard_size": expected["shard_size"], "batch_size": expected["batch_size"], "threads": expected["threads"],
-        "weights_source": weights_source,
+        "weights_source": weights_source, "backbone_parameters": backbone_parameters,
     }
 
 
@@ -147,6 +149,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
     device = local_device(torch.device(device))
     expected = {"key": cache_key(provenance), "shard_size": shard_size, "batch_size": batch_size,
                 "threads": compute_threads(device), "feature_dim": backbone.feature_dim}
+    parameters = sum(parameter.numel() for parameter in backbone.parameters())
     backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
     autotuning = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # autotuning could pick other kernels on other ranks
@@ -166,7 +169,7 @@ def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache
                             feature_bytes(shards, provenance["views"], expected["feature_dim"]))
             assembly_started = time.perf_counter()
             damaged = group.on_main(lambda: assemble(final, shards, expected, cache_attributes(
-                dataset, provenance, expected, weights_source), _splits(dataset), provenance["views"]))
+                dataset, provenance, expected, weights_source, parameters), _splits(dataset), provenance["views"]))
             result.assembly_seconds += time.perf_counter() - assembly_started
             result.shards_removed += damaged
             if not damaged:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Callable
 
 from ..cache.key import BACKBONE, BACKBONE_PARAMETERS, CacheSpec
-from ..errors import FeatcacheError
 from ..evaluate.claims import claimed_by_rank, saved_by_rank
 from ..evaluate.runs import Run, SeedRuns
 from ..evaluate.tables import markdown_table
@@ -168,19 +167,21 @@ def streaming_record(cache) -> dict:
 def head_run(model, history: dict, wall: float, cache, config_record: dict, record: dict) -> Run:
     predictions = {"ids": cache.test_ids, "labels": cache.test_labels,
                    "probabilities": history.pop("test_probabilities")}  # as the last test accuracy saw them
-    from ..backbone import backbone_parameters
-    from ..cache.key import backbone_name
-
     head_params = sum(p.numel() for p in model.parameters())
-    identity = cache.attrs.get("backbone", BACKBONE)
-    try:
-        backbone_params = BACKBONE_PARAMETERS if identity == BACKBONE else backbone_parameters(backbone_name(identity))
-    except FeatcacheError:  # a timm cache's head trains without timm; its backbone then goes uncounted
-        backbone_params = None
+    backbone_params = recorded_backbone_parameters(cache.attrs)
     return Run("feature-extraction", model, history, config_record, wall, "cpu", head_params,
                backbone_params + head_params if backbone_params is not None else None,
                {"cache_key": cache.key, "classes": cache.classes, "cache_attrs": _jsonable(cache.attrs), **record},
                predictions=predictions)
+
+
+def recorded_backbone_parameters(attrs) -> int | None:
+    """The backbone's parameter count the cache recorded when it was made, without building the network
+    (which would import torchvision or timm: seconds). A cache made before featcache 0.4 recorded none:
+    ResNet-18's is known, any other backbone's is unknown (None)."""
+    if "backbone_parameters" in attrs:
+        return int(attrs["backbone_parameters"])
+    return BACKBONE_PARAMETERS if attrs.get("backbone", BACKBONE) == BACKBONE else None
 
 
 def _jsonable(attrs: dict) -> dict:
