@@ -9,18 +9,17 @@ from pathlib import Path
 import click
 
 from . import api
-from .api import FeatcacheError, __version__
-from .cli_options import (SEED_HELP, BackboneEntry, CommaList, FriendlyGroup, api_default, cache_options, cache_spec, data_options,
-                          data_spec, end_to_end_options, epoch_printer, finetune_options, option, out_options, run_dir,
-                          run_options, seeds_option, settings_of, stacked, weights_options)
+from .api import __version__
+from .cli_options import (SEED_HELP, BackboneEntry, FriendlyGroup, cache_options, cache_spec, data_options, data_spec,
+                          end_to_end_options, epoch_printer, finetune_options, option, out_options, run_dir, run_options,
+                          seeds_option, settings_of, stacked, weights_options)
 from .settings import field_names
-from .train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="featcache")
 def main():
-    """Transfer learning on small image datasets, fast: cache a frozen ResNet-18's features once,
+    """Transfer learning on small image datasets, fast: cache a frozen backbone's features once (ResNet-18 by default),
     then train heads on them in seconds, and compare with fine-tuning and training from scratch."""
 
 
@@ -34,7 +33,7 @@ def main():
 @option(api.ExtractConfig, "force")
 @option(api.ExtractConfig, "rehash")
 def extract(**options):
-    """Run the frozen backbone once over every view and cache the 512-d features in HDF5.
+    """Run the frozen backbone once over every view and cache its D features in HDF5 (512 for ResNet-18).
 
     Each training image gets its clean view (view 0) and --views augmented views; each test image its
     clean view. The file name carries a key over everything that determines the features, so the
@@ -78,7 +77,7 @@ def verify(cache):
 @option(api.HeadConfig, "seed", help="Seeds head init, shuffling and the validation split (and picks the cache "
                                      "without CACHE).")
 @option(api.HeadConfig, "epochs")
-@option(api.HeadConfig, "batch_size", type=click.IntRange(min=1))
+@option(api.HeadConfig, "batch_size")
 @option(api.HeadConfig, "lr")
 @option(api.HeadConfig, "weight_decay")
 @option(api.HeadConfig, "head")
@@ -141,7 +140,7 @@ def train_end_to_end(options: dict, config_class, approach: str, single, seeds, 
 @seeds_option("the head's init and the shuffle (one run after another)")
 @out_options
 def finetune_command(**options):
-    """Fine-tune a pretrained backbone (ResNet-18) end to end: new head plus the --unfreeze modules, two
+    """Fine-tune a pretrained backbone (ResNet-18 by default) end to end: new head plus the --unfreeze modules, two
     learning rates, the reference augmentation drawn fresh each epoch, test accuracy every epoch."""
     train_end_to_end(options, api.FinetuneConfig, "fine-tuning", api.finetune, api.finetune_seeds,
                      options["weights"])
@@ -158,7 +157,7 @@ def finetune_command(**options):
 @seeds_option("the model's init and the shuffle (one run after another)")
 @out_options
 def scratch_command(**options):
-    """Train the backbone's network (ResNet-18) from a seeded random init: every parameter, Adam, the
+    """Train the backbone's network (ResNet-18 by default) from a seeded random init: every parameter, Adam, the
     reference augmentation."""
     train_end_to_end(options, api.ScratchConfig, "scratch", api.scratch, api.scratch_seeds)
 
@@ -195,15 +194,13 @@ def echo_comparison(result: dict, several: bool | None = None) -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="File to write (by convention .pt2); replaced if it exists.")
-@click.option("--weights", default=None,
-              help="Feature extraction only: the backbone weights file, if it is no longer where the cache "
-                   "recorded it. Its sha256 must be the one the cache recorded.")
-def export_command(run_dir, out, weights):
+@option(api.ExportConfig, "weights")
+def export_command(run_dir, out, **options):
     """Export RUN_DIR (any approach) as one file that PyTorch alone loads with torch.export.load: uint8 RGB
     images [N, 3, H, W] of any size in, class probabilities out, the clean-view resize, crop and
     normalisation inside; class names and provenance in its extra file featcache.json. Runs trained by
     featcache 0.1 (PIL-resized images) are refused: train them again."""
-    metadata = api.export(run_dir, out, weights=weights)
+    metadata = api.export(run_dir, out, **settings_of(api.ExportConfig, options))
     click.echo(f"exported {metadata['approach']} run {run_dir} ({len(metadata['classes'])} classes: "
                f"{', '.join(metadata['classes'])}; {metadata['image_size']} px) to {out}")
     if metadata.get("cache_precision") == "bf16":
@@ -215,30 +212,14 @@ def export_command(run_dir, out, weights):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="CSV (or JSON) file to write.")
-@click.option("--format", "output_format", type=click.Choice(["csv", "json"]),
-              default=api_default(api.predict, "output_format"), show_default=True,
-              help="csv: path, class_k and probability_k for k = 1..--top-k, error; json: {classes, model, "
-                   "predictions: [{path, top: [{class, probability}], error}]}.")
-@click.option("--top-k", type=click.IntRange(min=1), default=api_default(api.predict, "top_k"), show_default=True,
-              help="Classes listed per image, most probable first; at most the model's number of classes.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=api_default(api.predict, "batch_size"),
-              show_default=True, help="Images per forward pass (images of any sizes are batched together).")
-@option(api.ExtractConfig, "device")
-@option(api.ExtractConfig, "num_workers")
-@click.option("--skip-bad", is_flag=True,
-              help="Report a file that is not a readable image, list it with its error, and go on "
-                   "(default: stop with an error naming it, writing nothing).")
-@click.option("--weights", default=None, help="When MODEL is a feature-extraction run directory: its backbone "
-                                                "weights file, as for featcache export.")
+@stacked(*(option(api.PredictConfig, name) for name in field_names(api.PredictConfig)))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict_command(model, inputs, out, output_format, top_k, batch_size, device, num_workers, skip_bad, weights,
-                    quiet):
+def predict_command(model, inputs, out, quiet, **options):
     """Classify INPUTS (image files and folders, searched recursively) with MODEL, a file from featcache
     export or a run directory, and write each image's top-k classes to --out in input order. When every
     image sits in a folder named after a class (test/<class>/*), also print the accuracy against them."""
-    result = api.predict(model, inputs, out, output_format=output_format, top_k=top_k, batch_size=batch_size,
-                         device=device, num_workers=num_workers, skip_bad=skip_bad, weights=weights,
-                         progress=not quiet, echo=lambda line: click.echo(line, err=True))
+    result = api.predict(model, inputs, out, progress=not quiet, echo=lambda line: click.echo(line, err=True),
+                         **settings_of(api.PredictConfig, options))
     skipped = f", {result['unreadable']} unreadable (listed with their error)" if result["unreadable"] else ""
     click.echo(f"classified {result['images']} images{skipped} at {result['images_per_second']:.0f} images/s; "
                f"wrote {result['path']}")
@@ -248,30 +229,14 @@ def predict_command(model, inputs, out, output_format, top_k, batch_size, device
 
 @main.command("fewshot")
 @click.argument("cache", type=click.Path(path_type=Path))
-@click.option("--shots", default=",".join(map(str, api_default(api.fewshot, "shots"))), show_default=True,
-              help="Training images per class (k) to sample, comma-separated.")
-@click.option("--trials", type=click.IntRange(min=2), default=api_default(api.fewshot, "trials"), show_default=True,
-              help="Subsets drawn per k (seeded, without replacement, the same for every probe).")
-@click.option("--probes", type=CommaList(str), default=",".join(api_default(api.fewshot, "probes")),
-              show_default=True,
-              help=f"linear (reference head, fixed budget of {FEWSHOT_LINEAR_STEPS} Adam steps), logreg (train-head's "
-                   f"probe: C on a validation split from {MIN_PER_CLASS_TO_CHOOSE} shots, else C=1), knn (k on a "
-                   f"validation split from {MIN_PER_CLASS_TO_CHOOSE} shots, else 1-NN).")
-@click.option("--seed", type=int, default=api_default(api.fewshot, "seed"), show_default=True,
-              help="Seeds the subsets, inits and shuffles.")
-@option(api.HeadConfig, "knn_temperature")
+@stacked(*(option(api.FewshotConfig, name) for name in field_names(api.FewshotConfig)))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "fewshot", show_default=True,
               help="Folder for fewshot.md, fewshot.csv, fewshot.json and fewshot.png.")
-def fewshot_command(cache, shots, trials, probes, seed, knn_temperature, out):
+def fewshot_command(cache, out, **options):
     """Few-shot curves from CACHE alone (no image is decoded): for each k, --trials subsets of k training
     images per class, each probe trained on them and tested on the whole test split; mean test accuracy
     and 95% t-interval over trials per probe, as a table and a PNG of accuracy versus k."""
-    try:
-        shot_list = [int(part) for part in shots.split(",") if part.strip()]
-    except ValueError:
-        raise FeatcacheError(f"`shots` must be comma-separated integers, got {shots!r}") from None
-    result = api.fewshot(cache, out, shots=shot_list, trials=trials, seed=seed, probes=probes,
-                         knn_temperature=knn_temperature, log=click.echo)
+    result = api.fewshot(cache, out, log=click.echo, **settings_of(api.FewshotConfig, options))
     click.echo(result["markdown"])
     click.echo(f"{result['seconds']:.1f} s of compute; wrote {result['png']}, {result['md']}, {result['csv']} "
                f"and {result['json']}")
@@ -279,20 +244,14 @@ def fewshot_command(cache, shots, trials, probes, seed, knn_temperature, out):
 
 @main.command("inspect")
 @data_options
-@option(api.CacheSpec, "image_size", help="Crop size S.")
-@option(api.CacheSpec, "seed", help="Seeds the augmented views shown.")
-@click.option("--count", type=click.IntRange(min=1, max=64), default=api_default(api.inspect, "count"),
-              show_default=True, help="Training images to show (spread over the classes).")
-@click.option("--view", type=click.IntRange(min=0), default=api_default(api.inspect, "view"), show_default=True,
-              help="Which view to show: 0 clean, 1.. augmented (as extract caches them).")
+@stacked(*(option(api.InspectConfig, name) for name in field_names(api.InspectConfig) if name != "backbone"))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "inspect.png", show_default=True,
               help="PNG file of the image grid.")
-@option(api.CacheSpec, "backbone")
-def inspect_command(out, image_size, seed, count, view, backbone, **options):
+@option(api.InspectConfig, "backbone")
+def inspect_command(out, **options):
     """Show the backbone's parameters per module (ResNet-18's by default), the share each approach
     trains, and a grid of training images as augmented, with their class names."""
-    rows = api.inspect(data_spec(options), out, image_size=image_size, seed=seed, count=count, view=view,
-                       backbone=backbone)
+    rows = api.inspect(data_spec(options), out, **settings_of(api.InspectConfig, options))
     click.echo(api.markdown_table(rows, ["module", "parameters", "feature_extraction", "fine_tuning"]))
     click.echo(f"wrote {out}")
 
@@ -367,28 +326,18 @@ def backbones_command(entries, **options):
 
 @main.command("bench")
 @data_options(per_class=100, test_per_class=200)
-@weights_options
-@run_options(api.EpochConfig.batch_size, "Training batch size (head and end-to-end loop).", SEED_HELP)
-@option(api.EpochConfig, "epochs")
-@option(api.CacheSpec, "views", help="Augmented views to extract.")
-@option(api.ExperimentConfig, "extract_batch_size", help="Images per backbone forward, for extraction and the "
-                                                       "bare-forward ceiling.")
-@option(api.CacheSpec, "backbone")
-@click.option("--no-end-to-end", is_flag=True, help="Skip the (slow) end-to-end loop: throughput figures only.")
+@stacked(*(option(api.BenchConfig, name) for name in field_names(api.BenchConfig)
+           if api.BenchConfig.__dataclass_fields__[name].metadata["cli"]))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "bench", show_default=True,
               help="Folder for bench.json and bench.md.")
-def bench_command(**options):
+def bench_command(out, **options):
     """Measure the accelerator: end-to-end feature extraction versus extract + train-head versus
     train-head alone, extraction versus the bare backbone forward, and featcache's input pipeline
     versus the notebook's, all in one process on one config. Defaults finish in a few minutes on a
     2-core CPU; --per-class 500 --test-per-class 1000 is the reference task's size."""
     command = "featcache " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("featcache") else "featcache bench"
-    result = api.bench(data_spec(options), options["out"], weights=options["weights"],
-                       image_size=options["image_size"], views=options["views"], epochs=options["epochs"],
-                       batch_size=options["batch_size"], extract_batch_size=options["extract_batch_size"],
-                       device=options["device"], num_workers=options["num_workers"], seed=options["seed"],
-                       end_to_end=not options["no_end_to_end"], command=command, log=click.echo,
-                       backbone=options["backbone"])
+    result = api.bench(data_spec(options), out, command=command, log=click.echo,
+                       **settings_of(api.BenchConfig, options))
     click.echo(result["markdown"])
     click.echo(f"wrote {result['json']} and {result['md']}")
 

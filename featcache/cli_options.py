@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import os
 import re
 from pathlib import Path
@@ -14,27 +13,40 @@ import click
 from tqdm import tqdm
 
 from . import api
-from .api import FeatcacheError, ReportedElsewhere
-from .settings import field_names
+from .api import ConfigError, FeatcacheError, ReportedElsewhere
+from .settings import check_value, field_names, field_type
 
 # featcache.api imports torch, scikit-learn and matplotlib inside the functions that use them: finding
 # an existing cache (a repeated `featcache extract`) answers in a fraction of a second.
 
 
 class FriendlyGroup(click.Group):
-    """Turns FeatcacheError, and the OSErrors of the environment (permissions, a full disk), into one
-    line on stderr and exit status 1, never a traceback."""
+    """Every error in one line on stderr, never a traceback: a bad option or setting (click's usage errors
+    and ConfigError) exits 2 naming the option; FeatcacheError, and the OSErrors of the environment
+    (permissions, a full disk), while running exit 1."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ReportedElsewhere:
             ctx.exit(1)
+        except click.UsageError as error:  # a subcommand's options, as click parsed them
+            raise click.UsageError(f"{self._where(ctx)}{one_line(error.format_message())}") from None
+        except ConfigError as error:  # a setting its config refuses: a usage error too
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            raise click.UsageError(f"{self._where(ctx)}{one_line(option_names(str(error), command))}") from None
         except (FeatcacheError, OSError) as error:
             command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
             rank = "" if api.is_main_process() else f"rank {os.environ['RANK']}: "  # under torchrun, who failed
-            message = " ".join(option_names(str(error), command).split())  # one line, always
-            raise click.ClickException(rank + message) from None
+            raise click.ClickException(rank + one_line(option_names(str(error), command))) from None
+
+    @staticmethod
+    def _where(ctx) -> str:
+        return f"featcache {ctx.invoked_subcommand}: " if ctx.invoked_subcommand else ""
+
+
+def one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def option_names(message: str, command: click.Command | None) -> str:
@@ -50,18 +62,18 @@ def stacked(*options):
 
 
 class CommaList(click.ParamType):
-    """'a,b,c' as a tuple of `kind` (float, or str for names); blanks dropped."""
+    """'a,b,c' as a tuple of `kind` (int, float, or str for names); blanks dropped."""
 
     def __init__(self, kind=str):
-        self.kind, self.name = kind, "numbers" if kind is float else "names"
+        self.kind, self.name = kind, {int: "whole numbers", float: "numbers"}.get(kind, "names")
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
         try:
             return tuple(self.kind(part.strip()) for part in str(value).split(",") if part.strip())
-        except ValueError:  # one line and exit status 1, as every FeatcacheError (FriendlyGroup)
-            raise FeatcacheError(f"`{param.name}` must be comma-separated {self.name}, got {value!r}") from None
+        except ValueError:  # a usage error: exit status 2, in one line (FriendlyGroup)
+            self.fail(f"must be comma-separated {self.name}, got {value!r}", param, ctx)
 
 
 class BackboneEntry(click.ParamType):
@@ -79,45 +91,71 @@ class BackboneEntry(click.ParamType):
         for part in settings:
             key, equals, setting = part.partition("=")
             if not equals or key not in self.KEYS or not setting:
-                raise FeatcacheError(f"`backbone` {value}: {part!r} is not weights=W, image-size=S or label=L")
+                self.fail(f"{value}: {part!r} is not weights=W, image-size=S or label=L", param, ctx)
             if key == "image-size" and not setting.isdigit():
-                raise FeatcacheError(f"`backbone` {value}: image-size must be a whole number of pixels")
+                self.fail(f"{value}: image-size must be a whole number of pixels", param, ctx)
             entry[key.replace("-", "_")] = int(setting) if key == "image-size" else setting
         return entry
 
 
-FIELD_TYPES = {"int": int, "int | None": int, "float": float, "float | None": float, "str": str, "str | None": str,
-               "Path": click.Path(path_type=Path), "Path | None": click.Path(path_type=Path),
-               "tuple[float, ...]": CommaList(float), "tuple[str, ...]": CommaList(str),
-               "tuple[str, ...] | None": CommaList(str), "int | str | None": str, "object": str}
+class FieldOption(click.Option):
+    """A click option made from a config's field (`option`): it knows the field, and checks every value
+    given against the field's constraint (check_value) at parse time."""
+
+    def __init__(self, *args, config_class=None, field=None, **kwargs):
+        self.config_class, self.field = config_class, field
+        super().__init__(*args, **kwargs)
+
+    def process_value(self, ctx, value):
+        value = super().process_value(ctx, value)
+        if value is None or (isinstance(value, tuple) and not value and self.default is None):
+            return value
+        try:
+            return check_value(self.config_class, self.field, value)
+        except ConfigError as error:
+            raise click.BadParameter(re.sub(r"`\w+` ", "", str(error), count=1), ctx=ctx, param=self) from None
+
+
+def click_type(config_class, name: str):
+    """The click type of a config's field, from its annotation and constraint (shown in --help)."""
+    meta = config_class.__dataclass_fields__[name].metadata
+    kind, _, item_kind = field_type(config_class, name)
+    if kind is tuple:
+        return CommaList(item_kind if item_kind in (int, float) else str)
+    if meta["choices"]:
+        return click.Choice(list(meta["choices"]))
+    if kind is int and (meta["minimum"] is not None or meta["maximum"] is not None):
+        return click.IntRange(min=meta["minimum"], max=meta["maximum"])
+    if kind is float and any(meta[bound] is not None for bound in ("minimum", "maximum", "above", "below")):
+        low = meta["minimum"] if meta["minimum"] is not None else meta["above"]
+        high = meta["maximum"] if meta["maximum"] is not None else meta["below"]
+        return click.FloatRange(min=low, max=high, min_open=meta["above"] is not None,
+                                max_open=meta["below"] is not None)
+    if kind is Path:
+        return click.Path(path_type=Path)
+    return kind if kind in (int, float) else str
 
 
 def option(config_class, name: str, *, default=dataclasses.MISSING, help: str | None = None, **click_settings):
-    """The click option of a config's field: its default and help come from the field (written once,
-    in the config); `default` and `help` only where a command means something else by it."""
+    """The click option of a config's field: its default, help, type and constraint come from the field
+    (written once, in the config); `default` and `help` only where a command means something else by it."""
     item = config_class.__dataclass_fields__[name]
     meta = item.metadata
     assert meta["cli"], f"{config_class.__name__}.{name} is not a command-line setting"
     value = item.default if default is dataclasses.MISSING else default
-    settings = {"default": value, "help": help or meta["help"], "show_default": value is not None and value is not False}
-    if item.type == "bool":
+    settings = {"default": value, "help": help or meta["help"], "show_default": value is not None and value is not False,
+                "cls": FieldOption, "config_class": config_class, "field": name}
+    if field_type(config_class, name)[0] is bool:
         settings.update(is_flag=True, show_default=False)
-    elif meta["choices"]:
-        settings["type"] = click.Choice(list(meta["choices"]))
-    elif meta["minimum"] is not None:
-        settings["type"] = click.IntRange(min=meta["minimum"])
+        if "/" in (meta["option"] or ""):  # --x/--no-x: a setting that is on by default
+            settings.update(show_default=True)
     else:
-        settings["type"] = FIELD_TYPES[item.type]
+        settings["type"] = click_type(config_class, name)
     if isinstance(value, tuple):
         settings["default"] = ",".join(map(str, value))
     if meta["metavar"]:
         settings["metavar"] = meta["metavar"]
-    return click.option(meta["option"] or "--" + name.replace("_", "-"), **{**settings, **click_settings})
-
-
-def api_default(function, name: str):
-    """The default of an API function's argument, for the commands whose settings are plain arguments."""
-    return inspect.signature(function).parameters[name].default
+    return click.option(meta["option"] or "--" + name.replace("_", "-"), name, **{**settings, **click_settings})
 
 
 def data_options(function=None, *, per_class=dataclasses.MISSING, test_per_class=dataclasses.MISSING):

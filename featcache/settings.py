@@ -11,7 +11,10 @@ import math
 import numbers
 import os
 import re
+import types
+import typing
 from dataclasses import field, fields
+from pathlib import Path
 
 from .errors import FeatcacheError
 
@@ -24,25 +27,161 @@ class UnknownSetting(FeatcacheError, TypeError):
     unexpected keyword, and a FeatcacheError, so the CLI prints it in one line."""
 
 
+class ConfigError(FeatcacheError, ValueError):
+    """A setting its field does not allow (out of range, not a choice, of the wrong type, malformed): the
+    command line's usage errors (exit status 2, one line naming the option); errors while running exit 1."""
+
+
 def setting(default, help: str, *, option: str | None = None, choices: tuple | None = None,
-            minimum: int | None = None, metavar: str | None = None, cli: bool = True):
-    """A config field with what the CLI needs to offer it: its help, and, where the command line spells
-    it differently, the option's name, its choices, its minimum or its metavar. cli=False: an API-only
-    field (what a caller knows, such as an extraction's wall time)."""
-    metadata = {"help": help, "option": option, "choices": choices, "minimum": minimum, "metavar": metavar,
-                "cli": cli}
+            minimum: float | None = None, maximum: float | None = None, above: float | None = None,
+            below: float | None = None, check=None, metavar: str | None = None, cli: bool = True):
+    """A config field with its constraint, written once: `choices`, `minimum`/`maximum` (inclusive),
+    `above`/`below` (exclusive), or `check(name, value)` for a format (a memory size, a list of seeds).
+    A tuple field's constraint holds for each of its items, and it needs at least one. The field's
+    annotation is its type. check_fields enforces all of it in a config's __post_init__, and the CLI's
+    option (featcache.cli_options.option) at parse time, both through check_value. Besides: its help,
+    and where the command line spells it differently the option's name or metavar. cli=False: an
+    API-only field (what a caller knows, such as an extraction's wall time)."""
+    metadata = {"help": help, "option": option, "choices": choices, "minimum": minimum, "maximum": maximum,
+                "above": above, "below": below, "check": check, "metavar": metavar, "cli": cli}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
+CONSTRAINTS = ("option", "choices", "minimum", "maximum", "above", "below", "check", "metavar", "cli")
+
+
 def like(config_class, name: str, help: str | None = None):
-    """A setting with the default and command-line form of another config's field (the experiment's
-    fine-tuning settings are fine-tuning's), its help unless `help` says more."""
+    """A setting with the default, constraint and command-line form of another config's field (the
+    experiment's fine-tuning settings are fine-tuning's), its help unless `help` says more."""
     item = config_class.__dataclass_fields__[name]
     meta = dict(item.metadata)
-    return setting(item.default, help or meta.pop("help"), **{key: meta[key] for key in
-                                                             ("option", "choices", "minimum", "metavar", "cli")})
+    return setting(item.default, help or meta.pop("help"), **{key: meta[key] for key in CONSTRAINTS})
+
+
+def field_type(config_class, name: str) -> tuple[type | None, bool, type | None]:
+    """(type, whether None is allowed, item type of a tuple) of a config's field, from its annotation;
+    type None where the annotation admits several (a size given as 1GB or in bytes: its `check` decides)."""
+    hint = typing.get_type_hints(config_class)[name]
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    optional = type(None) in args
+    kinds = [arg for arg in args if arg is not type(None)]
+    if len(kinds) != 1:
+        return None, optional, None
+    kind = kinds[0]
+    if typing.get_origin(kind) is tuple:
+        return tuple, optional, typing.get_args(kind)[0]
+    return kind, optional, None
+
+
+def check_value(config_class, name: str, value):
+    """`value` as field `name` of `config_class` holds it (a list as a tuple, a numpy integer as an int),
+    or a ConfigError naming the field: its type, then its constraint."""
+    meta = config_class.__dataclass_fields__[name].metadata
+    kind, optional, item_kind = field_type(config_class, name)
+    if value is None:
+        if optional or kind is object:
+            return value
+        raise ConfigError(f"`{name}` must be given")
+    if kind is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"`{name}` must be a list or tuple, got {_shown(value)}")
+        items = tuple(_typed(name, item, item_kind) for item in value)
+        if not items and (meta["choices"] or meta["check"] or _bounded(meta)):
+            raise ConfigError(f"`{name}` must name at least one value")
+        for item in items:
+            _constrained(name, item, meta)
+        return items
+    value = _typed(name, value, kind)
+    _constrained(name, value, meta)
+    return value
+
+
+def check_fields(config) -> None:
+    """Every setting of `config` checked by check_value (and stored as it holds it): what each config's
+    __post_init__ calls first."""
+    for item in fields(config):
+        if "help" in item.metadata:
+            value = getattr(config, item.name)
+            checked = check_value(type(config), item.name, value)
+            if checked is not value:
+                object.__setattr__(config, item.name, checked)
+
+
+def _typed(name: str, value, kind):
+    if kind in (None, object):
+        return value
+    if kind is bool:
+        if not _is_bool(value):
+            raise ConfigError(f"`{name}` must be True or False, got {_shown(value)}")
+        return bool(value)
+    if kind is int:
+        if _is_bool(value) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"`{name}` must be a whole number, got {_shown(value)}")
+        return int(value)
+    if kind is float:
+        if _is_bool(value) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ConfigError(f"`{name}` must be a finite number, got {_shown(value)}")
+        return value
+    if kind is Path:
+        if not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"`{name}` must be a path, got {_shown(value)}")
+        return value
+    if not isinstance(value, kind):
+        raise ConfigError(f"`{name}` must be a {kind.__name__}, got {_shown(value)}")
+    return value
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's, without importing numpy
+
+
+def _bounded(meta) -> bool:
+    return any(meta[bound] is not None for bound in ("minimum", "maximum", "above", "below"))
+
+
+def _constrained(name: str, value, meta) -> None:
+    if meta["choices"] is not None and value not in meta["choices"]:
+        names = [repr(choice) for choice in meta["choices"]]
+        raise ConfigError(f"`{name}` must be {', '.join(names[:-1])} or {names[-1]}, got {value!r}")
+    for bound, holds, words in (("minimum", lambda v, b: v >= b, "at least"), ("maximum", lambda v, b: v <= b, "at most"),
+                                ("above", lambda v, b: v > b, "greater than"), ("below", lambda v, b: v < b, "less than")):
+        if meta[bound] is not None and not holds(value, meta[bound]):
+            raise ConfigError(f"`{name}` must be {words} {meta[bound]:g}, got {value!r}")
+    if meta["check"] is not None:
+        try:
+            meta["check"](name, value)
+        except ConfigError:
+            raise
+        except FeatcacheError as error:
+            raise ConfigError(str(error)) from None
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def require(name: str, value, kind, what: str):
+    """An API argument that must be a `kind` (a DataSpec, say), refused in one line naming it otherwise."""
+    if not isinstance(value, kind):
+        raise ConfigError(f"`{name}` must be {what}, got {_shown(value)}")
+    return value
+
+
+def as_paths(name: str, value) -> list:
+    """A list of paths given as a list (or any iterable of paths), never one string taken for its characters."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        raise ConfigError(f"`{name}` must be a list of paths, got the single path {str(value)!r}: write [{str(value)!r}]")
+    try:
+        paths = list(value)
+    except TypeError:
+        raise ConfigError(f"`{name}` must be a list of paths, got {_shown(value)}") from None
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"`{name}` must be a list of paths, got an item {_shown(path)}")
+    return paths
 
 
 DEFAULT_BACKBONE = "resnet18"  # its caches' keys and names are those of every featcache before --backbone
@@ -67,36 +206,29 @@ def built(config_class, config, arguments: dict, function: str):
     return type(config)(**{**{name: getattr(config, name) for name in field_names(config_class)}, **arguments})
 
 
-def check_positive(name: str, value: float) -> float:
-    """A learning rate and the like: positive and finite."""
-    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and value > 0 and math.isfinite(value)):
-        raise FeatcacheError(f"`{name}` must be a positive finite number, got {value}")
-    return value
-
-
-def check_at_least(name: str, value: int, minimum: int) -> int:
-    if value < minimum:
-        raise FeatcacheError(f"`{name}` must be at least {minimum}, got {value}")
-    return value
-
-
-def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        names = [repr(choice) for choice in choices]
-        raise FeatcacheError(f"`{name}` must be {', '.join(names[:-1])} or {names[-1]}, got {value!r}")
-
-
-def parse_memory(text: str | int) -> int:
-    """'1GB' (10^9 bytes), '512MiB' (2^29), '2e9' or an int: bytes."""
-    if isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
-    if not match or match.group(2) not in UNITS:
-        raise FeatcacheError(f"`max_memory` must be a size such as 1GB, 512MiB or 2e9 (bytes), got {text!r}")
-    count = int(float(match.group(1)) * UNITS[match.group(2)])
+def parse_memory(text: str | int, name: str = "max_memory") -> int:
+    """'1GB' (10^9 bytes), '512MiB' (2^29), '2e9' or an int: bytes; anything else a ConfigError naming `name`."""
+    if isinstance(text, numbers.Integral) and not _is_bool(text):
+        count = int(text)
+    else:
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:e[+]?[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+        number = float(match.group(1)) if match and match.group(2) in UNITS else math.nan
+        if not math.isfinite(number) or number * UNITS[match.group(2)] >= 2 ** 63:
+            raise ConfigError(f"`{name}` must be a size such as 1GB, 512MiB or 2e9 (bytes), got {text!r}")
+        count = int(number * UNITS[match.group(2)])
     if count < 1:
-        raise FeatcacheError(f"`max_memory` must be positive, got {text!r}")
+        raise ConfigError(f"`{name}` must be positive, got {text!r}")
     return count
+
+
+def check_memory(name: str, value) -> None:
+    """A field's `check`: a memory size parse_memory reads."""
+    parse_memory(value, name)
+
+
+def check_seeds(name: str, value) -> None:
+    """A field's `check`: seeds as_seed_list reads."""
+    as_seed_list(value)
 
 
 def default_memory_budget() -> int:
@@ -116,29 +248,39 @@ def memory_budget(max_memory: int | str | None, sharers: int = 1) -> int:
     return parse_memory(max_memory) if max_memory is not None else default_memory_budget() // sharers
 
 
+MAX_SEEDS = 10_000  # a bound, so that a typo such as 0-1000000000 is an error, not a list of a billion
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0-9' (inclusive), '0,3,7', or 'N' meaning N seeds 0..N-1 (one particular seed k: 'k-k')."""
     try:
         if "-" in text.strip().lstrip("-"):
             first, last = (int(part) for part in text.split("-"))
-            seeds = list(range(first, last + 1))
+            seeds = range(first, last + 1)
         elif "," in text:
             seeds = [int(part) for part in text.split(",") if part.strip()]
         else:
-            seeds = list(range(int(text)))
+            seeds = range(int(text))
     except ValueError:
-        raise FeatcacheError(f"`seeds` must be 'A-B', a comma-separated list or a count, got {text!r}") from None
+        raise ConfigError(f"`seeds` must be 'A-B', a comma-separated list or a count, got {text!r}") from None
     return _distinct(seeds, text)
 
 
 def as_seed_list(seeds) -> list[int]:
     """Seeds as a list: a count N (seeds 0..N-1), a string 'A-B' or '0,3,7', or an iterable of ints."""
-    if isinstance(seeds, int):  # a count, as on the command line
-        return parse_seeds(str(seeds))
-    return parse_seeds(seeds) if isinstance(seeds, str) else _distinct([int(seed) for seed in seeds], seeds)
+    if isinstance(seeds, numbers.Integral) and not _is_bool(seeds):  # a count, as on the command line
+        return parse_seeds(str(int(seeds)))
+    if isinstance(seeds, str):
+        return parse_seeds(seeds)
+    try:
+        if any(_is_bool(seed) or not isinstance(seed, numbers.Integral) for seed in seeds):
+            raise TypeError
+        return _distinct([int(seed) for seed in seeds], seeds)
+    except TypeError:
+        raise ConfigError(f"`seeds` must be a count, 'A-B', '0,3,7' or a list of whole numbers, got {seeds!r}") from None
 
 
-def _distinct(seeds: list[int], given) -> list[int]:
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise FeatcacheError(f"`seeds` must name distinct non-negative seeds, got {given!r}")
-    return seeds
+def _distinct(seeds, given) -> list[int]:
+    if not 0 < len(seeds) <= MAX_SEEDS or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"`seeds` must name between 1 and {MAX_SEEDS:,} distinct non-negative seeds, got {given!r}")
+    return list(seeds)

@@ -14,7 +14,7 @@ import json, sys, tempfile
 from pathlib import Path
 from featcache.backbone import load_backbone
 from featcache.cache.key import cache_provenance
-from featcache.cache.writer import extract
+from featcache.cache.writer import write_cache as extract
 from featcache.data.datasets import load_dataset
 dataset = load_dataset(sys.argv[1])
 with tempfile.TemporaryDirectory() as folder:

@@ -26,7 +26,7 @@ from featcache.backbone import bare_forward_throughput, load_backbone  # noqa: E
 from featcache.cache.checksums import verify_cache  # noqa: E402
 from featcache.cache.key import cache_provenance  # noqa: E402
 from featcache.cache.reader import load_cache  # noqa: E402
-from featcache.cache.writer import autocast, extract  # noqa: E402
+from featcache.cache.writer import autocast, write_cache as extract  # noqa: E402
 from featcache.data.datasets import load_dataset  # noqa: E402
 from featcache.ranks import resolve_device  # noqa: E402
 from old_pipeline import old_pipeline  # noqa: E402  (beside this script)

@@ -159,9 +159,10 @@ def cached_and_end_to_end_heads(image_folder: Path, cache, backbone: str, config
                                                 log=None)
 
 
-def assert_clean_failure(result, *words):
-    """One line on stderr holding each of `words`, exit status 1, no traceback."""
-    assert result.exit_code == 1, result.output
+def assert_clean_failure(result, *words, exit_code: int = 1):
+    """One line on stderr holding each of `words`, exit status `exit_code` (1: an error while running; 2: a
+    bad option, a usage error), no traceback."""
+    assert result.exit_code == exit_code, result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output, result.output

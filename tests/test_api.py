@@ -80,7 +80,7 @@ def test_an_unknown_argument_is_an_error_not_a_record(cached_run, tmp_path):
 def test_image_size_is_checked_by_the_api_as_by_the_cli(image_folder, run_cli, tmp_path):
     for make in (lambda: featcache.CacheSpec(featcache.DataSpec(str(image_folder)), image_size=8),
                  lambda: featcache.load_images(featcache.DataSpec(str(image_folder)), image_size=8)):
-        with pytest.raises(featcache.FeatcacheError, match="`image_size` must be an integer of at least 16, got 8"):
+        with pytest.raises(featcache.FeatcacheError, match="`image_size` must be at least 16, got 8"):
             make()
     result = run_cli("extract", "--data", image_folder, "--image-size", "8", "--cache-dir", tmp_path)
     assert result.exit_code == 2 and "8 is not in the range x>=16" in result.stderr
@@ -94,9 +94,9 @@ def test_images_decoded_for_one_size_are_not_silently_used_for_another(image_fol
 
 def test_api_errors_name_the_arguments_and_the_cli_its_options(image_folder, tmp_path, run_cli):
     with pytest.raises(featcache.FeatcacheError, match="`per_class` must be at least 1"):
-        featcache.DataSpec(str(image_folder), per_class=0).load()
+        featcache.DataSpec(str(image_folder), per_class=0)  # when built, before anything is read
     result = run_cli("extract", "--data", image_folder, "--per-class", "0", "--cache-dir", tmp_path)
-    assert result.exit_code == 1 and "Error: --per-class must be at least 1" in result.stderr
+    assert result.exit_code == 2 and "Error: featcache extract: Invalid value for '--per-class'" in result.stderr
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "featcache"
 # lower layers first; a module may import its own layer or those below it
 LAYERS = (("errors", "_version", "settings"), ("ranks",), ("data",), ("backbone",), ("cache",), ("train",), ("evaluate",),
-          ("deploy",), ("workflows",), ("api", "bench", "cli", "cli_options", "__init__", "__main__"))
+          ("deploy",), ("api",), ("cli", "cli_options", "__init__", "__main__"))
 
 
 def modules() -> dict[str, Path]:

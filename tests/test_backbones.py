@@ -67,7 +67,7 @@ def test_bad_backbones_are_one_line(image_folder, tmp_path, run_cli):
     assert_clean_failure(run_cli("extract", *common, "--weights", "random", "--backbone", "resnet181"),
                          "resnet181 is not a torchvision classification model", "resnet18")
     assert_clean_failure(run_cli("extract", *common, "--weights", "random", "--backbone", "ResNet-18"),
-                         "--backbone must be a torchvision model name")
+                         "--backbone", "must be a torchvision model name", exit_code=2)
     assert_clean_failure(run_cli("extract", *common, "--weights", "random", "--backbone", "vit_b_16"),
                          "vit_b_16 cannot run a 32-px image")
     resnet = tmp_path / "resnet18.pt"

@@ -46,7 +46,7 @@ def test_unknown_class(workspace, run_cli):
 
 def test_per_class_zero(workspace, run_cli):
     data, cache_dir = workspace
-    assert_clean_failure(run_cli(*extract_args(data, cache_dir), "--per-class", "0"), "--per-class")
+    assert_clean_failure(run_cli(*extract_args(data, cache_dir), "--per-class", "0"), "--per-class", exit_code=2)
 
 
 def test_empty_class_folder(workspace, run_cli):

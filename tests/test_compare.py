@@ -186,3 +186,40 @@ def test_inspect_writes_parameter_table_and_grid(image_folder, run_cli, tmp_path
     no_default = run_cli("inspect", "--data", image_folder, "--image-size", "32", "--backbone", "regnet_y_400mf",
                          "--out", tmp_path / "grid.png")
     assert "| trunk_output | 3902216 | frozen | as --unfreeze names |" in no_default.output, no_default.output
+
+
+def test_an_accuracy_interval_stays_in_0_1_and_two_seeds_say_it_tells_little():
+    from featcache.evaluate.stats import ACCURACY, t_interval
+
+    wide = t_interval([0.30, 0.99], bounds=ACCURACY)  # unclipped: about [-3.9, 5.2]
+    assert (wide["low"], wide["high"]) == (0.0, 1.0) and wide["clipped"]
+    assert "clipped to [0, 1]" in wide["method"] and "fewer than 3 seeds" in wide["method"]
+    inside = t_interval([0.70, 0.72, 0.71, 0.69], bounds=ACCURACY)
+    assert not inside["clipped"] and 0 < inside["low"] < inside["high"] < 1 and "clipped" not in inside["method"]
+    difference = t_interval([-0.30, 0.69])  # a difference of accuracies is not clipped
+    assert difference["low"] < -1
+
+
+def test_a_seeds_line_at_two_seeds_is_clipped_and_says_so():
+    from featcache.evaluate.runs import SeedRuns, seeds_line
+
+    class Fake:
+        def __init__(self, accuracy):
+            self.final_test_acc, self.config = accuracy, {"seed": 0}
+
+    line = seeds_line(SeedRuns("fine-tuning", [Fake(0.30), Fake(0.99)]))
+    assert "[0.0000, 1.0000]" in line and "clipped" in line and "tells little" in line, line
+
+
+def test_log_axes_are_labelled_with_plain_numbers():
+    from matplotlib.figure import Figure
+
+    from featcache.evaluate.backbones import plain_log_axis
+
+    for values, expected in (([40.1, 61.2, 423.7], ["50", "100", "200", "500"]), ([512, 1280], ["500", "1000"]),
+                             ([300, 320], ["300", "320"])):
+        axis = Figure().subplots()
+        plain_log_axis(axis, values)
+        labels = [tick.get_text() for tick in axis.get_xticklabels()]
+        assert labels == expected, labels
+        assert not [tick.get_text() for tick in axis.get_xticklabels(minor=True) if tick.get_text()]

@@ -12,7 +12,7 @@ import torch
 
 from featcache.backbone import load_backbone
 from featcache.cache.reader import load_cache
-from featcache.cache.writer import extract
+from featcache.cache.writer import write_cache as extract
 from featcache.data.datasets import load_dataset
 from featcache.cache.key import cache_provenance
 from conftest import torch_threads

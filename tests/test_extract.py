@@ -15,7 +15,7 @@ from torchvision.models import resnet18
 from featcache import FeatcacheError
 from featcache.backbone import load_backbone
 from featcache.cache.reader import load_cache
-from featcache.cache.writer import extract
+from featcache.cache.writer import write_cache as extract
 from featcache.cache.key import cache_provenance
 from featcache.data.datasets import load_dataset
 from conftest import SHARED_DATA, SHARED_WEIGHTS, SMALL_CACHE_BATCH, SMALL_CACHE_SHARD, tree_digest

@@ -11,7 +11,7 @@ from featcache.data.images import decode_all
 from featcache.data.datasets import load_dataset
 from featcache.data.images import ImageData
 from featcache.train.config import EpochConfig
-from featcache.train.end_to_end import build_finetune_model, finetune, scratch
+from featcache.train.end_to_end import build_finetune_model, finetune_model as finetune, scratch_model as scratch
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,18 @@ def test_max_memory_decides_what_is_decoded_once(image_folder):
     test_only = 12 * 37 * 37 * 3  # the test split decoded (R = 37 for 32 px), the training split not
     assert load_images(spec, 32, max_memory=test_only).decoding == "per batch (train)"
     assert load_images(spec, 32, max_memory=1, num_workers=1).decoding == "per batch (train and test)"
+
+
+def test_the_progress_bar_counts_training_and_test_images_of_every_epoch(image_folder, tmp_path):
+    """24 training and 12 test images, 2 epochs: the bar's total is 2 x (24 + 12), and it reaches it."""
+    import re
+
+    from click.testing import CliRunner
+
+    from featcache.cli import main
+
+    result = CliRunner().invoke(main, ["scratch", "--data", str(image_folder), "--image-size", "32", "--epochs", "2",
+                                       "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    counts = re.findall(r"train\+test: +\d+%\|[^|]*\| *(\d+)/(\d+)", result.stderr)
+    assert counts and counts[-1] == ("72", "72"), result.stderr[-500:]

@@ -101,7 +101,7 @@ def test_unknown_families_and_modules_are_one_line(image_folder, tmp_path, run_c
                                  "--out", tmp_path / "b"),
                          "--unfreeze: layer4 is not a module of efficientnet_b0", "features, classifier")
     assert_clean_failure(run_cli("finetune", *common, "--unfreeze", "layer4/x", "--out", tmp_path / "c"),
-                         "--unfreeze: layer4/x is not a module name")
+                         "--unfreeze", "layer4/x, not a module name", exit_code=2)
     assert_clean_failure(run_cli("finetune", *common, "--backbone", "efficientnet_b0", "--unfreeze",
                                  "features.8,classifier", "--out", tmp_path / "d"),
                          "--unfreeze: classifier holds efficientnet_b0's new head (classifier.1)")
@@ -199,4 +199,4 @@ def test_backbones_side_by_side(image_folder, tmp_path, run_cli):
     assert_clean_failure(run_cli("backbones", *common, "--backbone", "resnet18,label=a", "--backbone",
                                  "mobilenet_v3_small,label=a", "--out", tmp_path / "same"), "same label")
     assert_clean_failure(run_cli("backbones", *common, "--backbone", "resnet18,size=64", "--out", tmp_path / "bad"),
-                         "'size=64' is not weights=W, image-size=S or label=L")
+                         "'size=64' is not weights=W, image-size=S or label=L", exit_code=2)

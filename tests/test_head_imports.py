@@ -7,7 +7,7 @@ import sys
 import h5py
 
 from featcache.cache.key import BACKBONE_PARAMETERS
-from featcache.workflows.heads import recorded_backbone_parameters
+from featcache.api.heads import recorded_backbone_parameters
 
 HEADS = ("linear", "logreg", "knn")
 

@@ -12,7 +12,7 @@ from featcache.cache.key import cache_provenance
 from featcache.cache.pipeline import HostCopies, ShardCommitter, StageClock
 from featcache.cache.reader import load_cache
 from featcache.cache.shards import Shard
-from featcache.cache.writer import extract
+from featcache.cache.writer import write_cache as extract
 from featcache.data.datasets import load_dataset
 from featcache.data.images import DecodedSplit
 from featcache.data.views import make_views, views_params

@@ -92,7 +92,7 @@ def test_heads_that_need_memory_and_budgets_too_small_are_refused_in_one_line(sy
     assert_clean_failure(run_cli("train-head", synthetic, "--max-memory", "33MB", "--out", tmp_path / "a"),
                          "is too small to stream")
     assert_clean_failure(run_cli("train-head", synthetic, "--max-memory", "lots", "--out", tmp_path / "b"),
-                         "must be a size such as 1GB")
+                         "must be a size such as 1GB", exit_code=2)
     assert parse_memory("1GB") == 10**9 and parse_memory("512MiB") == 2**29 and parse_memory("2e9") == 2 * 10**9
 
 

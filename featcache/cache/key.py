@@ -17,9 +17,9 @@ import h5py
 
 from .._version import __version__
 from ..data.datasets import Dataset, DataSpec
-from ..data.transform import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size, transform_description
+from ..data.transform import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, transform_description
 from ..errors import FeatcacheError
-from ..settings import DEFAULT_BACKBONE, DEVICES_HELP, check_at_least, setting
+from ..settings import DEFAULT_BACKBONE, DEVICES_HELP, ConfigError, check_fields, require, setting
 
 FORMAT = "featcache"
 FORMAT_VERSION = 2  # 2: sharded extraction, per-shard sha256 checksums, features chunked one view at a time
@@ -38,10 +38,11 @@ def weights_source(weights: str) -> str:
     return weights if weights in ("imagenet", "random") else str(Path(weights).resolve())
 
 
-def check_backbone_name(backbone: str) -> None:
-    """The form of a backbone name, without importing torch: whether the model exists is checked when built."""
+def check_backbone_name(name: str, backbone: str) -> None:
+    """The form of a backbone name (a field's `check`), without importing torch: whether the model exists is
+    checked when built."""
     if not re.fullmatch(r"(timm:)?[a-z][a-z0-9_.]*", str(backbone)):
-        raise FeatcacheError(f"`backbone` must be a torchvision model name such as resnet50, or timm:NAME, got {backbone!r}")
+        raise ConfigError(f"`{name}` must be a torchvision model name such as resnet50, or timm:NAME, got {backbone!r}")
 
 
 def backbone_identity(backbone: str) -> str:
@@ -200,7 +201,7 @@ class CacheSpec:
     image_size: int = setting(DEFAULT_IMAGE_SIZE, "Crop size S; images are first resized to S*256/224, as the reference 256/224 "
                               "pipeline.", minimum=MIN_IMAGE_SIZE)
     views: int = setting(10, "Augmented views cached per training image (plus the clean view 0).", minimum=1)
-    seed: int = setting(0, "Seeds the augmented views and random weights.")
+    seed: int = setting(0, "Seeds the augmented views and random weights.", minimum=0)
     precision: str = setting("fp32", "Backbone arithmetic during extraction: fp32, or bf16 autocast (faster on GPUs "
                              "with bf16 units; `featcache bench` reports how far its features are from fp32's).",
                              choices=PRECISIONS)
@@ -209,15 +210,11 @@ class CacheSpec:
                             "(torchvision.models.list_models(): resnet50, efficientnet_b0, mobilenet_v3_small, "
                             "convnext_tiny, ...) or a timm model as timm:NAME (pip install 'featcache[timm]'): its "
                             "features are what its classifier sees. Normalisation: the timm model's own "
-                            "(pretrained_cfg), else ImageNet's.")
+                            "(pretrained_cfg), else ImageNet's.", check=check_backbone_name)
 
     def __post_init__(self):
-        check_backbone_name(self.backbone)
-        check_image_size(self.image_size)
-        if self.views < 1:
-            raise FeatcacheError(f"`views` must be at least 1, got {self.views}")
-        if self.precision not in PRECISIONS:
-            raise FeatcacheError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {self.precision}")
+        require("data", self.data, DataSpec, "a featcache.DataSpec")
+        check_fields(self)
 
     def locate(self, rehash: bool = False) -> tuple[Dataset, dict, Path]:
         """(dataset, provenance, the cache file's path), without importing torch. Files' content hashes
@@ -255,6 +252,4 @@ class ExtractConfig:
                            "unchanged.")
 
     def __post_init__(self):
-        check_at_least("batch_size", self.batch_size, 1)
-        check_at_least("shard_size", self.shard_size, 1)
-        check_at_least("num_workers", self.num_workers, 0)
+        check_fields(self)

@@ -195,7 +195,7 @@ class BlockStream:
                 yield chosen, torch.from_numpy(block[chosen - start])
 
 
-def open_cache(source, max_memory: int | str | None = None, heads: int = 1, stream: bool | str = True):
+def open_cache_file(source, max_memory: int | str | None = None, heads: int = 1, stream: bool | str = True):
     """A complete cache (a file, or the CacheSpec it was extracted from), every byte checked against its
     sha256: in memory (FeatureCache) when that fits `max_memory` (default half the available RAM), else
     a StreamedCache with a buffer for `heads` heads at once. `stream` other than True names what needs

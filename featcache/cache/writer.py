@@ -28,7 +28,7 @@ from ..data.datasets import Dataset
 from ..ranks import coordinator, local_device
 from .shards import (Shard, assemble, check_cut, environment_error, feature_bytes, free_bytes,
                      megabytes, plan_shards, scan_shards)
-from .key import (BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION, PRECISIONS, ExtractConfig, ExtractResult, cache_key, cache_path,
+from .key import (FORMAT, FORMAT_VERSION, PRECISIONS, ExtractConfig, ExtractResult, cache_key, cache_path,
                   reusable_cache, shard_folder)
 
 ASSEMBLY_ATTEMPTS = 3  # a shard damaged between its commit and assembly is recomputed; twice more is a bad disk
@@ -127,7 +127,7 @@ def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int
     return todo, removed
 
 
-def extract(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache_dir: Path,
+def write_cache(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, cache_dir: Path,
             batch_size: int = ExtractConfig.batch_size, shard_size: int = ExtractConfig.shard_size,
             device: torch.device | str = "cpu",
             num_workers: int = 0, force: bool = False, progress: bool = True,

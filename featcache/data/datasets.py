@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FeatcacheError
-from ..settings import setting
+from ..settings import ConfigError, check_fields, setting
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 CIFAR10_DEFAULT_CLASSES = ("cat", "dog", "horse")
@@ -194,16 +194,26 @@ class DataSpec:
     `classes` picks classes by name and fixes the label order; `per_class` keeps the first N training
     images of each class (None: all), `test_per_class` likewise for the test split."""
 
-    data: str = setting("cifar10", "'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and "
-                        "test/<class>/*.")
+    data: str | Path = setting("cifar10", "'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and "
+                               "test/<class>/*.", check=lambda name, value: _check_source(value))
     classes: tuple[str, ...] | None = setting(None, "Comma-separated class names, in label order. Default: "
                                               "cat,dog,horse for CIFAR-10, every class folder for a folder.")
-    per_class: int | None = setting(500, "Keep the first N training images of each class, in dataset order.")
-    test_per_class: int | None = setting(None, "Keep the first N test images of each class. Default: all.")
+    per_class: int | None = setting(500, "Keep the first N training images of each class, in dataset order.",
+                                    minimum=1)
+    test_per_class: int | None = setting(None, "Keep the first N test images of each class. Default: all.",
+                                         minimum=1)
     download: bool = setting(False, "Download CIFAR-10 if it is not in --data-root.")
     data_root: Path | None = setting(None, "Where CIFAR-10 lives or is downloaded to. Default: "
                                      "~/.cache/featcache/data or $FEATCACHE_DATA_ROOT.")
 
+    def __post_init__(self):
+        check_fields(self)
+
     def load(self, listings=None) -> Dataset:
         return load_dataset(self.data, list(self.classes) if self.classes else None, self.per_class,
                             self.test_per_class, self.download, self.data_root, listings)
+
+
+def _check_source(data) -> None:
+    if not isinstance(data, (str, os.PathLike)) or not str(data).strip():
+        raise ConfigError(f"`data` must be 'cifar10' or a folder's path, got {data!r}")

@@ -1,6 +1,6 @@
 """Decoded images: each resized once (the reference pipeline's deterministic first step) and held in
 memory, or decoded per batch by DataLoader workers when they do not fit; what extraction decodes
-chunk by chunk and what the end-to-end trainers draw their views from (ImageData, load_images).
+chunk by chunk and what the end-to-end trainers draw their views from (ImageData, decode_images).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..errors import FeatcacheError
 from ..settings import memory_budget
 from .clean_view import resize_shorter_side
 from .datasets import DataSpec, Split
-from .transform import DEFAULT_IMAGE_SIZE, check_image_size, resize_size
+from .transform import DEFAULT_IMAGE_SIZE, resize_size
 from .views import make_views, views_params
 
 
@@ -188,7 +188,7 @@ def decoded_bytes(split: Split, image_size: int) -> int:
     return len(split) * resize_size(image_size) ** 2 * 3
 
 
-def load_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0, device: str = "auto",
+def decode_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0, device: str = "auto",
                 max_memory: int | str | None = None, num_workers: int = 0) -> ImageData:
     """Both splits resized for `image_size`: what the end-to-end trainers draw their views from, seeded
     by `seed`. Decoded once into memory when they fit `max_memory` (bytes or '8GB'; default half the
@@ -197,9 +197,6 @@ def load_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int 
     same either way."""
     from ..ranks import resolve_device
 
-    check_image_size(image_size)
-    if num_workers < 0:
-        raise FeatcacheError(f"`num_workers` must be at least 0, got {num_workers}")
     budget = memory_budget(max_memory, sharers=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     dataset = data.load()
     splits = {}
@@ -215,9 +212,9 @@ def load_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int 
 
 def timed_load_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0, device: str = "auto",
                       max_memory: int | str | None = None, num_workers: int = 0) -> tuple[ImageData, float]:
-    """(load_images(...), seconds it took)."""
+    """(decode_images(...), seconds it took)."""
     started = time.perf_counter()
-    images = load_images(data, image_size, seed, device, max_memory, num_workers)
+    images = decode_images(data, image_size, seed, device, max_memory, num_workers)
     return images, time.perf_counter() - started
 
 

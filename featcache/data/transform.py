@@ -4,9 +4,7 @@ every cache key. Finding a finished cache builds its key from this module alone.
 """
 from __future__ import annotations
 
-import operator
 
-from ..errors import FeatcacheError
 
 MIN_IMAGE_SIZE = 16  # the smallest crop accepted, by the CLI (--image-size) and the API alike
 DEFAULT_IMAGE_SIZE = 224  # the reference crop
@@ -16,17 +14,6 @@ SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
 BRIGHTNESS = 0.2
 CONTRAST = 0.2
-
-
-def check_image_size(image_size) -> int:
-    """`image_size` as an int (numpy's integers too), refused in one line below MIN_IMAGE_SIZE or not whole."""
-    try:
-        size = operator.index(image_size)
-    except TypeError:
-        size = None
-    if size is None or isinstance(image_size, bool) or size < MIN_IMAGE_SIZE:
-        raise FeatcacheError(f"`image_size` must be an integer of at least {MIN_IMAGE_SIZE}, got {image_size!r}")
-    return size
 
 
 def resize_size(image_size: int) -> int:

@@ -148,7 +148,7 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     return Classifier(network, image_size).eval().requires_grad_(False), metadata
 
 
-def export(run_dir: str | Path, out: str | Path, weights: str | None = None) -> dict:
+def export_run(run_dir: str | Path, out: str | Path, weights: str | None = None) -> dict:
     """Write `out`: the run's model as a torch.export program with dynamic batch, height and width,
     and featcache.json beside it in the same file. Written to a temporary name, then renamed."""
     classifier, metadata = run_model(run_dir, weights)

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from ..data.datasets import IMAGE_EXTENSIONS, read_image
 from ..errors import FeatcacheError
 from ..data.clean_view import batchable
+from .config import PredictConfig
 
-FORMATS = ("csv", "json")
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -59,7 +59,7 @@ class Prepared(torch.utils.data.Dataset):
         return index, batchable(pixels, self.image_size)
 
 
-def load_model(model: str | Path, device: torch.device, weights: str | None = None):
+def load_classifier(model: str | Path, device: torch.device, weights: str | None = None):
     """(callable on uint8 batches, metadata) for an exported file or a run directory."""
     from .export import load_exported, run_model
 
@@ -71,21 +71,18 @@ def load_model(model: str | Path, device: torch.device, weights: str | None = No
     return load_exported(model, device)
 
 
-def predict(model: str | Path, inputs: list[str | Path], out: str | Path, *, output_format: str = "csv",
-            top_k: int = 3, batch_size: int = 64, device: str = "auto", num_workers: int = 0,
-            skip_bad: bool = False, weights: str | None = None, progress: bool = True, echo=None) -> dict:
+def classify_files(model: str | Path, inputs: list[str | Path], out: str | Path, config: PredictConfig, *,
+                   progress: bool = True, echo=None) -> dict:
     """Classify `inputs` with `model` and write the top-k classes of each to `out` (CSV or JSON), in
     input order. A file that is not a readable image is an error naming it; with `skip_bad` it is
     reported through `echo`, listed with its error, and the run goes on."""
     from ..ranks import resolve_device
 
-    if output_format not in FORMATS:
-        raise FeatcacheError(f"`output_format` must be one of {', '.join(FORMATS)}, got {output_format!r}")
-    if batch_size < 1:
-        raise FeatcacheError(f"`batch_size` must be at least 1, got {batch_size}")
+    output_format, top_k, batch_size, num_workers, skip_bad = (config.output_format, config.top_k, config.batch_size,
+                                                               config.num_workers, config.skip_bad)
     files = collect_inputs(inputs)
-    device = resolve_device(device)
-    classify, metadata = load_model(model, device, weights)
+    device = resolve_device(config.device)
+    classify, metadata = load_classifier(model, device, config.weights)
     classes = metadata["classes"]
     if not 1 <= top_k <= len(classes):
         raise FeatcacheError(f"`top_k` must be between 1 and {len(classes)} (the model's classes), got {top_k}")

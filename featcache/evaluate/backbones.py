@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .comparison import comparisons_markdown, correctness, load_group, paired_comparisons
-from .stats import bootstrap_interval, t_interval
+from .stats import ACCURACY, bootstrap_interval, t_interval
 from .tables import markdown_table
 
 COLUMNS = ["backbone", "head", "image_size", "feature_dim", "forward_images_per_s", "extract_s", "seeds",
@@ -55,7 +55,7 @@ def write_report(entries: list[dict], heads: tuple[str, ...], out: Path) -> dict
 
 def _row(entry: dict, head: str, group: dict) -> dict:
     accuracies = [run["test_acc"][-1] for run in group["runs"]]
-    seeds = t_interval(accuracies)
+    seeds = t_interval(accuracies, bounds=ACCURACY)
     row = {"backbone": entry["label"], "head": head, "image_size": entry["image_size"],
            "feature_dim": entry["feature_dim"], "forward_images_per_s": entry["forward_images_per_s"],
            "extract_s": entry["extract_s"] if entry["extract_s"] is not None else "", "seeds": seeds["n"],
@@ -67,6 +67,27 @@ def _row(entry: dict, head: str, group: dict) -> dict:
         images = bootstrap_interval(correct[1])
         row["test_acc_ci95_test_images"] = f"[{images['low']:.4f}, {images['high']:.4f}]"
     return row
+
+
+def plain_log_axis(axis, values: list[float]) -> None:
+    """A log x axis labelled with plain numbers (40, 100, 400), not 4x10^1: at 1, 2 and 5 times the powers
+    of ten the values span, or at the values themselves when fewer than two of those fall among them.
+    Minor ticks unlabelled, so that no two labels run together."""
+    import math
+
+    from matplotlib import ticker
+
+    axis.set_xscale("log")
+    low, high = min(values), max(values)
+    steps = [step * 10 ** power for power in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+             for step in (1, 2, 5)]
+    ticks = [step for step in steps if low / 1.3 <= step <= high * 1.3]
+    if len(ticks) < 2:
+        ticks = sorted({float(f"{value:.2g}") for value in values})
+    axis.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
+    axis.xaxis.set_minor_formatter(ticker.NullFormatter())
+    if len(ticks) == 1:  # one value: room around it on the log scale
+        axis.set_xlim(ticks[0] / 2, ticks[0] * 2)
 
 
 def _plot(rows: list[dict], heads: tuple[str, ...], path: Path) -> Path:
@@ -86,7 +107,7 @@ def _plot(rows: list[dict], heads: tuple[str, ...], path: Path) -> Path:
             if row["head"] == heads[0]:
                 axis.annotate(row["backbone"], (row[key], row["test_acc"]), textcoords="offset points", xytext=(6, 6),
                               fontsize=8)
-        axis.set_xscale("log")
+        plain_log_axis(axis, [row[key] for row in rows])
         axis.set_xlabel(title)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("final test accuracy (mean over seeds, 95% interval)")

@@ -8,7 +8,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from ..errors import FeatcacheError
-from .runs import HISTORY, SEEDS, default_run_dir
+from .runs import default_run_dir, refuse_a_finished_run
 
 
 @contextmanager
@@ -20,13 +20,13 @@ def claimed(out: Path | None, approach: str, overwrite: bool = False, lock: bool
 
     The hold is an flock on a file inside the folder: the kernel drops it when the process ends, even
     killed, so a killed run never leaves a stale claim. Where the file system has no flock (Windows,
-    Lustre without -o flock) the folder is only checked, as before there was a hold. Holding a folder
-    this process already holds (a run saved inside its experiment's claim) is allowed; `lock=False`
-    only checks (torchrun's ranks other than 0, which do not write). Folders the claim created are
-    removed again if they stay empty, so a refused or failed run leaves nothing."""
+    Lustre without -o flock) the folder is only checked, as before there was a hold. `lock=False` only
+    checks (torchrun's ranks other than 0, which do not write). Writing the run inside the block only
+    writes (Run.save). Folders the claim created are removed again if they stay empty, so a refused or
+    failed run leaves nothing."""
     out = Path(out) if out is not None else default_run_dir(approach)
-    if not lock or out.resolve() in _HELD:
-        _refuse_a_finished_run(out, overwrite)
+    if not lock:
+        refuse_a_finished_run(out, overwrite)
         yield out
         return
     created = [folder for folder in (out, *out.parents) if not folder.exists()]
@@ -34,11 +34,9 @@ def claimed(out: Path | None, approach: str, overwrite: bool = False, lock: bool
     try:
         out.mkdir(parents=True, exist_ok=True)
         holder = _hold(out)
-        _HELD.add(out.resolve())
-        _refuse_a_finished_run(out, overwrite)  # checked while held: no run can be written in between
+        refuse_a_finished_run(out, overwrite)  # checked while held: no run can be written in between
         yield out
     finally:
-        _HELD.discard(out.resolve())
         if holder is not None:
             (out / CLAIM).unlink(missing_ok=True)
             holder.close()
@@ -70,7 +68,6 @@ def saved_by_rank(result, folder: Path | None):
 
 
 CLAIM = ".featcache-claim"
-_HELD: set[Path] = set()  # the folders this process holds
 
 
 def _hold(out: Path):
@@ -102,6 +99,10 @@ def _hold(out: Path):
         holder.close()
 
 
-def _refuse_a_finished_run(out: Path, overwrite: bool) -> None:
-    if ((out / HISTORY).exists() or (out / SEEDS).exists()) and not overwrite:
-        raise FeatcacheError(f"{out} already holds a run; choose another `out` or pass `overwrite`")
+def claim_run_dir(out: str | Path | None, approach: str, overwrite: bool = False) -> Path:
+    """The run directory a run will be written to (default runs/<approach>-<time>), refused if it
+    already holds a run and `overwrite` is not set, or if another process is writing to it. Every
+    training function holds its folder this way (`claimed`) from before training until the run is
+    written."""
+    with claimed(out, approach, overwrite) as folder:
+        return folder

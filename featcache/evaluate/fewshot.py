@@ -30,10 +30,10 @@ from ..train.logreg import logreg_probe
 from ..train.knn import knn_probe
 from ..train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE, EpochConfig
 from ..train.loop import seeded_linear
-from .stats import t_interval
+from .config import PROBES
+from .stats import ACCURACY, t_interval
 
 LINEAR_LR, LINEAR_BATCH = 1e-3, 32
-PROBES = ("linear", "logreg", "knn")
 
 
 def draw_subsets(labels: np.ndarray, shots: int, trials: int, seed: int) -> np.ndarray:
@@ -90,16 +90,10 @@ def knn_probes(train_features: torch.Tensor, train_labels: torch.Tensor, test_fe
                      for trial, subset in enumerate(subsets)])
 
 
-def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0, probes=PROBES,
-            log=None, knn_temperature: float | None = None) -> list[dict]:
-    """One row per (probe, shots): mean test accuracy over `trials` subsets with its 95% t-interval."""
-    unknown = [probe for probe in probes if probe not in PROBES]
-    if unknown or not probes:
-        raise FeatcacheError(f"`probes`: choose one or more of {', '.join(PROBES)}, got {', '.join(probes) or 'none'}")
-    if trials < 2:
-        raise FeatcacheError(f"`trials` must be at least 2 for an interval, got {trials}")
-    if not shots or min(shots) < 1:
-        raise FeatcacheError(f"`shots` must be positive, got {list(shots)}")
+def fewshot_rows(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0, probes=PROBES,
+                 log=None, knn_temperature: float | None = None) -> list[dict]:
+    """One row per (probe, shots): mean test accuracy over `trials` subsets with its 95% t-interval (the
+    settings as featcache.evaluate.config.FewshotConfig checks them)."""
     labels = cache.train_labels.numpy()
     fewest = int(np.bincount(labels).min())
     if max(shots) > fewest:  # before any work
@@ -118,7 +112,7 @@ def fewshot(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int = 0,
             else:
                 accuracies = knn_probes(clean, cache.train_labels, cache.test_features, cache.test_labels, subsets, seed,
                                         knn_temperature)
-            interval = t_interval(accuracies)
+            interval = t_interval(accuracies, bounds=ACCURACY)
             rows.append({"probe": probe, "shots": k, "trials": trials, "mean_test_acc": interval["mean"],
                          "std": interval["std"], "ci95_low": interval["low"], "ci95_high": interval["high"],
                          "setting": {"linear": f"{FEWSHOT_LINEAR_STEPS} Adam steps "

@@ -17,7 +17,7 @@ from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 COLOURS = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
 
 
-def compare(run_dirs: list[Path], out: Path) -> dict:
+def write_comparison(run_dirs: list[Path], out: Path) -> dict:
     """Plot and tabulate runs (run directories, or folders of seeds shown as their mean with a 95%
     band); returns the paths written (confusion_png None when no run stored predictions), the summary
     rows, the paired comparisons and the per-class results."""
@@ -65,14 +65,14 @@ SEED_WARNING = (" Few seeds give wide seed intervals: with 3 the 95% t-interval 
 
 def plot_group(axis, group: dict, key: str, colour) -> None:
     """One run as a line; several seeds as their mean with a shaded 95% t-interval band per epoch."""
-    from .stats import t_interval
+    from .stats import ACCURACY, t_interval
 
     values = np.array([run[key] for run in group["runs"]])
     epochs = range(1, values.shape[1] + 1)
     if len(values) == 1:
         axis.plot(epochs, values[0], marker="o", markersize=3, color=colour, label=group["label"])
         return
-    intervals = [t_interval(column) for column in values.T]
+    intervals = [t_interval(column, bounds=ACCURACY) for column in values.T]
     axis.plot(epochs, values.mean(0), marker="o", markersize=3, color=colour,
               label=f"{group['label']}: mean of {len(values)} seeds, 95% band")
     axis.fill_between(epochs, [i["low"] for i in intervals], [i["high"] for i in intervals], color=colour, alpha=0.2)
@@ -171,7 +171,7 @@ def image_grid(views: torch.Tensor, labels: list[str], path: Path, columns: int 
     return Path(path)
 
 
-def inspect(data, out: Path, image_size: int, seed: int, count: int, view: int, backbone: str) -> list[dict]:
+def write_inspection(data, out: Path, image_size: int, seed: int, count: int, view: int, backbone: str) -> list[dict]:
     """The backbone's parameter table (fine-tuning's default last stage: a family without one shows only
     the head), and a grid of `count` training images (spread over the classes) as view `view` makes them,
     written to `out`."""

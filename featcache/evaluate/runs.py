@@ -216,11 +216,13 @@ class Run:
                    read_predictions(Path(folder)))
 
     def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
-        from .claims import claimed
-
-        with claimed(out, self.approach, overwrite) as out:
-            write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,
-                      self.device, self.trainable_params, self.total_params, self.predictions, **self.record)
+        """Write the run to `out` (default runs/<approach>-<time>); a finished run there is refused unless
+        `overwrite`. Only writes: holding the folder against other processes is the caller's
+        (featcache.claim_run_dir, or the training functions' `out`)."""
+        out = Path(out) if out is not None else default_run_dir(self.approach)
+        refuse_a_finished_run(out, overwrite)
+        write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,
+                  self.device, self.trainable_params, self.total_params, self.predictions, **self.record)
         self.path = out
         return out
 
@@ -245,17 +247,17 @@ class SeedRuns:
 
     def summary(self) -> dict:
         """Mean, standard deviation and 95% t-interval over seeds of the final test accuracy."""
-        from .stats import t_interval
+        from .stats import ACCURACY, t_interval
 
-        return t_interval(self.final_test_accs)
+        return t_interval(self.final_test_accs, bounds=ACCURACY)
 
     def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
-        from .claims import claimed
-
-        with claimed(out, self.approach, overwrite) as out:
-            for run in self.runs:
-                run.save(out / f"seed-{run.config.get('seed')}", overwrite=True)
-            write_seeds(out, self.approach, self.seeds, self.final_test_accs, self.summary(), self.seconds)
+        """Write every seed's run to `out`/seed-<k>/, then seeds.json; as Run.save, only writes."""
+        out = Path(out) if out is not None else default_run_dir(self.approach)
+        refuse_a_finished_run(out, overwrite)
+        for run in self.runs:
+            run.save(out / f"seed-{run.config.get('seed')}", overwrite=True)
+        write_seeds(out, self.approach, self.seeds, self.final_test_accs, self.summary(), self.seconds)
         self.path = out
         return out
 
@@ -264,6 +266,11 @@ class SeedRuns:
         record = read_seeds(Path(folder))
         return cls(record["approach"], [Run.load(Path(folder) / f"seed-{seed}") for seed in record["seeds"]],
                    Path(folder), record.get("seconds"))
+
+
+def refuse_a_finished_run(out: Path, overwrite: bool) -> None:
+    if ((out / HISTORY).exists() or (out / SEEDS).exists()) and not overwrite:
+        raise FeatcacheError(f"{out} already holds a run; choose another `out` or pass `overwrite`")
 
 
 def seeds_line(group: SeedRuns) -> str:

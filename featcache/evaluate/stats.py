@@ -17,17 +17,30 @@ BOOTSTRAP_RESAMPLES = 10_000
 BATCH = 500  # resamples at a time: all 10,000 at once over 10,000 test images would take 1.6 GB
 
 
-def t_interval(values, confidence: float = CONFIDENCE) -> dict:
+ACCURACY = (0.0, 1.0)  # where an accuracy, and so its interval, lies
+FEW_SEEDS = 3  # below this, a t-interval is too wide to tell much (2 seeds: mean +- 12.7 standard errors)
+
+
+def t_interval(values, confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None) -> dict:
     """Mean, sample standard deviation and the t-interval of the mean over `values` (one per seed);
-    no interval from a single value."""
+    no interval from a single value. With `bounds` (ACCURACY for accuracies) the interval is clipped to
+    them, and `clipped` and the method say so; under FEW_SEEDS values the method says the interval
+    tells little."""
     values = np.asarray(values, dtype=float)
     n, mean = len(values), float(values.mean())
     if n < 2:
-        return {"n": n, "mean": mean, "std": None, "low": None, "high": None, "method": "single value: no interval"}
+        return {"n": n, "mean": mean, "std": None, "low": None, "high": None, "clipped": False,
+                "method": "single value: no interval"}
     std = float(values.std(ddof=1))
     low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=std / np.sqrt(n)) if std > 0 else (mean, mean)
-    return {"n": n, "mean": mean, "std": std, "low": float(low), "high": float(high),
-            "method": f"t-interval over {n} seeds (t_{n - 1} = {stats.t.ppf((1 + confidence) / 2, n - 1):.2f})"}
+    clipped = bounds is not None and (low < bounds[0] or high > bounds[1])
+    if clipped:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    method = (f"t-interval over {n} seeds (t_{n - 1} = {stats.t.ppf((1 + confidence) / 2, n - 1):.2f})"
+              + (f", clipped to [{bounds[0]:g}, {bounds[1]:g}]" if clipped else "")
+              + (f"; with fewer than {FEW_SEEDS} seeds the interval tells little" if n < FEW_SEEDS else ""))
+    return {"n": n, "mean": mean, "std": std, "low": float(low), "high": float(high), "clipped": bool(clipped),
+            "method": method}
 
 
 def bootstrap_interval(correct, seed: int = 0, confidence: float = CONFIDENCE) -> dict:

@@ -52,7 +52,7 @@ def split_trunk(model: nn.Module, unfreeze: list[str]) -> tuple[nn.Sequential, n
     return trunk, rest
 
 
-def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float = 1e-3,
+def finetune_model(data: ImageData, weights: str, config: EpochConfig, lr_head: float = 1e-3,
              lr_backbone: float = 1e-5, unfreeze: list[str] | None = None, frozen_bn: str = "eval",
              init_head: dict | None = None, log=tqdm.write, progress: bool = False, ranks=None,
              checkpoint=None, backbone: str = DEFAULT_BACKBONE) -> tuple[nn.Module, dict]:
@@ -115,11 +115,12 @@ def finetune(data: ImageData, weights: str, config: EpochConfig, lr_head: float 
             return accuracy
 
     history = run_epochs(ranks.wrap(rest), optimizer, data.train_labels.to(data.device), train_inputs, test_accuracy,
-                         config, set_train_mode, log, progress, ranks, checkpoint, saved=model)
+                         config, set_train_mode, log, progress, ranks, checkpoint, saved=model,
+                         test_images=len(test_labels))
     return revert_batchnorm(model), {**history, "test_probabilities": last["probabilities"]}
 
 
-def scratch(data: ImageData, config: EpochConfig, lr: float = 1e-3, log=tqdm.write,
+def scratch_model(data: ImageData, config: EpochConfig, lr: float = 1e-3, log=tqdm.write,
             progress: bool = False, ranks=None, checkpoint=None, backbone: str = DEFAULT_BACKBONE) -> tuple[nn.Module, dict]:
     """The backbone's network (ResNet-18) from a seeded random init, everything trained, same loop and
     augmentation."""
@@ -137,7 +138,8 @@ def scratch(data: ImageData, config: EpochConfig, lr: float = 1e-3, log=tqdm.wri
 
     history = run_epochs(ranks.wrap(model), optimizer, data.train_labels.to(data.device),
                          lambda epoch, shares: data.view_batches("train", [share.tolist() for share in shares], 1 + epoch),
-                         test_accuracy, config, model.train, log, progress, ranks, checkpoint)
+                         test_accuracy, config, model.train, log, progress, ranks, checkpoint,
+                         test_images=len(data.test_labels))
     return revert_batchnorm(model), {**history, "test_probabilities": last["probabilities"]}
 
 

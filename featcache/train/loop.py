@@ -35,9 +35,14 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
                epoch_inputs: Callable[[int, list[torch.Tensor]], Iterable[torch.Tensor]], test_accuracy: Callable[[], float],
                config: EpochConfig, set_train_mode: Callable[[], None] = lambda: None,
                log: Callable[[str], None] | None = tqdm.write, progress: bool = False, ranks=None,
-               checkpoint=None, saved: nn.Module | None = None) -> dict:
+               checkpoint=None, saved: nn.Module | None = None, test_images: int = 0) -> dict:
     """Train for config.epochs; epoch_inputs(epoch, batches) gives the model's inputs for each list of
     sample indices in turn (an iterator, so that the next batches can be decoded while one trains).
+
+    The progress bar counts every image an epoch goes through, its training images and the
+    `test_images` test_accuracy evaluates, and shows the rate averaged over the whole run: its rate
+    and ETA stay right through the test pass between epochs, which per-update smoothing would take
+    for a stall.
 
     Under torchrun, `ranks` (featcache.train.ddp) gives each rank its share of every global batch and sums the
     metrics; `model` is then DDP-wrapped. `checkpoint` (featcache.train.ddp.Checkpoint) saves the state after
@@ -62,7 +67,8 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         history, first = state["history"], state["epoch"] + 1
-    bar = tqdm(total=(config.epochs - first) * count, unit="img", desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=(config.epochs - first) * (count + test_images), unit="img", desc="train+test", smoothing=0,
+               disable=not progress, dynamic_ncols=True)
     with torch.random.fork_rng(devices=[labels.device] if labels.device.type == "cuda" else []):
         for epoch in range(first, config.epochs):
             torch.manual_seed(hash((config.seed, epoch, ranks.rank)) & (2**63 - 1))  # ints hash alike in every process
@@ -91,6 +97,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
             history["train_loss"].append(ranks.sum(loss_sum).item() / count)
             history["train_acc"].append(ranks.sum(correct).item() / count)
             history["test_acc"].append(test_accuracy())
+            bar.update(test_images)
             if log is not None:
                 log(log_epoch(epoch, config.epochs, *(history[k][-1] for k in ("train_loss", "train_acc", "test_acc"))))
             if checkpoint is not None:

@@ -1,38 +1,65 @@
-"""Fine-tuning and training from scratch, from images to a run directory: decode the images (or take
-ImageData), hold the run folder, train on this process's rank with a checkpoint after every epoch,
-resume, and write the run through rank 0; and the same once per training seed. What
-featcache.api.finetune, scratch and their _seeds variants delegate to."""
+"""The end-to-end commands: load_images, finetune and scratch, from images to a run directory (decode
+the images or take ImageData, hold the run folder, train on this process's rank with a checkpoint
+after every epoch, resume, write the run through rank 0), and the same once per training seed."""
 from __future__ import annotations
 
 import dataclasses
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..cache.key import BACKBONE, backbone_name
+from ..cache.key import BACKBONE, CacheSpec, backbone_name
 from ..data.datasets import DataSpec
-from ..data.images import data_record, decoded_line, timed_load_images
 from ..data.transform import DEFAULT_IMAGE_SIZE, TRANSFORM_VERSION
 from ..errors import FeatcacheError, cannot_write
 from ..evaluate.claims import claimed_by_rank
 from ..evaluate.runs import HISTORY, Run, SeedRuns, clear_run_files, summary_line, write_seeds
 from ..ranks import is_main_process, reported_once
-from ..settings import DEFAULT_BACKBONE
+from ..settings import DEFAULT_BACKBONE, as_seed_list, built, check_value, require
 from ..train.config import EndToEndConfig, EpochConfig, FinetuneConfig, ScratchConfig
+
+if TYPE_CHECKING:  # for annotations only: importing it needs torch
+    from ..data.images import ImageData
 
 Log = Callable[[str], None]
 
 
-def finetune(images, config: FinetuneConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
-             echo: Log | None = None, progress: bool = False, resume: bool = False) -> Run:
-    """A new head and config.unfreeze trained on `images` (ImageData, or a DataSpec decoded here), the rest
-    frozen; with `out`, a checkpoint after every epoch and `resume` from it."""
+def load_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0, device: str = "auto",
+                max_memory: int | str | None = None, num_workers: int = 0) -> ImageData:
+    """Both splits resized for `image_size` (featcache.data.images.ImageData): what the end-to-end trainers
+    draw their views from, seeded by `seed`. Decoded once into memory when they fit `max_memory`
+    (bytes or '8GB'; default half the available RAM, shared among torchrun's local ranks); a split that
+    does not fit is decoded per batch by `num_workers` DataLoader workers. The numbers are the same."""
+    from ..data.images import decode_images
+
+    require("data", data, DataSpec, "a featcache.DataSpec")
+    for name, value in (("image_size", image_size), ("max_memory", max_memory), ("num_workers", num_workers)):
+        check_value(EndToEndConfig, name, value)
+    check_value(CacheSpec, "seed", seed)
+    return decode_images(data, image_size, seed, device, max_memory, num_workers)
+
+
+def finetune(images: ImageData | DataSpec, weights: str | None = None, config: FinetuneConfig | None = None, *,
+             out: str | Path | None = None, overwrite: bool = False, log: Log | None = None, echo: Log | None = None,
+             progress: bool = False, resume: bool = False, **settings) -> Run:
+    """Fine-tune a pretrained `backbone` (default ResNet-18; `weights`: 'imagenet', 'random' or a state
+    dict's path) on `images` (from load_images, or a DataSpec to decode at `image_size`, default 224, on
+    `device`; the views are seeded by `seed`): a new head (lr_head) and the `unfreeze` modules, default the
+    family's last stage (lr_backbone; featcache.backbone.last_stage), the rest frozen in eval mode
+    (frozen_bn='train': the notebook's everything-in-train-mode). `init_head` starts the head from a Run or
+    a run directory. `config` or FinetuneConfig's fields as keyword arguments. Under torchrun every rank
+    trains its share of each batch (featcache.train.ddp); with `out`, a checkpoint is saved after every
+    epoch and `resume` continues from it."""
     from ..backbone import check_trainable
-    from ..train.end_to_end import finetune as finetune_model
+    from ..data.images import data_record
+    from ..train.end_to_end import finetune_model
 
     with ExitStack() as held:  # the run folder, from before decoding until the run is written
         with reported_once():
+            config = built(FinetuneConfig, config, {**settings, **({"weights": weights} if weights is not None else {})},
+                           "finetune")
+            _check_images(images)
             folder = held.enter_context(claimed_by_rank(out, "fine-tuning", overwrite))
             log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
             data = data_record(images)
@@ -49,14 +76,20 @@ def finetune(images, config: FinetuneConfig, *, out=None, overwrite: bool = Fals
             initial, log=log, progress=progress, backbone=config.backbone, **extra), images, config, record, folder, resume)
 
 
-def scratch(images, config: ScratchConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
-            echo: Log | None = None, progress: bool = False, resume: bool = False) -> Run:
-    """Every parameter of a seeded random init trained on `images`; `out` and `resume` as finetune."""
+def scratch(images: ImageData | DataSpec, config: ScratchConfig | None = None, *, out: str | Path | None = None,
+            overwrite: bool = False, log: Log | None = None, echo: Log | None = None, progress: bool = False,
+            resume: bool = False, **settings) -> Run:
+    """The `backbone`'s network (default ResNet-18) from a seeded random init on `images` (as finetune):
+    every parameter, Adam, the reference augmentation drawn fresh each epoch. `config` or ScratchConfig's
+    fields; torchrun and `resume` as finetune."""
     from ..backbone import check_trainable
-    from ..train.end_to_end import scratch as scratch_model
+    from ..data.images import data_record
+    from ..train.end_to_end import scratch_model
 
     with ExitStack() as held:  # the run folder, from before decoding until the run is written
         with reported_once():
+            config = built(ScratchConfig, config, settings, "scratch")
+            _check_images(images)
             folder = held.enter_context(claimed_by_rank(out, "scratch", overwrite))
             log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
             data = data_record(images)
@@ -71,6 +104,34 @@ def scratch(images, config: ScratchConfig, *, out=None, overwrite: bool = False,
 
 def _schedule(config: EpochConfig) -> EpochConfig:
     return EpochConfig(config.epochs, config.batch_size, config.seed)
+
+
+def finetune_seeds(images: ImageData | DataSpec, weights: str | None = None, seeds=(0,),
+                   config: FinetuneConfig | None = None, *, out: str | Path | None = None, overwrite: bool = False,
+                   log: Log | None = None, echo: Log | None = None, progress: bool = False, resume: bool = False,
+                   **settings) -> SeedRuns:
+    """finetune once per training seed in `seeds` (head init and shuffle), seed after seed, on the same
+    views (seeded by `seed`): seed k here and seed k of train_head_seeds are a pair. Every setting
+    applies to each seed; with `out`, seed k is written to out/seed-k/ as it finishes (with a checkpoint
+    after every epoch), and `resume` keeps the finished seeds and resumes the unfinished one."""
+    with reported_once():
+        config = built(FinetuneConfig, config, {**settings, **({"weights": weights} if weights is not None else {})},
+                       "finetune_seeds")
+        seeds = as_seed_list(seeds)
+    return train_seeds(images, seeds, config, out=out, overwrite=overwrite, log=log, echo=echo, progress=progress,
+                       resume=resume)
+
+
+def scratch_seeds(images: ImageData | DataSpec, seeds=(0,), config: ScratchConfig | None = None, *,
+                  out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
+                  echo: Log | None = None, progress: bool = False, resume: bool = False, **settings) -> SeedRuns:
+    """scratch once per training seed in `seeds` (init and shuffle), seed after seed, on the same views;
+    settings, `out` and `resume` as finetune_seeds."""
+    with reported_once():
+        config = built(ScratchConfig, config, settings, "scratch_seeds")
+        seeds = as_seed_list(seeds)
+    return train_seeds(images, seeds, config, out=out, overwrite=overwrite, log=log, echo=echo, progress=progress,
+                       resume=resume)
 
 
 def train_seeds(images, seeds: list[int], config: EndToEndConfig, *, out=None, overwrite: bool = False,
@@ -96,6 +157,7 @@ def train_seeds(images, seeds: list[int], config: EndToEndConfig, *, out=None, o
                 (folder / f"seed-{seed}" / name).is_file() for name in (HISTORY, CHECKPOINT))}
             if resume and not started_before:
                 raise FeatcacheError(f"nothing to resume: no seed-<k> folder of {folder} holds a run or a checkpoint")
+            _check_images(images)
             images = _images_of(images, config, echo)
         if folder is not None and overwrite and not resume and main:
             clear_run_files(folder)  # the old occupant never passes for this run while seeds are written
@@ -106,8 +168,8 @@ def train_seeds(images, seeds: list[int], config: EndToEndConfig, *, out=None, o
             for seed in seeds:
                 seed_dir = folder / f"seed-{seed}" if folder is not None else None
                 seed_config = dataclasses.replace(config, seed=seed, image_size=None, device=None)
-                runs.append(train(images, seed_config, out=seed_dir, overwrite=True, resume=seed in started_before,
-                                  log=log, progress=progress))
+                runs.append(train(images, config=seed_config, out=seed_dir, overwrite=True,
+                                  resume=seed in started_before, log=log, progress=progress))
                 if echo is not None:
                     echo(f"seed {seed}: " + summary_line(runs[-1]))
         finally:
@@ -119,6 +181,13 @@ def train_seeds(images, seeds: list[int], config: EndToEndConfig, *, out=None, o
         return seed_runs
 
 
+def _check_images(images) -> None:
+    if not isinstance(images, DataSpec):
+        from ..data.images import ImageData
+
+        require("images", images, ImageData, "images from featcache.load_images or a featcache.DataSpec")
+
+
 def _image_size(images, config: EndToEndConfig) -> int:
     """The crop size the network will see: ImageData's own, or what a DataSpec will be decoded at."""
     return (config.image_size or DEFAULT_IMAGE_SIZE) if isinstance(images, DataSpec) else images.image_size
@@ -127,6 +196,8 @@ def _image_size(images, config: EndToEndConfig) -> int:
 def _images_of(images, config: EndToEndConfig, echo: Log | None):
     """ImageData as given (its image size, device and view seed are those it was loaded with), or
     decoded from a DataSpec, saying so through `echo`."""
+    from ..data.images import decoded_line, timed_load_images
+
     if not isinstance(images, DataSpec):
         if config.image_size not in (None, images.image_size) or config.device not in (None, str(images.device)):
             raise FeatcacheError(f"`images` were decoded for image size {images.image_size} on {images.device}; "

@@ -1,25 +1,44 @@
-"""A feature-extraction head from a cache to a run directory: open the cache (in memory or streamed),
-train the head its HeadConfig names, and record the run. What featcache.api.train_head and
-train_head_seeds delegate to."""
+"""The cached heads' commands: train_head (a feature-extraction head from a cache to a run directory:
+open the cache in memory or streamed, train the head its HeadConfig names, record the run),
+train_head_seeds, and fewshot (few-shot curves from a cache alone)."""
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..cache.key import BACKBONE, BACKBONE_PARAMETERS, CacheSpec
 from ..evaluate.claims import claimed_by_rank, saved_by_rank
+from ..evaluate.config import FewshotConfig
 from ..evaluate.runs import Run, SeedRuns
 from ..evaluate.tables import markdown_table
+from ..settings import UnknownSetting, as_seed_list, built, require
 from ..train.config import EpochConfig, HeadConfig
+
+if TYPE_CHECKING:  # for annotations only: importing it needs torch
+    from ..cache.reader import FeatureCache
 
 Log = Callable[[str], None]
 
 
-def train_head(cache, config: HeadConfig, *, out=None, overwrite: bool = False, log: Log | None = None,
-               echo: Log | None = None, progress: bool = False) -> Run:
-    """The head `config` names, trained on `cache` (open, or what open_cache takes), written to `out`."""
+def train_head(cache: FeatureCache | CacheSpec | str | Path, config: HeadConfig | None = None, *,
+               out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
+               echo: Log | None = None, progress: bool = False, **settings) -> Run:
+    """A feature-extraction head trained on a cache (from open_cache, or what open_cache takes), in seconds.
+
+    `config` (or HeadConfig's fields as keyword arguments) names the head. head='linear': Linear(D, C) on
+    the backbone's D features (512 for ResNet-18) with Adam, epoch e on augmented view 1 + e % V; with
+    `sweep`, a grid of heads (sweep_lrs x sweep_wds) trained at once, the best on a validation split of
+    the training images retrained on all of them. head='logreg': scikit-learn's logistic regression, C
+    chosen on the validation split (on clean views, or all views with logreg_views='all'). head='knn': k
+    nearest neighbours by cosine similarity on clean views, k chosen on the validation split
+    (featcache.train.knn). `echo` gets the selection's table and choice, `log` the per-epoch lines; `out`
+    writes the run directory (refused before training if it holds a run). A cache that does not fit
+    `max_memory` (see open_cache) trains linear heads streamed from the file, shuffled by blocks
+    (featcache.cache.streaming)."""
+    config = built(HeadConfig, config, settings, "train_head")
+    _check_cache(cache)
     with claimed_by_rank(out, "feature-extraction", overwrite) as folder, \
             opened(cache, config.max_memory, config.heads_at_once, config.head, echo) as cache:
         started = time.perf_counter()
@@ -87,13 +106,22 @@ def _probe_history(probe: dict, test_probabilities) -> dict:
             "test_probabilities": test_probabilities}
 
 
-def train_head_seeds(cache, seeds: list[int], config: HeadConfig, *, out=None, overwrite: bool = False,
-                     log: Log | None = None, echo: Log | None = None, progress: bool = False) -> SeedRuns:
-    """One head per training seed (its init, shuffle and validation split; the views stay the cache's):
-    plain linear heads in lockstep (one batched step for all seeds), the others seed after seed."""
+def train_head_seeds(cache: FeatureCache | CacheSpec | str | Path, seeds, config: HeadConfig | None = None, *,
+                     out: str | Path | None = None, overwrite: bool = False, log: Log | None = None,
+                     echo: Log | None = None, progress: bool = False, **settings) -> SeedRuns:
+    """train_head once per training seed in `seeds` ('0-4', [0, 3, 7] or a count; head init, shuffle and
+    validation split; the views stay the cache's). Plain linear heads train in lockstep, one batched
+    step for all seeds; `sweep`, logreg and kNN run seed after seed. Returns a SeedRuns; `out` gets one
+    run directory per seed and seeds.json."""
     from dataclasses import replace
 
     from ..train.heads import train_seeded_heads
+
+    if "seed" in settings:  # each head's seed is one of `seeds`
+        raise UnknownSetting("train_head_seeds takes `seeds`, not `seed`")
+    config = built(HeadConfig, config, settings, "train_head_seeds")
+    seeds = as_seed_list(seeds)
+    _check_cache(cache)
 
     heads = config.heads_at_once if config.sweep else len(seeds)
     with claimed_by_rank(out, "feature-extraction", overwrite) as folder, \
@@ -115,16 +143,21 @@ def train_head_seeds(cache, seeds: list[int], config: HeadConfig, *, out=None, o
         return saved_by_rank(SeedRuns("feature-extraction", runs, seconds=time.perf_counter() - started), folder)
 
 
+def _check_cache(cache) -> None:
+    if not isinstance(cache, (CacheSpec, str, Path)) and not hasattr(cache, "train_features"):
+        require("cache", cache, (CacheSpec, str, Path), "an open cache, a cache file's path or a featcache.CacheSpec")
+
+
 @contextmanager
 def opened(cache, max_memory, heads: int, head: str, echo: Log | None = None):
     """The cache to train on: as given when it is one, else opened (open_cache, for `heads` heads at
     once; only linear heads may stream) for the block and closed after it."""
-    from ..cache.streaming import open_cache
+    from ..cache.streaming import open_cache_file
 
     if not isinstance(cache, (CacheSpec, str, Path)):
         yield cache
         return
-    opened = open_cache(cache, max_memory, heads, stream=head == "linear" or f"the {head} head")
+    opened = open_cache_file(cache, max_memory, heads, stream=head == "linear" or f"the {head} head")
     _warn_few_blocks(opened, echo)
     try:
         yield opened
@@ -186,3 +219,23 @@ def recorded_backbone_parameters(attrs) -> int | None:
 
 def _jsonable(attrs: dict) -> dict:
     return {key: (value if isinstance(value, (str, int, float, bool)) else str(value)) for key, value in attrs.items()}
+
+
+def fewshot(cache: FeatureCache | CacheSpec | str | Path, out: str | Path, config: FewshotConfig | None = None, *,
+            log: Log | None = None, **settings) -> dict:
+    """Few-shot curves from a cache alone (featcache.evaluate.fewshot): per k in `shots` and probe, the mean
+    test accuracy over `trials` seeded subsets with its 95% t-interval; writes fewshot.{md,csv,json,png}
+    to `out`. `config` or FewshotConfig's fields (shots, trials, seed, probes, knn_temperature)."""
+    from ..cache.streaming import open_cache_file
+    from ..evaluate.fewshot import fewshot_rows, write_fewshot
+
+    config = built(FewshotConfig, config, settings, "fewshot")
+    require("out", out, (str, Path), "a folder's path")
+    _check_cache(cache)
+    cache = cache if hasattr(cache, "train_features") else open_cache_file(cache)
+    started = time.perf_counter()
+    rows = fewshot_rows(cache, list(config.shots), config.trials, config.seed, list(config.probes), log,
+                        config.knn_temperature)
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "seconds": seconds,
+            **write_fewshot(rows, Path(out), config.trials, config.seed, cache.path, seconds)}

@@ -16,19 +16,19 @@ from pathlib import Path
 import torch
 from torchvision import transforms
 
-from .data.images import ImageData, decode_all, decoded_chunks
-from .data.views import make_views
-from .backbone import bare_forward_throughput, check_input_size, load_backbone, synchronize
-from .cache.reader import load_cache
-from .cache.writer import extract
-from .data.datasets import Dataset
-from .train.heads import train_linear_head
-from .train.config import EpochConfig
-from .data.transform import IMAGENET_MEAN, IMAGENET_STD, resize_size
-from .cache.key import backbone_name, cache_provenance
-from .settings import DEFAULT_BACKBONE
-from .evaluate.tables import markdown_table
-from .train.end_to_end import reference_feature_extraction
+from ..data.images import ImageData, decode_all, decoded_chunks
+from ..data.views import make_views
+from ..backbone import bare_forward_throughput, check_input_size, load_backbone, synchronize
+from ..cache.reader import load_cache
+from ..cache.writer import write_cache
+from ..data.datasets import Dataset
+from ..train.heads import train_linear_head
+from ..train.config import EpochConfig
+from ..data.transform import IMAGENET_MEAN, IMAGENET_STD, resize_size
+from ..cache.key import backbone_name, cache_provenance
+from ..settings import DEFAULT_BACKBONE
+from .tables import markdown_table
+from ..train.end_to_end import reference_feature_extraction
 
 TARGETS = {  # ratio: (direction, target)
     "extraction_vs_bare_forward": (">=", 0.90),
@@ -98,7 +98,7 @@ def _extraction_rank(rank: int, world_size: int, port: int, dataset: Dataset, we
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world_size))
     torch.set_num_threads(threads)
-    result = extract(dataset, load_backbone(weights, provenance["seed"], backbone_name(provenance["backbone"])),
+    result = write_cache(dataset, load_backbone(weights, provenance["seed"], backbone_name(provenance["backbone"])),
                      provenance, Path(cache_dir),
                      batch_size=batch_size, progress=False, weights_source=weights)
     if rank == 0:
@@ -157,7 +157,7 @@ def run_bench(dataset: Dataset, weights: str, image_size: int, views: int, epoch
 
     with tempfile.TemporaryDirectory() as cache_dir:
         log(f"extracting {views} views (cold cache) ...")
-        extracted = extract(dataset, backbone, provenance, Path(cache_dir), batch_size=extract_batch_size,
+        extracted = write_cache(dataset, backbone, provenance, Path(cache_dir), batch_size=extract_batch_size,
                             device=device, num_workers=num_workers, progress=False, weights_source=weights)
         cache = load_cache(extracted.path)
     # the machine's speed drifts: the ceiling is the mean of a measurement before and one after extraction

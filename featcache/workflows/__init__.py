@@ -1,1 +1,0 @@
-"""What each command does, between the API and the phase packages."""
