@@ -2,7 +2,6 @@
 a local file or a seeded random init."""
 from __future__ import annotations
 
-import functools
 import os
 import time
 from pathlib import Path
@@ -275,13 +274,6 @@ def check_trainable(name: str, image_size: int, unfreeze) -> tuple[str, ...]:
     unfreeze = tuple(unfreeze) if unfreeze is not None else last_stage(model, name)
     check_unfreeze(model, name, unfreeze)
     return unfreeze
-
-
-@functools.lru_cache
-def backbone_parameters(name: str) -> int:
-    """Parameters of the backbone `name` without its classifier (11,176,512 for ResNet-18)."""
-    model = with_new_head(network_structure(name), name, lambda width: nn.Identity())
-    return sum(p.numel() for p in model.parameters())
 
 
 def own_head_name(model: nn.Module) -> str:

@@ -88,7 +88,7 @@ def check_value(config_class, name: str, value):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"`{name}` must be a list or tuple, got {_shown(value)}")
         items = tuple(_typed(name, item, item_kind) for item in value)
-        if not items and (meta["choices"] or meta["check"] or _bounded(meta)):
+        if not items and (meta["choices"] or _bounded(meta)):  # `unfreeze=()` (the head alone) may be empty
             raise ConfigError(f"`{name}` must name at least one value")
         for item in items:
             _constrained(name, item, meta)
@@ -128,6 +128,10 @@ def _typed(name: str, value, kind):
         if not isinstance(value, (str, os.PathLike)):
             raise ConfigError(f"`{name}` must be a path, got {_shown(value)}")
         return value
+    if kind is str and isinstance(value, os.PathLike):  # weights=Path("w.pth")
+        return os.fspath(value)
+    if kind is str and type(value).__name__ == "device":  # device=torch.device("cuda:1"), without importing torch
+        return str(value)
     if not isinstance(value, kind):
         raise ConfigError(f"`{name}` must be a {kind.__name__}, got {_shown(value)}")
     return value

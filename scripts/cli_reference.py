@@ -18,8 +18,14 @@ when this page is out of date. The Python API takes the same settings by the sam
 """
 
 
+def root() -> click.Context:
+    """The group's context as the command line makes it (its help options -h and --help), at WIDTH."""
+    return click.Context(main, info_name="featcache", max_content_width=WIDTH, terminal_width=WIDTH,
+                         **main.context_settings)
+
+
 def command_help(name: str, command: click.Command) -> str:
-    with click.Context(main, info_name="featcache", max_content_width=WIDTH, terminal_width=WIDTH) as parent:
+    with root() as parent:
         with click.Context(command, info_name=name, parent=parent, max_content_width=WIDTH,
                            terminal_width=WIDTH) as context:
             return command.get_help(context)
@@ -27,7 +33,7 @@ def command_help(name: str, command: click.Command) -> str:
 
 def reference_markdown() -> str:
     sections = [HEADER]
-    with click.Context(main, info_name="featcache", max_content_width=WIDTH, terminal_width=WIDTH) as context:
+    with root() as context:
         sections.append(f"## featcache\n\n```text\n{main.get_help(context)}\n```\n")
     for name, command in main.commands.items():
         sections.append(f"## featcache {name}\n\n```text\n{command_help(name, command)}\n```\n")

@@ -26,23 +26,22 @@ def constrained_fields():
             if item.metadata.get("choices") or any(item.metadata.get(bound) is not None for bound in BOUNDS)]
 
 
-def violating(config, name):
-    """A value the field's constraint refuses, as the API takes it and as the command line spells it."""
+def violating(config, name) -> list:
+    """Values the field's constraint refuses, one past each of its bounds (or no choice), each as the API
+    takes it and as the command line spells it."""
     meta = config.__dataclass_fields__[name].metadata
     kind, _, item_kind = field_type(config, name)
-    if meta["choices"]:
-        value = "nonsense"
-    elif meta["minimum"] is not None:
-        value = meta["minimum"] - 1
-    elif meta["above"] is not None:
-        value = meta["above"]
-    elif meta["maximum"] is not None:
-        value = meta["maximum"] + 1
-    else:
-        value = meta["below"]
-    if kind is tuple:
-        return (value,), str(value)
-    return value, str(value)
+    step = 1 if (item_kind if kind is tuple else kind) is int else 0.5
+    values = (["nonsense"] if meta["choices"] else []) + \
+        ([meta["minimum"] - step] if meta["minimum"] is not None else []) + \
+        ([meta["maximum"] + step] if meta["maximum"] is not None else []) + \
+        ([meta["above"]] if meta["above"] is not None else []) + ([meta["below"]] if meta["below"] is not None else [])
+    return [((value,) if kind is tuple else value, str(value)) for value in values]
+
+
+def cases():
+    return [(config, name, value, text) for config, name in constrained_fields()
+            for value, text in violating(config, name)]
 
 
 def field_options():
@@ -74,9 +73,8 @@ def placeholders(command: click.Command) -> list[str]:
     return args
 
 
-@pytest.mark.parametrize("config,name", constrained_fields(), ids=lambda x: getattr(x, "__name__", x))
-def test_a_violating_value_is_refused_by_the_api_and_the_cli(config, name):
-    value, text = violating(config, name)
+@pytest.mark.parametrize("config,name,value,text", cases(), ids=lambda x: getattr(x, "__name__", str(x)))
+def test_a_violating_value_is_refused_by_the_api_and_the_cli(config, name, value, text):
     with pytest.raises(featcache.FeatcacheError) as refused:
         config(**{name: value})
     message = str(refused.value)
@@ -94,7 +92,19 @@ def test_a_violating_value_is_refused_by_the_api_and_the_cli(config, name):
 
 
 def test_every_constraint_is_enforced_somewhere():
-    assert len(constrained_fields()) >= 30  # a walk that found nothing would prove nothing
+    assert len(constrained_fields()) >= 30 and len(cases()) > len(constrained_fields())  # val_fraction, count: both ends
+
+
+def test_what_was_accepted_before_still_is():
+    """Paths and devices as objects, and unfreeze=() (the head alone), as at 0.3."""
+    from pathlib import Path
+
+    import torch
+
+    assert featcache.CacheSpec(featcache.DataSpec("x"), weights=Path("w.pth")).weights == "w.pth"
+    assert featcache.FinetuneConfig(weights=Path("w.pth"), device=torch.device("cpu")).device == "cpu"
+    assert featcache.FinetuneConfig(unfreeze=()).unfreeze == ()
+    assert featcache.HeadConfig(sweep_lrs=[1e-3, 1e-2]).sweep_lrs == (1e-3, 1e-2)  # a list, held as a tuple
 
 
 def test_dataspec_is_checked_when_built_and_api_arguments_of_the_wrong_type_are_one_line(tmp_path):

@@ -21,7 +21,7 @@ from ..data.datasets import DataSpec
 from ..data.transform import MIN_IMAGE_SIZE
 from ..deploy.config import ExportConfig, PredictConfig
 from ..errors import FeatcacheError, ReportedElsewhere
-from ..evaluate.claims import claim_run_dir
+from ..evaluate.claims import claim_run_dir, claimed
 from ..evaluate.config import BenchConfig, FewshotConfig, InspectConfig
 from ..evaluate.runs import Run, SeedRuns, default_run_dir, read_run, seeds_line, summary_line
 from ..evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
@@ -40,6 +40,6 @@ __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "UnknownSetting
            "ExperimentConfig", "BackbonesConfig", "FewshotConfig", "ExportConfig", "PredictConfig", "InspectConfig",
            "BenchConfig", "Run", "SeedRuns", "extract", "open_cache", "verify", "train_head", "train_head_seeds",
            "fewshot", "load_images", "finetune", "finetune_seeds", "scratch", "scratch_seeds", "compare", "experiment",
-           "backbones", "export", "load_model", "predict", "inspect", "bench", "read_run", "claim_run_dir",
+           "backbones", "export", "load_model", "predict", "inspect", "bench", "read_run", "claim_run_dir", "claimed",
            "default_run_dir", "is_main_process", "summary_line", "seeds_line", "markdown_table", "SUMMARY_COLUMNS",
            "UNCERTAINTY_COLUMNS", "MIN_IMAGE_SIZE"]

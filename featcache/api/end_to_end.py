@@ -34,9 +34,10 @@ def load_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int 
     from ..data.images import decode_images
 
     require("data", data, DataSpec, "a featcache.DataSpec")
-    for name, value in (("image_size", image_size), ("max_memory", max_memory), ("num_workers", num_workers)):
+    for name, value in (("max_memory", max_memory), ("num_workers", num_workers)):
         check_value(EndToEndConfig, name, value)
-    check_value(CacheSpec, "seed", seed)
+    for name, value in (("image_size", image_size), ("seed", seed)):
+        check_value(CacheSpec, name, value)
     return decode_images(data, image_size, seed, device, max_memory, num_workers)
 
 

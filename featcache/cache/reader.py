@@ -3,7 +3,8 @@
 Layout (readable with plain h5py):
     / attrs            format, format_version, featcache_version, key, complete, backbone,
                        weights, image_size, transform (JSON), views, seed, precision,
-                       classes (JSON), dataset (JSON), shard_size, batch_size, checksums (JSON)
+                       classes (JSON), dataset (JSON), shard_size, batch_size, threads, checksums (JSON),
+                       weights_source, backbone_parameters (since 0.4; not in the key)
     /train/features    float32 [N, 1+V, D]     view 0 clean, views 1..V augmented; chunks (<=256, 1, D)
     /train/labels      int64 [N]
     /train/ids         str [N]

@@ -55,9 +55,8 @@ def feature_bytes(shards: list[Shard], views: int, dim: int) -> int:
 
 
 def plan_shards(counts: dict[str, int], shard_size: int) -> list[Shard]:
-    """Every shard of a cache, training split first, each split cut from row 0 in steps of shard_size."""
-    if shard_size < 1:
-        raise FeatcacheError(f"`shard_size` must be at least 1, got {shard_size}")
+    """Every shard of a cache, training split first, each split cut from row 0 in steps of shard_size
+    (ExtractConfig's, at least 1)."""
     return [Shard(split, index, start, min(start + shard_size, counts[split]))
             for split in SPLITS for index, start in enumerate(range(0, counts[split], shard_size))]
 

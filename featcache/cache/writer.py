@@ -28,7 +28,7 @@ from ..data.datasets import Dataset
 from ..ranks import coordinator, local_device
 from .shards import (Shard, assemble, check_cut, environment_error, feature_bytes, free_bytes,
                      megabytes, plan_shards, scan_shards)
-from .key import (FORMAT, FORMAT_VERSION, PRECISIONS, ExtractConfig, ExtractResult, cache_key, cache_path,
+from .key import (FORMAT, FORMAT_VERSION, ExtractConfig, ExtractResult, cache_key, cache_path,
                   reusable_cache, shard_folder)
 
 ASSEMBLY_ATTEMPTS = 3  # a shard damaged between its commit and assembly is recomputed; twice more is a bad disk
@@ -61,9 +61,8 @@ def compute_threads(device: torch.device) -> int:
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the backbone when asked (fast on GPUs with bf16 units); fp32 otherwise."""
-    if precision not in PRECISIONS:
-        raise FeatcacheError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {precision}")
+    """bf16 autocast for the backbone when asked (fast on GPUs with bf16 units); fp32 otherwise (`precision`
+    as CacheSpec checks it)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -140,8 +139,6 @@ def write_cache(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, c
     shard this process computed is safely on disk.
     """
     started = time.perf_counter()
-    if batch_size < 1:
-        raise FeatcacheError(f"`batch_size` must be at least 1, got {batch_size}")
     final = cache_path(Path(cache_dir), dataset, provenance)
     if not force and reusable_cache(final, cache_key(provenance)):
         return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)

@@ -94,9 +94,6 @@ def load_dataset(
     test images unless `test_per_class` says otherwise. Labels are 0..C-1 in the order of `classes`.
     `listings` (fingerprint.FolderListings) remembers class folders' listings between calls.
     """
-    for name, value in (("`per_class`", per_class), ("`test_per_class`", test_per_class)):
-        if value is not None and value < 1:
-            raise FeatcacheError(f"{name} must be at least 1, got {value}")
     if classes is not None:
         if len(set(classes)) != len(classes):
             raise FeatcacheError(f"`classes` lists a class twice: {','.join(classes)}")

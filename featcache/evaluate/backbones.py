@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .comparison import comparisons_markdown, correctness, load_group, paired_comparisons
-from .stats import ACCURACY, bootstrap_interval, t_interval
+from .stats import ACCURACY, bootstrap_interval, interval_text, t_interval
 from .tables import markdown_table
 
 COLUMNS = ["backbone", "head", "image_size", "feature_dim", "forward_images_per_s", "extract_s", "seeds",
@@ -46,7 +46,7 @@ def write_report(entries: list[dict], heads: tuple[str, ...], out: Path) -> dict
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({column: row.get(column, "") for column in COLUMNS} for row in rows)
-    json_path = out / "backbones.json"  # written last: featcache.workflows.backbones.REPORT
+    json_path = out / "backbones.json"  # written last: featcache.api.comparisons.REPORT
     json_path.write_text(json.dumps({"backbones": entries, "rows": rows, "comparisons": comparisons}, indent=2,
                                     default=str) + "\n")
     return {"rows": rows, "comparisons": comparisons, "png": png, "markdown": markdown, "csv": csv_path,
@@ -61,7 +61,7 @@ def _row(entry: dict, head: str, group: dict) -> dict:
            "extract_s": entry["extract_s"] if entry["extract_s"] is not None else "", "seeds": seeds["n"],
            "test_acc": seeds["mean"], "test_acc_std": seeds["std"] if seeds["std"] is not None else "",
            "low": seeds["low"], "high": seeds["high"],
-           "test_acc_ci95_seeds": f"[{seeds['low']:.4f}, {seeds['high']:.4f}]" if seeds["low"] is not None else ""}
+           "test_acc_ci95_seeds": interval_text(seeds)}
     correct = correctness(group)
     if correct is not None:
         images = bootstrap_interval(correct[1])

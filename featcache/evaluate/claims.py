@@ -101,8 +101,8 @@ def _hold(out: Path):
 
 def claim_run_dir(out: str | Path | None, approach: str, overwrite: bool = False) -> Path:
     """The run directory a run will be written to (default runs/<approach>-<time>), refused if it
-    already holds a run and `overwrite` is not set, or if another process is writing to it. Every
-    training function holds its folder this way (`claimed`) from before training until the run is
-    written."""
+    already holds a run and `overwrite` is not set, or if another process is writing to it; checked, not
+    held (to hold it while writing, `with claimed(...)`, as every training function does from before
+    training until the run is written)."""
     with claimed(out, approach, overwrite) as folder:
         return folder

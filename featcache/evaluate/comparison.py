@@ -65,7 +65,7 @@ def correctness(group: dict) -> tuple[list[str], np.ndarray] | None:
 
 def group_row(group: dict) -> dict:
     """A summary row: the run's own numbers, or the means over seeds, with both 95% intervals."""
-    from .stats import ACCURACY, bootstrap_interval, t_interval
+    from .stats import ACCURACY, bootstrap_interval, interval_text, t_interval
 
     rows = [summary_row(run) for run in group["runs"]]
     if len(rows) == 1:
@@ -76,7 +76,7 @@ def group_row(group: dict) -> dict:
         row["run_dir"] = group["folder"]
     seeds = t_interval([r["final_test_acc"] for r in rows], bounds=ACCURACY)
     row.update(seeds=len(rows), test_acc_std=seeds["std"] if seeds["std"] is not None else "",
-               test_acc_ci95_seeds=f"[{seeds['low']:.4f}, {seeds['high']:.4f}]" if seeds["low"] is not None else "",
+               test_acc_ci95_seeds=interval_text(seeds),
                test_acc_ci95_test_images="")
     correct = correctness(group)
     if correct is not None:

@@ -115,6 +115,7 @@ def fewshot_rows(cache, shots=(1, 2, 5, 10, 20, 50), trials: int = 20, seed: int
             interval = t_interval(accuracies, bounds=ACCURACY)
             rows.append({"probe": probe, "shots": k, "trials": trials, "mean_test_acc": interval["mean"],
                          "std": interval["std"], "ci95_low": interval["low"], "ci95_high": interval["high"],
+                         "ci95_clipped": interval["clipped"],
                          "setting": {"linear": f"{FEWSHOT_LINEAR_STEPS} Adam steps "
                                                f"(batch {min(LINEAR_BATCH, k * len(np.unique(labels)))})",
                                      "logreg": "C by validation" if k >= MIN_PER_CLASS_TO_CHOOSE else "C=1.0",
@@ -160,7 +161,7 @@ def write_fewshot(rows: list[dict], out: Path, trials: int, seed: int, cache_pat
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    columns = ["probe", "shots", "trials", "mean_test_acc", "ci95_low", "ci95_high", "std", "setting"]
+    columns = ["probe", "shots", "trials", "mean_test_acc", "ci95_low", "ci95_high", "ci95_clipped", "std", "setting"]
     markdown = (markdown_table(rows, columns) + f"\n\nMean test accuracy over {trials} trials per k (subsets "
                 f"seeded by {seed}, the same for every probe), 95% t-interval over trials; the linear probe "
                 f"takes {FEWSHOT_LINEAR_STEPS} Adam steps whatever k is. Cache: {cache_path}.\n")

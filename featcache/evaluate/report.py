@@ -60,7 +60,8 @@ def write_comparison(run_dirs: list[Path], out: Path) -> dict:
 
 
 SEED_WARNING = (" Few seeds give wide seed intervals: with 3 the 95% t-interval is the mean ± 4.30 standard "
-                "errors, and it can reach past 0 or 1.")
+                "errors; where it would reach past 0 or 1 it is clipped to them and marked so, and with 2 seeds it "
+                "is marked as telling little.")
 
 
 def plot_group(axis, group: dict, key: str, colour) -> None:

@@ -218,7 +218,7 @@ class Run:
     def save(self, out: str | Path | None = None, overwrite: bool = False) -> Path:
         """Write the run to `out` (default runs/<approach>-<time>); a finished run there is refused unless
         `overwrite`. Only writes: holding the folder against other processes is the caller's
-        (featcache.claim_run_dir, or the training functions' `out`)."""
+        (featcache.claimed, or the training functions' `out`)."""
         out = Path(out) if out is not None else default_run_dir(self.approach)
         refuse_a_finished_run(out, overwrite)
         write_run(out, self.approach, self.history, self.config, self.model.state_dict(), self.wall_time_s,

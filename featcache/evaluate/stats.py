@@ -43,6 +43,15 @@ def t_interval(values, confidence: float = CONFIDENCE, bounds: tuple[float, floa
             "method": method}
 
 
+def interval_text(summary: dict) -> str:
+    """A t_interval's bounds as a table shows them, marked where clipped to its bounds or from under
+    FEW_SEEDS values; '' without an interval."""
+    if summary["low"] is None:
+        return ""
+    notes = (["clipped"] if summary.get("clipped") else []) + (["tells little"] if summary["n"] < FEW_SEEDS else [])
+    return f"[{summary['low']:.4f}, {summary['high']:.4f}]" + (f" ({', '.join(notes)})" if notes else "")
+
+
 def bootstrap_interval(correct, seed: int = 0, confidence: float = CONFIDENCE) -> dict:
     """Accuracy and its percentile bootstrap interval over test images; `correct` is [images] or
     [seeds, images] (then each image's correctness is averaged over seeds first)."""

@@ -234,8 +234,6 @@ def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     """Stratified (fit, validation) indices of the training samples."""
     from sklearn.model_selection import train_test_split  # scikit-learn costs a second to import: only here
 
-    if not 0 < fraction < 1:
-        raise FeatcacheError(f"`val_fraction` must be between 0 and 1, got {fraction}")
     indices = np.arange(len(labels))
     try:
         fit, val = train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels.numpy())
@@ -258,12 +256,6 @@ def sweep_heads(train_features: torch.Tensor, train_labels: torch.Tensor, lrs, w
     All heads see the same batches as one LinearHeads: each step is one batched matmul and each head
     has its own lr and weight decay. Test data is not an argument.
     """
-    if not lrs or not weight_decays:
-        raise FeatcacheError("a sweep needs at least one learning rate and one weight decay")
-    if not all(lr > 0 and math.isfinite(lr) for lr in lrs):
-        raise FeatcacheError(f"sweep learning rates must be positive and finite, got {list(lrs)}")
-    if any(wd < 0 for wd in weight_decays):
-        raise FeatcacheError(f"sweep weight decays must be non-negative, got {list(weight_decays)}")
     settings = [(lr, wd) for lr in lrs for wd in weight_decays]
     fit, val = validation_split(train_labels, val_fraction, config.seed)
     classes = int(train_labels.max()) + 1

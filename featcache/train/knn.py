@@ -54,8 +54,6 @@ def knn_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_fea
     from .heads import validation_split
 
     classes = classes or int(max(train_labels.max(), test_labels.max())) + 1
-    if temperature is not None and not temperature > 0:
-        raise FeatcacheError(f"`knn_temperature` must be positive, got {temperature}")
     counts = np.bincount(train_labels.numpy(), minlength=classes)
     grid = []
     if counts.min() >= MIN_PER_CLASS_TO_CHOOSE:

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from ..cache.reader import FeatureCache
-from ..errors import FeatcacheError
 from .config import MIN_PER_CLASS_TO_CHOOSE
 from .heads import validation_split
 
@@ -56,8 +55,6 @@ def logistic_regression_probe(cache: FeatureCache, use_views: str = "clean", Cs=
     """
     from sklearn.metrics import log_loss
 
-    if use_views not in ("clean", "all"):
-        raise FeatcacheError(f"`logreg_views` must be 'clean' or 'all', got {use_views}")
     features, labels = cache.train_features.numpy(), cache.train_labels.numpy()
     probe = logreg_probe(features if use_views == "all" else features[:, :1], labels, Cs, val_fraction, seed)
     final = probe["model"]
