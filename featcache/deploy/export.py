@@ -1,5 +1,9 @@
 """A run as one file that PyTorch alone loads and runs, and featcache's own model of a run directory.
 
+Only on a file you made yourself: `torch.export.load` runs code from the file it loads (pickled
+payloads, shape expressions, guards). featcache's own `predict` and `load_model` never call it on a
+file (featcache.deploy.archive rebuilds the network from the file's data instead).
+
 The file is a torch.export program (torch.export.save; TorchScript is deprecated): uint8 RGB images
 [N, 3, H, W], any N, H and W, in; class probabilities [N, C] out. Inside: clean_view.CleanView (the
 resize featcache decodes with, the centre crop, ImageNet normalisation), the ResNet-18 with the run's
@@ -14,9 +18,7 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import time
-import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -44,6 +46,40 @@ class Classifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(self.clean_view(images)).softmax(1)
+
+
+def attach_head(network: nn.Module, head: nn.Module) -> nn.Module:
+    """A feature-extraction run's network: its trained head where the backbone's classifier was (ResNet's
+    fc, as before --backbone), or after the pooled features where timm's heads were reset."""
+    from ..backbone import replace_module
+
+    if network.classifier_name is None:
+        return nn.Sequential(network, head)
+    replace_module(network, network.classifier_name, head)
+    return network
+
+
+def exported_head(path: Path, metadata: dict, state: dict) -> nn.Module:
+    """The empty head an exported feature-extraction file's tensors fill: a Linear of their shape, or a kNN
+    head with the k and temperature featcache.json records (files from featcache 0.3 record no head:
+    linear unless their config names kNN)."""
+    from ..train.knn import KNNHead
+
+    head = metadata.get("head")
+    if head is None and metadata.get("config", {}).get("head", "linear") in ("linear", "logreg"):
+        head = {"kind": "linear"}
+    if not isinstance(head, dict) or head.get("kind") not in ("linear", "knn"):
+        raise FeatcacheError(f"{path} does not record its head (exported by featcache 0.3 from a kNN run?): "
+                             "export the run again")
+    if head["kind"] == "knn":
+        try:
+            return KNNHead.from_state(state, head["knn"])
+        except (KeyError, TypeError, IndexError, RuntimeError, FeatcacheError) as error:
+            raise FeatcacheError(f"{path}: its kNN head does not fit ({' '.join(str(error).split())[:120]})") from None
+    weight = state.get("weight")
+    if weight is None or weight.dim() != 2:
+        raise FeatcacheError(f"{path}: its head's weight is missing or not a matrix")
+    return nn.Linear(weight.shape[1], weight.shape[0])
 
 
 def _backbone_source(record: dict, weights: str | None, run_dir: Path) -> tuple[str, str, int, str]:
@@ -93,7 +129,7 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
     """featcache's own model of a run directory, in eval mode on the CPU, and the metadata an export of
     it records. For a feature-extraction run the backbone comes from the weights the cache recorded
     (or `weights`), checked against their recorded identity."""
-    from ..backbone import load_backbone, replace_module
+    from ..backbone import load_backbone
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -119,15 +155,14 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
                   "final_test_acc": record["test_acc"][-1], "featcache_version_of_run": record.get("featcache_version")}
     if approach == "feature-extraction":
         source, identity, seed, name = _backbone_source(record, weights, run_dir)
-        network = load_backbone(source, seed, name)
-        if network.classifier_name is None:  # timm's heads reset: the trained head follows the pooled features
-            network = nn.Sequential(network, trained)
-        else:  # the trained head where the classifier was (ResNet's fc, as before --backbone)
-            replace_module(network, network.classifier_name, trained)
+        network = attach_head(load_backbone(source, seed, name), trained)
         image_size = int(record["cache_attrs"]["image_size"])
         provenance.update(backbone=record["cache_attrs"].get("backbone", BACKBONE), cache_key=record.get("cache_key"),
                           cache_precision=record["cache_attrs"].get("precision"),
-                          backbone_weights={"source": source, "identity": identity})
+                          backbone_weights={"source": source, "identity": identity},
+                          head={"kind": "knn", "knn": {"k": record["knn"]["k"],
+                                                       "temperature": record["knn"].get("temperature")}}
+                          if "knn" in record else {"kind": "linear"})
     else:
         network = trained
         image_size = int(record.get("config", {}).get("image_size", 224))
@@ -170,32 +205,16 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str | None = None)
 
 
 def load_exported(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """(the program as a module on `device`, its featcache.json) of an exported file."""
+    """(featcache's network of an exported file on `device`, its featcache.json): rebuilt from the file's
+    data and tensors (featcache.deploy.archive), never from its program, which torch.export.load would
+    deserialize and run code from."""
+    from .archive import read_export, rebuilt_classifier
+
     path = Path(path)
     if not path.is_file():
         raise FeatcacheError(f"model {path} " + ("is not a file" if path.exists() else "does not exist"))
-    extra = {METADATA: ""}
-    export_log = logging.getLogger("torch.export")  # logs a traceback for any file it cannot read
-    quiet, export_log.disabled = export_log.disabled, True
-    try:
-        if not zipfile.is_zipfile(path):
-            raise ValueError
-        with open(path, "rb") as handle:
-            program = torch.export.load(io.BytesIO(handle.read()), extra_files=extra)
-    except Exception:  # zip, pickle and schema errors alike mean: not an exported program
-        raise FeatcacheError(f"{path} is not a model written by featcache export (torch.export.load cannot "
-                             "read it)") from None
-    finally:
-        export_log.disabled = quiet
-    try:
-        metadata = json.loads(extra[METADATA])
-    except json.JSONDecodeError:
-        metadata = {}
+    metadata, state = read_export(path)
     if metadata.get("format") != EXPORT_FORMAT:
         raise FeatcacheError(f"{path} is a torch.export program but not one written by featcache export "
                              f"(no {METADATA})")
-    if torch.device(device).type != "cpu":
-        from torch.export.passes import move_to_device_pass  # not imported by `import torch` in every version
-
-        program = move_to_device_pass(program, torch.device(device))
-    return program.module().requires_grad_(False), metadata
+    return rebuilt_classifier(path, metadata, state).to(device), metadata

@@ -213,6 +213,26 @@ def differing_options(saved: dict, current: dict) -> list[str]:
     return sorted(key for key in {*saved, *current} if saved.get(key) != current.get(key))
 
 
+CHECKPOINT_KEYS = {"epoch": int, "history": dict, "model": dict, "optimizer": dict, "generator": torch.Tensor,
+                   "options": dict, "carry": dict}
+
+
+def _malformed_checkpoint(state) -> str | None:
+    """What is wrong with a loaded checkpoint's layout (its keys and their types), or None."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not a dict"
+    missing = sorted(set(CHECKPOINT_KEYS) - set(state))
+    if missing:
+        return f"no {', '.join(missing)}"
+    wrong = [key for key, kind in CHECKPOINT_KEYS.items() if not isinstance(state[key], kind)
+             or (kind is int and isinstance(state[key], bool))]
+    if wrong:
+        return f"{', '.join(wrong)} of the wrong type"
+    if not all(isinstance(value, torch.Tensor) for value in state["model"].values()):
+        return "model holds something other than tensors"
+    return None
+
+
 class Checkpoint:
     """<run dir>/checkpoint.pt: the training state after every epoch (model, optimizer, shuffle generator,
     history, and `carry`, the caller's last-epoch results), written by rank 0 alone under a temporary
@@ -228,11 +248,14 @@ class Checkpoint:
         if not self.path.is_file():
             raise self.ranks.error(
                 f"nothing to resume: {self.path} does not exist (a run saves it after each epoch)")
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as error:  # a truncated or foreign file: torch raises several kinds
+        try:  # weights_only: tensors and plain containers, never code, whoever made the file
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a truncated, foreign or code-carrying file: torch raises several kinds
             raise self.ranks.error(
                 f"cannot resume from {self.path}: {' '.join(str(error).split())[:200]}") from None
+        malformed = _malformed_checkpoint(state)
+        if malformed:
+            raise self.ranks.error(f"cannot resume from {self.path}: not a featcache checkpoint ({malformed})")
         differing = differing_options({"backbone": DEFAULT_BACKBONE, **state["options"]},  # saved before --backbone
                                       self.options)
         if differing:

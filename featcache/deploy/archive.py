@@ -1,0 +1,173 @@
+"""An exported file read as data, never as code: featcache's own network rebuilt from the file's
+featcache.json and filled with its raw tensor payloads.
+
+`torch.export.load` deserializes a program: in torch 2.14 that path unpickles payloads marked
+use_pickle, retries sample inputs with weights_only=False, hands every shape expression to
+sympy.sympify (which evaluates Python), resolves node targets by getattr from `torch`, loads a shared
+library for any aotinductor entry, and `.module()` compiles the guards' code. Safe only on files one
+made oneself. featcache never calls it on a file it is given. It reads, with the zipfile and json
+parsers alone:
+
+- the archive's entry names, each on an allowlist (what `featcache export` writes with torch 2.x: no
+  aotinductor, no constants, no legacy pickles); stored, not compressed, and within size bounds;
+- extra/featcache.json (the approach, backbone, classes, image size and head);
+- data/weights/model_weights_config.json: every payload with use_pickle false, a known dtype, a
+  strided contiguous layout on the CPU, and exactly the bytes its shape needs;
+- the payloads' raw bytes.
+
+The graph (models/model.json) and sample inputs are never read: the network is featcache's own,
+built from the backbone's name, and every tensor must fill it exactly (load_state_dict, strict).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import FeatcacheError
+
+ALLOWED = re.compile(r"(data/weights/weight_\d+|data/weights/model_weights_config\.json"
+                     r"|data/constants/model_constants_config\.json|models/model\.json|data/sample_inputs/model\.pt"
+                     r"|extra/featcache\.json|archive_format|archive_version|\.data/version|byteorder"
+                     r"|\.data/serialization_id)")
+NEVER_READ = ("models/model.json", "data/sample_inputs/model.pt")  # the program, for PyTorch users alone
+MAX_JSON_BYTES = 64 << 20  # featcache.json and the weights' table: kilobytes in practice
+MAX_ENTRIES = 1 << 16
+# torch._export.serde.schema.ScalarType's numbers (tests/test_safe_loading.py checks them against torch's)
+DTYPES = {1: torch.uint8, 2: torch.int8, 3: torch.int16, 4: torch.int32, 5: torch.int64, 6: torch.float16,
+          7: torch.float32, 8: torch.float64, 12: torch.bool, 13: torch.bfloat16}
+STRIDED = 7  # torch._export.serde.schema.Layout.Strided
+
+
+def read_export(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(featcache.json, the state dict of its payloads) of an exported file, every rule of this module's
+    docstring checked first; a file that breaks one is refused in one line naming the rule."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise FeatcacheError(f"{path} is not a model written by featcache export (not a zip archive: "
+                             f"{' '.join(str(error).split())[:100]})") from None
+    with archive:
+        entries = _checked_entries(path, archive)
+        metadata = _json(path, archive, entries["extra/featcache.json"])
+        table = _json(path, archive, entries["data/weights/model_weights_config.json"]).get("config")
+        constants = _json(path, archive, entries["data/constants/model_constants_config.json"]).get("config")
+        if constants:  # featcache's networks hold every tensor as a parameter or buffer
+            raise FeatcacheError(f"{path} holds constants ({', '.join(list(constants)[:3])}): featcache export "
+                                 "writes none")
+        if not isinstance(table, dict) or not table:
+            raise FeatcacheError(f"{path}: data/weights/model_weights_config.json lists no tensors")
+        state = {name: _tensor(path, archive, entries, name, entry) for name, entry in table.items()}
+    return metadata, state
+
+
+def _checked_entries(path: Path, archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The archive's entries by their name under its one top folder, each allowed, stored and bounded."""
+    infos = archive.infolist()
+    if len(infos) > MAX_ENTRIES:
+        raise FeatcacheError(f"{path} has {len(infos):,} entries: not a featcache export")
+    prefixes = {info.filename.split("/", 1)[0] for info in infos}
+    if len(prefixes) != 1:
+        raise FeatcacheError(f"{path} has entries under {len(prefixes)} top folders: not a featcache export")
+    entries = {}
+    for info in infos:
+        name = info.filename.split("/", 1)[1] if "/" in info.filename else ""
+        if not ALLOWED.fullmatch(name):
+            raise FeatcacheError(f"{path} holds {info.filename}, which featcache export never writes (only "
+                                 "tensors, the program and featcache.json): refused")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise FeatcacheError(f"{path}: {info.filename} is compressed; featcache export stores every entry")
+        entries[name] = info
+    for needed in ("extra/featcache.json", "data/weights/model_weights_config.json",
+                   "data/constants/model_constants_config.json", "byteorder"):
+        if needed not in entries:
+            raise FeatcacheError(f"{path} has no {needed}: not a model written by featcache export")
+    order = archive.read(entries["byteorder"]).decode(errors="replace").strip()
+    if order != sys.byteorder:
+        raise FeatcacheError(f"{path} was written {order}-endian; this machine is {sys.byteorder}-endian")
+    return entries
+
+
+def _json(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
+    if info.file_size > MAX_JSON_BYTES:
+        raise FeatcacheError(f"{path}: {info.filename} is {info.file_size:,} bytes, over {MAX_JSON_BYTES:,}")
+    try:
+        value = json.loads(archive.read(info))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise FeatcacheError(f"{path}: {info.filename} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise FeatcacheError(f"{path}: {info.filename} is not a JSON object")
+    return value
+
+
+def _tensor(path: Path, archive: zipfile.ZipFile, entries: dict, name: str, entry) -> torch.Tensor:
+    """One payload, checked against its table entry before its bytes are read."""
+    where = f"{path}: tensor {name!r}"
+    try:
+        meta = entry["tensor_meta"]
+        pickled, file = entry["use_pickle"], entry["path_name"]
+        sizes = [size["as_int"] for size in meta["sizes"]]
+        strides = [stride["as_int"] for stride in meta["strides"]]
+        dtype, layout, offset = meta["dtype"], meta["layout"], meta["storage_offset"]["as_int"]
+        device = meta["device"]["type"]
+    except (KeyError, TypeError):
+        raise FeatcacheError(f"{where} has no shape, dtype or payload recorded") from None
+    if pickled is not False:
+        raise FeatcacheError(f"{where} is a pickled payload (use_pickle): featcache never unpickles a file it is given")
+    if not all(isinstance(size, int) and not isinstance(size, bool) and 0 <= size < 1 << 40 for size in sizes):
+        raise FeatcacheError(f"{where} has a malformed shape {sizes}")
+    if dtype not in DTYPES or layout != STRIDED or device != "cpu" or offset != 0:
+        raise FeatcacheError(f"{where} is not a plain CPU tensor (dtype {dtype}, layout {layout}, device {device})")
+    contiguous = [math.prod(sizes[k + 1:]) for k in range(len(sizes))]
+    if strides != contiguous and math.prod(sizes) > 1:
+        raise FeatcacheError(f"{where} is not contiguous (strides {strides})")
+    info = entries.get(f"data/weights/{file}") if isinstance(file, str) else None
+    if info is None:
+        raise FeatcacheError(f"{where} names a payload {file!r} that the archive does not hold")
+    needed = math.prod(sizes) * DTYPES[dtype].itemsize
+    if info.file_size != needed:
+        raise FeatcacheError(f"{where} needs {needed:,} bytes for shape {sizes}, its payload holds {info.file_size:,}")
+    data = bytearray(archive.read(info))
+    if not data:
+        return torch.empty(sizes, dtype=DTYPES[dtype])
+    return torch.frombuffer(data, dtype=DTYPES[dtype]).reshape(sizes)
+
+
+def rebuilt_classifier(path: Path, metadata: dict, state: dict[str, torch.Tensor]) -> nn.Module:
+    """featcache's Classifier of the run the file was exported from, filled with its tensors: the
+    network is built from the backbone's name (torchvision or timm), never from the file's program."""
+    from ..backbone import load_backbone, scratch_network
+    from ..cache.key import backbone_name
+    from .export import Classifier, attach_head, exported_head
+
+    try:
+        approach, classes, image_size = metadata["approach"], list(metadata["classes"]), int(metadata["image_size"])
+        name = backbone_name(str(metadata["backbone"]))
+    except (KeyError, TypeError, ValueError):
+        raise FeatcacheError(f"{path}: featcache.json does not say which network it holds (approach, backbone, "
+                             "classes, image size)") from None
+    if not classes or approach not in ("feature-extraction", "fine-tuning", "scratch"):
+        raise FeatcacheError(f"{path}: featcache.json names no classes or an unknown approach {approach!r}")
+    with torch.random.fork_rng(devices=[]):  # the structure's init is overwritten: it draws from no stream
+        if approach == "feature-extraction":
+            backbone = load_backbone("random", 0, name)
+            prefix = "network." + (f"{backbone.classifier_name}." if backbone.classifier_name else "1.")
+            head = exported_head(path, metadata, {key.removeprefix(prefix): value for key, value in state.items()
+                                                  if key.startswith(prefix)})
+            network = attach_head(backbone, head)
+        else:
+            network = scratch_network(name, len(classes), 0)
+    classifier = Classifier(network, image_size)
+    try:
+        classifier.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        lines = str(error).strip().splitlines()
+        raise FeatcacheError(f"{path}: its tensors do not fit a {name} {approach} network of {len(classes)} classes "
+                             f"({(lines[1] if len(lines) > 1 else lines[0]).strip()[:160]})") from None
+    return classifier.eval().requires_grad_(False)

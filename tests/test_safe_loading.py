@@ -1,0 +1,107 @@
+"""No code runs from a file featcache is given: an exported model is rebuilt from its data and tensors
+(never deserialized as a program), a checkpoint is loaded with weights_only=True and its layout
+checked. Each crafted file would create `marker` if its code ran."""
+import csv
+import shutil
+
+import pytest
+import torch
+
+import featcache
+from crafted import EXPORT_VECTORS, checkpoint_that_runs_code
+from featcache.deploy import archive
+
+
+@pytest.fixture(scope="module")
+def exported(small_cache, tmp_path_factory):
+    """A genuine export of a linear head trained on the shared small cache."""
+    folder = tmp_path_factory.mktemp("exported")
+    featcache.train_head(small_cache.path, epochs=2, out=folder / "run")
+    featcache.export(folder / "run", folder / "model.pt2")
+    return folder / "model.pt2"
+
+
+def predicted(model, image_folder, out):
+    featcache.predict(model, [image_folder / "test"], out, progress=False)
+    with open(out, newline="") as handle:
+        return [row["class_1"] for row in csv.DictReader(handle)]
+
+
+REFUSED = {"pickled payload": "pickled payload", "aotinductor entry": "never writes"}
+
+
+@pytest.mark.parametrize("vector", sorted(EXPORT_VECTORS))
+def test_a_crafted_export_runs_no_code(vector, exported, image_folder, run_cli, tmp_path):
+    marker = tmp_path / "marker"
+    crafted = EXPORT_VECTORS[vector](exported, tmp_path / "crafted.pt2", marker)
+    result = run_cli("predict", crafted, image_folder / "test", "--out", tmp_path / "p.csv", "--quiet")
+    if vector in REFUSED:  # what featcache would have to read: refused in one line
+        assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert REFUSED[vector] in result.stderr, result.stderr
+    else:  # the program and sample inputs are never read: the file predicts as the genuine one does
+        assert result.exit_code == 0, result.output
+        assert predicted(crafted, image_folder, tmp_path / "a.csv") == predicted(exported, image_folder, tmp_path / "b.csv")
+    assert not marker.exists()
+
+
+def test_the_genuine_export_is_rebuilt_exactly(exported, image_folder, tmp_path):
+    """featcache's rebuilt network gives what PyTorch's own loading of its own file gives."""
+    model, metadata = featcache.load_model(exported)
+    program = torch.export.load(exported).module()  # our own file: the one place torch.export.load is fine
+    images = torch.randint(0, 256, (3, 3, 40, 30), dtype=torch.uint8)
+    torch.testing.assert_close(model(images), program(images))
+    assert metadata["head"] == {"kind": "linear"}
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda table: table.update({"ghost": next(iter(table.values()))}), "do not fit"),
+    (lambda table: next(iter(table.values()))["tensor_meta"].update(sizes=[{"as_int": 7}], strides=[{"as_int": 1}]),
+     "bytes for shape"),
+    (lambda table: next(iter(table.values()))["tensor_meta"].update(dtype=99), "not a plain CPU tensor"),
+    (lambda table: next(iter(table.values())).update(path_name="../../etc/passwd"), "does not hold"),
+])
+def test_payload_tables_that_lie_are_one_line(change, words, exported, tmp_path):
+    import json
+
+    from crafted import rewritten
+
+    def edit(name, data):
+        if name.endswith("model_weights_config.json"):
+            table = json.loads(data)
+            change(table["config"])
+            return json.dumps(table).encode()
+        return data
+    crafted = rewritten(exported, tmp_path / "lying.pt2", edit)
+    with pytest.raises(featcache.FeatcacheError, match=words) as refused:
+        featcache.load_model(crafted)
+    assert "\n" not in str(refused.value)
+
+
+def test_dtype_numbers_are_torchs():
+    from torch._export.serde import schema
+
+    assert archive.STRIDED == schema.Layout.Strided.value
+    for number, dtype in archive.DTYPES.items():
+        assert getattr(schema.ScalarType, {torch.uint8: "BYTE", torch.int8: "CHAR", torch.int16: "SHORT",
+                                           torch.int32: "INT", torch.int64: "LONG", torch.float16: "HALF",
+                                           torch.float32: "FLOAT", torch.float64: "DOUBLE", torch.bool: "BOOL",
+                                           torch.bfloat16: "BFLOAT16"}[dtype]).value == number
+
+
+def test_a_crafted_checkpoint_runs_no_code(image_folder, run_cli, tmp_path):
+    marker = tmp_path / "marker"
+    common = ["scratch", "--data", image_folder, "--image-size", 32, "--epochs", 1, "--out", tmp_path / "run"]
+    (tmp_path / "run").mkdir()
+    checkpoint_that_runs_code(tmp_path / "run" / "checkpoint.pt", marker)
+    result = run_cli(*common, "--resume")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "cannot resume from" in result.stderr and not marker.exists()
+
+
+def test_a_checkpoint_of_another_layout_is_one_line(image_folder, run_cli, tmp_path):
+    (tmp_path / "run").mkdir()
+    torch.save({"epoch": "zero", "model": [1, 2]}, tmp_path / "run" / "checkpoint.pt")
+    result = run_cli("scratch", "--data", image_folder, "--image-size", 32, "--epochs", 1, "--out", tmp_path / "run",
+                     "--resume")
+    assert result.exit_code == 1 and "not a featcache checkpoint" in result.stderr, result.output
+    shutil.rmtree(tmp_path / "run")
