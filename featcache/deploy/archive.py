@@ -9,7 +9,7 @@ made oneself. featcache never calls it on a file it is given. It reads, with the
 parsers alone:
 
 - the archive's entry names, each on an allowlist (what `featcache export` writes with torch 2.x: no
-  aotinductor, no constants, no legacy pickles); stored, not compressed, and within size bounds;
+  aotinductor, no legacy pickles); stored, not compressed, and within size bounds;
 - extra/featcache.json (the approach, backbone, classes, image size and head);
 - data/weights/model_weights_config.json: every payload with use_pickle false, a known dtype, a
   strided contiguous layout on the CPU, and exactly the bytes its shape needs;
@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import FeatcacheError
 
 ALLOWED = re.compile(r"(data/weights/weight_\d+|data/weights/model_weights_config\.json"
-                     r"|data/constants/model_constants_config\.json|models/model\.json|data/sample_inputs/model\.pt"
+                     r"|data/constants/model_constants_config\.json|data/constants/tensor_\d+|models/model\.json|data/sample_inputs/model\.pt"
                      r"|extra/featcache\.json|archive_format|archive_version|\.data/version|byteorder"
                      r"|\.data/serialization_id)")
 NEVER_READ = ("models/model.json", "data/sample_inputs/model.pt")  # the program, for PyTorch users alone
@@ -58,9 +58,10 @@ def read_export(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         metadata = _json(path, archive, entries["extra/featcache.json"])
         table = _json(path, archive, entries["data/weights/model_weights_config.json"]).get("config")
         constants = _json(path, archive, entries["data/constants/model_constants_config.json"]).get("config")
-        if constants:  # featcache's networks hold every tensor as a parameter or buffer
-            raise FeatcacheError(f"{path} holds constants ({', '.join(list(constants)[:3])}): featcache export "
-                                 "writes none")
+        if not isinstance(constants, dict):
+            raise FeatcacheError(f"{path}: data/constants/model_constants_config.json lists no table")
+        for name, entry in constants.items():  # checked as the weights are (timm's lifted constants), then unused:
+            _tensor(path, archive, entries, name, entry, "data/constants/")  # featcache's own network makes them
         if not isinstance(table, dict) or not table:
             raise FeatcacheError(f"{path}: data/weights/model_weights_config.json lists no tensors")
         state = {name: _tensor(path, archive, entries, name, entry) for name, entry in table.items()}
@@ -106,7 +107,8 @@ def _json(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
     return value
 
 
-def _tensor(path: Path, archive: zipfile.ZipFile, entries: dict, name: str, entry) -> torch.Tensor:
+def _tensor(path: Path, archive: zipfile.ZipFile, entries: dict, name: str, entry,
+            folder: str = "data/weights/") -> torch.Tensor:
     """One payload, checked against its table entry before its bytes are read."""
     where = f"{path}: tensor {name!r}"
     try:
@@ -127,7 +129,7 @@ def _tensor(path: Path, archive: zipfile.ZipFile, entries: dict, name: str, entr
     contiguous = [math.prod(sizes[k + 1:]) for k in range(len(sizes))]
     if strides != contiguous and math.prod(sizes) > 1:
         raise FeatcacheError(f"{where} is not contiguous (strides {strides})")
-    info = entries.get(f"data/weights/{file}") if isinstance(file, str) else None
+    info = entries.get(f"{folder}{file}") if isinstance(file, str) else None
     if info is None:
         raise FeatcacheError(f"{where} names a payload {file!r} that the archive does not hold")
     needed = math.prod(sizes) * DTYPES[dtype].itemsize
