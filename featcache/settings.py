@@ -7,6 +7,7 @@ Torch-free: configs are checked before any model is built or image read.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -60,10 +61,16 @@ def like(config_class, name: str, help: str | None = None):
     return setting(item.default, help or meta.pop("help"), **{key: meta[key] for key in CONSTRAINTS})
 
 
+@functools.lru_cache(maxsize=None)
+def _annotations(config_class) -> dict:
+    """A config class's evaluated annotations, once per class (typing.get_type_hints evaluates them all)."""
+    return typing.get_type_hints(config_class)
+
+
 def field_type(config_class, name: str) -> tuple[type | None, bool, type | None]:
     """(type, whether None is allowed, item type of a tuple) of a config's field, from its annotation;
     type None where the annotation admits several (a size given as 1GB or in bytes: its `check` decides)."""
-    hint = typing.get_type_hints(config_class)[name]
+    hint = _annotations(config_class)[name]
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     optional = type(None) in args
     kinds = [arg for arg in args if arg is not type(None)]

@@ -99,8 +99,7 @@ def _extraction_rank(rank: int, world_size: int, port: int, dataset: Dataset, we
                       WORLD_SIZE=str(world_size))
     torch.set_num_threads(threads)
     result = write_cache(dataset, load_backbone(weights, provenance["seed"], backbone_name(provenance["backbone"])),
-                     provenance, Path(cache_dir),
-                     batch_size=batch_size, progress=False, weights_source=weights)
+                         provenance, Path(cache_dir), batch_size=batch_size, progress=False, weights_source=weights)
     if rank == 0:
         results.put(result.images_per_second)
 
@@ -158,7 +157,7 @@ def run_bench(dataset: Dataset, weights: str, image_size: int, views: int, epoch
     with tempfile.TemporaryDirectory() as cache_dir:
         log(f"extracting {views} views (cold cache) ...")
         extracted = write_cache(dataset, backbone, provenance, Path(cache_dir), batch_size=extract_batch_size,
-                            device=device, num_workers=num_workers, progress=False, weights_source=weights)
+                                device=device, num_workers=num_workers, progress=False, weights_source=weights)
         cache = load_cache(extracted.path)
     # the machine's speed drifts: the ceiling is the mean of a measurement before and one after extraction
     figures["bare_forward_images_per_s"] = (bare_before + bare_forward_throughput(backbone, probe, batches)) / 2
