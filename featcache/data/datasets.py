@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,13 +42,42 @@ class Split:
         return read_image(self.paths[index])
 
 
+# The bound on an image featcache decodes, checked from its header before a pixel is decoded. Decoding
+# costs 3 bytes a pixel and the clean view's float32 resize 12, so 2**26 pixels (a 64-megapixel photo)
+# peaks near 1 GB; a longer side over 20 times the shorter is a strip, not a photo, and would be resized
+# to 20 times the crop's area (a 1 x 20,000 PNG of 86 bytes asked for 30 GB before this bound).
+MAX_PIXELS = 1 << 26
+MAX_ASPECT = 20
+IMAGE_BOUND = f"at most {MAX_PIXELS:,} pixels, longer side at most {MAX_ASPECT} times the shorter"
+
+
+def check_image_size(width: int, height: int) -> str | None:
+    """Why a width x height image is outside featcache's bound, or None."""
+    if width < 1 or height < 1:
+        return f"{width} x {height} pixels is empty"
+    if width * height > MAX_PIXELS:
+        return f"{width:,} x {height:,} pixels is over featcache's bound of {MAX_PIXELS:,} pixels"
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return f"{width:,} x {height:,} pixels is over featcache's bound on aspect ratio ({MAX_ASPECT}:1)"
+    return None
+
+
 def read_image(path) -> Image.Image:
-    """An image file as an RGB PIL image; a file PIL cannot read raises FeatcacheError naming it."""
+    """An image file as an RGB PIL image; a file PIL cannot read, or one outside featcache's bound
+    (IMAGE_BOUND, read from the header before decoding), raises FeatcacheError naming it."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL warns from 89 megapixels; featcache's bound is lower and refuses those with its own line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                problem = check_image_size(*image.size)
+                if problem is None:
+                    return image.convert("RGB")
+    except Image.DecompressionBombError:
+        problem = f"over featcache's bound of {MAX_PIXELS:,} pixels"
     except Exception as error:  # damaged files raise OSError, SyntaxError, EOFError, zlib.error, ValueError...
         raise FeatcacheError(f"cannot read image {path}: {error}") from None
+    raise FeatcacheError(f"cannot read image {path}: {problem}")
 
 
 @dataclass

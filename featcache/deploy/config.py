@@ -28,8 +28,8 @@ class PredictConfig:
     output_format: str = setting("csv", "csv: path, class_k and probability_k for k = 1..--top-k, error; json: "
                                  "{classes, model, predictions: [{path, top: [{class, probability}], error}]}.",
                                  option="--format", choices=FORMATS)
-    top_k: int = setting(3, "Classes listed per image, most probable first; at most the model's number of classes.",
-                         minimum=1)
+    top_k: int | None = setting(None, "Classes listed per image, most probable first; at most the model's number of "
+                                "classes. Default: 3, or all of a model's classes when it has fewer.", minimum=1)
     batch_size: int = setting(64, "Images per forward pass (images of any sizes are batched together).", minimum=1)
     device: str = like(ExtractConfig, "device")
     num_workers: int = like(ExtractConfig, "num_workers")

@@ -5,7 +5,7 @@ payloads, shape expressions, guards). featcache's own `predict` and `load_model`
 file (featcache.deploy.archive rebuilds the network from the file's data instead).
 
 The file is a torch.export program (torch.export.save; TorchScript is deprecated): uint8 RGB images
-[N, 3, H, W], any N, H and W, in; class probabilities [N, C] out. Inside: clean_view.CleanView (the
+[N, 3, H, W], any N, H and W, in (featcache.json's "input_bound": what featcache predict decodes); class probabilities [N, C] out. Inside: clean_view.CleanView (the
 resize featcache decodes with, the centre crop, ImageNet normalisation), the ResNet-18 with the run's
 head, softmax. The extra file featcache.json holds the class names and provenance:
 
@@ -28,6 +28,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import FeatcacheError
 from ..data.clean_view import CROP, RESIZE, CleanView
+from ..data.datasets import IMAGE_BOUND, MAX_ASPECT, MAX_PIXELS
 from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds, trained_model, write_atomically
 from ..settings import DEFAULT_BACKBONE
 from ..cache.key import BACKBONE, backbone_identity, backbone_name, weights_identity
@@ -171,7 +172,10 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
                                           "identity": weights_identity(str(run_dir / WEIGHTS), 0)}
     metadata = {
         "format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "classes": list(classes),
-        "image_size": image_size, "input": "uint8 RGB images [N, 3, H, W], any N, H, W",
+        "image_size": image_size, "input": f"uint8 RGB images [N, 3, H, W], any N; H and W from 2 to 65,536. featcache "
+                 f"predict decodes only images within its bound ({IMAGE_BOUND}), checked before decoding: "
+                 f"peak memory stays near 1 GB; check the same before calling this model on a stranger's image",
+        "input_bound": {"max_pixels": MAX_PIXELS, "max_aspect": MAX_ASPECT},
         "output": "class probabilities [N, C], float32, in the order of `classes`",
         "preprocess": {"resize": RESIZE.replace("round(S*256/224)", str(resize_size(image_size))),
                        "crop": CROP.replace("S x S", f"{image_size} x {image_size}"),

@@ -84,6 +84,7 @@ def classify_files(model: str | Path, inputs: list[str | Path], out: str | Path,
     device = resolve_device(config.device)
     classify, metadata = load_classifier(model, device, config.weights)
     classes = metadata["classes"]
+    top_k = min(3, len(classes)) if top_k is None else top_k
     if not 1 <= top_k <= len(classes):
         raise FeatcacheError(f"`top_k` must be between 1 and {len(classes)} (the model's classes), got {top_k}")
     probabilities: list[torch.Tensor | None] = [None] * len(files)
