@@ -24,7 +24,7 @@ from ..errors import FeatcacheError, ReportedElsewhere
 from ..evaluate.claims import claim_run_dir, claimed
 from ..evaluate.config import BenchConfig, FewshotConfig, InspectConfig
 from ..evaluate.runs import Run, SeedRuns, default_run_dir, read_run, seeds_line, summary_line
-from ..evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
+from ..evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table, read_csv
 from ..ranks import is_main_process
 from ..settings import ConfigError, UnknownSetting
 from ..train.config import BackbonesConfig, EpochConfig, ExperimentConfig, FinetuneConfig, HeadConfig, ScratchConfig
@@ -41,5 +41,5 @@ __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "UnknownSetting
            "BenchConfig", "Run", "SeedRuns", "extract", "open_cache", "verify", "train_head", "train_head_seeds",
            "fewshot", "load_images", "finetune", "finetune_seeds", "scratch", "scratch_seeds", "compare", "experiment",
            "backbones", "export", "load_model", "predict", "inspect", "bench", "read_run", "claim_run_dir", "claimed",
-           "default_run_dir", "is_main_process", "summary_line", "seeds_line", "markdown_table", "SUMMARY_COLUMNS",
+           "default_run_dir", "is_main_process", "summary_line", "seeds_line", "markdown_table", "read_csv", "SUMMARY_COLUMNS",
            "UNCERTAINTY_COLUMNS", "MIN_IMAGE_SIZE"]

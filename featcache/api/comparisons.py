@@ -186,7 +186,9 @@ def forward_throughput(spec: CacheSpec, config: BackbonesConfig) -> float:
 
 
 def folder_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
+    """A label as a folder name: letters, digits, _ . and -, no leading or trailing dot or dash (so never
+    `.` or `..`, which would name --out or the folder above it)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.")
 
 
 def _check_comparable(specs: list[CacheSpec], labels: list[str]) -> None:

@@ -14,11 +14,13 @@ from importlib.metadata import version
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from .._version import __version__
 from ..data.datasets import Dataset, DataSpec
 from ..data.transform import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, transform_description
 from ..errors import FeatcacheError
+from .layout import layout_problem
 from ..settings import DEFAULT_BACKBONE, DEVICES_HELP, ConfigError, check_fields, require, setting
 
 FORMAT = "featcache"
@@ -134,15 +136,19 @@ def open_complete_cache(path: Path) -> h5py.File:
         handle = h5py.File(path, "r")
     except OSError as error:
         raise FeatcacheError(f"{path} is not a readable HDF5 file: {error}") from None
-    problem = None
-    version_found = int(handle.attrs.get("format_version", -1))
+    version_found = handle.attrs.get("format_version", -1)
+    version_found = version_found.item() if isinstance(version_found, np.generic) else version_found
     if handle.attrs.get("format") != FORMAT:
         problem = f"{path} is not a featcache cache file"
-    elif version_found != FORMAT_VERSION:
-        problem = (f"{path} is a featcache cache of format version {version_found}; this featcache "
+    elif type(version_found) is not int or version_found != FORMAT_VERSION:
+        problem = (f"{path} is a featcache cache of format version {version_found!r}; this featcache "
                    f"({__version__}) reads version {FORMAT_VERSION}: re-run featcache extract")
     elif not handle.attrs.get("complete", False):
         problem = f"cache {path} is incomplete; re-run featcache extract to finish it"
+    else:
+        problem = layout_problem(handle)
+        problem = problem and (f"{path} is not a cache featcache can read safely: {problem} (featcache extract "
+                               "makes one from the images)")
     if problem:
         handle.close()
         raise FeatcacheError(problem)

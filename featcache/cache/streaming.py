@@ -70,11 +70,11 @@ class StreamedCache(CacheContents):
 def open_streamed(path: Path, budget: int, heads: int = 1) -> StreamedCache:
     """The cache checked and opened for streaming, its buffer sized to what `budget` leaves after the
     per-row state of `heads` heads and the test features; too small a budget is a FeatcacheError."""
-    mismatches = verify_file(Path(path))
-    if mismatches:
-        raise damaged_cache(path, mismatches)
-    handle = open_complete_cache(path)
+    handle = open_complete_cache(path)  # its structure checked before verify_file reads a byte
     try:
+        mismatches = verify_file(Path(path))
+        if mismatches:
+            raise damaged_cache(path, mismatches)
         attrs, test_ids = cache_metadata(handle)
         train_labels = torch.from_numpy(handle["train/labels"][()])
         test = {name: handle[f"test/{name}"][()] for name in ("features", "labels")}

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FeatcacheError
+from ..npz import read_npz
 
 TABLE = "file-hashes.npz"
 RACY_NS = 2_000_000_000  # changed less than 2 s before hashing: not trusted, hashed again next time
@@ -132,9 +133,9 @@ def _empty() -> dict[str, np.ndarray]:
 def _load(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """The table's paths and columns; a damaged or foreign table is only a lost shortcut."""
     try:
-        with np.load(path, allow_pickle=False) as table:
-            columns = {name: table[name] for name in COLUMNS}
-            blob = table["paths"].tobytes()
+        table = read_npz(path, (*COLUMNS, "paths"))
+        columns = {name: table[name] for name in COLUMNS}
+        blob = table["paths"].tobytes()
         paths = os.fsdecode(blob).split("\0") if blob else []
         expected = _empty()
         if all(len(column) == len(paths) and column.dtype == expected[name].dtype for name, column in columns.items()):
@@ -188,11 +189,11 @@ class FolderListings:
 def _load_listings(path: Path) -> dict[str, tuple[int, int, int, list[str]]]:
     """The remembered listings; a damaged table is only a lost shortcut."""
     try:
-        with np.load(path, allow_pickle=False) as table:
-            folders = os.fsdecode(table["folders"].tobytes()).split("\0")
-            stats = zip(table["mtime_ns"].tolist(), table["ctime_ns"].tolist(), table["listed_ns"].tolist())
-            counts = table["counts"].tolist()
-            blob = table["names"].tobytes()
+        table = read_npz(path, ("folders", "mtime_ns", "ctime_ns", "listed_ns", "counts", "names"))
+        folders = os.fsdecode(table["folders"].tobytes()).split("\0")
+        stats = zip(table["mtime_ns"].tolist(), table["ctime_ns"].tolist(), table["listed_ns"].tolist())
+        counts = table["counts"].tolist()
+        blob = table["names"].tobytes()
         names = os.fsdecode(blob).split("\0") if blob else []
         if len(folders) != len(counts) or sum(counts) != len(names):
             return {}

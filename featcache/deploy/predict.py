@@ -6,8 +6,6 @@ resizes it and cropped to one of at most three shapes the model maps to the same
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from pathlib import Path
@@ -155,17 +153,16 @@ def _row(path: Path, probabilities: torch.Tensor | None, error: str | None, clas
 def _write(out: Path, rows: list[dict], output_format: str, top_k: int, metadata: dict) -> Path:
     """The whole file at a temporary name, then renamed: an interrupted run leaves no half-written output."""
     from ..evaluate.runs import write_atomically
+    from ..evaluate.tables import csv_text
 
     if output_format == "json":
         text = json.dumps({"classes": metadata["classes"], "model": {k: metadata.get(k) for k in (
             "approach", "image_size", "featcache_version", "run_dir")}, "predictions": rows}, indent=1) + "\n"
     else:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", *(f"{field}_{k}" for k in range(1, top_k + 1) for field in ("class", "probability")),
-                         "error"])
-        for row in rows:
-            cells = [value for entry in row["top"] for value in (entry["class"], f"{entry['probability']:.6f}")]
-            writer.writerow([row["path"], *(cells or [""] * 2 * top_k), row["error"] or ""])
-        text = buffer.getvalue()
+        columns = ["path", *(f"{field}_{k}" for k in range(1, top_k + 1) for field in ("class", "probability")),
+                   "error"]
+        text = csv_text(columns, ({"path": row["path"], "error": row["error"] or "",
+                                   **{f"class_{k}": entry["class"] for k, entry in enumerate(row["top"], 1)},
+                                   **{f"probability_{k}": f"{entry['probability']:.6f}"
+                                      for k, entry in enumerate(row["top"], 1)}} for row in rows))
     return write_atomically(out, text.encode())

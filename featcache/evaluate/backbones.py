@@ -3,7 +3,6 @@ intervals against the backbone's cost (forward images/s, feature size), a plot o
 paired comparisons between backbones (compare's statistics: same test images, same seeds)."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from matplotlib.figure import Figure
 
 from .comparison import comparisons_markdown, correctness, load_group, paired_comparisons
 from .stats import ACCURACY, bootstrap_interval, interval_text, t_interval
-from .tables import markdown_table
+from .tables import csv_text, markdown_table
 
 COLUMNS = ["backbone", "head", "image_size", "feature_dim", "forward_images_per_s", "extract_s", "seeds",
            "test_acc", "test_acc_std", "test_acc_ci95_seeds", "test_acc_ci95_test_images"]
@@ -42,10 +41,7 @@ def write_report(entries: list[dict], heads: tuple[str, ...], out: Path) -> dict
         + "".join(comparisons_markdown([c for c in comparisons if c["head"] == head]).replace(
             "## Paired comparisons", f"## Paired comparisons, {head} head") for head in heads))
     csv_path = out / "backbones.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({column: row.get(column, "") for column in COLUMNS} for row in rows)
+    csv_path.write_text(csv_text(COLUMNS, rows))
     json_path = out / "backbones.json"  # written last: featcache.api.comparisons.REPORT
     json_path.write_text(json.dumps({"backbones": entries, "rows": rows, "comparisons": comparisons}, indent=2,
                                     default=str) + "\n")

@@ -154,10 +154,9 @@ def plot_fewshot(rows: list[dict], path):
 
 def write_fewshot(rows: list[dict], out: Path, trials: int, seed: int, cache_path, seconds: float) -> dict:
     """fewshot.md, fewshot.csv, fewshot.json and fewshot.png in `out`; returns the Markdown and the paths."""
-    import csv
     import json
 
-    from .tables import markdown_table
+    from .tables import csv_text, markdown_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,10 +165,7 @@ def write_fewshot(rows: list[dict], out: Path, trials: int, seed: int, cache_pat
                 f"seeded by {seed}, the same for every probe), 95% t-interval over trials; the linear probe "
                 f"takes {FEWSHOT_LINEAR_STEPS} Adam steps whatever k is. Cache: {cache_path}.\n")
     (out / "fewshot.md").write_text(markdown)
-    with (out / "fewshot.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    (out / "fewshot.csv").write_text(csv_text(columns, rows))
     (out / "fewshot.json").write_text(json.dumps({"cache": str(cache_path), "seed": seed, "seconds": seconds,
                                                   "rows": rows}, indent=2) + "\n")
     plot_fewshot(rows, out / "fewshot.png")

@@ -2,7 +2,6 @@
 their stored predictions) and the notebook's inspection views."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from torch import nn
 
 from ..errors import FeatcacheError
 from .comparison import comparisons_markdown, group_row, load_group, paired_comparisons, per_class_results
-from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
+from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, csv_text, markdown_table
 
 COLOURS = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
 
@@ -50,10 +49,7 @@ def write_comparison(run_dirs: list[Path], out: Path) -> dict:
                         "over test images." + SEED_WARNING * any(row["seeds"] > 1 for row in rows) + "\n"
                         + comparisons_markdown(comparisons) + per_class_markdown(per_class))
     csv_path = out / "summary.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS + UNCERTAINTY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    csv_path.write_text(csv_text(SUMMARY_COLUMNS + UNCERTAINTY_COLUMNS, rows))
     confusion_png = plot_confusion(per_class, out / "confusion.png") if per_class["runs"] else None
     return {"png": png, "markdown": markdown, "csv": csv_path, "rows": rows, "comparisons": comparisons,
             "confusion_png": confusion_png, "per_class": per_class}

@@ -85,11 +85,18 @@ def read_run(folder: Path) -> dict:
         raise FeatcacheError(f"{folder} is not a featcache run directory (no {HISTORY})")
     try:
         record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise FeatcacheError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise FeatcacheError(f"{path} holds a JSON {type(record).__name__}, not a featcache run history (an object)")
     missing = [key for key in ("approach", *HISTORY_KEYS) if key not in record]
     if missing:
         raise FeatcacheError(f"{path} lacks {', '.join(missing)}: not a featcache run history")
+    wrong = [key for key in HISTORY_KEYS if not isinstance(record[key], list)
+             or not all(type(value) in (int, float) for value in record[key])]
+    if not isinstance(record["approach"], str) or not isinstance(record.get("config", {}), dict) or wrong:
+        raise FeatcacheError(f"{path} is not a featcache run history: "
+                             f"{', '.join(wrong) or 'approach or config'} of the wrong type")
     record["run_dir"] = str(folder)
     return record
 
@@ -99,13 +106,23 @@ def read_predictions(folder: Path) -> dict | None:
     written before featcache stored them."""
     import numpy as np
 
+    from ..npz import read_npz
+
     path = Path(folder) / PREDICTIONS
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            predictions = {key: stored[key] for key in ("ids", "labels", "probabilities")}
-    except (OSError, ValueError, KeyError) as error:
+        predictions = read_npz(path, ("ids", "labels", "probabilities"))
+        ids, labels, probabilities = predictions.values()
+        if not (ids.dtype.kind == "U" and labels.dtype == np.int64 and probabilities.dtype == np.float32
+                and ids.ndim == labels.ndim == 1 and probabilities.ndim == 2 and probabilities.shape[1] >= 1
+                and len(ids) == len(labels) == len(probabilities)):
+            raise ValueError(f"its arrays are {ids.dtype} {ids.shape}, {labels.dtype} {labels.shape} and "
+                             f"{probabilities.dtype} {probabilities.shape}, not ids [M], int64 labels [M] and "
+                             "float32 probabilities [M, C]")
+        if len(labels) and (labels.min() < 0 or labels.max() >= probabilities.shape[1]):
+            raise ValueError(f"its labels are outside its {probabilities.shape[1]} classes")
+    except ValueError as error:
         raise FeatcacheError(f"{path} is not a featcache predictions file: {error}") from None
     return {**predictions, "predicted": predictions["probabilities"].argmax(1)}
 
@@ -127,9 +144,13 @@ def read_seeds(folder: Path) -> dict:
     if not path.is_file():
         raise FeatcacheError(f"{folder} is not a folder of seeds (no {SEEDS})")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise FeatcacheError(f"{path} is not valid JSON: {error}") from None
+    if not (isinstance(record, dict) and isinstance(record.get("seeds"), list)
+            and all(type(seed) is int and seed >= 0 for seed in record["seeds"])):
+        raise FeatcacheError(f"{path} is not a featcache seeds record (an object whose `seeds` is a list of seeds)")
+    return record
 
 
 def trained_model(folder: Path, record: dict):
