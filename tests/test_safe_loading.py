@@ -54,7 +54,7 @@ def test_the_genuine_export_is_rebuilt_exactly(exported, image_folder, tmp_path)
 
 
 @pytest.mark.parametrize("change,words", [
-    (lambda table: table.update({"ghost": next(iter(table.values()))}), "do not fit"),
+    (lambda table: table.update({"ghost": next(iter(table.values()))}), "already named"),  # one payload, twice
     (lambda table: next(iter(table.values()))["tensor_meta"].update(sizes=[{"as_int": 7}], strides=[{"as_int": 1}]),
      "bytes for shape"),
     (lambda table: next(iter(table.values()))["tensor_meta"].update(dtype=99), "not a plain CPU tensor"),
@@ -105,3 +105,39 @@ def test_a_checkpoint_of_another_layout_is_one_line(image_folder, run_cli, tmp_p
                      "--resume")
     assert result.exit_code == 1 and "not a featcache checkpoint" in result.stderr, result.output
     shutil.rmtree(tmp_path / "run")
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda meta: meta.update(image_size=20000), "image size 20000"),  # predict would resize to 22,857 px a side
+    (lambda meta: meta.update(image_size=float("inf")), "image size inf"),
+    (lambda meta: meta.update(image_size="224"), "image size '224'"),
+    (lambda meta: meta.update(classes=[f"c{k}" for k in range(100_000)]), "3 class probabilities for the 100000"),
+    (lambda meta: meta.update(classes=[1, 2, 3]), "no list of class names"),
+    (lambda meta: meta.update(backbone="torchvision.resnet152"), "do not fit a resnet152"),  # 230 MB, never built
+])
+def test_a_featcache_json_that_lies_is_one_line(change, words, exported, tmp_path):
+    """What featcache.json names is checked against the tensors before a network of that size is built."""
+    import json
+
+    from crafted import rewritten
+
+    def edit(name, data):
+        if name.endswith("extra/featcache.json"):
+            metadata = json.loads(data)
+            change(metadata)
+            return json.dumps(metadata).encode()
+        return data
+    crafted = rewritten(exported, tmp_path / "lying.pt2", edit)
+    with pytest.raises(featcache.FeatcacheError, match=words) as refused:
+        featcache.load_model(crafted)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_damaged_payload_is_one_line(exported, tmp_path):
+    content = bytearray(exported.read_bytes())
+    at = content.find(b"PK\x03\x04", len(content) // 2)  # an entry's header in the second half
+    content[at + 200] ^= 0xFF  # inside that entry's data: its CRC fails when read
+    (tmp_path / "flipped.pt2").write_bytes(bytes(content))
+    with pytest.raises(featcache.FeatcacheError, match="damaged|not a|do not fit|bytes") as refused:
+        featcache.load_model(tmp_path / "flipped.pt2")
+    assert "\n" not in str(refused.value)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._version import __version__
 from ..data.datasets import Dataset, DataSpec
-from ..data.transform import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, transform_description
+from ..data.transform import DEFAULT_IMAGE_SIZE, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, transform_description
 from ..errors import FeatcacheError
 from .layout import layout_problem
 from ..settings import DEFAULT_BACKBONE, DEVICES_HELP, ConfigError, check_fields, require, setting
@@ -205,7 +205,8 @@ class CacheSpec:
     data: DataSpec = field(default_factory=DataSpec)
     weights: str = setting(DEFAULT_WEIGHTS, WEIGHTS_HELP)
     image_size: int = setting(DEFAULT_IMAGE_SIZE, "Crop size S; images are first resized to S*256/224, as the reference 256/224 "
-                              "pipeline.", minimum=MIN_IMAGE_SIZE)
+                              "pipeline.", minimum=MIN_IMAGE_SIZE,
+                              maximum=MAX_IMAGE_SIZE)
     views: int = setting(10, "Augmented views cached per training image (plus the clean view 0).", minimum=1)
     seed: int = setting(0, "Seeds the augmented views and random weights.", minimum=0)
     precision: str = setting("fp32", "Backbone arithmetic during extraction: fp32, or bf16 autocast (faster on GPUs "

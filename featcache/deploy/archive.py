@@ -25,6 +25,7 @@ import math
 import re
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -54,17 +55,25 @@ def read_export(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise FeatcacheError(f"{path} is not a model written by featcache export (not a zip archive: "
                              f"{' '.join(str(error).split())[:100]})") from None
     with archive:
-        entries = _checked_entries(path, archive)
-        metadata = _json(path, archive, entries["extra/featcache.json"])
-        table = _json(path, archive, entries["data/weights/model_weights_config.json"]).get("config")
-        constants = _json(path, archive, entries["data/constants/model_constants_config.json"]).get("config")
-        if not isinstance(constants, dict):
-            raise FeatcacheError(f"{path}: data/constants/model_constants_config.json lists no table")
-        for name, entry in constants.items():  # checked as the weights are (timm's lifted constants), then unused:
-            _tensor(path, archive, entries, name, entry, "data/constants/")  # featcache's own network makes them
-        if not isinstance(table, dict) or not table:
-            raise FeatcacheError(f"{path}: data/weights/model_weights_config.json lists no tensors")
-        state = {name: _tensor(path, archive, entries, name, entry) for name, entry in table.items()}
+        try:
+            return _read(path, archive)
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as error:  # a damaged entry (CRC, truncation)
+            raise FeatcacheError(f"{path} is damaged ({type(error).__name__}: "
+                                 f"{' '.join(str(error).split())[:100]})") from None
+
+
+def _read(path: Path, archive: zipfile.ZipFile) -> tuple[dict, dict[str, torch.Tensor]]:
+    entries = _checked_entries(path, archive)
+    metadata = _json(path, archive, entries["extra/featcache.json"])
+    table = _json(path, archive, entries["data/weights/model_weights_config.json"]).get("config")
+    constants = _json(path, archive, entries["data/constants/model_constants_config.json"]).get("config")
+    if not isinstance(constants, dict):
+        raise FeatcacheError(f"{path}: data/constants/model_constants_config.json lists no table")
+    for name, entry in constants.items():  # checked as the weights are (timm's lifted constants), then unused:
+        _tensor(path, archive, entries, name, entry, "data/constants/")  # featcache's own network makes them
+    if not isinstance(table, dict) or not table:
+        raise FeatcacheError(f"{path}: data/weights/model_weights_config.json lists no tensors")
+    state = {name: _tensor(path, archive, entries, name, entry) for name, entry in table.items()}
     return metadata, state
 
 
@@ -122,16 +131,18 @@ def _tensor(path: Path, archive: zipfile.ZipFile, entries: dict, name: str, entr
         raise FeatcacheError(f"{where} has no shape, dtype or payload recorded") from None
     if pickled is not False:
         raise FeatcacheError(f"{where} is a pickled payload (use_pickle): featcache never unpickles a file it is given")
-    if not all(isinstance(size, int) and not isinstance(size, bool) and 0 <= size < 1 << 40 for size in sizes):
+    if len(sizes) > 8 or len(strides) != len(sizes) or not all(
+            type(size) is int and 0 <= size < 1 << 40 for size in sizes):
         raise FeatcacheError(f"{where} has a malformed shape {sizes}")
-    if dtype not in DTYPES or layout != STRIDED or device != "cpu" or offset != 0:
+    if type(dtype) is not int or dtype not in DTYPES or layout != STRIDED or device != "cpu" or offset != 0:
         raise FeatcacheError(f"{where} is not a plain CPU tensor (dtype {dtype}, layout {layout}, device {device})")
     contiguous = [math.prod(sizes[k + 1:]) for k in range(len(sizes))]
     if strides != contiguous and math.prod(sizes) > 1:
         raise FeatcacheError(f"{where} is not contiguous (strides {strides})")
-    info = entries.get(f"{folder}{file}") if isinstance(file, str) else None
+    info = entries.pop(f"{folder}{file}", None) if isinstance(file, str) else None  # each payload read once
     if info is None:
-        raise FeatcacheError(f"{where} names a payload {file!r} that the archive does not hold")
+        raise FeatcacheError(f"{where} names a payload {file!r} that the archive does not hold, or one "
+                             "another tensor already named")
     needed = math.prod(sizes) * DTYPES[dtype].itemsize
     if info.file_size != needed:
         raise FeatcacheError(f"{where} needs {needed:,} bytes for shape {sizes}, its payload holds {info.file_size:,}")
@@ -146,30 +157,50 @@ def rebuilt_classifier(path: Path, metadata: dict, state: dict[str, torch.Tensor
     network is built from the backbone's name (torchvision or timm), never from the file's program."""
     from ..backbone import load_backbone, scratch_network
     from ..cache.key import backbone_name
+    from ..data.transform import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
     from .export import Classifier, attach_head, exported_head
 
     try:
-        approach, classes, image_size = metadata["approach"], list(metadata["classes"]), int(metadata["image_size"])
+        approach, classes, image_size = metadata["approach"], metadata["classes"], metadata["image_size"]
         name = backbone_name(str(metadata["backbone"]))
     except (KeyError, TypeError, ValueError):
         raise FeatcacheError(f"{path}: featcache.json does not say which network it holds (approach, backbone, "
                              "classes, image size)") from None
-    if not classes or approach not in ("feature-extraction", "fine-tuning", "scratch"):
-        raise FeatcacheError(f"{path}: featcache.json names no classes or an unknown approach {approach!r}")
-    with torch.random.fork_rng(devices=[]):  # the structure's init is overwritten: it draws from no stream
-        if approach == "feature-extraction":
-            backbone = load_backbone("random", 0, name)
-            prefix = "network." + (f"{backbone.classifier_name}." if backbone.classifier_name else "1.")
-            head = exported_head(path, metadata, {key.removeprefix(prefix): value for key, value in state.items()
-                                                  if key.startswith(prefix)})
-            network = attach_head(backbone, head)
-        else:
-            network = scratch_network(name, len(classes), 0)
-    classifier = Classifier(network, image_size)
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) and len(c) <= 1000 for c in classes)
+            and approach in ("feature-extraction", "fine-tuning", "scratch")):
+        raise FeatcacheError(f"{path}: featcache.json names no list of class names or an unknown approach")
+    if type(image_size) is not int or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise FeatcacheError(f"{path}: featcache.json's image size {image_size!r} is not a whole number from "
+                             f"{MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
+
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):  # the structure's init is overwritten: it draws from no stream
+            if approach == "feature-extraction":
+                backbone = load_backbone("random", 0, name)
+                prefix = "network." + (f"{backbone.classifier_name}." if backbone.classifier_name else "1.")
+                head = exported_head(path, metadata, {key.removeprefix(prefix): value for key, value in state.items()
+                                                      if key.startswith(prefix)})
+                network = attach_head(backbone, head)
+            else:
+                network = scratch_network(name, len(classes), 0)
+        return Classifier(network, image_size)
+
+    with torch.device("meta"):  # first without memory: what featcache.json names must be what the tensors fill
+        expected = {key: value.shape for key, value in build().state_dict().items()}
+    unfit = sorted(set(expected) ^ set(state)) or [key for key in expected if expected[key] != state[key].shape]
+    if unfit:
+        raise FeatcacheError(f"{path}: its tensors do not fit a {name} {approach} network of {len(classes)} classes "
+                             f"(first misfit: {unfit[0]})")
+    classifier = build()
     try:
         classifier.load_state_dict(state, strict=True)
     except RuntimeError as error:
         lines = str(error).strip().splitlines()
         raise FeatcacheError(f"{path}: its tensors do not fit a {name} {approach} network of {len(classes)} classes "
                              f"({(lines[1] if len(lines) > 1 else lines[0]).strip()[:160]})") from None
+    with torch.inference_mode():
+        outputs = classifier.eval()(torch.zeros(1, 3, 2, 2, dtype=torch.uint8)).shape[-1]
+    if outputs != len(classes):
+        raise FeatcacheError(f"{path}: its network gives {outputs} class probabilities for the {len(classes)} "
+                             "classes featcache.json names")
     return classifier.eval().requires_grad_(False)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from ..cache.key import DEFAULT_WEIGHTS, CacheSpec, ExtractConfig
-from ..data.transform import MIN_IMAGE_SIZE
+from ..data.transform import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from ..settings import DEVICES_HELP, ConfigError, as_seed_list, check_fields, check_memory, check_seeds, like, setting
 
 HEADS = ("linear", "logreg", "knn")
@@ -83,7 +83,8 @@ class EndToEndConfig(EpochConfig):
     """What fine-tuning and training from scratch share: the schedule and how images are decoded."""
 
     image_size: int | None = setting(None, "Crop size the images are decoded for. Default: 224 for a DataSpec; "
-                                     "ImageData keep the size they were decoded at.", minimum=MIN_IMAGE_SIZE)
+                                     "ImageData keep the size they were decoded at.", minimum=MIN_IMAGE_SIZE,
+                                     maximum=MAX_IMAGE_SIZE)
     device: str | None = setting(None, DEVICES_HELP + " Default: 'auto' for a DataSpec; ImageData keep the "
                                  "device they were loaded on.")
     max_memory: int | str | None = setting(
