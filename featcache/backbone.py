@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from .errors import FeatcacheError
+from .npz import check_torch_file
 from .data.transform import IMAGENET_MEAN, IMAGENET_STD
 from .settings import DEFAULT_BACKBONE
 
@@ -37,6 +38,10 @@ def _imagenet_state_dict(name: str) -> dict:
 def _file_state_dict(path: Path) -> dict:
     if not path.is_file():
         raise FeatcacheError(f"weights file {path} does not exist")
+    try:
+        check_torch_file(path)
+    except ValueError as problem:
+        raise FeatcacheError(f"weights file {path} cannot be read safely: {problem}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load's own messages run to many lines and suggest unsafe loading

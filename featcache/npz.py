@@ -1,4 +1,5 @@
-"""Reading an .npz that someone else may have made: no pickle, and no more memory than the file's size.
+"""Zip files someone else may have made, read in no more memory than their size: an .npz (no pickle), and
+the zip a torch.save file is, checked before torch.load(weights_only=True) inflates it.
 
 featcache writes its .npz files (a run's predictions.npz, the cache folder's tables) with np.savez:
 uncompressed members. np.load alone would allocate whatever shape a member's header declares and
@@ -20,7 +21,12 @@ def read_npz(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The arrays `names` of the .npz at `path`; a file that is not such an archive is a ValueError."""
     try:
         with zipfile.ZipFile(path) as archive:
+            problem = stored_zip_problem(archive, Path(path).stat().st_size)
+            if problem:
+                raise ValueError(problem)
             members = {info.filename: info for info in archive.infolist()}
+            if any(not name.endswith(".npy") for name in members):  # np.load would prefer a member `x` to `x.npy`
+                raise ValueError("it holds a member that is not an array (.npy)")
             for name in names:
                 info = members.get(f"{name}.npy")
                 if info is None:
@@ -43,3 +49,29 @@ def read_npz(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     except (OSError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError, SyntaxError) as error:  # truncated, not a
         # zip, or a header numpy cannot parse
         raise ValueError(f"it cannot be read ({type(error).__name__}: {' '.join(str(error).split())})") from None
+
+
+def stored_zip_problem(archive: zipfile.ZipFile, size: int) -> str | None:
+    """Why a zip's entries could inflate past the file's `size` bytes (an entry compressed, or entries
+    declaring more bytes than the file holds), or None."""
+    declared = 0
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            return f"its entry {info.filename!r} is compressed (numpy and torch.save store them uncompressed)"
+        declared += info.file_size
+    if declared > size:
+        return f"its entries declare {declared:,} bytes in a file of {size:,}"
+    return None
+
+
+def check_torch_file(path: str | Path) -> None:
+    """Raise ValueError unless `path` is a zip (what torch.save writes since torch 1.6) whose entries are
+    stored uncompressed within the file's size: torch.load would otherwise allocate what they declare."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            problem = stored_zip_problem(archive, Path(path).stat().st_size)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        problem = (f"it is not a zip archive, as torch.save writes ({type(error).__name__}); an old torch.save "
+                   "file: load it with your own torch and torch.save it again")
+    if problem:
+        raise ValueError(problem)

@@ -141,3 +141,58 @@ def test_a_damaged_payload_is_one_line(exported, tmp_path):
     with pytest.raises(featcache.FeatcacheError, match="damaged|not a|do not fit|bytes") as refused:
         featcache.load_model(tmp_path / "flipped.pt2")
     assert "\n" not in str(refused.value)
+
+
+def nested_options():
+    """A list holding itself twice, 40 deep: 20 KB pickled, 2**40 values when written as JSON."""
+    value = [0]
+    for _ in range(40):
+        value = [value, value]
+    return value
+
+
+@pytest.mark.parametrize("content, words", [
+    (lambda: {"epoch": 0, "history": {}, "model": {}, "optimizer": {}, "generator": torch.zeros(2, dtype=torch.uint8),
+              "options": {"lr": nested_options()}, "carry": {}}, "options holds over"),
+    (lambda: {"epoch": -10**12, "history": {}, "model": {}, "optimizer": {}, "generator": torch.zeros(2, dtype=torch.uint8),
+              "options": {}, "carry": {}}, "epoch -1000000000000"),
+])
+def test_a_checkpoint_that_would_expand_or_never_end_is_one_line(image_folder, run_cli, tmp_path, content, words):
+    (tmp_path / "run").mkdir()
+    torch.save(content(), tmp_path / "run" / "checkpoint.pt")
+    result = run_cli("scratch", "--data", image_folder, "--image-size", 32, "--epochs", 1, "--out", tmp_path / "run",
+                     "--resume")
+    assert result.exit_code == 1 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.output
+
+
+def test_a_deflated_torch_file_is_refused_before_it_inflates(image_folder, run_cli, tmp_path):
+    """torch.load(weights_only=True) would inflate a deflated entry to any size; torch.save stores them."""
+    import zipfile
+
+    from torchvision.models import resnet18
+
+    stored = tmp_path / "stored.pth"
+    torch.save(resnet18().state_dict(), stored)
+    deflated = tmp_path / "deflated.pth"
+    with zipfile.ZipFile(stored) as source, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as copy:
+        for info in source.infolist():
+            copy.writestr(info.filename, source.read(info))
+    assert torch.load(deflated, weights_only=True).keys() == torch.load(stored, weights_only=True).keys()
+    result = run_cli("extract", "--data", image_folder, "--weights", deflated, "--image-size", 32, "--views", 1,
+                     "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 1 and "is compressed" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_only_the_listed_image_formats_are_decoded(tmp_path):
+    """An ICO decodes its embedded PNG, at the PNG's size, inside Image.open: before featcache's bound."""
+    from PIL import Image
+
+    from featcache.data.datasets import read_image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "icon.ico", format="ICO")
+    Image.new("RGB", (16, 16)).save(tmp_path / "plain.png")
+    (tmp_path / "icon.jpg").write_bytes((tmp_path / "icon.ico").read_bytes())  # named like a photo
+    assert read_image(tmp_path / "plain.png").size == (16, 16)
+    with pytest.raises(featcache.FeatcacheError, match="cannot read image .*icon.jpg"):
+        read_image(tmp_path / "icon.jpg")

@@ -111,6 +111,23 @@ def checksums(edit):
     return change
 
 
+def shared_strings(path, tmp_path):
+    """Every train id pointing at one stored 1 MB string: 24 MB read from a file of about 1 MB (with 10**6
+    rows, a terabyte)."""
+    with h5py.File(path, "r+") as handle:
+        replace(handle, "train/ids", data=["x" * (1 << 20)] + [""] * 23, dtype=h5py.string_dtype())
+        offset = handle["train/ids"].id.get_offset()
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        first = file.read(16)
+        file.write(first * 23)
+
+
+def array_attribute(path, tmp_path):
+    with h5py.File(path, "r+") as handle:
+        handle.attrs["format"] = np.array(["featcache"] * 3, dtype=h5py.string_dtype())
+
+
 def features_of_dtype(path, tmp_path):
     with h5py.File(path, "r+") as handle:
         replace(handle, "test/features", data=handle["test/features"][()].astype(np.float64))
@@ -136,6 +153,9 @@ BAD_CACHES = {
     "classes repeated": (setting("classes", '["ant", "ant", "cow"]'), "distinct"),
     "key not text": (setting("key", 5), "key attribute is not a string"),
     "float64 features": (features_of_dtype, "not float32"),
+    "ids sharing one string": (shared_strings, "train/ids declare 25,165,824 bytes of strings"),
+    "an array attribute": (array_attribute, "attribute 'format' is not a single number or string"),
+    "classes nested deeply": (setting("classes", "[" * 100_000 + "]" * 100_000), "classes attribute is not valid"),
 }
 
 
@@ -164,11 +184,27 @@ def run_dir(small_cache, tmp_path_factory):
     return out
 
 
+def edit_history(run, **changes):
+    history = json.loads((run / "history.json").read_text())
+    (run / "history.json").write_text(json.dumps({**history, **changes}))
+
+
+def shadowed_predictions(run):
+    """A member named `probabilities` beside `probabilities.npy`: np.load prefers it, so it is never read."""
+    import zipfile
+    with zipfile.ZipFile(run / "predictions.npz", "a") as archive:
+        archive.writestr("probabilities", b"\x93NUMPY anything")
+
+
 @pytest.mark.parametrize("damage, words", [
     (lambda run: (run / "history.json").write_text("[1, 2]"), "holds a JSON list"),
     (lambda run: (run / "history.json").write_text('{"approach": "x", "train_loss": "a", "train_acc": [], '
                                                    '"test_acc": []}'), "train_loss"),
+    (lambda run: edit_history(run, config={"seed": "x/../../elsewhere"}), "config.seed"),
+    (lambda run: edit_history(run, cache_attrs=[]), "cache_attrs"),
+    (lambda run: edit_history(run, test_acc=[]), "test_acc"),
     (lambda run: (run / "predictions.npz").write_bytes((run / "predictions.npz").read_bytes()[:300]), "cannot be read"),
+    (lambda run: shadowed_predictions(run), "not an array"),
     (lambda run: np.savez_compressed(run / "predictions.npz", ids=np.array(["a"]), labels=np.array([0]),
                                      probabilities=np.ones((1, 3), np.float32)), "compressed"),
     (lambda run: np.savez(run / "predictions.npz", ids=np.array(["a"]), labels=np.array([7]),

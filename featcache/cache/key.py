@@ -20,7 +20,7 @@ from .._version import __version__
 from ..data.datasets import Dataset, DataSpec
 from ..data.transform import DEFAULT_IMAGE_SIZE, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, transform_description
 from ..errors import FeatcacheError
-from .layout import layout_problem
+from .layout import attributes_problem, layout_problem
 from ..settings import DEFAULT_BACKBONE, DEVICES_HELP, ConfigError, check_fields, require, setting
 
 FORMAT = "featcache"
@@ -136,6 +136,10 @@ def open_complete_cache(path: Path) -> h5py.File:
         handle = h5py.File(path, "r")
     except OSError as error:
         raise FeatcacheError(f"{path} is not a readable HDF5 file: {error}") from None
+    problem = attributes_problem(handle)
+    if problem:
+        handle.close()
+        raise FeatcacheError(f"{path} is not a cache featcache can read safely: {problem}")
     version_found = handle.attrs.get("format_version", -1)
     version_found = version_found.item() if isinstance(version_found, np.generic) else version_found
     if handle.attrs.get("format") != FORMAT:

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from ..errors import FeatcacheError
+from .layout import attributes_problem, dataset_problem
 from .checksums import SPLITS, features_sha256, verify_file
 from .key import shard_folder
 
@@ -134,7 +135,16 @@ class BadShard(Exception):
 
 def _read(path: Path, with_features: bool) -> tuple[dict, np.ndarray | None]:
     try:
-        with h5py.File(path, "r") as handle:
+        with h5py.File(path, "r") as handle:  # a shard folder may be shared as a cache is: checked as one
+            problem = attributes_problem(handle)
+            link = handle.get("features", getlink=True)
+            if not problem and with_features:
+                problem = ("features is not inside the file" if not isinstance(link, h5py.HardLink)
+                           else dataset_problem("features", handle["features"]))
+                if not problem and handle["features"].id.get_storage_size() > path.stat().st_size:
+                    problem = "features declare more bytes than the file holds"
+            if problem:
+                raise BadShard(f"{path.name} is not a shard featcache can read safely: {problem}")
             record = {key: (value.item() if hasattr(value, "item") else value) for key, value in handle.attrs.items()}
             features = handle["features"][()] if with_features else None
     except FileNotFoundError:

@@ -18,6 +18,9 @@ from PIL import Image
 from ..errors import FeatcacheError
 from ..settings import ConfigError, check_fields, setting
 
+# The formats Image.open may detect, by content, not name: the decoders of IMAGE_EXTENSIONS. Not EPS (it
+# runs Ghostscript), ICO or BLP (they decode an embedded image, at its own size, before the bound is checked).
+FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 CIFAR10_DEFAULT_CLASSES = ("cat", "dog", "horse")
 DEFAULT_CIFAR_ROOT = Path(os.environ.get("FEATCACHE_DATA_ROOT", Path.home() / ".cache" / "featcache" / "data"))
@@ -69,7 +72,7 @@ def read_image(path) -> Image.Image:
         with warnings.catch_warnings():
             # PIL warns from 89 megapixels; featcache's bound is lower and refuses those with its own line
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path, formats=FORMATS) as image:
                 problem = check_image_size(*image.size)
                 if problem is None:
                     return image.convert("RGB")

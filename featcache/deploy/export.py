@@ -120,9 +120,10 @@ def _transform_version(record: dict) -> int | None:
     """The preprocessing a run was trained with: its cache's for a head, its own record otherwise."""
     if record["approach"] == "feature-extraction":
         try:
-            return json.loads(record.get("cache_attrs", {}).get("transform", "{}")).get("version")
-        except json.JSONDecodeError:
+            transform = json.loads(record.get("cache_attrs", {}).get("transform", "{}"))
+        except (json.JSONDecodeError, TypeError, RecursionError):
             return None
+        return transform.get("version") if isinstance(transform, dict) else None
     return record.get("transform_version")
 
 

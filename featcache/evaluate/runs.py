@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..errors import FeatcacheError
+from ..npz import check_torch_file
 from ..settings import DEFAULT_BACKBONE
 
 HISTORY = "history.json"
@@ -94,9 +95,14 @@ def read_run(folder: Path) -> dict:
         raise FeatcacheError(f"{path} lacks {', '.join(missing)}: not a featcache run history")
     wrong = [key for key in HISTORY_KEYS if not isinstance(record[key], list)
              or not all(type(value) in (int, float) for value in record[key])]
-    if not isinstance(record["approach"], str) or not isinstance(record.get("config", {}), dict) or wrong:
-        raise FeatcacheError(f"{path} is not a featcache run history: "
-                             f"{', '.join(wrong) or 'approach or config'} of the wrong type")
+    wrong += [key for key in ("config", "cache_attrs", "knn") if not isinstance(record.get(key, {}), dict)]
+    seed = record.get("config", {}).get("seed", 0) if isinstance(record.get("config", {}), dict) else 0
+    if type(seed) is not int or seed < 0:  # it names the folder seed-<seed> a folder of seeds saves it to
+        wrong.append("config.seed")
+    if not isinstance(record["approach"], str) or not record["test_acc"]:
+        wrong.append("approach or test_acc")
+    if wrong:
+        raise FeatcacheError(f"{path} is not a featcache run history: {', '.join(wrong)} of the wrong type")
     record["run_dir"] = str(folder)
     return record
 
@@ -164,6 +170,10 @@ def trained_model(folder: Path, record: dict):
     path = Path(folder) / WEIGHTS
     if not path.is_file():
         raise FeatcacheError(f"run directory {folder} has no {WEIGHTS}: the trained weights are missing")
+    try:
+        check_torch_file(path)
+    except ValueError as problem:
+        raise FeatcacheError(f"{path} cannot be read safely: {problem}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load's messages run to many lines

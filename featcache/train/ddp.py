@@ -24,6 +24,7 @@ from torch import nn
 
 from ..ranks import ProcessGroup, SingleProcess, env_world_size, local_device
 from ..errors import FeatcacheError, cannot_write
+from ..npz import check_torch_file
 from ..settings import DEFAULT_BACKBONE
 
 
@@ -217,6 +218,25 @@ CHECKPOINT_KEYS = {"epoch": int, "history": dict, "model": dict, "optimizer": di
                    "options": dict, "carry": dict}
 
 
+MAX_NODES = 1 << 20  # values in a checkpoint's options, history and carry, counted as JSON would write them
+
+
+def _small_tree(value) -> bool:
+    """Whether `value`, walked as JSON would walk it (shared references counted every time), has at most
+    MAX_NODES values; stops counting there."""
+    pending, seen = [value], 0
+    while pending:
+        item = pending.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            return False
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return True
+
+
 def _malformed_checkpoint(state) -> str | None:
     """What is wrong with a loaded checkpoint's layout (its keys and their types), or None."""
     if not isinstance(state, dict):
@@ -230,6 +250,11 @@ def _malformed_checkpoint(state) -> str | None:
         return f"{', '.join(wrong)} of the wrong type"
     if not all(isinstance(value, torch.Tensor) for value in state["model"].values()):
         return "model holds something other than tensors"
+    if not 0 <= state["epoch"] < 1 << 20:
+        return f"epoch {state['epoch']}"
+    for key in ("options", "history", "carry"):  # compared and written as JSON: a pickle's shared references
+        if not _small_tree(state[key]):  # (l = [l, l], repeated) would expand exponentially there
+            return f"{key} holds over {MAX_NODES:,} values"
     return None
 
 
@@ -249,6 +274,7 @@ class Checkpoint:
             raise self.ranks.error(
                 f"nothing to resume: {self.path} does not exist (a run saves it after each epoch)")
         try:  # weights_only: tensors and plain containers, never code, whoever made the file
+            check_torch_file(self.path)  # and nothing inflated past the file's size
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as error:  # a truncated, foreign or code-carrying file: torch raises several kinds
             raise self.ranks.error(

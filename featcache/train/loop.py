@@ -63,9 +63,13 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
     count = len(labels)
     first, saved = 0, saved if saved is not None else ranks.unwrap(model)
     if checkpoint is not None and (state := checkpoint.load()) is not None:
-        saved.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        try:  # its layout was checked by Checkpoint.load; the shapes are this run's network's
+            saved.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+            raise checkpoint.ranks.error(f"cannot resume from {checkpoint.path}: its state does not fit this run "
+                                         f"({' '.join(str(error).split())[:160]})") from None
         history, first = state["history"], state["epoch"] + 1
     bar = tqdm(total=(config.epochs - first) * (count + test_images), unit="img", desc="train+test", smoothing=0,
                disable=not progress, dynamic_ncols=True)
