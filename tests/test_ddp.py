@@ -132,7 +132,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(folder, tmp_path):
         os.kill(pid, signal.SIGKILL)
     process.wait()
     assert (out / "checkpoint.pt").exists() and not (out / "history.json").exists()
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 0
     refused = torchrun(2, folder, out, "--resume", "--lr-head", "0.01")
     assert refused.returncode != 0 and "other options (lr_head)" in refused.stderr
     resumed = torchrun(2, folder, out, "--resume")

@@ -93,3 +93,20 @@ def test_huge_images_refused_in_bounded_memory(tmp_path, command):
         assert status == 1 and len(lines) == 1 and "Traceback" not in stderr, stderr
         assert str(data / "train" / "a" / "0.png") in lines[0] and "bound" in lines[0], lines[0]
         assert peak < small_peak + 150, f"{command} on the {name}: {peak:.0f} MB, on 32 x 32: {small_peak:.0f} MB"
+
+
+def test_predict_skip_bad_lists_and_skips_a_huge_image(small_cache, image_folder, tmp_path):
+    """With --skip-bad, an image outside the bound is one of the unreadable: its row names the bound and
+    the other images are predicted."""
+    import featcache
+
+    run = tmp_path / "run"
+    featcache.train_head(small_cache.path, epochs=1, out=run)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_png(folder / "strip.png", HUGE["strip"])
+    Image.open(next((image_folder / "test").rglob("*.png"))).save(folder / "small.png")
+    result = featcache.predict(run, [folder], tmp_path / "p.csv", progress=False, skip_bad=True)
+    assert (result["images"], result["unreadable"]) == (1, 1)
+    rows = {row["path"]: row for row in featcache.read_csv(tmp_path / "p.csv")}
+    assert "bound" in rows[str(folder / "strip.png")]["error"] and rows[str(folder / "small.png")]["class_1"]

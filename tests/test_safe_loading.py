@@ -2,13 +2,14 @@
 (never deserialized as a program), a checkpoint is loaded with weights_only=True and its layout
 checked. Each crafted file would create `marker` if its code ran."""
 import csv
+import json
 import shutil
 
 import pytest
 import torch
 
 import featcache
-from crafted import EXPORT_VECTORS, checkpoint_that_runs_code
+from crafted import EXPORT_VECTORS, checkpoint_that_runs_code, rewritten
 from featcache.deploy import archive
 
 
@@ -27,20 +28,36 @@ def predicted(model, image_folder, out):
         return [row["class_1"] for row in csv.DictReader(handle)]
 
 
-REFUSED = {"pickled payload": "pickled payload", "aotinductor entry": "never writes"}
+REFUSED = {"pickled payload": "pickled payload", "aotinductor entry": "never writes",
+           "sample inputs": "weights_only=True loads", "shape expression": "sympy would evaluate",
+           "target outside aten": "not an aten operator"}
 
 
 @pytest.mark.parametrize("vector", sorted(EXPORT_VECTORS))
 def test_a_crafted_export_runs_no_code(vector, exported, image_folder, run_cli, tmp_path):
+    """Refused in one line naming the rule, whether featcache would read the part (a payload) or only
+    plain torch.export.load would (the program, sample inputs, a shared library)."""
     marker = tmp_path / "marker"
     crafted = EXPORT_VECTORS[vector](exported, tmp_path / "crafted.pt2", marker)
     result = run_cli("predict", crafted, image_folder / "test", "--out", tmp_path / "p.csv", "--quiet")
-    if vector in REFUSED:  # what featcache would have to read: refused in one line
-        assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
-        assert REFUSED[vector] in result.stderr, result.stderr
-    else:  # the program and sample inputs are never read: the file predicts as the genuine one does
-        assert result.exit_code == 0, result.output
-        assert predicted(crafted, image_folder, tmp_path / "a.csv") == predicted(exported, image_folder, tmp_path / "b.csv")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert REFUSED[vector] in result.stderr, result.stderr
+    assert not marker.exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_a_guard_that_is_code_is_refused(exported, tmp_path):
+    """guards_code, which torch.export.load's .module() runs (2ea39b0's predict created the marker),
+    holds size arithmetic alone."""
+    marker = tmp_path / "marker"
+
+    def change(name, data):
+        if name.endswith("models/model.json"):
+            model = json.loads(data)
+            model["guards_code"].append(f"__import__('pathlib').Path({str(marker)!r}).touch() or 1")
+            return json.dumps(model).encode()
+        return data
+    with pytest.raises(featcache.FeatcacheError, match="guard .* not plain size arithmetic"):
+        featcache.load_model(rewritten(exported, tmp_path / "guard.pt2", change))
     assert not marker.exists()
 
 
@@ -163,6 +180,32 @@ def test_a_checkpoint_that_would_expand_or_never_end_is_one_line(image_folder, r
     result = run_cli("scratch", "--data", image_folder, "--image-size", 32, "--epochs", 1, "--out", tmp_path / "run",
                      "--resume")
     assert result.exit_code == 1 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda state: state["history"]["test_acc"].pop(), "one number per epoch done"),
+    (lambda state: state["history"].update(train_loss=["1.0", "2.0"]), "one number per epoch done"),
+    (lambda state: state.update(carry={}), "last test probabilities"),
+    (lambda state: state["carry"].update(probabilities=torch.zeros(5, 3)), "last test probabilities"),
+    (lambda state: state.update(epoch=2), "epoch 2 of 2"),
+])
+def test_a_checkpoint_whose_history_or_results_do_not_fit_is_one_line(image_folder, run_cli, tmp_path, monkeypatch,
+                                                                      change, words):
+    """A genuine checkpoint (after epoch 2 of 2) edited: what resume would take from it as the run's
+    history and its last test probabilities is checked, not a traceback or a run written from it."""
+    from featcache.train.ddp import Checkpoint
+
+    monkeypatch.setattr(Checkpoint, "remove", lambda self: None)  # keep the finished run's checkpoint
+    arguments = ("scratch", "--data", image_folder, "--image-size", 32, "--epochs", 2, "--out", tmp_path / "run")
+    assert run_cli(*arguments).exit_code == 0
+    (tmp_path / "run" / "history.json").unlink()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(state["history"]["test_acc"]) == 2
+    change(state)
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    result = run_cli(*arguments, "--resume")
+    assert result.exit_code == 1 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "run" / "history.json").exists()
 
 
 def test_a_deflated_torch_file_is_refused_before_it_inflates(image_folder, run_cli, tmp_path):

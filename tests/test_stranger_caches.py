@@ -4,6 +4,7 @@ fit), a run folder's files are checked when read, labels cannot name a folder ou
 cells never become spreadsheet formulas. Each bad file is one line and a non-zero exit."""
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -256,13 +257,16 @@ def test_csv_cells_are_never_formulas_and_read_back_unchanged(tmp_path):
     assert {row["number"] for row in featcache.read_csv(path)} == {"-0.25"}
 
 
-def test_a_file_named_like_a_formula_round_trips_through_predictions_csv(run_dir, image_folder, tmp_path):
+def test_a_file_named_like_a_formula_round_trips_through_predictions_csv(run_dir, image_folder, tmp_path, monkeypatch):
+    """Predicted from inside the folder, so that each path cell is the bare file name, `=x.png` first."""
     folder = tmp_path / "images"
     folder.mkdir()
     source = next((image_folder / "test").rglob("*.png"))
     for name in ("=x.png", "+y.png", "@z.png"):
         shutil.copy(source, folder / name)
     out = tmp_path / "p.csv"
-    featcache.predict(run_dir, [folder], out, progress=False)
-    assert not any(line.startswith(("=", "+", "-", "@")) for line in out.read_text().splitlines())
-    assert sorted(row["path"] for row in featcache.read_csv(out)) == sorted(str(path) for path in folder.iterdir())
+    monkeypatch.chdir(folder)
+    featcache.predict(run_dir, [Path(".")], out, progress=False)
+    cells = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
+    assert sorted(cells) == ["'+y.png", "'=x.png", "'@z.png"], cells  # behind an apostrophe: text in a spreadsheet
+    assert sorted(row["path"] for row in featcache.read_csv(out)) == ["+y.png", "=x.png", "@z.png"]

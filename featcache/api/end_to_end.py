@@ -245,7 +245,8 @@ def _train_on_ranks(approach: str, train, images, config: EpochConfig, record: d
             return _finished_run(folder, record)
     ranks, device = training_ranks(images.device, config.batch_size)
     images = dataclasses.replace(images, device=device)
-    checkpoint = Checkpoint(folder, record, resume, ranks, {}) if folder is not None else None
+    checkpoint = (Checkpoint(folder, record, resume, ranks, {}, (len(images.test_labels), len(images.classes)))
+                  if folder is not None else None)
     try:
         (model, history), wall = timed(train, images, ranks=ranks, checkpoint=checkpoint)
         run = _end_to_end_run(approach, model, history, wall, images,

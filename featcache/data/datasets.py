@@ -47,8 +47,9 @@ class Split:
 
 # The bound on an image featcache decodes, checked from its header before a pixel is decoded. Decoding
 # costs 3 bytes a pixel and the clean view's float32 resize 12, so 2**26 pixels (a 64-megapixel photo)
-# peaks near 1 GB; a longer side over 20 times the shorter is a strip, not a photo, and would be resized
-# to 20 times the crop's area (a 1 x 20,000 PNG of 86 bytes asked for 30 GB before this bound).
+# peaks near 1 GB; a longer side over 20 times the shorter is a strip, not a photo (a 1 x 20,000 PNG of
+# about 100 bytes asked for 30 GB before this bound). The resized image adds 12 bytes x 20 x S**2 at
+# most, S = resize_size(image size): 16 MB at 224 px, 1.3 GB at the largest size, 2,048 px.
 MAX_PIXELS = 1 << 26
 MAX_ASPECT = 20
 IMAGE_BOUND = f"at most {MAX_PIXELS:,} pixels, longer side at most {MAX_ASPECT} times the shorter"

@@ -15,8 +15,10 @@ parsers alone:
   strided contiguous layout on the CPU, and exactly the bytes its shape needs;
 - the payloads' raw bytes.
 
-The graph (models/model.json) and sample inputs are never read: the network is featcache's own,
-built from the backbone's name, and every tensor must fill it exactly (load_state_dict, strict).
+The network is featcache's own, built from the backbone's name, and every tensor must fill it exactly
+(load_state_dict, strict). The program (models/model.json) and sample inputs are not used, but they are
+checked as text by deploy/program.py and refused where plain torch.export.load would run code from them:
+a file featcache accepts is one a PyTorch user may load.
 """
 from __future__ import annotations
 
@@ -32,13 +34,13 @@ import torch
 from torch import nn
 
 from ..errors import FeatcacheError
+from .program import check_program, check_sample_inputs
 
 ALLOWED = re.compile(r"(data/weights/weight_\d+|data/weights/model_weights_config\.json"
                      r"|data/constants/model_constants_config\.json|data/constants/tensor_\d+|models/model\.json|data/sample_inputs/model\.pt"
                      r"|extra/featcache\.json|archive_format|archive_version|\.data/version|byteorder"
                      r"|\.data/serialization_id)")
-NEVER_READ = ("models/model.json", "data/sample_inputs/model.pt")  # the program, for PyTorch users alone
-MAX_JSON_BYTES = 64 << 20  # featcache.json and the weights' table: kilobytes in practice
+MAX_JSON_BYTES = 64 << 20  # featcache.json, the tables, the program, sample inputs: kilobytes to a few MB
 MAX_ENTRIES = 1 << 16
 # torch._export.serde.schema.ScalarType's numbers (tests/test_safe_loading.py checks them against torch's)
 DTYPES = {1: torch.uint8, 2: torch.int8, 3: torch.int16, 4: torch.int32, 5: torch.int64, 6: torch.float16,
@@ -64,6 +66,13 @@ def read_export(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def _read(path: Path, archive: zipfile.ZipFile) -> tuple[dict, dict[str, torch.Tensor]]:
     entries = _checked_entries(path, archive)
+    if "models/model.json" in entries:
+        check_program(str(path), _json(path, archive, entries["models/model.json"]))
+    if "data/sample_inputs/model.pt" in entries:
+        info = entries["data/sample_inputs/model.pt"]
+        if info.file_size > MAX_JSON_BYTES:
+            raise FeatcacheError(f"{path}: its sample inputs are {info.file_size:,} bytes, over {MAX_JSON_BYTES:,}")
+        check_sample_inputs(str(path), archive.read(info))
     metadata = _json(path, archive, entries["extra/featcache.json"])
     table = _json(path, archive, entries["data/weights/model_weights_config.json"]).get("config")
     constants = _json(path, archive, entries["data/constants/model_constants_config.json"]).get("config")

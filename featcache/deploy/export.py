@@ -37,6 +37,7 @@ from ..data.transform import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, res
 METADATA = "featcache.json"
 EXPORT_FORMAT = "featcache-export"
 EXPORT_FORMAT_VERSION = 1
+MAX_SIDE = 1 << 16  # an exported program's largest input height and width
 
 
 class Classifier(nn.Module):
@@ -173,9 +174,10 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
                                           "identity": weights_identity(str(run_dir / WEIGHTS), 0)}
     metadata = {
         "format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "classes": list(classes),
-        "image_size": image_size, "input": f"uint8 RGB images [N, 3, H, W], any N; H and W from 2 to 65,536. featcache "
-                 f"predict decodes only images within its bound ({IMAGE_BOUND}), checked before decoding: "
-                 f"peak memory stays near 1 GB; check the same before calling this model on a stranger's image",
+        "image_size": image_size, "input": f"uint8 RGB images [N, 3, H, W], any N; H and W from 2 to {MAX_SIDE:,}. "
+                 f"featcache predict decodes only images within its bound ({IMAGE_BOUND}), checked before "
+                 "decoding: peak memory near 1 GB (more at sizes over 224 px: data/datasets.py); check the same "
+                 "before calling this model on a stranger's image",
         "input_bound": {"max_pixels": MAX_PIXELS, "max_aspect": MAX_ASPECT},
         "output": "class probabilities [N, C], float32, in the order of `classes`",
         "preprocess": {"resize": RESIZE.replace("round(S*256/224)", str(resize_size(image_size))),
@@ -193,7 +195,7 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str | None = None)
     and featcache.json beside it in the same file. Written to a temporary name, then renamed."""
     classifier, metadata = run_model(run_dir, weights)
     size = classifier.clean_view.image_size
-    batch, height, width = (torch.export.Dim(name, min=1 if name == "batch" else 2, max=1 << 16)
+    batch, height, width = (torch.export.Dim(name, min=1 if name == "batch" else 2, max=MAX_SIDE)
                             for name in ("batch", "height", "width"))
     example = torch.zeros(2, 3, size + 3, size + 7, dtype=torch.uint8)  # sizes unlike any constant in the graph
     try:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -237,8 +238,12 @@ def _small_tree(value) -> bool:
     return True
 
 
-def _malformed_checkpoint(state) -> str | None:
-    """What is wrong with a loaded checkpoint's layout (its keys and their types), or None."""
+HISTORY_KEYS = ("train_loss", "train_acc", "test_acc")
+
+
+def _malformed_checkpoint(state, options: dict, probabilities: tuple[int, int] | None) -> str | None:
+    """What is wrong with a loaded checkpoint's layout (its keys, their types, a history of one number
+    per epoch done, the last epoch's test probabilities of `probabilities`' shape), or None."""
     if not isinstance(state, dict):
         return f"a {type(state).__name__}, not a dict"
     missing = sorted(set(CHECKPOINT_KEYS) - set(state))
@@ -250,11 +255,22 @@ def _malformed_checkpoint(state) -> str | None:
         return f"{', '.join(wrong)} of the wrong type"
     if not all(isinstance(value, torch.Tensor) for value in state["model"].values()):
         return "model holds something other than tensors"
-    if not 0 <= state["epoch"] < 1 << 20:
-        return f"epoch {state['epoch']}"
+    epochs = options.get("epochs", MAX_NODES)
+    if not 0 <= state["epoch"] < min(epochs, MAX_NODES):
+        return f"epoch {state['epoch']} of {epochs}"
     for key in ("options", "history", "carry"):  # compared and written as JSON: a pickle's shared references
         if not _small_tree(state[key]):  # (l = [l, l], repeated) would expand exponentially there
             return f"{key} holds over {MAX_NODES:,} values"
+    history = state["history"]
+    if set(history) != set(HISTORY_KEYS) or not all(
+            isinstance(values, list) and len(values) == state["epoch"] + 1
+            and all(type(value) in (int, float) and math.isfinite(value) for value in values)
+            for values in history.values()):
+        return f"its history is not {', '.join(HISTORY_KEYS)}: one number per epoch done"
+    carried = state["carry"].get("probabilities")
+    if set(state["carry"]) != {"probabilities"} or not isinstance(carried, torch.Tensor) \
+            or not carried.is_floating_point() or (probabilities is not None and tuple(carried.shape) != probabilities):
+        return f"its last test probabilities are not a {probabilities} float tensor"
     return None
 
 
@@ -264,8 +280,10 @@ class Checkpoint:
     name, then renamed. With `resume`, `load` returns it to every rank (the run directory is shared, as
     the cache folder is), refusing one saved for other options; the run removes it once written."""
 
-    def __init__(self, folder: Path, options: dict, resume: bool, ranks: Ranks, carry: dict):
+    def __init__(self, folder: Path, options: dict, resume: bool, ranks: Ranks, carry: dict,
+                 probabilities: tuple[int, int] | None = None):
         self.path, self.options, self.resume, self.ranks, self.carry = Path(folder) / CHECKPOINT, options, resume, ranks, carry
+        self.probabilities = probabilities  # (test images, classes): the shape the carried probabilities have
 
     def load(self) -> dict | None:
         if not self.resume:
@@ -279,7 +297,7 @@ class Checkpoint:
         except Exception as error:  # a truncated, foreign or code-carrying file: torch raises several kinds
             raise self.ranks.error(
                 f"cannot resume from {self.path}: {' '.join(str(error).split())[:200]}") from None
-        malformed = _malformed_checkpoint(state)
+        malformed = _malformed_checkpoint(state, self.options, self.probabilities)
         if malformed:
             raise self.ranks.error(f"cannot resume from {self.path}: not a featcache checkpoint ({malformed})")
         differing = differing_options({"backbone": DEFAULT_BACKBONE, **state["options"]},  # saved before --backbone
