@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FeatcacheError
+from ..errors import FeatcacheError, warn
+from ..files import write_file
 from ..npz import read_npz
 
 TABLE = "file-hashes.npz"
@@ -113,16 +114,10 @@ def _joined(strings) -> np.ndarray:
 
 
 def _save_table(path: Path, **arrays) -> None:
-    """np.savez to a temporary name, then rename. A read-only or full disk only loses the shortcut: the
-    next run hashes or lists again, and the command's own writes report the disk."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(partial, **arrays)
-        os.replace(partial, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
+    """np.savez through featcache.files (whole or not at all). A read-only or full disk only loses the
+    shortcut: the next run hashes or lists again, and the command's own writes report the disk."""
+    with contextlib.suppress(FeatcacheError):
+        write_file(path, lambda handle: np.savez(handle, **arrays))
 
 
 def _empty() -> dict[str, np.ndarray]:
@@ -140,8 +135,10 @@ def _load(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
         expected = _empty()
         if all(len(column) == len(paths) and column.dtype == expected[name].dtype for name, column in columns.items()):
             return paths, columns
-    except (OSError, ValueError, KeyError):
-        pass
+        reason = "its columns differ in length or type"
+    except (OSError, ValueError, KeyError) as error:
+        reason = " ".join(str(error).split())[:120] or type(error).__name__
+    warn(f"{path} is damaged ({reason}); every image's content hash is read again")
     return [], _empty()
 
 
@@ -195,10 +192,12 @@ def _load_listings(path: Path) -> dict[str, tuple[int, int, int, list[str]]]:
         counts = table["counts"].tolist()
         blob = table["names"].tobytes()
         names = os.fsdecode(blob).split("\0") if blob else []
-        if len(folders) != len(counts) or sum(counts) != len(names):
-            return {}
-        ends = np.cumsum([0, *counts]).tolist()
-        return {folder: (*stat, names[start:stop])
-                for folder, stat, start, stop in zip(folders, stats, ends[:-1], ends[1:])}
-    except (OSError, ValueError, KeyError):
-        return {}
+        if len(folders) == len(counts) and sum(counts) == len(names):
+            ends = np.cumsum([0, *counts]).tolist()
+            return {folder: (*stat, names[start:stop])
+                    for folder, stat, start, stop in zip(folders, stats, ends[:-1], ends[1:])}
+        reason = "its counts do not match its names"
+    except (OSError, ValueError, KeyError) as error:
+        reason = " ".join(str(error).split())[:120] or type(error).__name__
+    warn(f"{path} is damaged ({reason}); every class folder is listed again")
+    return {}

@@ -29,7 +29,8 @@ from .._version import __version__
 from ..errors import FeatcacheError
 from ..data.clean_view import CROP, RESIZE, CleanView
 from ..data.datasets import IMAGE_BOUND, MAX_ASPECT, MAX_PIXELS
-from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds, trained_model, write_atomically
+from ..evaluate.runs import WEIGHTS, is_seed_folder, read_run, read_seeds, trained_model
+from ..files import write_file
 from ..settings import DEFAULT_BACKBONE
 from ..cache.key import BACKBONE, backbone_identity, backbone_name, weights_identity
 from ..data.transform import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, resize_size
@@ -207,7 +208,7 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str | None = None)
                              f"batch and image size: {reason}") from None
     buffer = io.BytesIO()  # any file name the user likes: torch.export.save warns on names without .pt2
     torch.export.save(program, buffer, extra_files={METADATA: json.dumps(metadata, indent=2)})
-    out = write_atomically(Path(out), buffer.getbuffer())
+    out = write_file(Path(out), buffer.getbuffer())
     return {**metadata, "path": out}
 
 

@@ -152,7 +152,7 @@ def _row(path: Path, probabilities: torch.Tensor | None, error: str | None, clas
 
 def _write(out: Path, rows: list[dict], output_format: str, top_k: int, metadata: dict) -> Path:
     """The whole file at a temporary name, then renamed: an interrupted run leaves no half-written output."""
-    from ..evaluate.runs import write_atomically
+    from ..files import write_file
     from ..evaluate.tables import csv_text
 
     if output_format == "json":
@@ -165,4 +165,4 @@ def _write(out: Path, rows: list[dict], output_format: str, top_k: int, metadata
                                    **{f"class_{k}": entry["class"] for k, entry in enumerate(row["top"], 1)},
                                    **{f"probability_{k}": f"{entry['probability']:.6f}"
                                       for k, entry in enumerate(row["top"], 1)}} for row in rows))
-    return write_atomically(out, text.encode())
+    return write_file(out, text.encode())

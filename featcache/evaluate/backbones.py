@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from .comparison import comparisons_markdown, correctness, load_group, paired_comparisons
 from .stats import ACCURACY, bootstrap_interval, interval_text, t_interval
 from .tables import csv_text, markdown_table
+from ..files import write_file
 
 COLUMNS = ["backbone", "head", "image_size", "feature_dim", "forward_images_per_s", "extract_s", "seeds",
            "test_acc", "test_acc_std", "test_acc_ci95_seeds", "test_acc_ci95_test_images"]
@@ -32,19 +33,19 @@ def write_report(entries: list[dict], heads: tuple[str, ...], out: Path) -> dict
     out = Path(out)
     png = _plot(rows, heads, out / "backbones.png")
     markdown = out / "backbones.md"
-    markdown.write_text(
+    write_file(markdown, (
         "# Backbones compared\n\n" + markdown_table(rows, COLUMNS) + "\n\n"
         "test_acc is the mean final test accuracy over the seeds; test_acc_ci95_seeds its t-interval over seeds, "
         "test_acc_ci95_test_images a bootstrap over test images. forward_images_per_s is the bare frozen backbone "
         "at its image size, timed in this run; extract_s the extraction's wall time when this run extracted the "
         "cache (blank: found).\n"
         + "".join(comparisons_markdown([c for c in comparisons if c["head"] == head]).replace(
-            "## Paired comparisons", f"## Paired comparisons, {head} head") for head in heads))
+            "## Paired comparisons", f"## Paired comparisons, {head} head") for head in heads)).encode())
     csv_path = out / "backbones.csv"
-    csv_path.write_text(csv_text(COLUMNS, rows))
+    write_file(csv_path, csv_text(COLUMNS, rows).encode())
     json_path = out / "backbones.json"  # written last: featcache.api.comparisons.REPORT
-    json_path.write_text(json.dumps({"backbones": entries, "rows": rows, "comparisons": comparisons}, indent=2,
-                                    default=str) + "\n")
+    write_file(json_path, (json.dumps({"backbones": entries, "rows": rows, "comparisons": comparisons}, indent=2,
+                                      default=str) + "\n").encode())
     return {"rows": rows, "comparisons": comparisons, "png": png, "markdown": markdown, "csv": csv_path,
             "json": json_path, "table": markdown_table(rows, COLUMNS)}
 
@@ -109,5 +110,5 @@ def _plot(rows: list[dict], heads: tuple[str, ...], path: Path) -> Path:
     axes[0].set_ylabel("final test accuracy (mean over seeds, 95% interval)")
     axes[0].legend(title="head", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    write_file(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
     return path

@@ -29,6 +29,7 @@ from ..cache.key import backbone_name, cache_provenance
 from ..settings import DEFAULT_BACKBONE
 from .tables import markdown_table
 from ..train.end_to_end import reference_feature_extraction
+from ..files import write_file
 
 TARGETS = {  # ratio: (direction, target)
     "extraction_vs_bare_forward": (">=", 0.90),
@@ -217,6 +218,6 @@ def bench_markdown(result: dict, command: str) -> str:
 def write_bench(result: dict, out: Path, command: str) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "bench.json", out / "bench.md"
-    json_path.write_text(json.dumps({**result, "command": command}, indent=2) + "\n")
-    md_path.write_text(bench_markdown(result, command))
+    write_file(json_path, (json.dumps({**result, "command": command}, indent=2) + "\n").encode())
+    write_file(md_path, bench_markdown(result, command).encode())
     return json_path, md_path

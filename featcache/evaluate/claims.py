@@ -78,7 +78,8 @@ def _hold(out: Path):
     except ImportError:  # Windows
         return None
     while True:
-        holder = open(out / CLAIM, "a")
+        holder = os.fdopen(os.open(out / CLAIM, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+                                   | getattr(os, "O_CLOEXEC", 0), 0o666), "a")  # a planted link is an error
         try:
             fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -32,6 +32,7 @@ from ..train.config import FEWSHOT_LINEAR_STEPS, MIN_PER_CLASS_TO_CHOOSE, EpochC
 from ..train.loop import seeded_linear
 from .config import PROBES
 from .stats import ACCURACY, t_interval
+from ..files import write_file
 
 LINEAR_LR, LINEAR_BATCH = 1e-3, 32
 
@@ -148,7 +149,7 @@ def plot_fewshot(rows: list[dict], path):
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    write_file(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
     return figure
 
 
@@ -164,10 +165,10 @@ def write_fewshot(rows: list[dict], out: Path, trials: int, seed: int, cache_pat
     markdown = (markdown_table(rows, columns) + f"\n\nMean test accuracy over {trials} trials per k (subsets "
                 f"seeded by {seed}, the same for every probe), 95% t-interval over trials; the linear probe "
                 f"takes {FEWSHOT_LINEAR_STEPS} Adam steps whatever k is. Cache: {cache_path}.\n")
-    (out / "fewshot.md").write_text(markdown)
-    (out / "fewshot.csv").write_text(csv_text(columns, rows))
-    (out / "fewshot.json").write_text(json.dumps({"cache": str(cache_path), "seed": seed, "seconds": seconds,
-                                                  "rows": rows}, indent=2) + "\n")
+    write_file(out / "fewshot.md", markdown.encode())
+    write_file(out / "fewshot.csv", csv_text(columns, rows).encode())
+    write_file(out / "fewshot.json", (json.dumps({"cache": str(cache_path), "seed": seed, "seconds": seconds,
+                                                  "rows": rows}, indent=2) + "\n").encode())
     plot_fewshot(rows, out / "fewshot.png")
     return {"markdown": markdown, "md": out / "fewshot.md", "csv": out / "fewshot.csv", "json": out / "fewshot.json",
             "png": out / "fewshot.png"}

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure  # not pyplot: files only, and a notebook's
 from torch import nn
 
 from ..errors import FeatcacheError
+from ..files import write_file
 from .comparison import comparisons_markdown, group_row, load_group, paired_comparisons, per_class_results
 from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, csv_text, markdown_table
 
@@ -36,20 +37,20 @@ def write_comparison(run_dirs: list[Path], out: Path) -> dict:
     axes[0].legend(fontsize=8)
     figure.tight_layout()
     png = out / "comparison.png"
-    figure.savefig(png, dpi=110)
+    write_file(png, lambda handle: figure.savefig(handle, format="png", dpi=110))
     rows = [group_row(group) for group in groups]
     comparisons = paired_comparisons(groups)
     per_class = per_class_results(groups)
     columns = SUMMARY_COLUMNS + [column for column in UNCERTAINTY_COLUMNS if any(row.get(column) for row in rows)]
     markdown = out / "summary.md"
-    markdown.write_text(markdown_table(rows, columns) + "\n\n"
+    write_file(markdown, (markdown_table(rows, columns) + "\n\n"
                         "best_test_acc_on_test_set is the best epoch picked on the test set itself: an "
                         "optimistic number, not a fair estimate. With several seeds a row holds means over seeds, "
                         "test_acc_ci95_seeds the t-interval over seeds and test_acc_ci95_test_images a bootstrap "
                         "over test images." + SEED_WARNING * any(row["seeds"] > 1 for row in rows) + "\n"
-                        + comparisons_markdown(comparisons) + per_class_markdown(per_class))
+                        + comparisons_markdown(comparisons) + per_class_markdown(per_class)).encode())
     csv_path = out / "summary.csv"
-    csv_path.write_text(csv_text(SUMMARY_COLUMNS + UNCERTAINTY_COLUMNS, rows))
+    write_file(csv_path, csv_text(SUMMARY_COLUMNS + UNCERTAINTY_COLUMNS, rows).encode())
     confusion_png = plot_confusion(per_class, out / "confusion.png") if per_class["runs"] else None
     return {"png": png, "markdown": markdown, "csv": csv_path, "rows": rows, "comparisons": comparisons,
             "confusion_png": confusion_png, "per_class": per_class}
@@ -112,7 +113,7 @@ def plot_confusion(per_class: dict, path: Path) -> Path:
         accuracy = np.trace(matrix) / matrix.sum()
         axis.set_title(f"{result['label']}\ntest accuracy {accuracy:.4f}", color=COLOURS.get(result["approach"]))
     figure.tight_layout()
-    figure.savefig(path, dpi=110, bbox_inches="tight")  # the two-line titles stay inside the image
+    write_file(path, lambda handle: figure.savefig(handle, format="png", dpi=110, bbox_inches="tight"))  # the two-line titles stay inside the image
     return Path(path)
 
 
@@ -164,7 +165,7 @@ def image_grid(views: torch.Tensor, labels: list[str], path: Path, columns: int 
         axis.imshow(image)
         axis.set_title(label, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    write_file(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
     return Path(path)
 
 

@@ -8,15 +8,14 @@ loadable with numpy alone.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._version import __version__
 from ..errors import FeatcacheError
+from ..files import remove, write_file
 from ..npz import check_torch_file
 from ..settings import DEFAULT_BACKBONE
 
@@ -35,8 +34,8 @@ def default_run_dir(approach: str) -> Path:
 def clear_run_files(out: Path) -> None:
     """Remove what says `out` holds a run (a single run's files, a folder of seeds' seeds.json), so an
     overwritten folder never passes for a finished one while its new run is being written."""
-    for name in (HISTORY, WEIGHTS, PREDICTIONS, SEEDS):
-        (Path(out) / name).unlink(missing_ok=True)
+    for name in (HISTORY, SEEDS, WEIGHTS, PREDICTIONS):  # what says "a run" first
+        remove(Path(out) / name)
 
 
 def device_description(device) -> str:
@@ -67,15 +66,18 @@ def write_run(out: Path, approach: str, history: dict, config: dict, state_dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SEEDS).unlink(missing_ok=True)  # an overwritten folder of seeds is now this single run
-    torch.save(state_dict, out / WEIGHTS)
+    # An overwritten folder holds the old run whole, then no run (no history.json), then the new run
+    # whole: history.json goes first and comes back last, each file written whole (featcache.files).
+    remove(out / HISTORY)
+    remove(out / SEEDS)  # an overwritten folder of seeds is now this single run
+    write_file(out / WEIGHTS, lambda handle: torch.save(state_dict, handle))
     if predictions is not None:
-        np.savez(out / PREDICTIONS, ids=np.asarray(predictions["ids"], dtype=str),
-                 labels=np.asarray(predictions["labels"], dtype=np.int64),
-                 probabilities=np.asarray(predictions["probabilities"], dtype=np.float32))
-    # written last, whole or not at all: a history.json means a whole run
-    write_atomically(out / HISTORY, (json.dumps(record, indent=2) + "\n").encode())
+        write_file(out / PREDICTIONS, lambda handle: np.savez(
+            handle, ids=np.asarray(predictions["ids"], dtype=str), labels=np.asarray(predictions["labels"], dtype=np.int64),
+            probabilities=np.asarray(predictions["probabilities"], dtype=np.float32)))
+    else:
+        remove(out / PREDICTIONS)  # another run's predictions never stand beside this one
+    write_file(out / HISTORY, (json.dumps(record, indent=2) + "\n").encode())
     return out
 
 
@@ -136,12 +138,11 @@ def read_predictions(folder: Path) -> dict | None:
 def write_seeds(out: Path, approach: str, seeds: list[int], final_test_accs: list[float], summary: dict,
                 seconds: float | None) -> Path:
     """seeds.json of a folder of seed-<k>/ run directories: which seeds, their final accuracies, the summary."""
-    out.mkdir(parents=True, exist_ok=True)
     for single in (HISTORY, WEIGHTS, PREDICTIONS):  # an overwritten single run is now this folder of seeds
-        (out / single).unlink(missing_ok=True)
+        remove(out / single)
     record = {"approach": approach, "seeds": seeds, "final_test_acc": final_test_accs, "summary": summary,
               "seconds": seconds, "featcache_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_atomically(out / SEEDS, (json.dumps(record, indent=2) + "\n").encode())
+    write_file(out / SEEDS, (json.dumps(record, indent=2) + "\n").encode())
     return out / SEEDS
 
 
@@ -286,6 +287,7 @@ class SeedRuns:
         """Write every seed's run to `out`/seed-<k>/, then seeds.json; as Run.save, only writes."""
         out = Path(out) if out is not None else default_run_dir(self.approach)
         refuse_a_finished_run(out, overwrite)
+        remove(out / SEEDS)  # the old occupant never passes for this folder while its seeds are written
         for run in self.runs:
             run.save(out / f"seed-{run.config.get('seed')}", overwrite=True)
         write_seeds(out, self.approach, self.seeds, self.final_test_accs, self.summary(), self.seconds)
@@ -322,21 +324,3 @@ def summary_line(run: Run) -> str:
         return (f"feature extraction: final test accuracy {run.final_test_acc:.4f}; head trained in "
                 f"{run.wall_time_s:.2f} s{where}")
     return f"{run.approach}: final test accuracy {run.final_test_acc:.4f} in {run.wall_time_s:.1f} s{where}"
-
-
-def write_atomically(out: Path, data: bytes) -> Path:
-    """`data` to a temporary name beside `out`, fsynced, then renamed: `out` is whole or untouched."""
-    partial = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, out)
-    except OSError as error:
-        raise FeatcacheError(f"cannot write {out}: {error.strerror or error}") from None
-    finally:
-        with suppress(OSError):
-            partial.unlink(missing_ok=True)
-    return out

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..ranks import ProcessGroup, SingleProcess, env_world_size, local_device
-from ..errors import FeatcacheError, cannot_write
+from ..errors import FeatcacheError
+from ..files import write_file
 from ..npz import check_torch_file
 from ..settings import DEFAULT_BACKBONE
 
@@ -311,15 +311,9 @@ class Checkpoint:
 
     def save(self, state: dict) -> None:
         """Rank 0 writes (call it through Ranks.on_main, so that a failure stops every rank)."""
-        partial = self.path.with_name(f"{CHECKPOINT}.{os.getpid()}.partial")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({**state, "options": self.options, "carry": dict(self.carry)}, partial)
-            os.replace(partial, self.path)
-        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
-            partial.unlink(missing_ok=True)
-            raise cannot_write(f"the checkpoint {self.path}", error, "free space or choose another `out`, then "
-                               "`resume` from the last one") from None
+        state = {**state, "options": self.options, "carry": dict(self.carry)}
+        write_file(self.path, lambda handle: torch.save(state, handle), f"the checkpoint {self.path}",
+                   "free space or choose another `out`, then `resume` from the last one")
 
     def remove(self) -> None:
         if self.ranks.rank == 0:

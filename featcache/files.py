@@ -1,0 +1,87 @@
+"""Writing a file so that it cannot mix or escape: every file featcache writes goes through `write_file`.
+
+The content goes to a temporary file created in the final file's folder, exclusively and without
+following a link (O_CREAT | O_EXCL | O_NOFOLLOW, mode 0o666 so the kernel applies the umask as a plain
+`open` does), is fsynced and renamed over the final name; then the folder is fsynced, so that after a
+crash the name says either the old content or the new. A rename replaces a symlink at the final name
+itself: a `weights.pt -> ~/.bashrc` unpacked from someone's tarball is replaced, ~/.bashrc untouched.
+A folder's other writers never see a half-written file, and two writers of one name leave one whole.
+
+`remove` unlinks a name and fsyncs its folder, for the same reason. Each step calls `_step(what)`
+first: tests replace it to stop a process at the k-th file operation (tests/test_atomic_writes.py).
+No torch here.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import suppress
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from .errors import cannot_write
+
+FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+TEMPORARY = ".tmp-"  # prefix of every temporary name: `.tmp-<name>.<pid>.<random>`
+
+
+def _step(what: str) -> None:
+    """Called before every file operation below (a hook for tests that stop at the k-th)."""
+
+
+def write_file(out: str | Path, content: bytes | memoryview | Callable[[BinaryIO], None], what: str | None = None,
+               then: str = "free space or choose another folder") -> Path:
+    """Write `out` whole or not at all: `content` (bytes, or a function writing to a binary handle, as
+    torch.save and np.savez can) to a new temporary file beside it, fsynced, renamed over `out`, the
+    folder fsynced. A failure is one line (errors.cannot_write: `what`, default `out`, and `then`); the
+    temporary file is removed."""
+    out = Path(out)
+    temporary = out.with_name(f"{TEMPORARY}{out.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _step(f"create {temporary.name}")
+        descriptor = os.open(temporary, FLAGS, 0o666)
+        with os.fdopen(descriptor, "wb") as handle:
+            _step(f"write {temporary.name}")
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content)
+            handle.flush()
+            _step(f"fsync {temporary.name}")
+            os.fsync(handle.fileno())
+        _step(f"rename {temporary.name} to {out.name}")
+        os.replace(temporary, out)
+        sync_folder(out.parent)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+        with suppress(OSError):
+            temporary.unlink()
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise cannot_write(what or str(out), reason, then) from None
+    return out
+
+
+def remove(path: str | Path) -> None:
+    """Unlink `path` if it is there (a symlink itself, never its target), then fsync its folder."""
+    path = Path(path)
+    if not path.is_symlink() and not path.exists():
+        return
+    _step(f"remove {path.name}")
+    path.unlink(missing_ok=True)
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: str | Path) -> None:
+    """fsync a folder, so that the names renamed or removed in it survive a crash (where the platform
+    allows opening a folder: not Windows)."""
+    _step(f"fsync folder {Path(folder).name}")
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # a file system that cannot sync a folder: the rename itself is still atomic
+        pass
+    finally:
+        os.close(descriptor)
