@@ -78,8 +78,11 @@ def _hold(out: Path):
     except ImportError:  # Windows
         return None
     while True:
-        holder = os.fdopen(os.open(out / CLAIM, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
-                                   | getattr(os, "O_CLOEXEC", 0), 0o666), "a")  # a planted link is an error
+        try:  # never through a link planted at the name
+            holder = os.fdopen(os.open(out / CLAIM, os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                                       | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666), "a")
+        except OSError as error:
+            raise FeatcacheError(f"cannot hold {out}: {out / CLAIM}: {error.strerror} (a link there is refused)") from None
         try:
             fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
