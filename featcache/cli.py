@@ -45,10 +45,14 @@ def extract(**options):
                          **settings_of(api.ExtractConfig, options))
     if not api.is_main_process():
         return
+    waited = f"waited {result.waited_seconds:.0f} s for another featcache process extracting it"
     if result.reused:
-        click.echo(f"reused complete cache {result.path} (found in {result.seconds:.2f} s)")
+        click.echo(f"reused complete cache {result.path} (found in {result.seconds:.2f} s"
+                   + (f"; {waited}; 0 views computed by this process)" if result.waited_seconds else ")"))
         return
     notes = [f"{result.world_size} processes"] if result.world_size > 1 else []
+    if result.waited_seconds:
+        notes.append(waited)
     if result.shards_resumed:
         notes.append(f"resumed: {result.shards_resumed} of {result.shards_total} shards were already done")
     if result.shards_removed:

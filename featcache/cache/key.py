@@ -183,6 +183,7 @@ class ExtractResult:
     path: Path
     reused: bool
     seconds: float
+    waited_seconds: float = 0.0  # waiting for another process's extraction of this key (cache/writer.py)
     images: int = 0  # views run through the backbone in this run (on rank 0: by all ranks)
     backbone_seconds: float = 0.0  # this process's
     commit_seconds: float = 0.0  # this process's shard writes

@@ -114,7 +114,7 @@ def write_shard(folder: Path, shard: Shard, features: np.ndarray, record: dict, 
                              "stop": shard.stop, "sha256": features_sha256(features)})
     temporary = folder / (shard.name + f".{os.getpid()}.tmp")
     try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
         try:
             view = buffer.getbuffer()
             while len(view):
@@ -228,7 +228,7 @@ def feature_shape(split: str, rows: int, views: int, dim: int) -> tuple[int, ...
 
 
 def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, splits: dict, views: int) -> list[str]:
-    """Copy verified shards in order into `<final>.partial`, fsync it, check the copy against the shards'
+    """Copy verified shards in order into `<final>.<pid>.partial` (created here, never through a link), fsync it, check the copy against the shards'
     checksums, rename it to `final`, then remove the shards. A failure leaves the shards in place, so
     the next run only assembles again.
 
@@ -241,7 +241,7 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
     if missing:
         raise FeatcacheError(f"every rank finished, but shard {missing[0]} is not in {folder} ({len(missing)} "
                              "missing): is `cache_dir` the same shared folder on every node?")
-    partial = final.with_name(final.name + ".partial")
+    partial = final.with_name(f"{final.name}.{os.getpid()}.partial")  # this process's own name
     dim = expected["feature_dim"]
     needed = feature_bytes(shards, views, dim)
     if free_bytes(final.parent) < needed:  # HDF5 copes badly with a full disk: do not start what cannot finish
@@ -249,7 +249,8 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
                                 needed)
     checksums, damaged = {split: [] for split in SPLITS}, []
     try:
-        with h5py.File(partial, "w") as handle:
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+        with h5py.File(partial, "w") as handle:  # the file this process just created, never a planted link
             handle.attrs.update({**attrs, "complete": False})
             for split, (labels, ids) in splits.items():
                 group = handle.create_group(split)

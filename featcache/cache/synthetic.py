@@ -44,10 +44,11 @@ def write_synthetic_cache(path: str | Path, rows: int, views: int = 2, classes: 
     rng = np.random.default_rng(seed)
     means = (rng.standard_normal((classes, dim)) * separation).astype(np.float32)
     names = [f"class{index}" for index in range(classes)]
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     checksums = {"train": [], "test": []}
     try:
-        with h5py.File(partial, "w") as handle:
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+        with h5py.File(partial, "w") as handle:  # the file just created here, never a planted link
             for split, count, columns in (("train", rows, 1 + views), ("test", test_rows, 1)):
                 labels = np.arange(count) * classes // count  # sorted by class, as an image folder
                 group = handle.create_group(split)

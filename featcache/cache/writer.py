@@ -2,7 +2,7 @@
 
 Extraction computes fixed shards of consecutive rows (featcache.cache.shards), dealt round-robin over the
 processes; each shard is committed to its own file (featcache.cache.pipeline: on a writer thread on
-GPUs). When all are done, rank 0 verifies them and copies them into `<name>.h5.partial`, which is
+GPUs). When all are done, rank 0 verifies them and copies them into `<name>.h5.<pid>.partial`, which is
 renamed to `<name>.h5` only after the copy matches the shards' checksums: a reader never sees an
 incomplete file under the final name, and a killed run loses at most the shards in flight.
 """
@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
+from glob import escape as glob_escape
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +24,7 @@ from tqdm import tqdm
 
 from .._version import __version__
 from ..errors import FeatcacheError
+from ..locks import Busy, release, try_hold
 from ..data.images import ViewPlan, decoded_chunks
 from ..data.views import ImageBatch, make_views
 from .pipeline import HostCopies, ShardCommitter, StageClock, background_commits
@@ -104,7 +108,8 @@ def _prepare_shards(final: Path, shards: list[Shard], expected: dict, views: int
     which exist side by side until assembly has verified its copy."""
     folder = shard_folder(final)
     try:
-        final.with_name(final.name + ".partial").unlink(missing_ok=True)  # an assembly killed half-way
+        for partial in final.parent.glob(glob_escape(final.name) + ".*.partial"):  # assemblies killed half-way
+            partial.unlink(missing_ok=True)  # (under the lock: no other process is assembling)
         if force and folder.exists():
             shutil.rmtree(folder)
         if folder.exists():
@@ -155,25 +160,13 @@ def write_cache(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, c
                            world_size=group.world_size)
     try:
         _check_ranks_agree(group, expected["threads"])
-        for attempt in range(ASSEMBLY_ATTEMPTS):
-            todo, removed = group.on_main(lambda: _prepare_shards(final, shards, expected, provenance["views"],
-                                                                force and attempt == 0))
-            if attempt == 0:
-                result.shards_resumed = len(shards) - len(todo)
-            result.shards_removed += removed
-            _extract_shards(dataset, backbone, provenance, todo, group, batch_size, num_workers, device, final,
-                            expected, result, progress, on_shard,
-                            feature_bytes(shards, provenance["views"], expected["feature_dim"]))
-            assembly_started = time.perf_counter()
-            damaged = group.on_main(lambda: assemble(final, shards, expected, cache_attributes(
-                dataset, provenance, expected, weights_source, parameters), _splits(dataset), provenance["views"]))
-            result.assembly_seconds += time.perf_counter() - assembly_started
-            result.shards_removed += damaged
-            if not damaged:
-                break
-        else:
-            raise FeatcacheError(f"shards in {shard_folder(final)} were damaged again after being recomputed "
-                                 f"({'; '.join(damaged)}): check the disk")
+        with one_extraction(final, group) as waited:
+            result.waited_seconds = waited
+            if waited and not force and group.on_main(lambda: reusable_cache(final, expected["key"])):
+                result.reused = True  # the process this one waited for finished the cache
+            else:
+                _extract_and_assemble(dataset, backbone, provenance, shards, expected, group, batch_size, num_workers,
+                                      device, final, force, result, progress, on_shard, weights_source, parameters)
     except BaseException:
         if group.rank == 0 and shard_folder(final).is_dir() and not any(shard_folder(final).iterdir()):
             shard_folder(final).rmdir()  # a run that failed before its first shard leaves nothing behind
@@ -183,6 +176,67 @@ def write_cache(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, c
         torch.backends.cudnn.benchmark = autotuning
     result.seconds = time.perf_counter() - started
     return result
+
+
+WAIT_POLL_S = 2.0  # how often a waiting extraction tries the lock again: every rank takes part, briefly
+
+
+@contextmanager
+def one_extraction(final: Path, group):
+    """Hold `<final>.lock` (rank 0, for the whole extraction): one extraction per key at a time. A
+    second process waits, says so once, then goes on (finding the finished cache, or resuming from the
+    shards of one that died). Under torchrun every rank takes part in each try, a quick broadcast every
+    WAIT_POLL_S, so a long wait never reaches a process group's timeout. Yields the seconds waited."""
+    path = final.with_name(final.name + ".lock")
+    holder = [None]
+
+    def attempt() -> bool:
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            holder[0] = try_hold(path)
+        except Busy:
+            return False
+        except OSError as error:
+            raise environment_error(error, final.parent, "locking the cache") from None
+        return True
+
+    started, said = time.perf_counter(), False
+    while not group.on_main(attempt):
+        if group.rank == 0 and not said:
+            print(f"waiting: another featcache process is extracting {final.name} (it holds {path.name}); this "
+                  "one goes on when it is done", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(WAIT_POLL_S)
+    try:
+        yield time.perf_counter() - started if said else 0.0
+    finally:
+        if group.rank == 0:
+            release(holder[0], path)
+
+
+def _extract_and_assemble(dataset, backbone, provenance, shards, expected, group, batch_size, num_workers, device,
+                          final, force, result, progress, on_shard, weights_source, parameters) -> None:
+    """The shards still to do (this rank's share), then rank 0's assembly; damaged shards found at
+    assembly are recomputed, up to ASSEMBLY_ATTEMPTS times."""
+    for attempt in range(ASSEMBLY_ATTEMPTS):
+        todo, removed = group.on_main(lambda: _prepare_shards(final, shards, expected, provenance["views"],
+                                                            force and attempt == 0))
+        if attempt == 0:
+            result.shards_resumed = len(shards) - len(todo)
+        result.shards_removed += removed
+        _extract_shards(dataset, backbone, provenance, todo, group, batch_size, num_workers, device, final,
+                        expected, result, progress, on_shard,
+                        feature_bytes(shards, provenance["views"], expected["feature_dim"]))
+        assembly_started = time.perf_counter()
+        damaged = group.on_main(lambda: assemble(final, shards, expected, cache_attributes(
+            dataset, provenance, expected, weights_source, parameters), _splits(dataset), provenance["views"]))
+        result.assembly_seconds += time.perf_counter() - assembly_started
+        result.shards_removed += damaged
+        if not damaged:
+            break
+    else:
+        raise FeatcacheError(f"shards in {shard_folder(final)} were damaged again after being recomputed "
+                             f"({'; '.join(damaged)}): check the disk")
 
 
 def _check_ranks_agree(group, threads: int) -> None:

@@ -2,12 +2,11 @@
 spent, when it already holds a run or another process holds it."""
 from __future__ import annotations
 
-import errno
-import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from ..errors import FeatcacheError
+from ..locks import Busy, release, try_hold
 from .runs import default_run_dir, refuse_a_finished_run
 
 
@@ -37,9 +36,7 @@ def claimed(out: Path | None, approach: str, overwrite: bool = False, lock: bool
         refuse_a_finished_run(out, overwrite)  # checked while held: no run can be written in between
         yield out
     finally:
-        if holder is not None:
-            (out / CLAIM).unlink(missing_ok=True)
-            holder.close()
+        release(holder, out / CLAIM)
         for folder in created:  # deepest first
             try:
                 folder.rmdir()
@@ -74,33 +71,10 @@ def _hold(out: Path):
     """An open, flocked CLAIM file in `out` (None where flock is not available), or a FeatcacheError if
     another process holds it."""
     try:
-        import fcntl
-    except ImportError:  # Windows
-        return None
-    while True:
-        try:  # never through a link planted at the name
-            holder = os.fdopen(os.open(out / CLAIM, os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                                       | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666), "a")
-        except OSError as error:
-            raise FeatcacheError(f"cannot hold {out}: {out / CLAIM}: {error.strerror} (a link there is refused)") from None
-        try:
-            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder.close()
-            raise FeatcacheError(f"{out} is being written by another featcache process; choose another `out`, "
-                                 "or wait until it is done") from None
-        except OSError as error:  # ENOSYS, ENOLCK, EOPNOTSUPP: a file system without flock
-            holder.close()
-            (out / CLAIM).unlink(missing_ok=True)
-            if error.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
-                return None
-            raise
-        try:
-            if os.stat(out / CLAIM).st_ino == os.fstat(holder.fileno()).st_ino:
-                return holder
-        except FileNotFoundError:  # the previous holder removed the file between our open and flock
-            pass
-        holder.close()
+        return try_hold(out / CLAIM)
+    except Busy:
+        raise FeatcacheError(f"{out} is being written by another featcache process; choose another `out`, "
+                             "or wait until it is done") from None
 
 
 def claim_run_dir(out: str | Path | None, approach: str, overwrite: bool = False) -> Path:
