@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from featcache.cache.reader import load_cache
 from conftest import SMALL_CACHE_BATCH, SMALL_CACHE_SHARD
 
@@ -29,10 +31,14 @@ PLAN = ["train-000000.h5", "train-000001.h5", "train-000002.h5", "train-000003.h
         "test-000001.h5"]  # the shards in the order one process computes them (SMALL_CACHE_SHARD = 7)
 
 
-def start(image_folder, cache_dir, work, name, delay):
-    args = ["extract", "--data", str(image_folder), "--cache-dir", str(cache_dir), "--weights", "random",
+def arguments(image_folder, cache_dir):
+    return ["extract", "--data", str(image_folder), "--cache-dir", str(cache_dir), "--weights", "random",
             "--image-size", "32", "--views", "2", "--batch-size", str(SMALL_CACHE_BATCH),
             "--shard-size", str(SMALL_CACHE_SHARD)]
+
+
+def start(image_folder, cache_dir, work, name, delay):
+    args = arguments(image_folder, cache_dir)
     env = {**os.environ, "SHARD_DELAY": str(delay), "OMP_NUM_THREADS": "1"}  # one cut for both: resumable
     out, err = open(work / f"{name}.out", "w"), open(work / f"{name}.err", "w")
     return subprocess.Popen([sys.executable, "-c", SLOW_CLI, *args], stdout=out, stderr=err, env=env, cwd=work)
@@ -100,3 +106,31 @@ def test_killing_the_first_extract_makes_the_second_finish_the_cache(image_folde
     assert "waited" in output, output
     cache = load_cache(next(cache_dir.glob("*.h5")))
     assert len(cache.test_labels) == 12 and not list(cache_dir.glob("*.partial"))
+
+
+@pytest.mark.slow
+def test_two_torchrun_jobs_of_one_key(image_folder, tmp_path):
+    """Two 2-rank gloo jobs: the second job's rank 0 waits on the lock while its rank 1 polls with it
+    (a broadcast every 2 s, never one long collective), then both of its ranks reuse the cache."""
+    script = tmp_path / "slow_cli.py"
+    script.write_text(SLOW_CLI)
+    cache_dir = tmp_path / "cache"
+
+    def job(name, delay):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+                   *arguments(image_folder, cache_dir)]
+        env = {**os.environ, "SHARD_DELAY": str(delay), "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(command, stdout=open(tmp_path / f"{name}.out", "w"),
+                                stderr=open(tmp_path / f"{name}.err", "w"), env=env, cwd=tmp_path)
+
+    first = job("first", 4.0)  # 3 shards a rank: the second job starts up (torch, gloo) meanwhile
+    wait_for(lambda: committed(cache_dir) or first.poll() is not None, "the first shard")
+    assert first.poll() is None, "the first job ended before the overlap"
+    second = job("second", 0)
+    assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0, \
+        (tmp_path / "first.err").read_text()[-2000:] + (tmp_path / "second.err").read_text()[-2000:]
+    outputs = [(tmp_path / f"{name}.out").read_text() for name in ("first", "second")]
+    assert "2 processes" in outputs[0] and computed(outputs[0]) + computed(outputs[1]) == TOTAL, outputs
+    assert computed(outputs[1]) == 0, outputs[1]
+    assert "waiting: another featcache process" in (tmp_path / "second.err").read_text()
+    assert len(load_cache(next(cache_dir.glob("*.h5"))).train_labels) == 24

@@ -205,7 +205,7 @@ def one_extraction(final: Path, group):
         if group.rank == 0 and not said:
             print(f"waiting: another featcache process is extracting {final.name} (it holds {path.name}); this "
                   "one goes on when it is done", file=sys.stderr, flush=True)
-            said = True
+        said = True  # on every rank: all take the same path after the wait
         time.sleep(WAIT_POLL_S)
     try:
         yield time.perf_counter() - started if said else 0.0
