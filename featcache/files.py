@@ -56,6 +56,8 @@ def write_file(out: str | Path, content: bytes | memoryview | Callable[[BinaryIO
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
         with suppress(OSError):
             temporary.unlink()
+        if isinstance(error, RuntimeError) and "write" not in str(error).lower():
+            raise  # not the disk: a bug, with its traceback
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         raise cannot_write(what or str(out), reason, then) from None
     return out

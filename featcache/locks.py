@@ -20,7 +20,8 @@ class Busy(Exception):
 
 def try_hold(path: Path):
     """An open file on `path`, flocked by this process; None where flock is not available. Busy if
-    another process holds it; a link planted at `path` is a FeatcacheError."""
+    another process holds it; a link planted at `path` is a FeatcacheError; a folder that cannot be
+    written raises its OSError."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -30,7 +31,9 @@ def try_hold(path: Path):
             holder = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
                                        | getattr(os, "O_CLOEXEC", 0), 0o666), "a")
         except OSError as error:
-            raise FeatcacheError(f"cannot lock {path}: {error.strerror} (a link there is refused)") from None
+            if error.errno == errno.ELOOP:
+                raise FeatcacheError(f"cannot lock {path}: it is a symbolic link, which featcache never follows") from None
+            raise  # the caller's folder: read-only, missing, full
         try:
             fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -115,6 +115,54 @@ def a_target_outside_aten(source: Path, out: Path, marker: Path) -> Path:
     return rewritten(source, out, change)
 
 
+def two_programs(source: Path, out: Path, marker: Path) -> Path:
+    """models/model.json twice: first one whose shape expression runs code, then the genuine one. zipfile
+    (and so a check reading through it) sees the last; torch's reader (miniz, a binary search over the
+    sorted names) can see the first: entries are padded until it does."""
+    import torch
+
+    with zipfile.ZipFile(source) as original:
+        infos = [(info.filename, original.read(info)) for info in original.infolist()]
+    prefix = infos[0][0].split("/", 1)[0]
+    evil_file = code_in_a_shape_expression(source, out.with_name(out.name + ".evil"), marker)
+    evil = zipfile.ZipFile(evil_file).read(f"{prefix}/models/model.json")
+    for pad in range(64):
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as copy:
+            for k in range(pad % 8):
+                copy.writestr(f"{prefix}/data/weights/weight_{800 + k}", b"")
+            for name, data in infos:
+                if name.endswith("models/model.json"):
+                    copy.writestr(name, evil)
+                    for k in range(pad // 8):
+                        copy.writestr(f"{prefix}/data/weights/weight_{900 + k}", b"")
+                copy.writestr(name, data)
+        if bytes(torch._C.PyTorchFileReader(str(out)).get_record("models/model.json")) == evil:
+            evil_file.unlink()
+            return out
+    raise AssertionError("no layout made torch's reader see the first copy")
+
+
+def a_call_spec_that_imports(source: Path, out: Path, marker: Path) -> Path:
+    """A calling convention (in_spec) naming an enum in a module: torch's treespec_loads imports it. The
+    module (written beside `out`, importable when its folder is on the path) creates `marker`; any module
+    with an effect on import would do (the standard library's antigravity opens a web browser)."""
+    module = f"featcache_marker_{abs(hash(str(marker))) % 10**8}"
+    (out.parent / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\nimport enum\n"
+                                             "X = enum.Enum('X', 'A')\n")
+
+    def change(name, data):
+        if name.endswith("models/model.json"):
+            model = json.loads(data)
+            signature = next(call["signature"] for call in model["graph_module"]["module_call_graph"]
+                             if call.get("signature"))
+            spec = json.loads(signature["in_spec"])
+            spec[1]["children_spec"][1]["context"] = json.dumps([{"__enum__": True, "fqn": f"{module}:X", "name": "A"}])
+            signature["in_spec"] = json.dumps(spec)
+            return json.dumps(model).encode()
+        return data
+    return rewritten(source, out, change)
+
+
 def checkpoint_that_runs_code(path: Path, marker: Path) -> Path:
     """checkpoint.pt holding an object whose unpickling runs code."""
     import torch
@@ -126,4 +174,5 @@ def checkpoint_that_runs_code(path: Path, marker: Path) -> Path:
 
 EXPORT_VECTORS = {"pickled payload": pickled_payload, "sample inputs": code_in_sample_inputs,
                   "shape expression": code_in_a_shape_expression, "aotinductor entry": aotinductor_entry,
-                  "target outside aten": a_target_outside_aten}
+                  "target outside aten": a_target_outside_aten, "two programs": two_programs,
+                  "call spec that imports": a_call_spec_that_imports}

@@ -4,9 +4,9 @@ featcache.json and filled with its raw tensor payloads.
 `torch.export.load` deserializes a program: in torch 2.14 that path unpickles payloads marked
 use_pickle, retries sample inputs with weights_only=False, hands every shape expression to
 sympy.sympify (which evaluates Python), resolves node targets by getattr from `torch`, loads a shared
-library for any aotinductor entry, and `.module()` compiles the guards' code. Safe only on files one
-made oneself. featcache never calls it on a file it is given. It reads, with the zipfile and json
-parsers alone:
+library for any aotinductor entry, imports modules the calling convention names, and `.module()`
+compiles the guards' code. Safe only on files one made oneself. featcache never calls it on a file it
+is given. It reads, with the zipfile and json parsers (and torch's archive reader, which must agree):
 
 - the archive's entry names, each on an allowlist (what `featcache export` writes with torch 2.x: no
   aotinductor, no legacy pickles); stored, not compressed, and within size bounds;
@@ -17,8 +17,8 @@ parsers alone:
 
 The network is featcache's own, built from the backbone's name, and every tensor must fill it exactly
 (load_state_dict, strict). The program (models/model.json) and sample inputs are not used, but they are
-checked as text by deploy/program.py and refused where plain torch.export.load would run code from them:
-a file featcache accepts is one a PyTorch user may load.
+checked as text by deploy/program.py, read through zipfile and torch's own reader alike, and refused
+where plain torch.export.load (torch 2.14) would run code from them.
 """
 from __future__ import annotations
 
@@ -66,16 +66,17 @@ def read_export(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def _read(path: Path, archive: zipfile.ZipFile) -> tuple[dict, dict[str, torch.Tensor]]:
     entries = _checked_entries(path, archive)
+    torch_reader = _torch_reader(path, entries)
     if "models/model.json" in entries:
-        check_program(str(path), _json(path, archive, entries["models/model.json"]))
+        check_program(str(path), _json(path, archive, entries["models/model.json"], torch_reader))
     if "data/sample_inputs/model.pt" in entries:
         info = entries["data/sample_inputs/model.pt"]
         if info.file_size > MAX_JSON_BYTES:
             raise FeatcacheError(f"{path}: its sample inputs are {info.file_size:,} bytes, over {MAX_JSON_BYTES:,}")
-        check_sample_inputs(str(path), archive.read(info))
-    metadata = _json(path, archive, entries["extra/featcache.json"])
-    table = _json(path, archive, entries["data/weights/model_weights_config.json"]).get("config")
-    constants = _json(path, archive, entries["data/constants/model_constants_config.json"]).get("config")
+        check_sample_inputs(str(path), _same_bytes(path, archive, info, torch_reader))
+    metadata = _json(path, archive, entries["extra/featcache.json"], torch_reader)
+    table = _json(path, archive, entries["data/weights/model_weights_config.json"], torch_reader).get("config")
+    constants = _json(path, archive, entries["data/constants/model_constants_config.json"], torch_reader).get("config")
     if not isinstance(constants, dict):
         raise FeatcacheError(f"{path}: data/constants/model_constants_config.json lists no table")
     for name, entry in constants.items():  # checked as the weights are (timm's lifted constants), then unused:
@@ -94,6 +95,12 @@ def _checked_entries(path: Path, archive: zipfile.ZipFile) -> dict[str, zipfile.
     prefixes = {info.filename.split("/", 1)[0] for info in infos}
     if len(prefixes) != 1:
         raise FeatcacheError(f"{path} has entries under {len(prefixes)} top folders: not a featcache export")
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):  # zipfile reads the last of two, torch's reader (miniz) may read the first
+        twice = next(name for name in names if names.count(name) > 1)
+        raise FeatcacheError(f"{path} holds two entries named {twice}: refused, readers disagree on which one counts")
+    if min(info.header_offset for info in infos) != 0:  # data before the first entry: zipfile shifts the
+        raise FeatcacheError(f"{path} has data before its first entry: not a featcache export")  # offsets, miniz not
     entries = {}
     for info in infos:
         name = info.filename.split("/", 1)[1] if "/" in info.filename else ""
@@ -113,11 +120,36 @@ def _checked_entries(path: Path, archive: zipfile.ZipFile) -> dict[str, zipfile.
     return entries
 
 
-def _json(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict:
+def _torch_reader(path: Path, entries: dict):
+    """torch's own reader of the archive (miniz, what torch.export.load uses), listing what zipfile lists."""
+    try:
+        reader = torch._C.PyTorchFileReader(str(path))
+        records = set(reader.get_all_records())
+    except (RuntimeError, OSError, ValueError) as error:
+        raise FeatcacheError(f"{path}: torch's reader cannot read it ({' '.join(str(error).split())[:100]})") from None
+    if records != set(entries):
+        raise FeatcacheError(f"{path}: torch's reader and zipfile list different entries: refused")
+    return reader
+
+
+def _same_bytes(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, torch_reader) -> bytes:
+    """An entry's bytes, which torch's reader must read alike: what is checked is what torch would load."""
+    data = archive.read(info)
+    name = info.filename.split("/", 1)[1]
+    try:
+        same = bytes(torch_reader.get_record(name)) == data
+    except RuntimeError:
+        same = False
+    if not same:
+        raise FeatcacheError(f"{path}: {info.filename} reads differently through torch's reader: refused")
+    return data
+
+
+def _json(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, torch_reader) -> dict:
     if info.file_size > MAX_JSON_BYTES:
         raise FeatcacheError(f"{path}: {info.filename} is {info.file_size:,} bytes, over {MAX_JSON_BYTES:,}")
     try:
-        value = json.loads(archive.read(info))
+        value = json.loads(_same_bytes(path, archive, info, torch_reader))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise FeatcacheError(f"{path}: {info.filename} is not valid JSON") from None
     if not isinstance(value, dict):

@@ -72,6 +72,8 @@ def _hold(out: Path):
     another process holds it."""
     try:
         return try_hold(out / CLAIM)
+    except OSError as error:
+        raise FeatcacheError(f"cannot write to {out}: {error.strerror or error}") from None
     except Busy:
         raise FeatcacheError(f"{out} is being written by another featcache process; choose another `out`, "
                              "or wait until it is done") from None

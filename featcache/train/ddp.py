@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -241,7 +240,7 @@ def _small_tree(value) -> bool:
 HISTORY_KEYS = ("train_loss", "train_acc", "test_acc")
 
 
-def _malformed_checkpoint(state, options: dict, probabilities: tuple[int, int] | None) -> str | None:
+def _malformed_checkpoint(state, probabilities: tuple[int, int] | None) -> str | None:
     """What is wrong with a loaded checkpoint's layout (its keys, their types, a history of one number
     per epoch done, the last epoch's test probabilities of `probabilities`' shape), or None."""
     if not isinstance(state, dict):
@@ -255,16 +254,15 @@ def _malformed_checkpoint(state, options: dict, probabilities: tuple[int, int] |
         return f"{', '.join(wrong)} of the wrong type"
     if not all(isinstance(value, torch.Tensor) for value in state["model"].values()):
         return "model holds something other than tensors"
-    epochs = options.get("epochs", MAX_NODES)
-    if not 0 <= state["epoch"] < min(epochs, MAX_NODES):
-        return f"epoch {state['epoch']} of {epochs}"
+    if not 0 <= state["epoch"] < MAX_NODES:
+        return f"epoch {state['epoch']}"
     for key in ("options", "history", "carry"):  # compared and written as JSON: a pickle's shared references
         if not _small_tree(state[key]):  # (l = [l, l], repeated) would expand exponentially there
             return f"{key} holds over {MAX_NODES:,} values"
     history = state["history"]
     if set(history) != set(HISTORY_KEYS) or not all(
             isinstance(values, list) and len(values) == state["epoch"] + 1
-            and all(type(value) in (int, float) and math.isfinite(value) for value in values)
+            and all(type(value) in (int, float) for value in values)  # a diverged loss is NaN: still a history
             for values in history.values()):
         return f"its history is not {', '.join(HISTORY_KEYS)}: one number per epoch done"
     carried = state["carry"].get("probabilities")
@@ -297,7 +295,7 @@ class Checkpoint:
         except Exception as error:  # a truncated, foreign or code-carrying file: torch raises several kinds
             raise self.ranks.error(
                 f"cannot resume from {self.path}: {' '.join(str(error).split())[:200]}") from None
-        malformed = _malformed_checkpoint(state, self.options, self.probabilities)
+        malformed = _malformed_checkpoint(state, self.probabilities)
         if malformed:
             raise self.ranks.error(f"cannot resume from {self.path}: not a featcache checkpoint ({malformed})")
         differing = differing_options({"backbone": DEFAULT_BACKBONE, **state["options"]},  # saved before --backbone
@@ -306,6 +304,9 @@ class Checkpoint:
             raise self.ranks.error(
                 f"{self.path} was saved by a run with other options ({', '.join(differing)}); resume with the "
                 "same options, or start afresh with `overwrite`")
+        if state["epoch"] >= self.options.get("epochs", MAX_NODES):  # same options: a file that lies about its epoch
+            raise self.ranks.error(f"cannot resume from {self.path}: not a featcache checkpoint (epoch "
+                                   f"{state['epoch']} of {self.options.get('epochs')})")
         self.carry.update(state["carry"])
         return state
 

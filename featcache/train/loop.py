@@ -63,6 +63,9 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
     count = len(labels)
     first, saved = 0, saved if saved is not None else ranks.unwrap(model)
     if checkpoint is not None and (state := checkpoint.load()) is not None:
+        problem = optimizer_problem(optimizer, state["optimizer"])
+        if problem:
+            raise checkpoint.ranks.error(f"cannot resume from {checkpoint.path}: {problem}")
         try:  # its layout was checked by Checkpoint.load; the shapes are this run's network's
             saved.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -110,6 +113,26 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch
                 ranks.on_main(lambda: checkpoint.save(state))
     bar.close()
     return history
+
+
+def optimizer_problem(optimizer, saved) -> str | None:
+    """What keeps a checkpoint's optimizer state from being this run's optimizer's, or None: the same
+    groups with the same settings (a file's learning rate never replaces the run's), and per parameter
+    tensors of its shape (a scalar step): load_state_dict would take a misshapen one and fail later."""
+    fresh = optimizer.state_dict()
+    if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"} or not isinstance(saved["state"], dict):
+        return "its optimizer state is not an optimizer's"
+    groups = saved["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(fresh["param_groups"]) or any(
+            not isinstance(theirs, dict) or theirs != mine for theirs, mine in zip(groups, fresh["param_groups"])):
+        return "its optimizer settings (parameter groups, learning rates) are not this run's"
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    for index, values in saved["state"].items():
+        if type(index) is not int or not 0 <= index < len(parameters) or not isinstance(values, dict) or not all(
+                isinstance(value, torch.Tensor) and value.shape == (() if key == "step" else parameters[index].shape)
+                for key, value in values.items()):
+            return f"its optimizer state for parameter {index!r} does not fit this run's network"
+    return None
 
 
 @torch.no_grad()
