@@ -53,14 +53,25 @@ def write_file(out: str | Path, content: bytes | memoryview | Callable[[BinaryIO
         _step(f"rename {temporary.name} to {out.name}")
         os.replace(temporary, out)
         sync_folder(out.parent)
-    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+    except BaseException as error:
         with suppress(OSError):
             temporary.unlink()
-        if isinstance(error, RuntimeError) and "write" not in str(error).lower():
-            raise  # not the disk: a bug, with its traceback
+        if not isinstance(error, (OSError, RuntimeError)) or (
+                isinstance(error, RuntimeError) and "write" not in str(error).lower()):
+            raise  # Ctrl-C, or not the disk (torch.save reports a full disk as a RuntimeError): as it came
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         raise cannot_write(what or str(out), reason, then) from None
     return out
+
+
+def real_folder(folder: str | Path) -> Path:
+    """`folder` as a folder of its own inside its parent: a symlink there (from an unpacked tarball) is
+    removed first, so what featcache writes into it stays where the user put the run."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        remove(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def remove(path: str | Path) -> None:
@@ -87,3 +98,20 @@ def sync_folder(folder: str | Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def new_file(path: str | Path) -> tuple[int, int]:
+    """Create `path` empty, exclusively and without following a link, for a writer that opens files by
+    name (h5py); returns its (device, inode) for `same_file` to compare once that writer has it open."""
+    descriptor = os.open(path, FLAGS, 0o666)
+    try:
+        info = os.fstat(descriptor)
+        return info.st_dev, info.st_ino
+    finally:
+        os.close(descriptor)
+
+
+def same_file(descriptor: int, identity: tuple[int, int]) -> bool:
+    """Whether an open descriptor is the file `new_file` created (not a link swapped in since)."""
+    info = os.fstat(descriptor)
+    return (info.st_dev, info.st_ino) == identity

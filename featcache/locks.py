@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 from .errors import FeatcacheError
@@ -27,21 +28,24 @@ def try_hold(path: Path):
     except ImportError:  # Windows
         return None
     while True:
-        try:
-            holder = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
-                                       | getattr(os, "O_CLOEXEC", 0), 0o666), "a")
+        try:  # O_NONBLOCK: a FIFO planted at the name would otherwise block the open forever
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK
+                                 | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as error:
-            if error.errno == errno.ELOOP:
-                raise FeatcacheError(f"cannot lock {path}: it is a symbolic link, which featcache never follows") from None
+            if error.errno in (errno.ELOOP, errno.ENXIO):  # a link; a FIFO nobody reads
+                raise FeatcacheError(f"cannot lock {path}: not a regular file (featcache never follows a link)") from None
             raise  # the caller's folder: read-only, missing, full
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise FeatcacheError(f"cannot lock {path}: not a regular file")
+        holder = os.fdopen(descriptor, "a")
         try:
             fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder.close()
             raise Busy(str(path)) from None
-        except OSError as error:  # ENOSYS, ENOLCK, EOPNOTSUPP: a file system without flock
-            holder.close()
-            Path(path).unlink(missing_ok=True)
+        except OSError as error:  # ENOSYS, ENOLCK, EOPNOTSUPP: a file system without flock (the file is left:
+            holder.close()  # another process may hold it where the lock works, as on NFS)
             if error.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
                 return None
             raise

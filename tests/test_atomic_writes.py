@@ -130,3 +130,32 @@ def test_truncated_tables_are_a_warning_and_a_correct_run(image_folder, tmp_path
     featcache.extract(spec, progress=False)  # the tables were written whole again: no warning now
     assert "warning" not in capfd.readouterr().err
     assert len(read_npz(tmp_path / "cache" / TABLE, ("sha256",))["sha256"]) == 36
+
+
+def test_a_symlinked_seed_folder_is_replaced_never_written_through(small_cache, tmp_path):
+    group = featcache.train_head_seeds(small_cache.path, [0, 1], epochs=1)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "history.json").write_text("mine")
+    folder = tmp_path / "seeds"
+    folder.mkdir()
+    (folder / "seed-0").symlink_to(outside)
+    group.save(folder, overwrite=True)
+    assert sorted(path.name for path in outside.iterdir()) == ["history.json"]
+    assert (outside / "history.json").read_text() == "mine"
+    assert not (folder / "seed-0").is_symlink() and featcache.SeedRuns.load(folder).seeds == [0, 1]
+
+
+def test_a_fifo_or_link_at_a_lock_is_one_line_not_a_hang(tmp_path):
+    from featcache.evaluate.claims import CLAIM, claimed
+
+    os.mkfifo(tmp_path / CLAIM)
+    with pytest.raises(featcache.FeatcacheError, match="not a regular file"):
+        with claimed(tmp_path, "scratch"):
+            pass
+    (tmp_path / CLAIM).unlink()
+    (tmp_path / CLAIM).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(featcache.FeatcacheError, match="not a regular file"):
+        with claimed(tmp_path, "scratch"):
+            pass
+    assert not (tmp_path / "elsewhere").exists()

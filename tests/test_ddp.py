@@ -165,7 +165,7 @@ def test_a_checkpoint_that_cannot_be_written_stops_every_rank_in_one_line(folder
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if "cannot write the checkpoint" in line]
     assert len(lines) == 1 and "--resume" in lines[0], result.stderr  # rank 0 alone reports it
-    assert not list(out.glob("*.partial")) and not (out / "history.json").exists()
+    assert not list(out.glob(".tmp-*")) and not (out / "history.json").exists()  # featcache.files' temporaries
 
 
 def test_seeds_on_two_gloo_ranks_train_what_one_process_trains(folder, tmp_path, run_cli):

@@ -202,7 +202,7 @@ def test_bad_run_directories_and_weights(trained, tmp_path, run_cli):
     (older / "history.json").write_text(json.dumps(record))
     assert_clean_failure(run_cli("export", older, "--out", out), "transform version 1", "train it again")
     assert not out.exists() and not (tmp_path / "p.csv").exists()
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".tmp-*"))  # featcache.files' temporaries
 
 
 def test_backbone_weights_moved_since_extraction(trained, tmp_path, run_cli):

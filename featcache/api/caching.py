@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..cache.key import CacheSpec, ExtractConfig, ExtractResult, cache_key, reusable_cache, weights_source
-from ..ranks import reported_once
+from ..ranks import env_world_size, reported_once
 from ..settings import ConfigError, built, require
 
 
@@ -21,7 +21,8 @@ def extract(spec: CacheSpec, config: ExtractConfig | None = None, *, progress: b
         require("spec", spec, CacheSpec, "a featcache.CacheSpec")
         config = built(ExtractConfig, config, settings, "extract")
         dataset, provenance, final = spec.locate(config.rehash)
-        if not config.force and reusable_cache(final, cache_key(provenance)):
+        if not config.force and env_world_size() == 1 and reusable_cache(final, cache_key(provenance)):  # torchrun's
+            # ranks decide together, under the cache's lock (cache/writer.py): one alone must not return early
             return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
         from ..backbone import check_input_size, load_backbone
         from ..cache.writer import write_cache

@@ -167,14 +167,26 @@ def complete_cache_key(path: Path) -> str:
 def reusable_cache(final: Path, key: str) -> bool:
     """Whether the complete cache for `key` is already at `final`; a file there for other inputs is an error.
 
-    Shards a killed run left after renaming the finished file into place are removed."""
+    Shards a killed run left after renaming the finished file into place are removed, if no process holds
+    the key's lock (a --force extraction may be writing new ones beside the finished file)."""
+    from ..locks import Busy, release, try_hold
+
     if not final.exists():
         return False
     cached_key = complete_cache_key(final)  # refuses a foreign or other-version file without touching it
     if cached_key != key:
         raise FeatcacheError(f"{final} holds a cache for other inputs (key {cached_key[:16]}); "
                              "move it away or pass `force` to overwrite it")
-    shutil.rmtree(shard_folder(final), ignore_errors=True)
+    if shard_folder(final).exists():
+        lock = final.with_name(final.name + ".lock")
+        try:
+            holder = try_hold(lock)
+        except (Busy, OSError, FeatcacheError):  # held (perhaps by this very process), or not ours to touch
+            return True
+        try:
+            shutil.rmtree(shard_folder(final), ignore_errors=True)
+        finally:
+            release(holder, lock)
     return True
 
 

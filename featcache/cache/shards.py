@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from ..errors import FeatcacheError
+from ..files import new_file, same_file
 from .layout import attributes_problem, dataset_problem
 from .checksums import SPLITS, features_sha256, verify_file
 from .key import shard_folder
@@ -249,8 +250,10 @@ def assemble(final: Path, shards: list[Shard], expected: dict, attrs: dict, spli
                                 needed)
     checksums, damaged = {split: [] for split in SPLITS}, []
     try:
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
-        with h5py.File(partial, "w") as handle:  # the file this process just created, never a planted link
+        identity = new_file(partial)
+        with h5py.File(partial, "w") as handle:
+            if not same_file(handle.id.get_vfd_handle(), identity):  # a link swapped in after new_file
+                raise FeatcacheError(f"{partial} was replaced while it was opened: refusing to write through it")
             handle.attrs.update({**attrs, "complete": False})
             for split, (labels, ids) in splits.items():
                 group = handle.create_group(split)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import FeatcacheError
+from ..files import new_file, same_file
 from .checksums import features_sha256
 from .shards import CHUNK_ROWS
 from .key import BACKBONE, FEATURE_DIM, FORMAT, FORMAT_VERSION
@@ -47,8 +48,10 @@ def write_synthetic_cache(path: str | Path, rows: int, views: int = 2, classes: 
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     checksums = {"train": [], "test": []}
     try:
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
-        with h5py.File(partial, "w") as handle:  # the file just created here, never a planted link
+        identity = new_file(partial)
+        with h5py.File(partial, "w") as handle:
+            if not same_file(handle.id.get_vfd_handle(), identity):  # a link swapped in after new_file
+                raise FeatcacheError(f"{partial} was replaced while it was opened: refusing to write through it")
             for split, count, columns in (("train", rows, 1 + views), ("test", test_rows, 1)):
                 labels = np.arange(count) * classes // count  # sorted by class, as an image folder
                 group = handle.create_group(split)

@@ -23,13 +23,13 @@ import torch
 from tqdm import tqdm
 
 from .._version import __version__
-from ..errors import FeatcacheError
+from ..errors import FeatcacheError, warn
 from ..locks import Busy, release, try_hold
 from ..data.images import ViewPlan, decoded_chunks
 from ..data.views import ImageBatch, make_views
 from .pipeline import HostCopies, ShardCommitter, StageClock, background_commits
 from ..data.datasets import Dataset
-from ..ranks import coordinator, local_device
+from ..ranks import coordinator, env_world_size, local_device
 from .shards import (Shard, assemble, check_cut, environment_error, feature_bytes, free_bytes,
                      megabytes, plan_shards, scan_shards)
 from .key import (FORMAT, FORMAT_VERSION, ExtractConfig, ExtractResult, cache_key, cache_path,
@@ -145,8 +145,8 @@ def write_cache(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, c
     """
     started = time.perf_counter()
     final = cache_path(Path(cache_dir), dataset, provenance)
-    if not force and reusable_cache(final, cache_key(provenance)):
-        return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
+    if not force and env_world_size() == 1 and reusable_cache(final, cache_key(provenance)):
+        return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)  # (ranks decide together)
     shards = plan_shards({"train": len(dataset.train), "test": len(dataset.test)}, shard_size)
     device = local_device(torch.device(device))
     expected = {"key": cache_key(provenance), "shard_size": shard_size, "batch_size": batch_size,
@@ -162,15 +162,11 @@ def write_cache(dataset: Dataset, backbone: torch.nn.Module, provenance: dict, c
         _check_ranks_agree(group, expected["threads"])
         with one_extraction(final, group) as waited:
             result.waited_seconds = waited
-            if waited and not force and group.on_main(lambda: reusable_cache(final, expected["key"])):
-                result.reused = True  # the process this one waited for finished the cache
+            if not force and group.on_main(lambda: reusable_cache(final, expected["key"])):
+                result.reused = True  # finished by the process this one waited for (or by another job's ranks)
             else:
                 _extract_and_assemble(dataset, backbone, provenance, shards, expected, group, batch_size, num_workers,
                                       device, final, force, result, progress, on_shard, weights_source, parameters)
-    except BaseException:
-        if group.rank == 0 and shard_folder(final).is_dir() and not any(shard_folder(final).iterdir()):
-            shard_folder(final).rmdir()  # a run that failed before its first shard leaves nothing behind
-        raise
     finally:
         group.close()
         torch.backends.cudnn.benchmark = autotuning
@@ -207,8 +203,15 @@ def one_extraction(final: Path, group):
                   "one goes on when it is done", file=sys.stderr, flush=True)
         said = True  # on every rank: all take the same path after the wait
         time.sleep(WAIT_POLL_S)
+    if group.rank == 0 and holder[0] is None:
+        warn(f"{final.parent} has no working flock: two extractions of one cache at once could interfere")
     try:
         yield time.perf_counter() - started if said else 0.0
+    except BaseException:
+        folder = shard_folder(final)  # held: no other process is writing shards of this key
+        if group.rank == 0 and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a run that failed before its first shard leaves nothing behind
+        raise
     finally:
         if group.rank == 0:
             release(holder[0], path)

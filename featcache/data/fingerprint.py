@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import FeatcacheError, warn
 from ..files import write_file
 from ..npz import read_npz
+from ..ranks import is_main_process
 
 TABLE = "file-hashes.npz"
 RACY_NS = 2_000_000_000  # changed less than 2 s before hashing: not trusted, hashed again next time
@@ -138,7 +139,8 @@ def _load(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
         reason = "its columns differ in length or type"
     except (OSError, ValueError, KeyError) as error:
         reason = " ".join(str(error).split())[:120] or type(error).__name__
-    warn(f"{path} is damaged ({reason}); every image's content hash is read again")
+    if is_main_process():  # every torchrun rank reads the table: one says so
+        warn(f"{path} is damaged ({reason}); every image's content hash is read again")
     return [], _empty()
 
 
@@ -199,5 +201,6 @@ def _load_listings(path: Path) -> dict[str, tuple[int, int, int, list[str]]]:
         reason = "its counts do not match its names"
     except (OSError, ValueError, KeyError) as error:
         reason = " ".join(str(error).split())[:120] or type(error).__name__
-    warn(f"{path} is damaged ({reason}); every class folder is listed again")
+    if is_main_process():
+        warn(f"{path} is damaged ({reason}); every class folder is listed again")
     return {}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..errors import FeatcacheError
-from ..files import remove, write_file
+from ..files import real_folder, remove, write_file
 from ..npz import check_torch_file
 from ..settings import DEFAULT_BACKBONE
 
@@ -289,7 +289,7 @@ class SeedRuns:
         refuse_a_finished_run(out, overwrite)
         remove(out / SEEDS)  # the old occupant never passes for this folder while its seeds are written
         for run in self.runs:
-            run.save(out / f"seed-{run.config.get('seed')}", overwrite=True)
+            run.save(real_folder(out / f"seed-{run.config.get('seed')}"), overwrite=True)  # never through a link
         write_seeds(out, self.approach, self.seeds, self.final_test_accs, self.summary(), self.seconds)
         self.path = out
         return out
