@@ -170,6 +170,8 @@ def data_options(function=None, *, per_class=dataclasses.MISSING, test_per_class
         option(api.DataSpec, "test_per_class", default=test_per_class, help=test_help),
         option(api.DataSpec, "download"),
         option(api.DataSpec, "data_root"),
+        option(api.DataSpec, "test_fraction"),
+        option(api.DataSpec, "split_seed"),
     )(function)
 
 
@@ -192,7 +194,7 @@ cache_options = stacked(option(api.CacheSpec, "views"), option(api.CacheSpec, "c
 
 def data_spec(options: dict) -> api.DataSpec:
     return api.DataSpec(options["data"], options["classes"] or None, options["per_class"], options["test_per_class"],
-                        options["download"], options["data_root"])
+                        options["download"], options["data_root"], options["test_fraction"], options["split_seed"])
 
 
 def cache_spec(options: dict, views: int | None = None) -> api.CacheSpec:

@@ -56,12 +56,23 @@ def write_file(out: str | Path, content: bytes | memoryview | Callable[[BinaryIO
     except BaseException as error:
         with suppress(OSError):
             temporary.unlink()
-        if not isinstance(error, (OSError, RuntimeError)) or (
-                isinstance(error, RuntimeError) and "write" not in str(error).lower()):
-            raise  # Ctrl-C, or not the disk (torch.save reports a full disk as a RuntimeError): as it came
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-        raise cannot_write(what or str(out), reason, then) from None
+        cause = _os_error(error)
+        if cause is None and not (isinstance(error, RuntimeError) and "write" in str(error).lower()):
+            raise  # Ctrl-C, or not the disk: as it came
+        raise cannot_write(what or str(out), cause.strerror if cause is not None and cause.strerror else error,
+                           then) from None
     return out
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind `error` (torch.save reports a full disk as a RuntimeError raised while handling
+    one), or None."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 def real_folder(folder: str | Path) -> Path:

@@ -44,8 +44,9 @@ def try_hold(path: Path):
         except BlockingIOError:
             holder.close()
             raise Busy(str(path)) from None
-        except OSError as error:  # ENOSYS, ENOLCK, EOPNOTSUPP: a file system without flock (the file is left:
-            holder.close()  # another process may hold it where the lock works, as on NFS)
+        except OSError as error:  # ENOSYS, ENOLCK, EOPNOTSUPP: a file system without flock
+            holder.close()
+            Path(path).unlink(missing_ok=True)  # nothing is held there: leave no file behind
             if error.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
                 return None
             raise

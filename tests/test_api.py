@@ -93,7 +93,7 @@ def test_images_decoded_for_one_size_are_not_silently_used_for_another(image_fol
 
 
 def test_api_errors_name_the_arguments_and_the_cli_its_options(image_folder, tmp_path, run_cli):
-    with pytest.raises(featcache.FeatcacheError, match="`per_class` must be at least 1"):
+    with pytest.raises(featcache.FeatcacheError, match="`per_class` must be a whole number of at least 1"):
         featcache.DataSpec(str(image_folder), per_class=0)  # when built, before anything is read
     result = run_cli("extract", "--data", image_folder, "--per-class", "0", "--cache-dir", tmp_path)
     assert result.exit_code == 2 and "Error: featcache extract: Invalid value for '--per-class'" in result.stderr

@@ -108,7 +108,7 @@ def test_what_was_accepted_before_still_is():
 
 
 def test_dataspec_is_checked_when_built_and_api_arguments_of_the_wrong_type_are_one_line(tmp_path):
-    with pytest.raises(featcache.FeatcacheError, match="`per_class` must be at least 1, got 0"):
+    with pytest.raises(featcache.FeatcacheError, match="`per_class` must be a whole number of at least 1 or .all., got 0"):
         featcache.DataSpec("somewhere", per_class=0)
     with pytest.raises(featcache.FeatcacheError, match="`classes` must be a list or tuple"):
         featcache.DataSpec("somewhere", classes="cat,dog")

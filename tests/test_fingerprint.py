@@ -104,14 +104,14 @@ def test_class_folders_are_listed_again_only_when_they_change(make_image_folder,
         os.utime(folder, (time.time() - 60, time.time() - 60))
     monkeypatch.setattr(fingerprint, "RACY_NS", 0)
     listed = []
-    real = featcache.data.datasets.image_names
-    monkeypatch.setattr(featcache.data.datasets, "image_names", lambda folder: listed.append(folder) or real(folder))
+    real = featcache.data.layouts.list_folder
+    monkeypatch.setattr(featcache.data.layouts, "list_folder", lambda folder: listed.append(folder) or real(folder))
     first = locate(data, tmp_path / "cache")
-    assert len(listed) == 6 and (tmp_path / "cache" / fingerprint.LISTINGS).is_file()
+    assert len(listed) == 9 and (tmp_path / "cache" / fingerprint.LISTINGS).is_file()  # the root, 2 splits, 6 classes
     listed.clear()
     assert locate(data, tmp_path / "cache") == first and listed == []  # every folder from the memo
     (data / "train" / "bee" / "0003.png").write_bytes((data / "train" / "bee" / "0001.png").read_bytes())
     changed = locate(data, tmp_path / "cache")
     assert listed == [str(data / "train" / "bee")] and changed != first
     listed.clear()
-    assert locate(data, tmp_path / "cache", rehash=True) == changed and len(listed) == 6
+    assert locate(data, tmp_path / "cache", rehash=True) == changed and len(listed) == 9

@@ -247,7 +247,7 @@ FORMULAS = ["=x", "+1", "-2+3", "@SUM(A1)", "\tx", "'quoted", "plain", "-"]
 
 
 def test_csv_cells_are_never_formulas_and_read_back_unchanged(tmp_path):
-    from featcache.evaluate.tables import csv_text
+    from featcache.csvfiles import csv_text
 
     path = tmp_path / "t.csv"
     path.write_text(csv_text(["text", "number"], [{"text": value, "number": -0.25} for value in FORMULAS]))

@@ -24,7 +24,8 @@ from ..errors import FeatcacheError, ReportedElsewhere
 from ..evaluate.claims import claim_run_dir, claimed
 from ..evaluate.config import BenchConfig, FewshotConfig, InspectConfig
 from ..evaluate.runs import Run, SeedRuns, default_run_dir, read_run, seeds_line, summary_line
-from ..evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table, read_csv
+from ..csvfiles import read_csv
+from ..evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 from ..ranks import is_main_process
 from ..settings import ConfigError, UnknownSetting
 from ..train.config import BackbonesConfig, EpochConfig, ExperimentConfig, FinetuneConfig, HeadConfig, ScratchConfig

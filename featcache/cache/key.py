@@ -248,13 +248,33 @@ class CacheSpec:
         from ..data.fingerprint import FileHashes, FolderListings
 
         listings = FolderListings(self.cache_dir, rehash)
-        dataset = self.data.load(listings)
         hashes = FileHashes(self.cache_dir, rehash)
+        dataset = self.data.load(listings, hashes)
         provenance = cache_provenance(dataset, self.weights, self.seed, self.image_size, self.views, self.precision,
                                       hashes, self.backbone)
         listings.save()
         hashes.save()
+        if dataset.description.get("split_made"):  # featcache chose the test split: it is written down
+            write_split_files(self.cache_dir, dataset, provenance["dataset_fingerprint"])
         return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)
+
+
+def write_split_files(cache_dir: Path, dataset, fingerprint: str) -> tuple[Path, Path]:
+    """Beside the caches: <name>-<fingerprint>-split.csv (path,label,split: a label file featcache reads
+    back as the same split) and <name>-<fingerprint>-classes.csv (images per class and split). A folder
+    that cannot be written only loses them."""
+    from ..csvfiles import csv_text
+    from ..data.datasets import class_table, split_rows
+    from ..files import write_file
+
+    stem = Path(cache_dir) / f"{dataset.name}-{fingerprint[:12]}"
+    split_file, class_file = stem.with_name(stem.name + "-split.csv"), stem.with_name(stem.name + "-classes.csv")
+    try:
+        write_file(split_file, csv_text(["path", "label", "split"], split_rows(dataset, Path(cache_dir))).encode())
+        write_file(class_file, csv_text(["class", "train", "test"], class_table(dataset)).encode())
+    except FeatcacheError:
+        pass
+    return split_file, class_file
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,14 @@ from PIL import Image
 
 from ..errors import FeatcacheError
 from ..settings import ConfigError, check_fields, setting
+from .layouts import find_layout
+from .splits import DEFAULT_TEST_FRACTION, split_by_content
 
 # The formats Image.open may detect, by content, not name: the decoders of IMAGE_EXTENSIONS. Not EPS (it
 # runs Ghostscript), ICO or BLP (they decode an embedded image, at its own size, before the bound is checked).
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 CIFAR10_DEFAULT_CLASSES = ("cat", "dog", "horse")
+CIFAR10_PER_CLASS = 500  # the seed notebook's reference task
 DEFAULT_CIFAR_ROOT = Path(os.environ.get("FEATCACHE_DATA_ROOT", Path.home() / ".cache" / "featcache" / "data"))
 
 
@@ -116,27 +118,34 @@ class Dataset:
 def load_dataset(
     data: str,
     classes: list[str] | None = None,
-    per_class: int | None = 500,
+    per_class: int | str | None = None,
     test_per_class: int | None = None,
     download: bool = False,
     data_root: Path | None = None,
     listings=None,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    split_seed: int = 0,
+    hashes=None,
 ) -> Dataset:
-    """`data` is "cifar10" (torchvision) or a folder with train/<class>/* and test/<class>/*.
+    """`data` is "cifar10" (torchvision) or a user's images in one of featcache.data.layouts' layouts.
 
-    Keeps the first `per_class` training images of each class in dataset order (None: all) and all
-    test images unless `test_per_class` says otherwise. Labels are 0..C-1 in the order of `classes`.
-    `listings` (fingerprint.FolderListings) remembers class folders' listings between calls.
+    Keeps the first `per_class` training images of each class in id order (None: 500 for CIFAR-10, the
+    notebook's, and every image of a folder or label file; "all": every image) and all test images unless
+    `test_per_class` says otherwise. Where the images have no test split, featcache.data.splits makes one
+    (`test_fraction`, `split_seed`) from the files' content hashes (`hashes`, a fingerprint.FileHashes).
+    Labels are 0..C-1 in the order of `classes`. `listings` (fingerprint.FolderListings) remembers
+    folders' listings between calls.
     """
     if classes is not None:
         if len(set(classes)) != len(classes):
             raise FeatcacheError(f"`classes` lists a class twice: {','.join(classes)}")
         if len(classes) < 2:
             raise FeatcacheError("`classes` needs at least two classes to classify")
+    limit = None if per_class == "all" else per_class
     if data == "cifar10":
-        return _load_cifar10(list(classes or CIFAR10_DEFAULT_CLASSES), per_class, test_per_class,
-                             download, Path(data_root or DEFAULT_CIFAR_ROOT))
-    return _load_folder(Path(data), classes, per_class, test_per_class, listings)
+        return _load_cifar10(list(classes or CIFAR10_DEFAULT_CLASSES), CIFAR10_PER_CLASS if per_class is None else limit,
+                             test_per_class, download, Path(data_root or DEFAULT_CIFAR_ROOT))
+    return _load_images(Path(data), classes, limit, test_per_class, listings, test_fraction, split_seed, hashes)
 
 
 def _check_classes(wanted: list[str], available: list[str], where: str) -> None:
@@ -181,68 +190,137 @@ def _load_cifar10(classes, per_class, test_per_class, download, root: Path) -> D
                    {"source": "torchvision CIFAR10", "per_class": per_class, "test_per_class": test_per_class})
 
 
-def image_names(folder: str) -> list[str]:
-    """The folder's image file names, sorted. os.listdir: 4x faster than pathlib on large folders; a
-    folder named like an image is refused later by the fingerprint's stat."""
-    return sorted(file for file in os.listdir(folder) if file.lower().endswith(IMAGE_EXTENSIONS))
+def _load_images(data: Path, classes, per_class, test_per_class, listings, test_fraction: float, split_seed: int,
+                 hashes) -> Dataset:
+    """A folder or label file (featcache.data.layouts), its test split made where it has none."""
+    from .fingerprint import FileHashes
 
-
-def _load_folder(root: Path, classes, per_class, test_per_class, listings=None) -> Dataset:
-    if not root.is_dir():
-        raise FeatcacheError(f"data folder {root} " + ("is not a folder" if root.exists() else "does not exist"))
-    splits = {}
+    found = find_layout(data, listings)
+    samples, notes = dict(found.samples), list(found.skipped)
+    made = "all" in samples or "test" not in samples and "val" not in samples
+    if "all" in samples or "train" in samples and "test" not in samples and "val" not in samples:
+        pool = samples.pop("all", None) or samples.pop("train")
+        digests = (hashes if hashes is not None else FileHashes()).digests([path for _, _, path in pool])
+        samples["train"], samples["test"], warnings_ = split_by_content(pool, digests, split_seed, test_fraction)
+        notes += warnings_
+        rule = f"made from the images' contents (test fraction {test_fraction:g}, split seed {split_seed})"
+    elif "test" in samples:
+        rule = "the test split given"
+        if "val" in samples:
+            notes.append(f"{len(samples.pop('val'))} val images not used (a val split is the test split only "
+                         "where there is no test split)")
+    else:
+        samples["test"] = samples.pop("val")
+        rule = "the val split given, as the test split"
+    available = sorted({name for _, name, _ in samples["train"]})
+    if classes is None:
+        classes = available
+        if len(classes) < 2:
+            raise FeatcacheError(f"{data} needs at least two classes, found {len(classes)}: {', '.join(classes)}")
+    splits, counts = {}, {}
     for split_name, limit in (("train", per_class), ("test", test_per_class)):
-        split_dir = root / split_name
-        if not split_dir.is_dir():
-            raise FeatcacheError(f"data folder {root} has no {split_name}/ folder (expected {split_dir}/<class>/*)")
-        with os.scandir(split_dir) as entries:
-            available = sorted(entry.name for entry in entries if entry.is_dir())
-        if classes is None:
-            classes = available
-            if len(classes) < 2:
-                raise FeatcacheError(f"{split_dir} needs at least two class folders, found {len(classes)}")
-        _check_classes(classes, available, str(split_dir))
-        ids, labels, paths = [], [], []
+        present = {name for _, name, _ in samples[split_name]}
+        if split_name == "train" or not made:  # a made split leaves a small class out of test (said in notes)
+            _check_classes(classes, sorted(present), f"the {split_name} split of {data}")
+        ids, labels, paths, per_label = [], [], [], {}
         for label, name in enumerate(classes):
-            folder = os.path.join(split_dir, name)
-            files = listings.names(folder, image_names) if listings is not None else image_names(folder)
-            if not files:
-                raise FeatcacheError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-            files = files[:limit] if limit is not None else files
-            paths += map((folder + os.sep).__add__, files)  # map over str.__add__: twice a comprehension's speed
-            ids += map(f"{split_name}/{name}/".__add__, files)
-            labels += [label] * len(files)
+            members = [sample for sample in samples[split_name] if sample[1] == name]
+            members = members[:limit] if limit is not None else members
+            per_label[name] = len(members)
+            ids += [sample[0] for sample in members]
+            paths += [sample[2] for sample in members]
+            labels += [label] * len(members)
         splits[split_name] = Split(ids=ids, labels=np.array(labels, dtype=np.int64), paths=paths)
-    return Dataset(root.resolve().name, list(classes), splits["train"], splits["test"],
-                   {"source": "image folder", "path": str(root.resolve()), "per_class": per_class,
-                    "test_per_class": test_per_class})
+        counts[split_name] = per_label
+    name = (data.parent if data.is_file() else data).resolve().name
+    description = {"source": found.layout, "path": str(data.resolve()), "per_class": per_class,
+                   "test_per_class": test_per_class, "layout": found.layout, "split_rule": rule,
+                   "split_sizes": {split: len(splits[split]) for split in splits}, "class_counts": counts,
+                   "notes": notes, "split_made": made}
+    return Dataset(name, list(classes), splits["train"], splits["test"], description)
+
+
+def layout_record(dataset: Dataset) -> dict:
+    """What history.json records of how the images were found and split (not in any cache key)."""
+    return {key: dataset.description[key] for key in ("layout", "split_rule", "split_sizes")
+            if key in dataset.description}
+
+
+def class_table(dataset: Dataset) -> list[dict]:
+    """One row per class: its training and test images."""
+    counts = dataset.description.get("class_counts") or {}
+    return [{"class": name, **{split: counts.get(split, {}).get(name, "") for split in ("train", "test")}}
+            for name in dataset.classes]
+
+
+def split_rows(dataset: Dataset, folder: Path) -> list[dict]:
+    """Every image as path (relative to `folder`), label, split: a label file (layouts) that gives the
+    same split back."""
+    return [{"path": Path(os.path.relpath(path, folder)).as_posix(), "label": dataset.classes[label], "split": name}
+            for name, split in (("train", dataset.train), ("test", dataset.test))
+            for path, label in zip(split.paths, split.labels.tolist())]
+
+
+def summary_line(dataset: Dataset) -> str:
+    """The one line a command prints before any work: layout, split rule, totals, classes, imbalance."""
+    counts = dataset.description.get("class_counts")
+    if not counts:
+        return (f"{dataset.name}: {len(dataset.train)} training and {len(dataset.test)} test images of "
+                f"{len(dataset.classes)} classes")
+    train = counts["train"]
+    ratio = max(train.values()) / max(min(train.values()), 1)
+    notes = dataset.description.get("notes") or []
+    return (f"{dataset.name} ({dataset.description['layout']}; test split: {dataset.description['split_rule']}): "
+            f"{len(dataset.train)} training and {len(dataset.test)} test images, {len(dataset.classes)} classes, "
+            f"imbalance {ratio:.2f} (largest / smallest training class)" + "".join(f"; {note}" for note in notes))
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which images: 'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and test/<class>/*.
+    """Which images: 'cifar10' (torchvision's CIFAR-10) or a user's own (featcache.data.layouts: a folder
+    of class folders, a folder holding train/ and maybe test/ or val/, or a CSV/TSV label file).
 
     `classes` picks classes by name and fixes the label order; `per_class` keeps the first N training
-    images of each class (None: all), `test_per_class` likewise for the test split."""
+    images of each class (None: 500 for CIFAR-10, all for a user's images; "all": all), `test_per_class`
+    likewise for the test split. Where the images have no test split, featcache makes one by content:
+    `test_fraction` of them, drawn by `split_seed` (featcache.data.splits)."""
 
-    data: str | Path = setting("cifar10", "'cifar10' (torchvision's CIFAR-10) or a folder with train/<class>/* and "
-                               "test/<class>/*.", check=lambda name, value: _check_source(value))
+    data: str | Path = setting("cifar10", "'cifar10' (torchvision's CIFAR-10), a folder of class folders (featcache "
+                               "makes the test split), a folder holding train/ and test/ or val/, or a .csv/.tsv "
+                               "of path,label[,split] (docs/own-images.md).",
+                               check=lambda name, value: _check_source(value))
     classes: tuple[str, ...] | None = setting(None, "Comma-separated class names, in label order. Default: "
-                                              "cat,dog,horse for CIFAR-10, every class folder for a folder.")
-    per_class: int | None = setting(500, "Keep the first N training images of each class, in dataset order.",
-                                    minimum=1)
+                                              "cat,dog,horse for CIFAR-10, every class of your images.")
+    per_class: int | str | None = setting(None, "Keep the first N training images of each class, in id order, or "
+                                          "'all'. Default: 500 for CIFAR-10 (the reference task), all of your "
+                                          "own images.", check=lambda name, value: _check_per_class(value),
+                                          metavar="N|all")
     test_per_class: int | None = setting(None, "Keep the first N test images of each class. Default: all.",
                                          minimum=1)
     download: bool = setting(False, "Download CIFAR-10 if it is not in --data-root.")
     data_root: Path | None = setting(None, "Where CIFAR-10 lives or is downloaded to. Default: "
                                      "~/.cache/featcache/data or $FEATCACHE_DATA_ROOT.")
+    test_fraction: float = setting(DEFAULT_TEST_FRACTION, "Where your images have no test split: the fraction "
+                                   "featcache puts in test, chosen by each image's content.", above=0, below=1)
+    split_seed: int = setting(0, "Where your images have no test split: draws which images are in test (not "
+                              "--seed, so that every training seed shares one split).", minimum=0)
 
     def __post_init__(self):
         check_fields(self)
+        if isinstance(self.per_class, str) and self.per_class != "all":
+            object.__setattr__(self, "per_class", int(self.per_class))  # "500" from the command line
 
-    def load(self, listings=None) -> Dataset:
+    def load(self, listings=None, hashes=None) -> Dataset:
         return load_dataset(self.data, list(self.classes) if self.classes else None, self.per_class,
-                            self.test_per_class, self.download, self.data_root, listings)
+                            self.test_per_class, self.download, self.data_root, listings, self.test_fraction,
+                            self.split_seed, hashes)
+
+
+def _check_per_class(value) -> None:
+    if value is None or value == "all" or (type(value) is int and value >= 1) or (
+            isinstance(value, str) and value.isdigit() and int(value) >= 1):
+        return
+    raise ConfigError(f"`per_class` must be a whole number of at least 1 or 'all', got {value!r}")
 
 
 def _check_source(data) -> None:

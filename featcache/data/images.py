@@ -15,7 +15,7 @@ import torchvision.transforms.v2.functional as F
 from ..errors import FeatcacheError
 from ..settings import memory_budget
 from .clean_view import resize_shorter_side
-from .datasets import DataSpec, Split
+from .datasets import DataSpec, Split, layout_record, summary_line
 from .transform import DEFAULT_IMAGE_SIZE, resize_size
 from .views import make_views, views_params
 
@@ -189,7 +189,7 @@ def decoded_bytes(split: Split, image_size: int) -> int:
 
 
 def decode_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0, device: str = "auto",
-                max_memory: int | str | None = None, num_workers: int = 0) -> ImageData:
+                max_memory: int | str | None = None, num_workers: int = 0, echo=None) -> ImageData:
     """Both splits resized for `image_size`: what the end-to-end trainers draw their views from, seeded
     by `seed`. Decoded once into memory when they fit `max_memory` (bytes or '8GB'; default half the
     available RAM, shared among torchrun's local ranks), the test split first; a split that does not
@@ -199,6 +199,8 @@ def decode_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: in
 
     budget = memory_budget(max_memory, sharers=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     dataset = data.load()
+    if echo is not None:  # before any decoding: what was found, and how it was split
+        echo(summary_line(dataset))
     splits = {}
     for split in (dataset.test, dataset.train):
         needed = decoded_bytes(split, image_size)
@@ -207,14 +209,14 @@ def decode_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: in
     return ImageData(splits[id(dataset.train)], torch.from_numpy(dataset.train.labels),
                      splits[id(dataset.test)], torch.from_numpy(dataset.test.labels),
                      dataset.classes, image_size, seed, resolve_device(device), dataset.test.ids, num_workers,
-                     data_record(data))
+                     {**data_record(data), **layout_record(dataset)})
 
 
 def timed_load_images(data: DataSpec, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0, device: str = "auto",
-                      max_memory: int | str | None = None, num_workers: int = 0) -> tuple[ImageData, float]:
+                      max_memory: int | str | None = None, num_workers: int = 0, echo=None) -> tuple[ImageData, float]:
     """(decode_images(...), seconds it took)."""
     started = time.perf_counter()
-    images = decode_images(data, image_size, seed, device, max_memory, num_workers)
+    images = decode_images(data, image_size, seed, device, max_memory, num_workers, echo)
     return images, time.perf_counter() - started
 
 

@@ -14,7 +14,8 @@ import torch
 import torchvision.transforms.v2.functional as F
 from tqdm import tqdm
 
-from ..data.datasets import IMAGE_EXTENSIONS, read_image
+from ..data.datasets import read_image
+from ..data.layouts import IMAGE_EXTENSIONS
 from ..errors import FeatcacheError
 from ..data.clean_view import batchable
 from .config import PredictConfig
@@ -153,7 +154,7 @@ def _row(path: Path, probabilities: torch.Tensor | None, error: str | None, clas
 def _write(out: Path, rows: list[dict], output_format: str, top_k: int, metadata: dict) -> Path:
     """The whole file at a temporary name, then renamed: an interrupted run leaves no half-written output."""
     from ..files import write_file
-    from ..evaluate.tables import csv_text
+    from ..csvfiles import csv_text
 
     if output_format == "json":
         text = json.dumps({"classes": metadata["classes"], "model": {k: metadata.get(k) for k in (

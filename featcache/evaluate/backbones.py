@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 
 from .comparison import comparisons_markdown, correctness, load_group, paired_comparisons
 from .stats import ACCURACY, bootstrap_interval, interval_text, t_interval
-from .tables import csv_text, markdown_table
+from ..csvfiles import csv_text
+from .tables import markdown_table
 from ..files import write_file
 
 COLUMNS = ["backbone", "head", "image_size", "feature_dim", "forward_images_per_s", "extract_s", "seeds",

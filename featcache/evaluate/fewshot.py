@@ -157,7 +157,8 @@ def write_fewshot(rows: list[dict], out: Path, trials: int, seed: int, cache_pat
     """fewshot.md, fewshot.csv, fewshot.json and fewshot.png in `out`; returns the Markdown and the paths."""
     import json
 
-    from .tables import csv_text, markdown_table
+    from ..csvfiles import csv_text
+    from .tables import markdown_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

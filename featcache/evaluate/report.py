@@ -12,7 +12,8 @@ from torch import nn
 from ..errors import FeatcacheError
 from ..files import write_file
 from .comparison import comparisons_markdown, group_row, load_group, paired_comparisons, per_class_results
-from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, csv_text, markdown_table
+from ..csvfiles import csv_text
+from .tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
 
 COLOURS = {"scratch": "red", "feature-extraction": "blue", "fine-tuning": "green"}
 

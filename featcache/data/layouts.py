@@ -1,0 +1,161 @@
+"""Where a user's images are and which split each is in: the layouts other tools take, found from the
+path given as `data`. No torch here.
+
+- **class folders**: `PATH/<class>/...` (torchvision's ImageFolder; Keras' and fastai's folders before
+  their split): featcache makes the test split (featcache.data.splits).
+- **split folders**: `PATH/train/<class>/...` with any of `test/` and `val/`, `valid/` or
+  `validation/` beside it. The rule for val: **a val folder is the test split when there is no
+  test/; beside a test/ it is not used** (its count is reported), since featcache's heads choose
+  nothing on a validation split. `train/` alone: featcache makes the test split.
+- **label file**: a CSV or TSV of `path,label[,split]` (a header row naming those columns), paths
+  relative to the file, split `train`, `test` or `val`/`valid`/`validation` (val as above). No split
+  column: featcache makes the test split.
+
+Class folders are walked recursively: an image's class is the first folder under its split (or under
+PATH). Hidden files and folders (a name starting with a dot: `.ipynb_checkpoints`, `.DS_Store`) and
+`__MACOSX` are ignored. Every sample is (id, class, path): the id is the image's path relative to PATH
+(or to the label file's folder), with `/`, so the same images given as folders or as a label file
+listing the same relative paths have the same ids.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..csvfiles import read_csv
+from ..errors import FeatcacheError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+VAL_NAMES = ("val", "valid", "validation")
+LABEL_FILE_SUFFIXES = (".csv", ".tsv")
+MAX_LABEL_FILE_BYTES = 1 << 30
+
+
+@dataclass
+class Found:
+    """What a layout found: samples per split ("train", "test", "val"; "all" where no split is given),
+    each a list of (id, class name, path), and what was left out and why."""
+
+    layout: str
+    samples: dict[str, list[tuple[str, str, str]]]
+    skipped: list[str] = field(default_factory=list)
+    root: Path = Path(".")
+
+
+def ignored(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def find_layout(data: Path, listings=None) -> Found:
+    """The layout of `data` (a folder or a label file) and its samples."""
+    if data.is_file() and data.suffix.lower() in LABEL_FILE_SUFFIXES:
+        return _label_file(data)
+    if not data.is_dir():
+        raise FeatcacheError(f"data {data} " + ("is neither a folder nor a .csv/.tsv label file" if data.exists()
+                                                  else "does not exist"))
+    folders = [name for name in _entries(str(data), listings) if name.endswith("/")]
+    names = {name[:-1] for name in folders}
+    if "train" in names:
+        samples = {"train": _class_tree(data, "train", listings)}
+        for split, candidates in (("test", ("test",)), ("val", VAL_NAMES)):
+            present = [name for name in candidates if name in names]
+            if len(present) > 1:
+                raise FeatcacheError(f"{data} holds {' and '.join(present)}/: keep one")
+            if present:
+                samples[split] = _class_tree(data, present[0], listings)
+        return Found("split folders", samples, root=data)
+    if len(folders) < 2:
+        raise FeatcacheError(f"{data} has neither a train/ folder nor two class folders (found "
+                             f"{', '.join(sorted(names)) or 'none'}): see docs/own-images.md")
+    return Found("class folders", {"all": _class_tree(data, "", listings)}, root=data)
+
+
+def list_folder(folder: str) -> list[str]:
+    """The folder's sub-folders (with a trailing /) and image files, sorted; hidden ones left out. One
+    os.scandir: what fingerprint.FolderListings remembers under the folder's stat."""
+    names = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if ignored(entry.name):
+                continue
+            if entry.is_dir():
+                names.append(entry.name + "/")
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                names.append(entry.name)
+    return sorted(names)
+
+
+def _entries(folder: str, listings) -> list[str]:
+    return listings.names(folder, list_folder) if listings is not None else list_folder(folder)
+
+
+def _class_tree(root: Path, split: str, listings) -> list[tuple[str, str, str]]:
+    """(id, class, path) of every image under root/split/<class>/, walked recursively."""
+    base = os.path.join(root, split) if split else str(root)
+    prefix = f"{split}/" if split else ""
+    samples = []
+    for top in _entries(base, listings):
+        if not top.endswith("/"):
+            continue  # an image beside the class folders belongs to no class
+        name = top[:-1]
+        pending, before = [(os.path.join(base, name), f"{prefix}{name}/")], len(samples)
+        while pending:
+            folder, relative = pending.pop()
+            subfolders = []
+            for entry in _entries(folder, listings):
+                if entry.endswith("/"):
+                    subfolders.append((os.path.join(folder, entry[:-1]), relative + entry))
+                else:
+                    samples.append((relative + entry, name, os.path.join(folder, entry)))
+            pending.extend(reversed(subfolders))
+        if len(samples) == before:
+            raise FeatcacheError(f"class folder {os.path.join(base, name)} has no images "
+                                 f"({', '.join(IMAGE_EXTENSIONS)}), in it or below it")
+    samples.sort(key=lambda sample: (sample[1], sample[0]))
+    return samples
+
+
+def _label_file(path: Path) -> Found:
+    """A CSV or TSV of path,label[,split]: every row checked, a bad one named with its line."""
+    if path.stat().st_size > MAX_LABEL_FILE_BYTES:
+        raise FeatcacheError(f"label file {path} is over {MAX_LABEL_FILE_BYTES:,} bytes")
+    try:
+        rows = read_csv(path, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    except ValueError as error:
+        raise FeatcacheError(f"label file {error}") from None
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise FeatcacheError(f"label file {path} needs a header row naming its path and label columns "
+                             "(and optionally split)")
+    header, root = set(rows[0]), path.parent  # read_csv's rows are dicts keyed by the header row
+    has_split = "split" in header
+    samples: dict[str, list] = {}
+    seen = set()
+    for line, row in enumerate(rows, start=2):
+        relative, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+        where = f"label file {path}, line {line}"
+        if not relative or not label:
+            raise FeatcacheError(f"{where}: an empty path or label")
+        if Path(relative).is_absolute():
+            raise FeatcacheError(f"{where}: {relative!r} is absolute; paths are relative to the label file")
+        if not relative.lower().endswith(IMAGE_EXTENSIONS):
+            raise FeatcacheError(f"{where}: {relative!r} is not an image featcache reads ({', '.join(IMAGE_EXTENSIONS)})")
+        full = root / relative
+        if not full.is_file():
+            raise FeatcacheError(f"{where}: {full} does not exist")
+        identity = Path(relative).as_posix()
+        if identity in seen:
+            raise FeatcacheError(f"{where}: {relative!r} is listed twice")
+        seen.add(identity)
+        split = (row.get("split") or "").strip().lower() if has_split else "all"
+        split = "val" if split in VAL_NAMES else split
+        if split not in ("train", "test", "val", "all"):
+            raise FeatcacheError(f"{where}: split {split!r} is not train, test or val")
+        samples.setdefault(split, []).append((identity, label, str(full)))
+    if not samples:
+        raise FeatcacheError(f"label file {path} lists no images")
+    if has_split and "train" not in samples:
+        raise FeatcacheError(f"label file {path} has no row in the train split")
+    for values in samples.values():
+        values.sort(key=lambda sample: (sample[1], sample[0]))
+    return Found("label file", samples, root=root)

@@ -1,0 +1,175 @@
+"""A user's own images in the layouts other tools take (featcache.data.layouts), the test split made by
+content where there is none (featcache.data.splits), and no silent cap on images per class."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import featcache
+from featcache.cache.key import cache_key, cache_provenance
+from featcache.data.datasets import load_dataset, summary_line
+from featcache.data.splits import in_test
+from conftest import CLASSES
+
+
+def write(path, seed, size=(16, 16)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def class_folders(root, per_class=12, classes=CLASSES):
+    for label, name in enumerate(classes):
+        for index in range(per_class):
+            write(root / name / f"{index:03d}.png", 1000 * label + index)
+    return root
+
+
+def key_of(data, cache_dir):
+    dataset = load_dataset(str(data))
+    return cache_key(cache_provenance(dataset, "random", 0, 32, 1)), dataset
+
+
+def test_class_folders_get_a_test_split_made_by_content(tmp_path):
+    data = class_folders(tmp_path / "pets")
+    dataset = load_dataset(str(data))
+    assert dataset.description["layout"] == "class folders" and dataset.classes == list(CLASSES)
+    assert len(dataset.train) + len(dataset.test) == 36 and len(dataset.test) > 0
+    for split, expected in ((dataset.train, False), (dataset.test, True)):
+        for path in split.paths:
+            digest = featcache.data.fingerprint.file_sha256(path)
+            assert in_test(digest, 0, 0.2) is expected
+    assert "class folders" in summary_line(dataset) and "imbalance" in summary_line(dataset)
+
+
+def test_the_split_stays_put_when_images_are_added_and_duplicates_never_straddle(tmp_path):
+    data = class_folders(tmp_path / "pets")
+    before = load_dataset(str(data))
+    for name in CLASSES:  # more images, and an exact copy of one already there
+        for index in range(12, 30):
+            write(data / name / f"{index:03d}.png", 5000 + index + 100 * CLASSES.index(name))
+    shutil.copy(data / "ant" / "000.png", data / "ant" / "copy-of-000.png")
+    after = load_dataset(str(data))
+    assert set(before.test.ids) <= set(after.test.ids) and set(before.train.ids) <= set(after.train.ids)
+    side = "ant/000.png" in after.test.ids
+    assert ("ant/copy-of-000.png" in after.test.ids) == side
+
+
+def test_split_folders_val_and_their_names(tmp_path):
+    data = tmp_path / "data"
+    for split in ("train", "valid"):
+        class_folders(data / split, per_class=6)
+    dataset = load_dataset(str(data))
+    assert dataset.description["split_rule"] == "the val split given, as the test split"
+    assert len(dataset.test) == 18 and dataset.test.ids[0].startswith("valid/")
+    class_folders(data / "test", per_class=4)
+    dataset = load_dataset(str(data))
+    assert len(dataset.test) == 12 and any("18 val images not used" in note for note in dataset.description["notes"])
+    shutil.copytree(data / "valid", data / "validation")
+    with pytest.raises(featcache.FeatcacheError, match="valid and validation"):
+        load_dataset(str(data))
+
+
+def test_train_alone_gets_a_split_made(tmp_path):
+    data = tmp_path / "data"
+    class_folders(data / "train")
+    dataset = load_dataset(str(data))
+    assert dataset.description["layout"] == "split folders" and len(dataset.test) > 0
+    assert all(identity.startswith("train/") for identity in dataset.train.ids + dataset.test.ids)
+
+
+def test_class_folders_are_walked_recursively_and_hidden_entries_ignored(tmp_path):
+    data = class_folders(tmp_path / "pets", per_class=10)
+    write(data / "ant" / "more" / "deeper" / "x.png", 77)
+    write(data / "ant" / ".ipynb_checkpoints" / "y.png", 78)
+    write(data / ".hidden" / "z.png", 79)
+    write(data / "__MACOSX" / "ant" / "w.png", 80)
+    (data / "bee" / ".DS_Store").write_bytes(b"\0\1")
+    dataset = load_dataset(str(data))
+    ids = dataset.train.ids + dataset.test.ids
+    assert "ant/more/deeper/x.png" in ids and len(ids) == 31 and dataset.classes == list(CLASSES)
+
+
+def test_a_label_file_with_a_split_column_gives_the_folders_key(tmp_path):
+    """The same images, classes and splits as train/ and test/ folders or as a CSV of the same relative
+    paths: the same key, ids and labels."""
+    data = tmp_path / "data"
+    class_folders(data / "train", per_class=5)
+    class_folders(data / "test", per_class=3)
+    folders_key, folders = key_of(data, tmp_path / "cache")
+    rows = ["path,label,split"] + [f"{identity},{identity.split('/')[1]},{identity.split('/')[0]}"
+                                   for identity in folders.train.ids + folders.test.ids]
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    file_key, listed = key_of(data / "labels.csv", tmp_path / "cache")
+    assert file_key == folders_key and listed.train.ids == folders.train.ids and listed.test.ids == folders.test.ids
+    assert listed.description["layout"] == "label file" and listed.name == folders.name
+
+
+def test_a_label_file_without_a_split_column_and_as_tsv(tmp_path):
+    data = class_folders(tmp_path / "pets")
+    rows = ["path\tlabel"] + [f"{path.relative_to(data).as_posix()}\t{path.parent.name}"
+                              for path in sorted(data.rglob("*.png"))]
+    (data / "labels.tsv").write_text("\n".join(rows) + "\n")
+    listed = load_dataset(str(data / "labels.tsv"))
+    folders = load_dataset(str(data))
+    assert listed.test.ids == folders.test.ids and "contents" in listed.description["split_rule"]
+
+
+@pytest.mark.parametrize("rows, words", [
+    (["path,label", "ant/000.png,ant", "ant/missing.png,ant"], "line 3: .* does not exist"),
+    (["path,label", "ant/000.png,"], "line 2: an empty path or label"),
+    (["path,label", "ant/000.png,ant", "ant/000.png,bee"], "line 3: 'ant/000.png' is listed twice"),
+    (["path,label,split", "ant/000.png,ant,holdout"], "split 'holdout' is not train, test or val"),
+    (["file,class", "ant/000.png,ant"], "needs a header row"),
+    (["path,label", "/etc/hostname.png,ant"], "is absolute"),
+])
+def test_a_bad_label_file_is_one_line_naming_the_row(tmp_path, rows, words, run_cli):
+    data = class_folders(tmp_path / "pets", per_class=3)
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(featcache.FeatcacheError, match=words):
+        load_dataset(str(data / "labels.csv"))
+    result = run_cli("extract", "--data", data / "labels.csv", "--weights", "random", "--image-size", 32,
+                     "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+
+
+def test_a_small_class_stays_in_training_and_an_empty_one_is_an_error(tmp_path):
+    data = class_folders(tmp_path / "pets", per_class=20, classes=("ant", "bee"))
+    class_folders(data, per_class=4, classes=("cow",))  # under ceil(2 / 0.2) = 10
+    dataset = load_dataset(str(data))
+    assert sum(identity.startswith("cow/") for identity in dataset.train.ids) == 4
+    assert not any(identity.startswith("cow/") for identity in dataset.test.ids)
+    assert any("class cow has 4 images" in note for note in dataset.description["notes"])
+    with pytest.raises(featcache.FeatcacheError, match="every image of class"):
+        load_dataset(str(data), test_fraction=0.999999)
+
+
+def test_no_silent_cap_and_all_is_accepted(tmp_path):
+    data = tmp_path / "data"
+    class_folders(data / "train", per_class=600, classes=("ant", "bee"))  # more than CIFAR-10's 500
+    class_folders(data / "test", per_class=2, classes=("ant", "bee"))
+    assert len(featcache.DataSpec(str(data)).load().train) == 1200
+    assert len(featcache.DataSpec(str(data), per_class="all").load().train) == 1200
+    assert len(featcache.DataSpec(str(data), per_class="7").load().train) == 14
+    with pytest.raises(featcache.ConfigError, match="'all'"):
+        featcache.DataSpec(str(data), per_class="most")
+
+
+def test_extract_records_the_layout_and_writes_the_split_beside_the_cache(tmp_path, run_cli):
+    data = class_folders(tmp_path / "pets")
+    result = run_cli("extract", "--data", data, "--weights", "random", "--image-size", 32, "--views", 1,
+                     "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    recorded = featcache.open_cache(next((tmp_path / "cache").glob("pets-*.h5")))
+    assert '"layout": "class folders"' in recorded.attrs["dataset"] and '"split_rule"' in recorded.attrs["dataset"]
+    split_file = next((tmp_path / "cache").glob("pets-*-split.csv"))
+    assert next((tmp_path / "cache").glob("pets-*-classes.csv")).read_text().startswith("class,train,test")
+    again = load_dataset(str(split_file))  # the split, read back as a label file
+    original = load_dataset(str(data))
+    assert again.description["split_rule"] == "the test split given"
+    for split in ("train", "test"):
+        assert sorted(Path(p).resolve() for p in getattr(again, split).paths) == \
+            sorted(Path(p).resolve() for p in getattr(original, split).paths)
