@@ -173,3 +173,10 @@ def test_extract_records_the_layout_and_writes_the_split_beside_the_cache(tmp_pa
     for split in ("train", "test"):
         assert sorted(Path(p).resolve() for p in getattr(again, split).paths) == \
             sorted(Path(p).resolve() for p in getattr(original, split).paths)
+
+
+def test_a_link_loop_in_a_class_folder_is_walked_once(tmp_path):
+    data = class_folders(tmp_path / "pets", per_class=10)
+    (data / "ant" / "loop").symlink_to(data / "ant")
+    dataset = load_dataset(str(data))
+    assert len(dataset.train) + len(dataset.test) == 30

@@ -99,9 +99,13 @@ def _class_tree(root: Path, split: str, listings) -> list[tuple[str, str, str]]:
         if not top.endswith("/"):
             continue  # an image beside the class folders belongs to no class
         name = top[:-1]
-        pending, before = [(os.path.join(base, name), f"{prefix}{name}/")], len(samples)
+        pending, before, visited = [(os.path.join(base, name), f"{prefix}{name}/")], len(samples), set()
         while pending:
             folder, relative = pending.pop()
+            identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
+            if identity in visited:  # a folder reached twice through a link (a link to a parent loops)
+                continue
+            visited.add(identity)
             subfolders = []
             for entry in _entries(folder, listings):
                 if entry.endswith("/"):
