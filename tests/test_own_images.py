@@ -171,12 +171,37 @@ def test_extract_records_the_layout_and_writes_the_split_beside_the_cache(tmp_pa
     original = load_dataset(str(data))
     assert again.description["split_rule"] == "the test split given"
     for split in ("train", "test"):
+        assert getattr(again, split).ids == getattr(original, split).ids  # the id column: the same ids
         assert sorted(Path(p).resolve() for p in getattr(again, split).paths) == \
             sorted(Path(p).resolve() for p in getattr(original, split).paths)
+    assert again.fingerprint() == original.fingerprint()  # and so the same key
 
 
-def test_a_link_loop_in_a_class_folder_is_walked_once(tmp_path):
+def test_an_empty_made_test_split_and_capitalised_split_folders_are_one_line(tmp_path):
+    data = class_folders(tmp_path / "few", per_class=4)  # every class under ceil(2 / 0.2) = 10
+    with pytest.raises(featcache.FeatcacheError, match="test split made from .* is empty"):
+        load_dataset(str(data))
+    for name in ("Train", "Test"):
+        class_folders(tmp_path / "caps" / name, per_class=3)
+    with pytest.raises(featcache.FeatcacheError, match="Test, Train/ but no train/ folder"):
+        load_dataset(str(tmp_path / "caps"))
+
+
+def test_linked_folders_are_not_walked(tmp_path):
     data = class_folders(tmp_path / "pets", per_class=10)
-    (data / "ant" / "loop").symlink_to(data / "ant")
+    (data / "ant" / "loop").symlink_to(data / "ant")  # a loop
+    (data / "ant" / "up").symlink_to(data)  # the other classes' images, as ants
+    outside = class_folders(tmp_path / "elsewhere", per_class=2, classes=("ant",))
+    (data / "bee" / "away").symlink_to(outside / "ant")
     dataset = load_dataset(str(data))
     assert len(dataset.train) + len(dataset.test) == 30
+
+
+def test_an_end_to_end_run_records_the_layout(tmp_path, run_cli):
+    data = class_folders(tmp_path / "pets")
+    result = run_cli("scratch", "--data", data, "--image-size", 32, "--epochs", 1, "--out", tmp_path / "run",
+                     "--per-class", "all")
+    assert result.exit_code == 0, result.output
+    recorded = featcache.read_run(tmp_path / "run")["config"]["data"]
+    assert recorded["layout"] == "class folders" and recorded["per_class"] == "all"
+    assert recorded["split_sizes"]["train"] + recorded["split_sizes"]["test"] == 36

@@ -64,9 +64,9 @@ def finetune(images: ImageData | DataSpec, weights: str | None = None, config: F
             _check_images(images)
             folder = held.enter_context(claimed_by_rank(out, "fine-tuning", overwrite))
             log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
-            data = data_record(images)
             unfreeze = list(check_trainable(config.backbone, _image_size(images, config), config.unfreeze))
             images = _images_of(images, config, echo)
+            data = data_record(images)  # after decoding: with the layout and split found
             initial = _init_head_state(config.init_head, images.classes, config.backbone) \
                 if config.init_head is not None else None
         record = {"backbone": config.backbone, "weights": config.weights, "image_size": images.image_size, "epochs": config.epochs,
@@ -94,9 +94,9 @@ def scratch(images: ImageData | DataSpec, config: ScratchConfig | None = None, *
             _check_images(images)
             folder = held.enter_context(claimed_by_rank(out, "scratch", overwrite))
             log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
-            data = data_record(images)
             check_trainable(config.backbone, _image_size(images, config), ())
             images = _images_of(images, config, echo)
+            data = data_record(images)  # after decoding: with the layout and split found
         record = {"backbone": config.backbone, "image_size": images.image_size, "epochs": config.epochs, "batch_size": config.batch_size,
                   "seed": config.seed, "view_seed": images.view_seed, "lr": config.lr, "data": data}
         return _train_on_ranks("scratch", lambda images, **extra: scratch_model(

@@ -269,8 +269,10 @@ def write_split_files(cache_dir: Path, dataset, fingerprint: str) -> tuple[Path,
 
     stem = Path(cache_dir) / f"{dataset.name}-{fingerprint[:12]}"
     split_file, class_file = stem.with_name(stem.name + "-split.csv"), stem.with_name(stem.name + "-classes.csv")
+    if split_file.is_file() and class_file.is_file():  # named by the fingerprint: written already
+        return split_file, class_file
     try:
-        write_file(split_file, csv_text(["path", "label", "split"], split_rows(dataset, Path(cache_dir))).encode())
+        write_file(split_file, csv_text(["path", "label", "split", "id"], split_rows(dataset, Path(cache_dir))).encode())
         write_file(class_file, csv_text(["class", "train", "test"], class_table(dataset)).encode())
     except FeatcacheError:
         pass

@@ -7,6 +7,7 @@ torch here: finding an existing cache must not pay for importing it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -203,6 +204,10 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
         digests = (hashes if hashes is not None else FileHashes()).digests([path for _, _, path in pool])
         samples["train"], samples["test"], warnings_ = split_by_content(pool, digests, split_seed, test_fraction)
         notes += warnings_
+        if not samples["test"]:
+            raise FeatcacheError(f"the test split made from {data} is empty ({len(pool)} images; every class under "
+                                 f"{math.ceil(2 / test_fraction)} images stays in training): add images, raise "
+                                 "`test_fraction`, or give a test split")
         rule = f"made from the images' contents (test fraction {test_fraction:g}, split seed {split_seed})"
     elif "test" in samples:
         rule = "the test split given"
@@ -223,8 +228,11 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
         if split_name == "train" or not made:  # a made split leaves a small class out of test (said in notes)
             _check_classes(classes, sorted(present), f"the {split_name} split of {data}")
         ids, labels, paths, per_label = [], [], [], {}
+        grouped: dict[str, list] = {}
+        for sample in samples[split_name]:  # one pass: a million images of a thousand classes
+            grouped.setdefault(sample[1], []).append(sample)
         for label, name in enumerate(classes):
-            members = [sample for sample in samples[split_name] if sample[1] == name]
+            members = grouped.get(name, [])
             members = members[:limit] if limit is not None else members
             per_label[name] = len(members)
             ids += [sample[0] for sample in members]
@@ -256,9 +264,10 @@ def class_table(dataset: Dataset) -> list[dict]:
 def split_rows(dataset: Dataset, folder: Path) -> list[dict]:
     """Every image as path (relative to `folder`), label, split: a label file (layouts) that gives the
     same split back."""
-    return [{"path": Path(os.path.relpath(path, folder)).as_posix(), "label": dataset.classes[label], "split": name}
+    return [{"path": Path(os.path.relpath(path, folder)).as_posix(), "label": dataset.classes[label], "split": name,
+             "id": identity}
             for name, split in (("train", dataset.train), ("test", dataset.test))
-            for path, label in zip(split.paths, split.labels.tolist())]
+            for identity, path, label in zip(split.ids, split.paths, split.labels.tolist())]
 
 
 def summary_line(dataset: Dataset) -> str:

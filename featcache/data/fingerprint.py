@@ -144,7 +144,7 @@ def _load(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     return [], _empty()
 
 
-LISTINGS = "folder-listings.npz"
+LISTINGS = "folder-listings-2.npz"  # 2: sub-folders listed (with a trailing /), hidden entries left out
 
 
 class FolderListings:

@@ -7,12 +7,12 @@ path given as `data`. No torch here.
   `validation/` beside it. The rule for val: **a val folder is the test split when there is no
   test/; beside a test/ it is not used** (its count is reported), since featcache's heads choose
   nothing on a validation split. `train/` alone: featcache makes the test split.
-- **label file**: a CSV or TSV of `path,label[,split]` (a header row naming those columns), paths
-  relative to the file, split `train`, `test` or `val`/`valid`/`validation` (val as above). No split
+- **label file**: a CSV or TSV of `path,label[,split[,id]]` (a header row naming those columns), paths
+  relative to the file (an `id` column, as in the split file featcache writes, gives each image's id), split `train`, `test` or `val`/`valid`/`validation` (val as above). No split
   column: featcache makes the test split.
 
-Class folders are walked recursively: an image's class is the first folder under its split (or under
-PATH). Hidden files and folders (a name starting with a dot: `.ipynb_checkpoints`, `.DS_Store`) and
+Class folders are walked recursively, not through links to folders: an image's class is the first folder
+under its split (or under PATH). Hidden files and folders (a name starting with a dot: `.ipynb_checkpoints`, `.DS_Store`) and
 `__MACOSX` are ignored. Every sample is (id, class, path): the id is the image's path relative to PATH
 (or to the label file's folder), with `/`, so the same images given as folders or as a label file
 listing the same relative paths have the same ids.
@@ -20,6 +20,7 @@ listing the same relative paths have the same ids.
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def find_layout(data: Path, listings=None) -> Found:
                                                   else "does not exist"))
     folders = [name for name in _entries(str(data), listings) if name.endswith("/")]
     names = {name[:-1] for name in folders}
+    split_like = sorted(name for name in names if name.lower() in ("train", "training", "test", "testing", *VAL_NAMES))
+    if "train" not in names and split_like:  # Train/ and Test/ would otherwise be two classes
+        raise FeatcacheError(f"{data} holds {', '.join(split_like)}/ but no train/ folder: name the training "
+                             "folder train/ (lower case), beside test/ or val/, or give class folders")
     if "train" in names:
         samples = {"train": _class_tree(data, "train", listings)}
         for split, candidates in (("test", ("test",)), ("val", VAL_NAMES)):
@@ -79,8 +84,8 @@ def list_folder(folder: str) -> list[str]:
         for entry in entries:
             if ignored(entry.name):
                 continue
-            if entry.is_dir():
-                names.append(entry.name + "/")
+            if entry.is_dir(follow_symlinks=False):  # a linked folder is not walked (Keras' default): it
+                names.append(entry.name + "/")  # could lead anywhere, or back into another class
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 names.append(entry.name)
     return sorted(names)
@@ -147,7 +152,9 @@ def _label_file(path: Path) -> Found:
         full = root / relative
         if not full.is_file():
             raise FeatcacheError(f"{where}: {full} does not exist")
-        identity = Path(relative).as_posix()
+        identity = posixpath.normpath(row.get("id") or Path(relative).as_posix())  # a split file's id column
+        if identity.startswith(("../", "/")) or identity == "..":
+            raise FeatcacheError(f"{where}: id {identity!r} is not relative to the data")
         if identity in seen:
             raise FeatcacheError(f"{where}: {relative!r} is listed twice")
         seen.add(identity)
