@@ -14,7 +14,7 @@ from ..data.datasets import DataSpec
 from ..data.transform import DEFAULT_IMAGE_SIZE, TRANSFORM_VERSION
 from ..errors import FeatcacheError, cannot_write
 from ..evaluate.claims import claimed_by_rank
-from ..files import real_folder
+from ..files import remove
 from ..evaluate.runs import HISTORY, Run, SeedRuns, clear_run_files, summary_line, write_seeds
 from ..ranks import is_main_process, reported_once
 from ..settings import DEFAULT_BACKBONE, as_seed_list, built, check_value, require
@@ -169,8 +169,8 @@ def train_seeds(images, seeds: list[int], config: EndToEndConfig, *, out=None, o
         try:
             for seed in seeds:
                 seed_dir = folder / f"seed-{seed}" if folder is not None else None
-                if seed_dir is not None and main:
-                    real_folder(seed_dir)  # a seed-k link from an unpacked tarball never takes the run elsewhere
+                if seed_dir is not None and main and seed_dir.is_symlink():
+                    remove(seed_dir)  # a seed-k link from an unpacked tarball never takes the run elsewhere
                 seed_config = dataclasses.replace(config, seed=seed, image_size=None, device=None)
                 runs.append(train(images, config=seed_config, out=seed_dir, overwrite=True,
                                   resume=seed in started_before, log=log, progress=progress))
