@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from ..errors import FeatcacheError
-from ..files import new_file, same_file
+from ..files import FLAGS, new_file, same_file
 from .layout import attributes_problem, dataset_problem
 from .checksums import SPLITS, features_sha256, verify_file
 from .key import shard_folder
@@ -115,7 +115,7 @@ def write_shard(folder: Path, shard: Shard, features: np.ndarray, record: dict, 
                              "stop": shard.stop, "sha256": features_sha256(features)})
     temporary = folder / (shard.name + f".{os.getpid()}.tmp")
     try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        descriptor = os.open(temporary, FLAGS, 0o666)  # exclusive, never through a link, the umask's mode
         try:
             view = buffer.getbuffer()
             while len(view):

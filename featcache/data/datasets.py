@@ -197,7 +197,7 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
     from .fingerprint import FileHashes
 
     found = find_layout(data, listings)
-    samples, notes = dict(found.samples), list(found.skipped)
+    samples, notes = dict(found.samples), []
     made = "all" in samples or "test" not in samples and "val" not in samples
     if "all" in samples or "train" in samples and "test" not in samples and "val" not in samples:
         pool = samples.pop("all", None) or samples.pop("train")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..csvfiles import read_csv
@@ -36,12 +36,10 @@ MAX_LABEL_FILE_BYTES = 1 << 30
 @dataclass
 class Found:
     """What a layout found: samples per split ("train", "test", "val"; "all" where no split is given),
-    each a list of (id, class name, path), and what was left out and why."""
+    each a list of (id, class name, path)."""
 
     layout: str
     samples: dict[str, list[tuple[str, str, str]]]
-    skipped: list[str] = field(default_factory=list)
-    root: Path = Path(".")
 
 
 def ignored(name: str) -> bool:
@@ -69,11 +67,11 @@ def find_layout(data: Path, listings=None) -> Found:
                 raise FeatcacheError(f"{data} holds {' and '.join(present)}/: keep one")
             if present:
                 samples[split] = _class_tree(data, present[0], listings)
-        return Found("split folders", samples, root=data)
+        return Found("split folders", samples)
     if len(folders) < 2:
         raise FeatcacheError(f"{data} has neither a train/ folder nor two class folders (found "
                              f"{', '.join(sorted(names)) or 'none'}): see docs/own-images.md")
-    return Found("class folders", {"all": _class_tree(data, "", listings)}, root=data)
+    return Found("class folders", {"all": _class_tree(data, "", listings)})
 
 
 def list_folder(folder: str) -> list[str]:
@@ -104,13 +102,9 @@ def _class_tree(root: Path, split: str, listings) -> list[tuple[str, str, str]]:
         if not top.endswith("/"):
             continue  # an image beside the class folders belongs to no class
         name = top[:-1]
-        pending, before, visited = [(os.path.join(base, name), f"{prefix}{name}/")], len(samples), set()
-        while pending:
+        pending, before = [(os.path.join(base, name), f"{prefix}{name}/")], len(samples)
+        while pending:  # finite: list_folder never follows a link to a folder, so nothing loops
             folder, relative = pending.pop()
-            identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
-            if identity in visited:  # a folder reached twice through a link (a link to a parent loops)
-                continue
-            visited.add(identity)
             subfolders = []
             for entry in _entries(folder, listings):
                 if entry.endswith("/"):
@@ -136,8 +130,8 @@ def _label_file(path: Path) -> Found:
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise FeatcacheError(f"label file {path} needs a header row naming its path and label columns "
                              "(and optionally split)")
-    header, root = set(rows[0]), path.parent  # read_csv's rows are dicts keyed by the header row
-    has_split = "split" in header
+    root = path.parent
+    has_split = "split" in rows[0]  # read_csv's rows are dicts keyed by the header row
     samples: dict[str, list] = {}
     seen = set()
     for line, row in enumerate(rows, start=2):
@@ -169,4 +163,4 @@ def _label_file(path: Path) -> Found:
         raise FeatcacheError(f"label file {path} has no row in the train split")
     for values in samples.values():
         values.sort(key=lambda sample: (sample[1], sample[0]))
-    return Found("label file", samples, root=root)
+    return Found("label file", samples)
