@@ -81,7 +81,8 @@ def test_summary_rows_hold_hand_computed_numbers(tmp_path):
             assert (float(row[key]) == pytest.approx(value, abs=1e-6)) if key in number and value != "" \
                 else row[key] == value, (row["approach"], key, row[key], value)
     assert result["rows"][0]["final_test_acc"] == pytest.approx(0.55)
-    assert "| scratch | 0.7 | 0.55 | 0.6 | 0.15 |" in (tmp_path / "cmp" / "summary.md").read_text()
+    assert rows[0]["final_test_balanced_acc"] == ""  # no stored predictions: blank, never a guess
+    assert "| scratch | 0.7 | 0.55 |  | 0.6 | 0.15 |" in (tmp_path / "cmp" / "summary.md").read_text()
 
 
 def test_each_run_stores_its_last_epochs_predictions_and_compare_shows_them_per_class(experiment_dir):
@@ -100,11 +101,17 @@ def test_each_run_stores_its_last_epochs_predictions_and_compare_shows_them_per_
         np.testing.assert_allclose(stored["probabilities"].sum(1), 1, atol=1e-6)
         assert (predicted == labels).sum() / len(labels) == run.final_test_acc  # exactly the last epoch's
         classes = run.record["classes"]
-        for k, name in enumerate(classes):  # summary.md's per-class table, column of this run
+        recalls = []
+        for k, name in enumerate(classes):  # summary.md's per-class table: test images, then this run's column
             accuracy = (predicted[labels == k] == k).mean()
+            recalls.append(accuracy)
             row = next(line for line in markdown.split("## Per-class")[1].splitlines() if line.startswith(f"| {name} |"))
-            assert row.split("|")[2 + ("scratch", "feature-extraction", "fine-tuning").index(approach)].strip() \
+            assert row.split("|")[2].strip() == str((labels == k).sum())
+            assert row.split("|")[3 + ("scratch", "feature-extraction", "fine-tuning").index(approach)].strip() \
                 == f"{accuracy:.4g}"
+        history = json.loads((experiment_dir / approach / "history.json").read_text())
+        assert history["final_test_balanced_acc"] == pytest.approx(np.mean(recalls), abs=1e-12)
+        assert history["test_class_counts"] == [int((labels == k).sum()) for k in range(len(classes))]
         confusion = markdown.split(f"### Confusion matrix: {approach}\n")[1]
         for k, name in enumerate(classes):
             counts = [int(((labels == k) & (predicted == j)).sum()) for j in range(len(classes))]

@@ -205,3 +205,23 @@ def test_an_end_to_end_run_records_the_layout(tmp_path, run_cli):
     recorded = featcache.read_run(tmp_path / "run")["config"]["data"]
     assert recorded["layout"] == "class folders" and recorded["per_class"] == "all"
     assert recorded["split_sizes"]["train"] + recorded["split_sizes"]["test"] == 36
+
+
+def test_balanced_accuracy_by_hand_on_an_imbalanced_set():
+    """8 images of class 0, 2 of class 1, none of class 2; every prediction class 0: plain accuracy 0.8
+    hides that class 1 is never right, balanced accuracy (0.5, the mean of recalls 1 and 0) shows it."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from featcache.evaluate.runs import balanced_accuracy, prediction_record
+
+    labels = np.array([0] * 8 + [1] * 2)
+    assert balanced_accuracy(labels, np.zeros(10, dtype=int), 3) == 0.5
+    predicted = np.array([0] * 6 + [1] * 2 + [1, 0])  # class 0: 6 of 8, class 1: 1 of 2
+    assert balanced_accuracy(labels, predicted, 3) == pytest.approx((6 / 8 + 1 / 2) / 2)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        labels, predicted = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+        assert balanced_accuracy(labels, predicted, 4) == pytest.approx(balanced_accuracy_score(labels, predicted))
+    probabilities = np.eye(3, dtype=np.float32)[[0] * 8 + [1, 0]]
+    record = prediction_record({"labels": np.array([0] * 8 + [1] * 2), "probabilities": probabilities}, 3)
+    assert record == {"final_test_balanced_acc": 0.75, "test_class_counts": [8, 2, 0]}

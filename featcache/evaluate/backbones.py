@@ -8,14 +8,14 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .comparison import comparisons_markdown, correctness, load_group, paired_comparisons
+from .comparison import balanced_mean, comparisons_markdown, correctness, load_group, paired_comparisons
 from .stats import ACCURACY, bootstrap_interval, interval_text, t_interval
 from ..csvfiles import csv_text
 from .tables import markdown_table
 from ..files import write_file
 
 COLUMNS = ["backbone", "head", "image_size", "feature_dim", "forward_images_per_s", "extract_s", "seeds",
-           "test_acc", "test_acc_std", "test_acc_ci95_seeds", "test_acc_ci95_test_images"]
+           "test_acc", "test_balanced_acc", "test_acc_std", "test_acc_ci95_seeds", "test_acc_ci95_test_images"]
 HEAD_COLOURS = {"linear": "tab:blue", "logreg": "tab:orange", "knn": "tab:green"}
 
 
@@ -36,7 +36,8 @@ def write_report(entries: list[dict], heads: tuple[str, ...], out: Path) -> dict
     markdown = out / "backbones.md"
     write_file(markdown, (
         "# Backbones compared\n\n" + markdown_table(rows, COLUMNS) + "\n\n"
-        "test_acc is the mean final test accuracy over the seeds; test_acc_ci95_seeds its t-interval over seeds, "
+        "test_acc is the mean final test accuracy over the seeds, test_balanced_acc the mean over seeds of the mean "
+        "per-class test accuracy; test_acc_ci95_seeds its t-interval over seeds, "
         "test_acc_ci95_test_images a bootstrap over test images. forward_images_per_s is the bare frozen backbone "
         "at its image size, timed in this run; extract_s the extraction's wall time when this run extracted the "
         "cache (blank: found).\n"
@@ -64,6 +65,7 @@ def _row(entry: dict, head: str, group: dict) -> dict:
     if correct is not None:
         images = bootstrap_interval(correct[1])
         row["test_acc_ci95_test_images"] = f"[{images['low']:.4f}, {images['high']:.4f}]"
+    row["test_balanced_acc"] = balanced_mean(group)
     return row
 
 

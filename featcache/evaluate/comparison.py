@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import is_seed_folder, read_predictions, read_run, read_seeds
+from .runs import balanced_accuracy, is_seed_folder, read_predictions, read_run, read_seeds
 from .tables import markdown_table
 
 
@@ -82,7 +82,18 @@ def group_row(group: dict) -> dict:
     if correct is not None:
         interval = bootstrap_interval(correct[1])
         row["test_acc_ci95_test_images"] = f"[{interval['low']:.4f}, {interval['high']:.4f}]"
+    row["final_test_balanced_acc"] = balanced_mean(group)
     return row
+
+
+def balanced_mean(group: dict) -> float | str:
+    """The group's final balanced test accuracy (the mean over seeds), from the stored predictions ('' where
+    a run stored none)."""
+    stored = group["predictions"]
+    if not stored or any(predictions is None for predictions in stored):
+        return ""
+    return float(np.mean([balanced_accuracy(p["labels"], p["predicted"], p["probabilities"].shape[1])
+                          for p in stored]))
 
 
 def paired_comparisons(groups: list[dict]) -> list[dict]:
@@ -169,6 +180,6 @@ def per_class_results(groups: list[dict]) -> dict:
         matrix = sum(confusion_matrix(p["labels"], p["predicted"], labels=range(len(classes))) for p in stored)
         seeds = f" ({len(stored)} seeds, summed)" if len(stored) > 1 else ""
         results.append({"label": group["label"] + seeds, "approach": group["approach"], "classes": list(classes),
-                        "confusion": matrix, "accuracy": {name: (matrix[k, k] / matrix[k].sum() if matrix[k].sum() else
+                        "confusion": matrix, "test_images": np.bincount(stored[0]["labels"], minlength=len(classes)), "accuracy": {name: (matrix[k, k] / matrix[k].sum() if matrix[k].sum() else
                                                                  float("nan")) for k, name in enumerate(classes)}})
     return {"runs": results, "without_predictions": missing}

@@ -48,7 +48,8 @@ def write_comparison(run_dirs: list[Path], out: Path) -> dict:
                         "best_test_acc_on_test_set is the best epoch picked on the test set itself: an "
                         "optimistic number, not a fair estimate. With several seeds a row holds means over seeds, "
                         "test_acc_ci95_seeds the t-interval over seeds and test_acc_ci95_test_images a bootstrap "
-                        "over test images." + SEED_WARNING * any(row["seeds"] > 1 for row in rows) + "\n"
+                        "over test images. final_test_balanced_acc is the mean over classes of each class's test accuracy "
+                        "(blank for runs without stored predictions)." + SEED_WARNING * any(row["seeds"] > 1 for row in rows) + "\n"
                         + comparisons_markdown(comparisons) + per_class_markdown(per_class)).encode())
     csv_path = out / "summary.csv"
     write_file(csv_path, csv_text(SUMMARY_COLUMNS + UNCERTAINTY_COLUMNS, rows).encode())
@@ -83,9 +84,13 @@ def per_class_markdown(per_class: dict) -> str:
         return ""
     classes = list(dict.fromkeys(name for result in per_class["runs"] for name in result["classes"]))
     labels = [result["label"] for result in per_class["runs"]]
-    rows = [{"class": name, **{result["label"]: result["accuracy"].get(name, "") for result in per_class["runs"]}}
-            for name in classes]
-    text = "\n## Per-class test accuracy (last epoch)\n\n" + markdown_table(rows, ["class", *labels]) + "\n"
+    counts = {name: int(count) for result in per_class["runs"] for name, count in zip(result["classes"],
+                                                                                       result["test_images"])}
+    rows = [{"class": name, "test images": counts.get(name, ""),
+             **{result["label"]: result["accuracy"].get(name, "") for result in per_class["runs"]}} for name in classes]
+    text = ("\n## Per-class test accuracy (last epoch)\n\n" + markdown_table(rows, ["class", "test images", *labels])
+            + "\n\nfinal_test_balanced_acc above is the mean of these per-class accuracies (each run's, then over "
+            "seeds): beside final_test_acc it shows what an imbalanced test set hides.\n")
     for result in per_class["runs"]:
         matrix_rows = [{"true \\ predicted": name, **dict(zip(result["classes"], map(int, result["confusion"][k])))}
                        for k, name in enumerate(result["classes"])]

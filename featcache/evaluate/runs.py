@@ -27,6 +27,32 @@ APPROACHES = ("scratch", "feature-extraction", "fine-tuning")
 HISTORY_KEYS = ("train_loss", "train_acc", "test_acc")
 
 
+def balanced_accuracy(labels, predicted, classes: int) -> float:
+    """The mean over classes of each class's recall (sklearn.metrics.balanced_accuracy_score's definition,
+    written here to spare a run's writer sklearn's import): classes without test images are left out. Beside
+    plain accuracy it shows what an imbalanced test set hides, a small class the model gets wrong."""
+    import numpy as np
+
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    counts = np.bincount(labels, minlength=classes)
+    hits = np.bincount(labels[labels == predicted], minlength=classes)
+    present = counts > 0
+    return float(np.mean(hits[present] / counts[present])) if present.any() else float("nan")
+
+
+def prediction_record(predictions: dict | None, classes: int) -> dict:
+    """What history.json says of the last epoch's test predictions: balanced accuracy and the test images
+    per class (index = label)."""
+    import numpy as np
+
+    if predictions is None:
+        return {}
+    labels = np.asarray(predictions["labels"], dtype=np.int64)
+    predicted = np.asarray(predictions["probabilities"]).argmax(1)
+    return {"final_test_balanced_acc": balanced_accuracy(labels, predicted, classes),
+            "test_class_counts": np.bincount(labels, minlength=classes).tolist()}
+
+
 def default_run_dir(approach: str) -> Path:
     return Path("runs") / f"{approach}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -65,6 +91,8 @@ def write_run(out: Path, approach: str, history: dict, config: dict, state_dict:
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
+        **prediction_record(predictions, len(extra.get("classes") or ()) or
+                            (np.asarray(predictions["probabilities"]).shape[1] if predictions is not None else 0)),
     }
     # An overwritten folder holds the old run whole, then no run (no history.json), then the new run
     # whole: history.json goes first and comes back last, each file written whole (featcache.files).
@@ -235,6 +263,14 @@ class Run:
     def final_test_acc(self) -> float:
         return self.history["test_acc"][-1]
 
+    @property
+    def final_test_balanced_acc(self) -> float | None:
+        """The mean of per-class recall on the last epoch's test predictions (None without them)."""
+        if self.predictions is None:
+            return None
+        return prediction_record(self.predictions, len(self.record.get("classes") or ()) or
+                                 self.predictions["probabilities"].shape[1])["final_test_balanced_acc"]
+
     @classmethod
     def load(cls, folder: str | Path) -> Run:
         """A run directory as a Run, its model rebuilt (trained_model) with the saved weights."""
@@ -320,7 +356,9 @@ def seeds_line(group: SeedRuns) -> str:
 def summary_line(run: Run) -> str:
     """The one line each training command prints when it is done."""
     where = f"; run written to {run.path}" if run.path else ""
+    balanced = run.final_test_balanced_acc
+    accuracy = f"final test accuracy {run.final_test_acc:.4f}" + (
+        f" (balanced {balanced:.4f})" if balanced is not None else "")
     if run.approach == "feature-extraction":
-        return (f"feature extraction: final test accuracy {run.final_test_acc:.4f}; head trained in "
-                f"{run.wall_time_s:.2f} s{where}")
-    return f"{run.approach}: final test accuracy {run.final_test_acc:.4f} in {run.wall_time_s:.1f} s{where}"
+        return f"feature extraction: {accuracy}; head trained in {run.wall_time_s:.2f} s{where}"
+    return f"{run.approach}: {accuracy} in {run.wall_time_s:.1f} s{where}"

@@ -2,7 +2,8 @@
 library needed to print one."""
 from __future__ import annotations
 
-SUMMARY_COLUMNS = ["approach", "final_train_acc", "final_test_acc", "best_test_acc_on_test_set", "train_test_gap",
+SUMMARY_COLUMNS = ["approach", "final_train_acc", "final_test_acc", "final_test_balanced_acc",
+                   "best_test_acc_on_test_set", "train_test_gap",
                    "trainable_params", "wall_time_s", "extract_time_s", "device", "run_dir"]
 UNCERTAINTY_COLUMNS = ["seeds", "test_acc_std", "test_acc_ci95_seeds", "test_acc_ci95_test_images"]
 
