@@ -167,6 +167,22 @@ def test_predict_batches_any_sizes_in_input_order(trained, approach, tmp_path, r
         assert entry["top"][0]["probability"] == pytest.approx(float(row["probability_1"]), abs=1e-5)
 
 
+def test_predict_turns_a_photo_upright_by_its_exif_orientation(trained, tmp_path):
+    """A JPEG stored sideways with an orientation tag gets the upright image's probabilities, not the
+    sideways pixels' (test_own_images.oriented_photo), from the exported file and from the run folder."""
+    from test_own_images import oriented_photo
+
+    folder = oriented_photo(tmp_path / "photos")
+    for source in (trained["root"] / "fine-tuning.pt2", trained["runs"]["fine-tuning"].path):
+        result = featcache.predict(source, [folder], tmp_path / "p.json", output_format="json", progress=False)
+        assert result["images"] == 3
+        top = {entry["path"].rsplit("/", 1)[-1]: {row["class"]: row["probability"] for row in entry["top"]}
+               for entry in json.loads((tmp_path / "p.json").read_text())["predictions"]}
+        for name, probability in top["rot.jpg"].items():
+            assert probability == pytest.approx(top["upright.png"][name], abs=1e-5)
+        assert max(abs(probability - top["sideways.png"][name]) for name, probability in top["rot.jpg"].items()) > 1e-4
+
+
 def copy_run(run_dir, target):
     import shutil
 

@@ -225,3 +225,46 @@ def test_balanced_accuracy_by_hand_on_an_imbalanced_set():
     probabilities = np.eye(3, dtype=np.float32)[[0] * 8 + [1, 0]]
     record = prediction_record({"labels": np.array([0] * 8 + [1] * 2), "probabilities": probabilities}, 3)
     assert record == {"final_test_balanced_acc": 0.75, "test_class_counts": [8, 2, 0]}
+
+
+def oriented_photo(folder, orientation=6):
+    """rot.jpg, a JPEG stored sideways with an EXIF orientation tag, and beside it upright.png (its pixels
+    turned as the tag says: what a phone's gallery shows) and sideways.png (its pixels as stored)."""
+    from PIL import ImageOps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    pixels = np.clip(np.linspace(0, 255, 40)[None, :, None] + rng.integers(0, 60, (24, 40, 3)), 0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_90).save(folder / "rot.jpg", quality=95, exif=exif)
+    with Image.open(folder / "rot.jpg") as stored:
+        sideways = stored.convert("RGB")
+        upright = ImageOps.exif_transpose(stored).convert("RGB")
+    assert sideways.size == (24, 40) and upright.size == (40, 24)  # the tag turns it back
+    upright.save(folder / "upright.png")
+    sideways.save(folder / "sideways.png")
+    return folder
+
+
+def test_an_exif_orientation_tag_gives_the_clean_view_of_the_upright_image_and_enters_the_fingerprint(tmp_path):
+    from featcache.data import fingerprint
+
+    data = tmp_path / "photos"
+    for split, count in (("train", 6), ("test", 2)):
+        for label, name in enumerate(CLASSES):
+            for index in range(count):
+                write(data / split / name / f"{index}.png", 100 * label + 10 * index + (split == "test"))
+    oriented_photo(data / "test" / "ant")
+    spec = featcache.CacheSpec(featcache.DataSpec(str(data)), weights="random", image_size=32, views=1,
+                               cache_dir=tmp_path / "cache")
+    cache = featcache.open_cache(featcache.extract(spec, progress=False).path)
+    rows = {name: cache.test_features[cache.test_ids.index(f"test/ant/{name}")] for name in
+            ("rot.jpg", "upright.png", "sideways.png")}
+    torch = pytest.importorskip("torch")
+    torch.testing.assert_close(rows["rot.jpg"], rows["upright.png"], rtol=0, atol=1e-5)
+    assert (rows["rot.jpg"] - rows["sideways.png"]).abs().max() > 1e-2  # the way up matters to the features
+    jpeg, png = str(data / "test" / "ant" / "rot.jpg"), str(data / "test" / "ant" / "upright.png")
+    assert fingerprint.exif_orientation(jpeg) == 6 and fingerprint.exif_orientation(png) == 1
+    assert fingerprint.file_digest(jpeg) != fingerprint.file_sha256(jpeg)  # a cache made sideways is not reused
+    assert fingerprint.file_digest(png) == fingerprint.file_sha256(png)  # every other image keeps its key

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import FeatcacheError
 from ..settings import ConfigError, check_fields, setting
@@ -70,16 +70,17 @@ def check_image_size(width: int, height: int) -> str | None:
 
 
 def read_image(path) -> Image.Image:
-    """An image file as an RGB PIL image; a file PIL cannot read, or one outside featcache's bound
-    (IMAGE_BOUND, read from the header before decoding), raises FeatcacheError naming it."""
+    """An image file as an upright RGB PIL image (its EXIF orientation applied, as a phone's gallery shows
+    it); a file PIL cannot read, or one outside featcache's bound (IMAGE_BOUND, read from the header before
+    decoding), raises FeatcacheError naming it."""
     try:
         with warnings.catch_warnings():
             # PIL warns from 89 megapixels; featcache's bound is lower and refuses those with its own line
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path, formats=FORMATS) as image:
-                problem = check_image_size(*image.size)
+                problem = check_image_size(*image.size)  # the bound is the same either way up
                 if problem is None:
-                    return image.convert("RGB")
+                    return ImageOps.exif_transpose(image).convert("RGB")
     except Image.DecompressionBombError:
         problem = f"over featcache's bound of {MAX_PIXELS:,} pixels"
     except Exception as error:  # damaged files raise OSError, SyntaxError, EOFError, zlib.error, ValueError...

@@ -1,7 +1,12 @@
 """Content hashes of image files, remembered under their stat so that a repeated command re-reads only
 the files that changed.
 
-The table lives beside the caches (`<cache_dir>/file-hashes.npz`, plain numpy arrays: it loads in a
+A file's digest is the sha256 of its bytes, except for an image whose EXIF orientation tag is other than 1
+(a phone photo taken sideways): featcache decodes it upright since 0.5 (datasets.read_image), so its digest
+is sha256("featcache oriented <tag> " + the bytes' sha256) and a cache made from it sideways before is
+never reused; every other image keeps its digest, and so its caches.
+
+The table lives beside the caches (`<cache_dir>/file-hashes-2.npz`, plain numpy arrays: it loads in a
 fraction of a second for a million files, where JSON would not). A file's remembered sha256 is used
 only when its (size, mtime_ns, ctime_ns, inode) are those recorded and it was last changed more than
 RACY_NS before it was hashed: git's "racily clean" rule, since a file written in the same timestamp
@@ -19,6 +24,7 @@ import hashlib
 import os
 import stat
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +34,7 @@ from ..files import write_file
 from ..npz import read_npz
 from ..ranks import is_main_process
 
-TABLE = "file-hashes.npz"
+TABLE = "file-hashes-2.npz"  # 2: digests with the EXIF orientation (file-hashes.npz's are the bytes' alone)
 RACY_NS = 2_000_000_000  # changed less than 2 s before hashing: not trusted, hashed again next time
 STAT = np.dtype([("size", "i8"), ("mtime_ns", "i8"), ("ctime_ns", "i8"), ("inode", "u8")])
 COLUMNS = (*STAT.names, "sha256", "hashed_ns")
@@ -41,6 +47,33 @@ def file_sha256(path: str) -> bytes:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest().encode()
+
+
+def exif_orientation(path: str) -> int:
+    """The image's EXIF orientation tag (1, upright, where it has none or cannot be read: a file that
+    cannot be decoded is refused by datasets.read_image, not here)."""
+    from PIL import Image
+
+    from .datasets import FORMATS
+
+    try:
+        with warnings.catch_warnings():  # a huge image: read_image refuses it in its own line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=FORMATS) as image:
+                orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a damaged or foreign file: read_image names it when it decodes
+        return 1
+    return orientation if type(orientation) is int and 2 <= orientation <= 8 else 1
+
+
+def file_digest(path: str) -> bytes:
+    """What the fingerprint and the made split hash for an image file: its bytes' sha256 (64 hex digits), or
+    for an image turned by its EXIF orientation, the sha256 of that and the tag (see the module's text)."""
+    digest = file_sha256(path)
+    orientation = exif_orientation(path)
+    if orientation == 1:
+        return digest
+    return hashlib.sha256(b"featcache oriented %d %s" % (orientation, digest)).hexdigest().encode()
 
 
 def stat_rows(paths: list[str]) -> np.ndarray:
@@ -58,7 +91,7 @@ def stat_rows(paths: list[str]) -> np.ndarray:
 
 
 class FileHashes:
-    """path -> sha256 of its bytes (hex), from the table when the file's stat says it has not changed."""
+    """path -> file_digest (hex), from the table when the file's stat says it has not changed."""
 
     def __init__(self, folder: Path | None = None, rehash: bool = False):
         self.path = Path(folder) / TABLE if folder is not None else None
@@ -69,7 +102,7 @@ class FileHashes:
         self.changed = False
 
     def digests(self, paths: list[str]) -> np.ndarray:
-        """Each path's sha256 (S64 array, so `.tobytes()` is the digests joined), reading only files whose
+        """Each path's file_digest (S64 array, so `.tobytes()` is the digests joined), reading only files whose
         stat differs from the table's or that were racily clean when hashed."""
         current = stat_rows(paths)
         leads = self._leads_with(paths)
@@ -84,7 +117,7 @@ class FileHashes:
         sha256, hashed_ns = (old["sha256"].copy(), old["hashed_ns"].copy()) if len(stale) else (old["sha256"], old["hashed_ns"])
         for index in stale:
             hashed_ns[index] = time.time_ns()  # before reading: a change during a long read stays racy
-            sha256[index] = file_sha256(paths[index])
+            sha256[index] = file_digest(paths[index])
         if len(stale) or not leads:  # the table changes: these files first, then the rows of other lookups
             rest = np.setdiff1d(np.arange(len(self.paths)), rows[known])
             self.columns = {**{name: np.concatenate([current[name], self.columns[name][rest]]) for name in STAT.names},

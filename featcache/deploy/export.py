@@ -175,7 +175,9 @@ def run_model(run_dir: str | Path, weights: str | None = None) -> tuple[Classifi
                                           "identity": weights_identity(str(run_dir / WEIGHTS), 0)}
     metadata = {
         "format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "classes": list(classes),
-        "image_size": image_size, "input": f"uint8 RGB images [N, 3, H, W], any N; H and W from 2 to {MAX_SIDE:,}. "
+        "image_size": image_size, "input": f"uint8 RGB images [N, 3, H, W], any N; H and W from 2 to {MAX_SIDE:,}; upright: "
+                 "a photo's EXIF orientation applied first (PIL.ImageOps.exif_transpose), as featcache decodes "
+                 "for training and predict. "
                  f"featcache predict decodes only images within its bound ({IMAGE_BOUND}), checked before "
                  "decoding: peak memory near 1 GB (more at sizes over 224 px: data/datasets.py); check the same "
                  "before calling this model on a stranger's image",
