@@ -42,7 +42,7 @@ def extract(**options):
     `torchrun --nproc-per-node N -m featcache extract ...` (see docs/processes.md).
     """
     result = api.extract(cache_spec(options), progress=api.is_main_process(),
-                         **settings_of(api.ExtractConfig, options))
+                         echo=click.echo if api.is_main_process() else None, **settings_of(api.ExtractConfig, options))
     if not api.is_main_process():
         return
     waited = f"waited {result.waited_seconds:.0f} s for another featcache process extracting it"

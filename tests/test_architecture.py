@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "featcache"
 # lower layers first; a module may import its own layer or those below it
-LAYERS = (("errors", "_version", "settings", "npz", "files", "locks", "csvfiles"), ("ranks",), ("data",), ("backbone",), ("cache",), ("train",), ("evaluate",),
+LAYERS = (("errors", "_version", "settings", "npz", "files", "locks", "csvfiles"), ("ranks",), ("data",), ("backbone", "estimate"), ("cache",), ("train",), ("evaluate",),
           ("deploy",), ("api",), ("cli", "cli_options", "__init__", "__main__"))
 
 

@@ -88,9 +88,21 @@ def test_class_folders_are_walked_recursively_and_hidden_entries_ignored(tmp_pat
     write(data / ".hidden" / "z.png", 79)
     write(data / "__MACOSX" / "ant" / "w.png", 80)
     (data / "bee" / ".DS_Store").write_bytes(b"\0\1")
+    (data / "bee" / "notes.txt").write_text("not an image")
+    write(data / "loose.png", 81)  # beside the class folders: no class
+    (data / "cow" / "linked").symlink_to(data / "ant")
     dataset = load_dataset(str(data))
     ids = dataset.train.ids + dataset.test.ids
     assert "ant/more/deeper/x.png" in ids and len(ids) == 31 and dataset.classes == list(CLASSES)
+    assert dataset.description["skipped"] == {"hidden": 4, "not an image by its name": 1,
+                                              "linked folders (not walked)": 1, "images outside a class folder": 1}
+    assert ("7 files skipped (4 hidden, 1 not an image by its name, 1 linked folders (not walked), 1 images "
+            "outside a class folder)") in summary_line(dataset)
+    listings = featcache.data.fingerprint.FolderListings(tmp_path / "tables")
+    load_dataset(str(data), listings=listings)
+    listings.save()  # read back from the remembered listings: the same count
+    again = load_dataset(str(data), listings=featcache.data.fingerprint.FolderListings(tmp_path / "tables"))
+    assert again.description["skipped"] == dataset.description["skipped"]
 
 
 def test_a_label_file_with_a_split_column_gives_the_folders_key(tmp_path):
@@ -268,3 +280,37 @@ def test_an_exif_orientation_tag_gives_the_clean_view_of_the_upright_image_and_e
     assert fingerprint.exif_orientation(jpeg) == 6 and fingerprint.exif_orientation(png) == 1
     assert fingerprint.file_digest(jpeg) != fingerprint.file_sha256(jpeg)  # a cache made sideways is not reused
     assert fingerprint.file_digest(png) == fingerprint.file_sha256(png)  # every other image keeps its key
+
+
+def test_the_line_before_work_and_histories_bit_identical_with_and_without_the_warm_up(tmp_path):
+    """The estimate's warm-up (featcache.estimate) runs on a copy and draws nothing from the run's random
+    streams: the same run with and without it (echo given or not) gives bit-identical histories and
+    predictions, and the same extraction gives identical features."""
+    data = class_folders(tmp_path / "pets")
+    lines, runs = [], {}
+    for name, echo in (("quiet", None), ("said", lines.append)):
+        runs[name] = featcache.finetune(featcache.DataSpec(str(data)), "random", image_size=32, epochs=2,
+                                        out=tmp_path / name, echo=echo)
+    assert runs["quiet"].history == runs["said"].history
+    assert np.array_equal(runs["quiet"].predictions["probabilities"], runs["said"].predictions["probabilities"])
+    assert lines[0].startswith("pets (class folders;") and "imbalance" in lines[0] and "no files skipped" in lines[0]
+    work = next(line for line in lines if line.startswith("work: "))
+    assert "fine-tuning, 2 epochs of" in work and "estimated" in work and "to shorten" not in work
+    features = {}
+    for name, echo in (("quiet", None), ("said", lines.append)):
+        spec = featcache.CacheSpec(featcache.DataSpec(str(data)), weights="random", image_size=32, views=1,
+                                   cache_dir=tmp_path / f"cache-{name}")
+        features[name] = featcache.open_cache(featcache.extract(spec, progress=False, echo=echo).path).train_features
+    assert np.array_equal(features["quiet"].numpy(), features["said"].numpy())
+    assert any(line.startswith("work: extraction of ") for line in lines)
+
+
+def test_a_long_estimate_names_what_shortens_it():
+    torch = pytest.importorskip("torch")
+    from featcache.estimate import Estimate, work_line
+
+    line = work_line([Estimate("extraction of 57,600 views", 3000.0), Estimate("fine-tuning", 1200.0)], 224,
+                     torch.device("cpu"), views=15)
+    assert "extraction of 57,600 views (about 50 min); fine-tuning (about 20 min); estimated 70 min in all" in line
+    assert "--image-size 64" in line and "fewer --views" in line and "--device cuda" in line
+    assert "shorten" not in work_line([Estimate("fine-tuning", 1700.0)], 224, torch.device("cpu"))

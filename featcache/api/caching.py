@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
-from ..cache.key import CacheSpec, ExtractConfig, ExtractResult, cache_key, reusable_cache, weights_source
+from ..cache.key import (CacheSpec, ExtractConfig, ExtractResult, cache_key, reusable_cache, split_file_paths,
+                         weights_source)
+from ..data.datasets import summary_line
 from ..ranks import env_world_size, reported_once
 from ..settings import ConfigError, built, require
 
 
 def extract(spec: CacheSpec, config: ExtractConfig | None = None, *, progress: bool = True,
-            **settings) -> ExtractResult:
+            echo: Callable[[str], None] | None = None, **settings) -> ExtractResult:
     """Find the complete cache for `spec` (without importing torch), or extract it: run the frozen
     backbone once per view, in checksummed shards, resuming from finished ones. `config` (or its fields
     as keyword arguments: batch_size, shard_size, device, num_workers, force, rehash) says how. Under
-    torchrun every process calls this with the same arguments and the shards are dealt over them."""
+    torchrun every process calls this with the same arguments and the shards are dealt over them.
+    `echo` (give it on one process) gets the images found and, before an extraction, the work and its
+    estimated time from a short warm-up (featcache.estimate; without `echo` none runs)."""
     started = time.perf_counter()
     with reported_once():  # every rank sees the same options, images and cache folder
         require("spec", spec, CacheSpec, "a featcache.CacheSpec")
         config = built(ExtractConfig, config, settings, "extract")
         dataset, provenance, final = spec.locate(config.rehash)
+        if echo is not None:
+            table = split_file_paths(spec.cache_dir, dataset, provenance["dataset_fingerprint"])[1]
+            echo(summary_line(dataset) + (f"; per class: {table}" if table.is_file() else ""))
         if not config.force and env_world_size() == 1 and reusable_cache(final, cache_key(provenance)):  # torchrun's
             # ranks decide together, under the cache's lock (cache/writer.py): one alone must not return early
             return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
@@ -31,6 +39,11 @@ def extract(spec: CacheSpec, config: ExtractConfig | None = None, *, progress: b
         backbone = load_backbone(spec.weights, spec.seed, spec.backbone)
         check_input_size(backbone, spec.backbone, spec.image_size)
         device = resolve_device(config.device)
+        if echo is not None:
+            from ..estimate import extraction, work_line
+
+            echo(work_line([extraction(dataset.train, spec.views, len(dataset.test), backbone, spec.image_size,
+                                       spec.seed, device)], spec.image_size, device, spec.views, env_world_size()))
     return write_cache(dataset, backbone, provenance, spec.cache_dir, batch_size=config.batch_size,
                        shard_size=config.shard_size, device=device, num_workers=config.num_workers,
                        force=config.force, progress=progress, weights_source=weights_source(spec.weights))

@@ -53,7 +53,7 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, config: Experimen
 
     require("spec", spec, CacheSpec, "a featcache.CacheSpec")
     config = built(ExperimentConfig, config, settings, "experiment")
-    echo = echo or (lambda line: None)
+    estimate, echo = echo is not None, echo or (lambda line: None)
 
     network = build_finetune_model(spec.weights, 2, spec.seed, config.unfreeze, spec.backbone)  # before any work:
     check_input_size(network, spec.backbone, spec.image_size)  # the weights load, the image size runs
@@ -68,9 +68,12 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, config: Experimen
         folders = {approach: held.enter_context(claimed_by_rank(out / approach, approach, overwrite))
                    for approach in APPROACHES}
         started = time.perf_counter()
-        images, seconds = timed_load_images(spec.data, spec.image_size, spec.seed, config.device)
+        images, seconds = timed_load_images(spec.data, spec.image_size, spec.seed, config.device,
+                                            echo=echo if estimate else None)
         if log is not None:  # progress detail, like the per-epoch lines
             log(decoded_line(images, seconds))
+        if estimate:
+            echo(_work_line(spec, config, images, scratch_config, finetune_config))
         runs = {}
 
         def done(approach, result):
@@ -92,6 +95,28 @@ def experiment(spec: CacheSpec, out: str | Path | None = None, config: Experimen
              else train_seeds(images, seeds, finetune_config, **trained))
         comparison = write_comparison(list(folders.values()), out)
         return {"runs": runs, "comparison": comparison, "seconds": time.perf_counter() - started}
+
+
+def _work_line(spec: CacheSpec, config: ExperimentConfig, images, scratch_config: ScratchConfig,
+               finetune_config: FinetuneConfig) -> str:
+    """The line said before an experiment: each approach's work and its estimated time (featcache.estimate),
+    extraction's only where its cache is not found."""
+    from ..backbone import load_backbone
+    from ..cache.key import cache_key, reusable_cache
+    from ..estimate import Estimate, extraction, work_line
+    from .end_to_end import training_estimate
+
+    runs = len(config.seed_list) if config.seed_list is not None else 1
+    estimates = [training_estimate(scratch_config, images, runs)]
+    dataset, provenance, final = spec.locate()
+    if reusable_cache(final, cache_key(provenance)):
+        estimates.append(Estimate(f"extraction: cache {final.name} found", 0.0))
+    else:
+        estimates.append(extraction(dataset.train, spec.views, len(dataset.test),
+                                    load_backbone(spec.weights, spec.seed, spec.backbone), spec.image_size, spec.seed,
+                                    images.device))
+    estimates.append(training_estimate(finetune_config, images, runs))
+    return work_line(estimates, spec.image_size, images.device, spec.views)
 
 
 REPORT = "backbones.json"

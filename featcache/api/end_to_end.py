@@ -66,6 +66,8 @@ def finetune(images: ImageData | DataSpec, weights: str | None = None, config: F
             log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
             unfreeze = list(check_trainable(config.backbone, _image_size(images, config), config.unfreeze))
             images = _images_of(images, config, echo)
+            if echo is not None:
+                echo(work_line(config, images))
             data = data_record(images)  # after decoding: with the layout and split found
             initial = _init_head_state(config.init_head, images.classes, config.backbone) \
                 if config.init_head is not None else None
@@ -96,6 +98,8 @@ def scratch(images: ImageData | DataSpec, config: ScratchConfig | None = None, *
             log, echo, progress = (log, echo, progress) if is_main_process() else (None, None, False)
             check_trainable(config.backbone, _image_size(images, config), ())
             images = _images_of(images, config, echo)
+            if echo is not None:
+                echo(work_line(config, images))
             data = data_record(images)  # after decoding: with the layout and split found
         record = {"backbone": config.backbone, "image_size": images.image_size, "epochs": config.epochs, "batch_size": config.batch_size,
                   "seed": config.seed, "view_seed": images.view_seed, "lr": config.lr, "data": data}
@@ -161,6 +165,8 @@ def train_seeds(images, seeds: list[int], config: EndToEndConfig, *, out=None, o
                 raise FeatcacheError(f"nothing to resume: no seed-<k> folder of {folder} holds a run or a checkpoint")
             _check_images(images)
             images = _images_of(images, config, echo)
+            if echo is not None:
+                echo(work_line(config, images, len(seeds)))
         if folder is not None and overwrite and not resume and main:
             clear_run_files(folder)  # the old occupant never passes for this run while seeds are written
         # one process group for every seed: gloo cannot meet again under the same rendezvous once destroyed
@@ -208,10 +214,35 @@ def _images_of(images, config: EndToEndConfig, echo: Log | None):
                                  "load them again with load_images to change either")
         return images
     images, seconds = timed_load_images(images, config.image_size or DEFAULT_IMAGE_SIZE, config.seed,
-                                        config.device or "auto", config.max_memory, config.num_workers)
+                                        config.device or "auto", config.max_memory, config.num_workers, echo)
     if echo is not None:
         echo(decoded_line(images, seconds))
     return images
+
+
+def work_line(config: EndToEndConfig, images, runs: int = 1) -> str:
+    """The line said before `runs` end-to-end trainings: the work and its estimated time (featcache.estimate)."""
+    from ..estimate import work_line as line
+    from ..ranks import env_world_size
+
+    return line([training_estimate(config, images, runs)], images.image_size, images.device,
+                world_size=env_world_size())
+
+
+def training_estimate(config: EndToEndConfig, images, runs: int = 1):
+    """featcache.estimate's measure of `runs` end-to-end trainings of `config`'s kind on `images`."""
+    from ..backbone import check_trainable, scratch_network
+    from ..estimate import training
+    from ..train.end_to_end import build_finetune_model
+
+    classes = len(images.classes)
+    if isinstance(config, FinetuneConfig):
+        unfreeze = list(check_trainable(config.backbone, images.image_size, config.unfreeze))
+        return training("fine-tuning", lambda: build_finetune_model(config.weights, classes, config.seed, unfreeze,
+                                                                    config.backbone),
+                        images, config.epochs, config.batch_size, runs)
+    return training("training from scratch", lambda: scratch_network(config.backbone, classes, config.seed), images,
+                    config.epochs, config.batch_size, runs)
 
 
 def _init_head_state(init_head, classes: list[str], backbone: str):

@@ -254,26 +254,33 @@ class CacheSpec:
                                       hashes, self.backbone)
         listings.save()
         hashes.save()
-        if dataset.description.get("split_made"):  # featcache chose the test split: it is written down
+        if dataset.description.get("class_counts"):  # a user's images: their classes and split written down
             write_split_files(self.cache_dir, dataset, provenance["dataset_fingerprint"])
         return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)
 
 
+def split_file_paths(cache_dir: Path, dataset, fingerprint: str) -> tuple[Path, Path]:
+    """(<name>-<fingerprint>-split.csv, <name>-<fingerprint>-classes.csv) beside the caches."""
+    stem = Path(cache_dir) / f"{dataset.name}-{fingerprint[:12]}"
+    return stem.with_name(stem.name + "-split.csv"), stem.with_name(stem.name + "-classes.csv")
+
+
 def write_split_files(cache_dir: Path, dataset, fingerprint: str) -> tuple[Path, Path]:
-    """Beside the caches: <name>-<fingerprint>-split.csv (path,label,split: a label file featcache reads
-    back as the same split) and <name>-<fingerprint>-classes.csv (images per class and split). A folder
-    that cannot be written only loses them."""
+    """Beside the caches: <name>-<fingerprint>-classes.csv (images per class and split) and, where
+    featcache made the test split, <name>-<fingerprint>-split.csv (path,label,split: a label file featcache
+    reads back as the same split). A folder that cannot be written only loses them."""
     from ..csvfiles import csv_text
     from ..data.datasets import class_table, split_rows
     from ..files import write_file
 
-    stem = Path(cache_dir) / f"{dataset.name}-{fingerprint[:12]}"
-    split_file, class_file = stem.with_name(stem.name + "-split.csv"), stem.with_name(stem.name + "-classes.csv")
-    if split_file.is_file() and class_file.is_file():  # named by the fingerprint: written already
-        return split_file, class_file
+    split_file, class_file = split_file_paths(cache_dir, dataset, fingerprint)
+    made = dataset.description.get("split_made")
     try:
-        write_file(split_file, csv_text(["path", "label", "split", "id"], split_rows(dataset, Path(cache_dir))).encode())
-        write_file(class_file, csv_text(["class", "train", "test"], class_table(dataset)).encode())
+        if made and not split_file.is_file():  # named by the fingerprint: written once
+            write_file(split_file, csv_text(["path", "label", "split", "id"],
+                                            split_rows(dataset, Path(cache_dir))).encode())
+        if not class_file.is_file():
+            write_file(class_file, csv_text(["class", "train", "test"], class_table(dataset)).encode())
     except FeatcacheError:
         pass
     return split_file, class_file

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from ..errors import FeatcacheError
 from ..settings import ConfigError, check_fields, setting
-from .layouts import find_layout
+from .layouts import find_layout, skipped_text
 from .splits import DEFAULT_TEST_FRACTION, split_by_content
 
 # The formats Image.open may detect, by content, not name: the decoders of IMAGE_EXTENSIONS. Not EPS (it
@@ -245,13 +245,14 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
     description = {"source": found.layout, "path": str(data.resolve()), "per_class": per_class,
                    "test_per_class": test_per_class, "layout": found.layout, "split_rule": rule,
                    "split_sizes": {split: len(splits[split]) for split in splits}, "class_counts": counts,
-                   "notes": notes, "split_made": made}
+                   "skipped": {reason: count for reason, count in found.skipped.items() if count}, "notes": notes,
+                   "split_made": made}
     return Dataset(name, list(classes), splits["train"], splits["test"], description)
 
 
 def layout_record(dataset: Dataset) -> dict:
     """What history.json records of how the images were found and split (not in any cache key)."""
-    return {key: dataset.description[key] for key in ("layout", "split_rule", "split_sizes")
+    return {key: dataset.description[key] for key in ("layout", "split_rule", "split_sizes", "class_counts", "skipped")
             if key in dataset.description}
 
 
@@ -279,7 +280,7 @@ def summary_line(dataset: Dataset) -> str:
                 f"{len(dataset.classes)} classes")
     train = counts["train"]
     ratio = max(train.values()) / max(min(train.values()), 1)
-    notes = dataset.description.get("notes") or []
+    notes = [skipped_text(dataset.description.get("skipped") or {}), *(dataset.description.get("notes") or [])]
     return (f"{dataset.name} ({dataset.description['layout']}; test split: {dataset.description['split_rule']}): "
             f"{len(dataset.train)} training and {len(dataset.test)} test images, {len(dataset.classes)} classes, "
             f"imbalance {ratio:.2f} (largest / smallest training class)" + "".join(f"; {note}" for note in notes))

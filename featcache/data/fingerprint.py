@@ -177,7 +177,7 @@ def _load(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     return [], _empty()
 
 
-LISTINGS = "folder-listings-2.npz"  # 2: sub-folders listed (with a trailing /), hidden entries left out
+LISTINGS = "folder-listings-3.npz"  # 3: skipped entries listed ("/<reason>/<name>"); 2 listed sub-folders
 
 
 class FolderListings:

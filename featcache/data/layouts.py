@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..csvfiles import read_csv
@@ -33,17 +33,33 @@ LABEL_FILE_SUFFIXES = (".csv", ".tsv")
 MAX_LABEL_FILE_BYTES = 1 << 30
 
 
+# Why a file or folder found in the walk is not an image of the data: list_folder writes each as
+# "/<reason code>/<name>" ("/" cannot be in a name), so that fingerprint.FolderListings remembers them too.
+SKIPPED = {"h": "hidden", "x": "not an image by its name", "l": "linked folders (not walked)",
+           "o": "images outside a class folder"}
+
+
 @dataclass
 class Found:
     """What a layout found: samples per split ("train", "test", "val"; "all" where no split is given),
-    each a list of (id, class name, path)."""
+    each a list of (id, class name, path), and how many entries were skipped, by reason (SKIPPED)."""
 
     layout: str
     samples: dict[str, list[tuple[str, str, str]]]
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def ignored(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
+
+
+def skipped_text(skipped: dict[str, int]) -> str:
+    """'3 files skipped (2 hidden, 1 not an image by its name)', or 'no files skipped'."""
+    total = sum(skipped.values())
+    if not total:
+        return "no files skipped"
+    return (f"{total} file{'s' * (total != 1)} skipped ("
+            + ", ".join(f"{count} {reason}" for reason, count in skipped.items() if count) + ")")
 
 
 def find_layout(data: Path, listings=None) -> Found:
@@ -53,39 +69,42 @@ def find_layout(data: Path, listings=None) -> Found:
     if not data.is_dir():
         raise FeatcacheError(f"data {data} " + ("is neither a folder nor a .csv/.tsv label file" if data.exists()
                                                   else "does not exist"))
-    folders = [name for name in _entries(str(data), listings) if name.endswith("/")]
+    folders = [name for name in _entries(str(data), listings) if name.endswith("/") and not name.startswith("/")]
+    skipped = dict.fromkeys(SKIPPED.values(), 0)
     names = {name[:-1] for name in folders}
     split_like = sorted(name for name in names if name.lower() in ("train", "training", "test", "testing", *VAL_NAMES))
     if "train" not in names and split_like:  # Train/ and Test/ would otherwise be two classes
         raise FeatcacheError(f"{data} holds {', '.join(split_like)}/ but no train/ folder: name the training "
                              "folder train/ (lower case), beside test/ or val/, or give class folders")
     if "train" in names:
-        samples = {"train": _class_tree(data, "train", listings)}
+        samples = {"train": _class_tree(data, "train", listings, skipped)}
         for split, candidates in (("test", ("test",)), ("val", VAL_NAMES)):
             present = [name for name in candidates if name in names]
             if len(present) > 1:
                 raise FeatcacheError(f"{data} holds {' and '.join(present)}/: keep one")
             if present:
-                samples[split] = _class_tree(data, present[0], listings)
-        return Found("split folders", samples)
+                samples[split] = _class_tree(data, present[0], listings, skipped)
+        return Found("split folders", samples, skipped)
     if len(folders) < 2:
         raise FeatcacheError(f"{data} has neither a train/ folder nor two class folders (found "
                              f"{', '.join(sorted(names)) or 'none'}): see docs/own-images.md")
-    return Found("class folders", {"all": _class_tree(data, "", listings)})
+    return Found("class folders", {"all": _class_tree(data, "", listings, skipped)}, skipped)
 
 
 def list_folder(folder: str) -> list[str]:
-    """The folder's sub-folders (with a trailing /) and image files, sorted; hidden ones left out. One
-    os.scandir: what fingerprint.FolderListings remembers under the folder's stat."""
+    """The folder's sub-folders (with a trailing /), image files and skipped entries ("/<code>/<name>",
+    SKIPPED), sorted. One os.scandir: what fingerprint.FolderListings remembers under the folder's stat."""
     names = []
     with os.scandir(folder) as entries:
         for entry in entries:
             if ignored(entry.name):
-                continue
-            if entry.is_dir(follow_symlinks=False):  # a linked folder is not walked (Keras' default): it
+                names.append("/h/" + entry.name)
+            elif entry.is_dir(follow_symlinks=False):  # a linked folder is not walked (Keras' default): it
                 names.append(entry.name + "/")  # could lead anywhere, or back into another class
             elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 names.append(entry.name)
+            else:
+                names.append(("/l/" if entry.is_dir() else "/x/") + entry.name)
     return sorted(names)
 
 
@@ -93,21 +112,25 @@ def _entries(folder: str, listings) -> list[str]:
     return listings.names(folder, list_folder) if listings is not None else list_folder(folder)
 
 
-def _class_tree(root: Path, split: str, listings) -> list[tuple[str, str, str]]:
-    """(id, class, path) of every image under root/split/<class>/, walked recursively."""
+def _class_tree(root: Path, split: str, listings, skipped: dict[str, int]) -> list[tuple[str, str, str]]:
+    """(id, class, path) of every image under root/split/<class>/, walked recursively; what is not an
+    image of a class is counted in `skipped` by its reason."""
     base = os.path.join(root, split) if split else str(root)
     prefix = f"{split}/" if split else ""
     samples = []
     for top in _entries(base, listings):
-        if not top.endswith("/"):
-            continue  # an image beside the class folders belongs to no class
+        if not top.endswith("/"):  # an image beside the class folders belongs to no class
+            _skip(skipped, top if top.startswith("/") else "/o/" + top)
+            continue
         name = top[:-1]
         pending, before = [(os.path.join(base, name), f"{prefix}{name}/")], len(samples)
         while pending:  # finite: list_folder never follows a link to a folder, so nothing loops
             folder, relative = pending.pop()
             subfolders = []
             for entry in _entries(folder, listings):
-                if entry.endswith("/"):
+                if entry.startswith("/"):
+                    _skip(skipped, entry)
+                elif entry.endswith("/"):
                     subfolders.append((os.path.join(folder, entry[:-1]), relative + entry))
                 else:
                     samples.append((relative + entry, name, os.path.join(folder, entry)))
@@ -117,6 +140,11 @@ def _class_tree(root: Path, split: str, listings) -> list[tuple[str, str, str]]:
                                  f"({', '.join(IMAGE_EXTENSIONS)}), in it or below it")
     samples.sort(key=lambda sample: (sample[1], sample[0]))
     return samples
+
+
+def _skip(skipped: dict[str, int], entry: str) -> None:
+    reason = SKIPPED[entry[1]]
+    skipped[reason] = skipped.get(reason, 0) + 1
 
 
 def _label_file(path: Path) -> Found:
