@@ -46,9 +46,12 @@ def extract(**options):
     if not api.is_main_process():
         return
     waited = f"waited {result.waited_seconds:.0f} s for another featcache process extracting it"
+    tables = ([f"images per class: {result.class_table}"] if result.class_table else []) + (
+        [f"the split made: {result.split_file}"] if result.split_file else [])
     if result.reused:
         click.echo(f"reused complete cache {result.path} (found in {result.seconds:.2f} s"
-                   + (f"; {waited}; 0 views computed by this process)" if result.waited_seconds else ")"))
+                   + (f"; {waited}; 0 views computed by this process" if result.waited_seconds else "")
+                   + "".join(f"; {table}" for table in tables) + ")")
         return
     notes = [f"{result.world_size} processes"] if result.world_size > 1 else []
     if result.waited_seconds:
@@ -58,7 +61,7 @@ def extract(**options):
     if result.shards_removed:
         notes.append(f"recomputed {len(result.shards_removed)} damaged shards ({'; '.join(result.shards_removed)})")
     click.echo(f"wrote {result.path}: {result.images} views in {result.seconds:.1f} s "
-               f"({result.images_per_second:.1f} images/s" + "".join(f"; {note}" for note in notes) + ")")
+               f"({result.images_per_second:.1f} images/s" + "".join(f"; {note}" for note in notes + tables) + ")")
 
 
 @main.command()

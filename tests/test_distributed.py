@@ -54,7 +54,9 @@ def test_two_ranks_write_the_same_bytes_as_one_process(image_folder, tmp_path, c
     run = torchrun(2, image_folder, tmp_path / "two", shard_size=5)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.strip().splitlines()
-    assert len(lines) == 1 and "2 processes" in lines[0] and "84 views" in lines[0]  # rank 0 alone prints
+    # rank 0 alone prints: the images found, the work and its estimate, what was written
+    assert len(lines) == 3 and lines[0].startswith("tiny (split folders") and lines[1].startswith("work: extraction")
+    assert "over 2 processes" in lines[1] and "2 processes" in lines[2] and "84 views" in lines[2]
     assert_bit_identical(tmp_path / "two" / reference.name, reference)
     assert not list((tmp_path / "two").glob("*.shards"))
 

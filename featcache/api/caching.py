@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..cache.key import (CacheSpec, ExtractConfig, ExtractResult, cache_key, reusable_cache, split_file_paths,
-                         weights_source)
+from ..cache.key import (CacheSpec, ExtractConfig, ExtractResult, cache_key, reusable_cache, weights_source,
+                         write_split_files)
 from ..data.datasets import summary_line
 from ..ranks import env_world_size, reported_once
 from ..settings import ConfigError, built, require
@@ -27,11 +27,11 @@ def extract(spec: CacheSpec, config: ExtractConfig | None = None, *, progress: b
         config = built(ExtractConfig, config, settings, "extract")
         dataset, provenance, final = spec.locate(config.rehash)
         if echo is not None:
-            table = split_file_paths(spec.cache_dir, dataset, provenance["dataset_fingerprint"])[1]
-            echo(summary_line(dataset) + (f"; per class: {table}" if table.is_file() else ""))
+            echo(summary_line(dataset))
         if not config.force and env_world_size() == 1 and reusable_cache(final, cache_key(provenance)):  # torchrun's
             # ranks decide together, under the cache's lock (cache/writer.py): one alone must not return early
-            return ExtractResult(final, reused=True, seconds=time.perf_counter() - started)
+            return _with_tables(ExtractResult(final, reused=True, seconds=time.perf_counter() - started), spec,
+                                dataset, provenance)
         from ..backbone import check_input_size, load_backbone
         from ..cache.writer import write_cache
         from ..ranks import resolve_device
@@ -44,9 +44,23 @@ def extract(spec: CacheSpec, config: ExtractConfig | None = None, *, progress: b
 
             echo(work_line([extraction(dataset.train, spec.views, len(dataset.test), backbone, spec.image_size,
                                        spec.seed, device)], spec.image_size, device, spec.views, env_world_size()))
-    return write_cache(dataset, backbone, provenance, spec.cache_dir, batch_size=config.batch_size,
-                       shard_size=config.shard_size, device=device, num_workers=config.num_workers,
-                       force=config.force, progress=progress, weights_source=weights_source(spec.weights))
+    result = write_cache(dataset, backbone, provenance, spec.cache_dir, batch_size=config.batch_size,
+                         shard_size=config.shard_size, device=device, num_workers=config.num_workers,
+                         force=config.force, progress=progress, weights_source=weights_source(spec.weights))
+    return _with_tables(result, spec, dataset, provenance)
+
+
+def _with_tables(result: ExtractResult, spec: CacheSpec, dataset, provenance: dict) -> ExtractResult:
+    """Once the cache is complete, a user's images per class and split (and the split featcache made)
+    written beside it (featcache.cache.key.write_split_files), by one process."""
+    from ..ranks import is_main_process
+
+    if dataset.description.get("class_counts") and is_main_process():
+        result.class_table, result.split_file = write_split_files(spec.cache_dir, dataset,
+                                                                  provenance["dataset_fingerprint"])[::-1]
+        if not dataset.description.get("split_made"):
+            result.split_file = None
+    return result
 
 
 def open_cache(source: CacheSpec | str | Path, max_memory: int | str | None = None, heads: int = 1,

@@ -206,6 +206,8 @@ class ExtractResult:
     shards_removed: list = field(default_factory=list)  # damaged shard files found and recomputed
     rank: int = 0
     world_size: int = 1
+    class_table: Path | None = None  # a user's images per class and split, beside the cache
+    split_file: Path | None = None  # the test split featcache made for them, as a label file
 
     @property
     def images_per_second(self) -> float:
@@ -254,8 +256,6 @@ class CacheSpec:
                                       hashes, self.backbone)
         listings.save()
         hashes.save()
-        if dataset.description.get("class_counts"):  # a user's images: their classes and split written down
-            write_split_files(self.cache_dir, dataset, provenance["dataset_fingerprint"])
         return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)
 
 
