@@ -115,3 +115,20 @@ def test_class_folders_are_listed_again_only_when_they_change(make_image_folder,
     assert listed == [str(data / "train" / "bee")] and changed != first
     listed.clear()
     assert locate(data, tmp_path / "cache", rehash=True) == changed and len(listed) == 9
+
+
+def test_a_repeated_command_on_a_made_split_leaves_the_hash_table_alone(tmp_path, monkeypatch):
+    """A made split looks the files up in pool order, the fingerprint in train + test order: a lookup
+    that reads nothing must not rewrite the table (at a million files, seconds every run)."""
+    from test_own_images import class_folders
+
+    data = class_folders(tmp_path / "pets")
+    age(data)
+    monkeypatch.setattr(fingerprint, "RACY_NS", 0)
+    first = locate(data, tmp_path / "cache")
+    table = tmp_path / "cache" / fingerprint.TABLE
+    before = table.stat()
+    reads = counting(monkeypatch)
+    assert locate(data, tmp_path / "cache") == first and reads == []
+    after = table.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

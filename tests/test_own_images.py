@@ -137,6 +137,8 @@ def test_a_label_file_without_a_split_column_and_as_tsv(tmp_path):
     (["path,label,split", "ant/000.png,ant,holdout"], "split 'holdout' is not train, test or val"),
     (["file,class", "ant/000.png,ant"], "needs a header row"),
     (["path,label", "/etc/hostname.png,ant"], "is absolute"),
+    (["path,label", "../elsewhere/000.png,ant"], "line 2: '../elsewhere/000.png' leads outside the label file's folder"),
+    (["path,label", "ant/../../elsewhere/000.png,ant"], "leads outside the label file's folder"),
 ])
 def test_a_bad_label_file_is_one_line_naming_the_row(tmp_path, rows, words, run_cli):
     data = class_folders(tmp_path / "pets", per_class=3)

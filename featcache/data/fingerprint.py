@@ -13,7 +13,7 @@ RACY_NS before it was hashed: git's "racily clean" rule, since a file written in
 tick as its hashing could change again without its mtime moving. ctime catches a rewrite whose mtime
 was put back.
 
-The table keeps the last lookup's files first, in its order, so that a repeated lookup matches rows by
+The table keeps the files of the last lookup that read any first, in its order, so that a repeated lookup matches rows by
 comparing one joined string and the stats as arrays: at a million files a Python loop beyond the one
 os.stat per file would cost seconds. No torch here.
 """
@@ -118,7 +118,9 @@ class FileHashes:
         for index in stale:
             hashed_ns[index] = time.time_ns()  # before reading: a change during a long read stays racy
             sha256[index] = file_digest(paths[index])
-        if len(stale) or not leads:  # the table changes: these files first, then the rows of other lookups
+        if len(stale):  # the table changes: these files first, then the rows of other lookups (a lookup
+            # that changes nothing leaves the table as it is: one command's lookups in two orders, the made
+            # split's and the fingerprint's, would otherwise rewrite it every run)
             rest = np.setdiff1d(np.arange(len(self.paths)), rows[known])
             self.columns = {**{name: np.concatenate([current[name], self.columns[name][rest]]) for name in STAT.names},
                             "sha256": np.concatenate([sha256, self.columns["sha256"][rest]]),

@@ -8,8 +8,10 @@ path given as `data`. No torch here.
   test/; beside a test/ it is not used** (its count is reported), since featcache's heads choose
   nothing on a validation split. `train/` alone: featcache makes the test split.
 - **label file**: a CSV or TSV of `path,label[,split[,id]]` (a header row naming those columns), paths
-  relative to the file (an `id` column, as in the split file featcache writes, gives each image's id), split `train`, `test` or `val`/`valid`/`validation` (val as above). No split
-  column: featcache makes the test split.
+  relative to the file and inside its folder (an `id` column, as in the split file featcache writes, gives
+  each image's id; that file, `<name>-<fp>-split.csv` beside the caches, may name images outside its
+  folder), split `train`, `test` or `val`/`valid`/`validation` (val as above). No split column:
+  featcache makes the test split.
 
 Class folders are walked recursively, not through links to folders: an image's class is the first folder
 under its split (or under PATH). Hidden files and folders (a name starting with a dot: `.ipynb_checkpoints`, `.DS_Store`) and
@@ -160,6 +162,9 @@ def _label_file(path: Path) -> Found:
                              "(and optionally split)")
     root = path.parent
     has_split = "split" in rows[0]  # read_csv's rows are dicts keyed by the header row
+    # featcache's own split file (cache/key.write_split_files) sits beside the caches and names the images
+    # where they are; any other label file names images in its folder or below it
+    own_split_file = path.name.endswith("-split.csv") and list(rows[0]) == ["path", "label", "split", "id"]
     samples: dict[str, list] = {}
     seen = set()
     for line, row in enumerate(rows, start=2):
@@ -172,6 +177,9 @@ def _label_file(path: Path) -> Found:
         if not relative.lower().endswith(IMAGE_EXTENSIONS):
             raise FeatcacheError(f"{where}: {relative!r} is not an image featcache reads ({', '.join(IMAGE_EXTENSIONS)})")
         full = root / relative
+        if not own_split_file and posixpath.normpath(Path(relative).as_posix()).startswith("../"):
+            raise FeatcacheError(f"{where}: {relative!r} leads outside the label file's folder; put the label "
+                                 "file in a folder above the images")
         if not full.is_file():
             raise FeatcacheError(f"{where}: {full} does not exist")
         identity = posixpath.normpath(row.get("id") or Path(relative).as_posix())  # a split file's id column
