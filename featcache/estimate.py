@@ -1,11 +1,11 @@
 """How long extraction or end-to-end training will take, from a short warm-up measured on this device,
 said in one line before the work starts.
 
-The warm-up runs the real work on a few real images: decoding and resizing (extraction), the views, the
+The warm-up runs the real work on one batch of the run's own size of real images (after an untimed one): decoding and resizing (extraction), the views, the
 backbone's forward (extraction) or a training step and a test forward (end to end). It runs on a copy of
 the network and a fresh optimizer, inside torch.random.fork_rng, and a view is a pure function of (seed,
 split, sample, view): it draws nothing from any run's random streams, so a run's numbers are the same
-with or without it (tested). Timed after one untimed batch (allocator, kernels). Where the estimate is
+with or without it (tested). Where the estimate is
 over 30 minutes the line names what shortens it.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from torch import nn
 from .data.images import DecodedSplit, ImageData
 from .data.views import make_views
 
-WARM_UP_IMAGES = 16  # per timed batch: at 224 px on 2 CPU cores about half a second of forward
-TIMED_BATCHES = 2
+TIMED_IMAGES = 32  # at least, timed after one untimed batch; batches of the run's own size, since the cost
+# per image depends on it (EfficientNet-Lite0 at 224 px on 2 CPU cores: 16 ms at 16 a batch, 25-31 at 64)
 LONG = 30 * 60  # seconds beyond which the line says what shortens the work
 
 
@@ -68,15 +68,16 @@ def work_line(estimates: list[Estimate], image_size: int, device: torch.device, 
     return line + (shorter(image_size, device, views) if total > LONG else "")
 
 
-def _timed(work, device: torch.device) -> float:
-    """Seconds per call of `work`, after one untimed call."""
+def _timed(work, device: torch.device, batch: int) -> float:
+    """Seconds per image of `work` on a batch of `batch` images, after one untimed call."""
     work()
     _synchronize(device)
+    calls = max(1, -(-TIMED_IMAGES // batch))
     started = time.perf_counter()
-    for _ in range(TIMED_BATCHES):
+    for _ in range(calls):
         work()
     _synchronize(device)
-    return (time.perf_counter() - started) / TIMED_BATCHES
+    return (time.perf_counter() - started) / (calls * batch)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -89,11 +90,11 @@ def _forks(device: torch.device):
 
 
 def extraction(split, train_views: int, test_images: int, backbone: nn.Module, image_size: int, seed: int,
-               device: torch.device) -> Estimate:
+               device: torch.device, batch_size: int) -> Estimate:
     """Extracting `split` (the training split: its clean view and `train_views` augmented views each) and
-    `test_images` (clean view): decoding timed on `split`'s first images, their views and forward on a
-    copy of `backbone`."""
-    count = min(WARM_UP_IMAGES, len(split))
+    `test_images` (clean view) in batches of `batch_size`: decoding timed on `split`'s first images, their
+    views and forward on a copy of `backbone`."""
+    count = min(batch_size, len(split))
     indices = list(range(count))
     decoded = DecodedSplit(split, image_size)
     with _forks(device):
@@ -106,7 +107,7 @@ def extraction(split, train_views: int, test_images: int, backbone: nn.Module, i
             with torch.inference_mode():
                 model(make_views(images, indices, 1, "train", seed, image_size, device)).float().cpu()
 
-        view_each = _timed(forward, device) / count
+        view_each = _timed(forward, device, count)
     views = len(split) * (1 + train_views) + test_images
     return Estimate(f"extraction of {views:,} views ({len(split):,} training images x {1 + train_views}, "
                     f"{test_images:,} test images x 1) at {image_size} px, {1 / view_each:.0f} views/s",
@@ -118,9 +119,9 @@ def training(what: str, build, images: ImageData, epochs: int, batch_size: int, 
     (a fresh Adam) and one test forward timed on the first images. The network is built inside the fork
     of the random streams, since building draws its initial weights from the global generator."""
     device = images.device
-    count = min(batch_size, WARM_UP_IMAGES, len(images.train_labels))
+    count = min(batch_size, len(images.train_labels))
     indices = list(range(count))
-    test_indices = list(range(min(WARM_UP_IMAGES, len(images.test_labels))))
+    test_indices = list(range(min(batch_size, len(images.test_labels))))
     with _forks(device):
         model = build().to(device).to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam([parameter for parameter in model.parameters() if parameter.requires_grad])
@@ -140,8 +141,8 @@ def training(what: str, build, images: ImageData, epochs: int, batch_size: int, 
             with torch.no_grad():
                 model(test_batch).cpu()
 
-        train_each = _timed(step, device) / count
-        test_each = _timed(test, device) / max(len(test_indices), 1)
+        train_each = _timed(step, device, count)
+        test_each = _timed(test, device, len(test_indices)) if test_indices else 0.0
     train, test = len(images.train_labels), len(images.test_labels)
     seeds = f"{runs} seeds x " if runs > 1 else ""
     return Estimate(f"{what}, {seeds}{epochs} epochs of {train:,} training and {test:,} test images at "

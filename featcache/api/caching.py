@@ -43,7 +43,8 @@ def extract(spec: CacheSpec, config: ExtractConfig | None = None, *, progress: b
             from ..estimate import extraction, work_line
 
             echo(work_line([extraction(dataset.train, spec.views, len(dataset.test), backbone, spec.image_size,
-                                       spec.seed, device)], spec.image_size, device, spec.views, env_world_size()))
+                                       spec.seed, device, config.batch_size)], spec.image_size, device, spec.views,
+                           env_world_size()))
     result = write_cache(dataset, backbone, provenance, spec.cache_dir, batch_size=config.batch_size,
                          shard_size=config.shard_size, device=device, num_workers=config.num_workers,
                          force=config.force, progress=progress, weights_source=weights_source(spec.weights))

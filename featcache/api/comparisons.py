@@ -114,7 +114,7 @@ def _work_line(spec: CacheSpec, config: ExperimentConfig, images, scratch_config
     else:
         estimates.append(extraction(dataset.train, spec.views, len(dataset.test),
                                     load_backbone(spec.weights, spec.seed, spec.backbone), spec.image_size, spec.seed,
-                                    images.device))
+                                    images.device, config.extract_batch_size))
     estimates.append(training_estimate(finetune_config, images, runs))
     return work_line(estimates, spec.image_size, images.device, spec.views)
 
