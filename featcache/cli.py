@@ -191,7 +191,7 @@ def compare_command(run_dirs, out):
 def echo_comparison(result: dict, several: bool | None = None) -> None:
     """The summary table (with intervals when a row has several seeds, or `several`) and the paired verdicts."""
     several = any(row["seeds"] > 1 for row in result["rows"]) if several is None else several
-    click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS[:3] + api.UNCERTAINTY_COLUMNS if several
+    click.echo(api.markdown_table(result["rows"], api.SUMMARY_COLUMNS[:4] + api.UNCERTAINTY_COLUMNS if several
                                   else api.SUMMARY_COLUMNS))
     for row in result["comparisons"]:
         click.echo(f"{row['a']} - {row['b']}: {row['verdict']}")

@@ -71,6 +71,17 @@ def test_split_folders_val_and_their_names(tmp_path):
     shutil.copytree(data / "valid", data / "validation")
     with pytest.raises(featcache.FeatcacheError, match="valid and validation"):
         load_dataset(str(data))
+    for name in ("val", "validation"):  # each name of a val split, alone beside train/, is the test split
+        shutil.rmtree(data / "test")
+        for other in ("val", "valid", "validation"):
+            if other != name and (data / other).exists():
+                shutil.rmtree(data / other)
+        if not (data / name).exists():
+            class_folders(data / name, per_class=5)
+        dataset = load_dataset(str(data))
+        assert dataset.description["split_rule"] == "the val split given, as the test split"
+        assert len(dataset.test) == 15 and dataset.test.ids[0].startswith(f"{name}/")
+        class_folders(data / "test", per_class=4)
 
 
 def test_train_alone_gets_a_split_made(tmp_path):
@@ -189,6 +200,10 @@ def test_extract_records_the_layout_and_writes_the_split_beside_the_cache(tmp_pa
         assert sorted(Path(p).resolve() for p in getattr(again, split).paths) == \
             sorted(Path(p).resolve() for p in getattr(original, split).paths)
     assert again.fingerprint() == original.fingerprint()  # and so the same key
+    assert again.name == original.name == "pets"  # and the same cache file: it is reused, not extracted again
+    result = run_cli("extract", "--data", split_file, "--weights", "random", "--image-size", 32, "--views", 1,
+                     "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0 and "reused complete cache" in result.output, result.output
 
 
 def test_an_empty_made_test_split_and_capitalised_split_folders_are_one_line(tmp_path):
@@ -316,3 +331,26 @@ def test_a_long_estimate_names_what_shortens_it():
     assert "extraction of 57,600 views (about 50 min); fine-tuning (about 20 min); estimated 70 min in all" in line
     assert "--image-size 64" in line and "fewer --views" in line and "--device cuda" in line
     assert "shorten" not in work_line([Estimate("fine-tuning", 1700.0)], 224, torch.device("cpu"))
+
+
+def test_the_orientation_is_read_from_the_header_without_decoding(tmp_path, monkeypatch):
+    """A PNG's tag comes from an eXIf chunk before its pixels; reading it decodes nothing (PIL's getexif
+    would decode the whole image, before featcache's bound is checked)."""
+    from PIL import PngImagePlugin
+
+    from featcache.data import fingerprint
+    from featcache.data.datasets import read_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    pixels = np.random.default_rng(3).integers(0, 256, (10, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "tagged.png", exif=exif)
+    write(tmp_path / "plain.png", 4)
+    loads = []
+    real_load = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: loads.append(self) or real_load(self))
+    assert fingerprint.exif_orientation(str(tmp_path / "tagged.png")) == 8
+    assert fingerprint.exif_orientation(str(tmp_path / "plain.png")) == 1
+    assert loads == []
+    upright = np.asarray(read_image(tmp_path / "tagged.png"))
+    assert upright.shape == (30, 10, 3) and np.array_equal(upright, np.rot90(pixels))  # 8: turned a quarter left

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..errors import FeatcacheError
 from ..settings import ConfigError, check_fields, setting
@@ -69,6 +70,31 @@ def check_image_size(width: int, height: int) -> str | None:
     return None
 
 
+# How to turn an image upright by its EXIF orientation tag (PIL.ImageOps.exif_transpose's table).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def orientation(image: Image.Image) -> int:
+    """An opened image's EXIF orientation tag, 1 (upright) where it has none, from its header only: a
+    PNG's eXIf chunk counts only before the pixel data (PIL's getexif would decode the whole image to
+    find one after it), a tag outside 2..8 counts as 1."""
+    try:
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = image.getexif()
+        tag = exif.get(0x0112, 1)
+    except Exception:  # a damaged tag: the pixels decode (or are refused) as they are
+        return 1
+    return tag if type(tag) is int and tag in UPRIGHT else 1
+
+
 def read_image(path) -> Image.Image:
     """An image file as an upright RGB PIL image (its EXIF orientation applied, as a phone's gallery shows
     it); a file PIL cannot read, or one outside featcache's bound (IMAGE_BOUND, read from the header before
@@ -80,7 +106,9 @@ def read_image(path) -> Image.Image:
             with Image.open(path, formats=FORMATS) as image:
                 problem = check_image_size(*image.size)  # the bound is the same either way up
                 if problem is None:
-                    return ImageOps.exif_transpose(image).convert("RGB")
+                    turn = UPRIGHT.get(orientation(image))
+                    rgb = image.convert("RGB")
+                    return rgb.transpose(turn) if turn is not None else rgb
     except Image.DecompressionBombError:
         problem = f"over featcache's bound of {MAX_PIXELS:,} pixels"
     except Exception as error:  # damaged files raise OSError, SyntaxError, EOFError, zlib.error, ValueError...
@@ -241,7 +269,8 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
             labels += [label] * len(members)
         splits[split_name] = Split(ids=ids, labels=np.array(labels, dtype=np.int64), paths=paths)
         counts[split_name] = per_label
-    name = (data.parent if data.is_file() else data).resolve().name
+    own_split = re.fullmatch(r"(.+)-[0-9a-f]{12}-split\.csv", data.name) if data.is_file() else None
+    name = own_split.group(1) if own_split else (data.parent if data.is_file() else data).resolve().name
     description = {"source": found.layout, "path": str(data.resolve()), "per_class": per_class,
                    "test_per_class": test_per_class, "layout": found.layout, "split_rule": rule,
                    "split_sizes": {split: len(splits[split]) for split in splits}, "class_counts": counts,
@@ -252,8 +281,8 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
 
 def layout_record(dataset: Dataset) -> dict:
     """What history.json records of how the images were found and split (not in any cache key)."""
-    return {key: dataset.description[key] for key in ("layout", "split_rule", "split_sizes", "class_counts", "skipped")
-            if key in dataset.description}
+    return {key: dataset.description[key] for key in ("layout", "split_rule", "split_sizes", "class_counts")
+            if key in dataset.description}  # not the files skipped: a stray .DS_Store must not refuse a resume
 
 
 def class_table(dataset: Dataset) -> list[dict]:

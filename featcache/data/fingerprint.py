@@ -50,20 +50,19 @@ def file_sha256(path: str) -> bytes:
 
 
 def exif_orientation(path: str) -> int:
-    """The image's EXIF orientation tag (1, upright, where it has none or cannot be read: a file that
-    cannot be decoded is refused by datasets.read_image, not here)."""
+    """The image's EXIF orientation tag as datasets.read_image reads it (1, upright, where it has none or
+    it cannot be read: a file that cannot be decoded is refused by read_image, not here). Header only."""
     from PIL import Image
 
-    from .datasets import FORMATS
+    from .datasets import FORMATS, orientation
 
     try:
         with warnings.catch_warnings():  # a huge image: read_image refuses it in its own line
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path, formats=FORMATS) as image:
-                orientation = image.getexif().get(0x0112, 1)
+                return orientation(image)
     except Exception:  # a damaged or foreign file: read_image names it when it decodes
         return 1
-    return orientation if type(orientation) is int and 2 <= orientation <= 8 else 1
 
 
 def file_digest(path: str) -> bytes:

@@ -145,7 +145,7 @@ def _class_tree(root: Path, split: str, listings, skipped: dict[str, int]) -> li
 
 
 def _skip(skipped: dict[str, int], entry: str) -> None:
-    reason = SKIPPED[entry[1]]
+    reason = SKIPPED.get(entry[1:2], "not an image by its name")  # a foreign listings table: still counted
     skipped[reason] = skipped.get(reason, 0) + 1
 
 

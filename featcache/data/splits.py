@@ -1,6 +1,7 @@
 """The test split featcache makes where a user's images have none: by content, so that it stays put.
 
-An image is in test when H(split seed, the sha256 of its bytes) < f (`test_fraction`, default 0.2, like
+An image is in test when H(split seed, its digest: the sha256 of its bytes, with its EXIF orientation
+where it has one, fingerprint.file_digest) < f (`test_fraction`, default 0.2, like
 fastai's valid_pct): the first 8 bytes of sha256("featcache split <seed> <content sha256>") read as a
 number in [0, 1). Adding or removing images never moves another image between splits, exact duplicates
 (one content) always land on one side, and `--split-seed` (not `--seed`: every training seed shares one
