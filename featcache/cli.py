@@ -263,6 +263,19 @@ def inspect_command(out, **options):
     click.echo(f"wrote {out}")
 
 
+@main.command("audit")
+@click.argument("cache", type=click.Path(path_type=Path))
+@stacked(*(option(api.AuditConfig, name) for name in field_names(api.AuditConfig)))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "audit", show_default=True,
+              help="Folder for audit.html, label_issues.csv, duplicates.csv, outliers.csv and audit.json.")
+def audit_command(cache, out, **options):
+    """What a cache tells you about your data, from its clean views (no backbone runs): label-issue
+    candidates (out-of-fold probe probabilities ranked by cleanlab: pip install 'featcache[audit]'), exact
+    and near duplicates within training, within test and across the two (leakage), and outliers, as one
+    self-contained HTML page with thumbnails and as CSV and JSON (docs/audit.md)."""
+    api.audit(cache, out, echo=click.echo, **settings_of(api.AuditConfig, options))
+
+
 @main.command("experiment")
 @data_options
 @weights_options

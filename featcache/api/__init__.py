@@ -22,7 +22,7 @@ from ..data.transform import MIN_IMAGE_SIZE
 from ..deploy.config import ExportConfig, PredictConfig
 from ..errors import FeatcacheError, ReportedElsewhere
 from ..evaluate.claims import claim_run_dir, claimed
-from ..evaluate.config import BenchConfig, FewshotConfig, InspectConfig
+from ..evaluate.config import AuditConfig, BenchConfig, FewshotConfig, InspectConfig
 from ..evaluate.runs import Run, SeedRuns, default_run_dir, read_run, seeds_line, summary_line
 from ..csvfiles import read_csv
 from ..evaluate.tables import SUMMARY_COLUMNS, UNCERTAINTY_COLUMNS, markdown_table
@@ -34,13 +34,13 @@ from .comparisons import backbones, compare, experiment
 from .deployment import export, load_model, predict
 from .end_to_end import finetune, finetune_seeds, load_images, scratch, scratch_seeds
 from .heads import fewshot, train_head, train_head_seeds
-from .inspection import bench, inspect
+from .inspection import audit, bench, inspect
 
 __all__ = ["__version__", "FeatcacheError", "ReportedElsewhere", "UnknownSetting", "ConfigError", "DataSpec", "CacheSpec",
            "ExtractConfig", "ExtractResult", "HeadConfig", "EpochConfig", "FinetuneConfig", "ScratchConfig",
            "ExperimentConfig", "BackbonesConfig", "FewshotConfig", "ExportConfig", "PredictConfig", "InspectConfig",
            "BenchConfig", "Run", "SeedRuns", "extract", "open_cache", "verify", "train_head", "train_head_seeds",
            "fewshot", "load_images", "finetune", "finetune_seeds", "scratch", "scratch_seeds", "compare", "experiment",
-           "backbones", "export", "load_model", "predict", "inspect", "bench", "read_run", "claim_run_dir", "claimed",
+           "backbones", "export", "load_model", "predict", "inspect", "audit", "AuditConfig", "bench", "read_run", "claim_run_dir", "claimed",
            "default_run_dir", "is_main_process", "summary_line", "seeds_line", "markdown_table", "read_csv", "SUMMARY_COLUMNS",
            "UNCERTAINTY_COLUMNS", "MIN_IMAGE_SIZE"]

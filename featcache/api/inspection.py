@@ -1,12 +1,14 @@
 """Looking before and around the work: inspect (a backbone's parameters per module, and a grid of
-training images as a view makes them) and bench (every speed figure side by side in one process)."""
+training images as a view makes them), audit (what a cache tells you about the data: label issues,
+duplicates and leakage, outliers) and bench (every speed figure side by side in one process)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
 from ..data.datasets import DataSpec
-from ..evaluate.config import BenchConfig, InspectConfig
+from ..cache.key import CacheSpec
+from ..evaluate.config import AuditConfig, BenchConfig, InspectConfig
 from ..settings import built, require
 
 Log = Callable[[str], None]
@@ -42,3 +44,83 @@ def bench(data: DataSpec, out: str | Path, config: BenchConfig | None = None, *,
                        config.end_to_end, log=log or (lambda line: None), architecture=config.backbone)
     json_path, md_path = write_bench(result, Path(out), config.command)
     return {**result, "json": json_path, "md": md_path, "markdown": bench_markdown(result, config.command)}
+
+
+AUDIT_FILES = ("label_issues.csv", "duplicates.csv", "outliers.csv", "audit.html", "audit.json")  # json last
+
+
+def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | None = None, *,
+          echo: Log | None = None, **settings) -> dict:
+    """What the cache tells you about the data, from its clean views (no backbone runs;
+    featcache.evaluate.audit): label-issue candidates (out-of-fold probe probabilities ranked by cleanlab,
+    `pip install 'featcache[audit]'`), exact and near duplicates within and across the splits, outliers.
+    Writes label_issues.csv, duplicates.csv, outliers.csv, audit.html (thumbnails embedded) and
+    audit.json to `out`; returns the tables, the summary and the files. `cache` is a cache file or the
+    CacheSpec it was extracted from; `config` or AuditConfig's fields (folds, seed, test_labels, top)."""
+    import json
+    import time
+
+    import numpy as np
+
+    from ..csvfiles import csv_text
+    from ..evaluate import audit as tables
+    from ..evaluate.audit_page import audit_html
+    from ..files import write_file
+
+    config = built(AuditConfig, config, settings, "audit")
+    require("cache", cache, (CacheSpec, str, Path), "a cache file's path or a featcache.CacheSpec")
+    require("out", out, (str, Path), "a folder's path")
+    started = time.perf_counter()
+    path = cache.locate()[2] if isinstance(cache, CacheSpec) else Path(cache)
+    views = tables.read_clean_views(path)
+    echo = echo or (lambda line: None)
+    classes = len(views.classes)
+    probabilities = tables.probe_probabilities(views.features["train"], views.labels["train"], classes, config.folds,
+                                               config.seed)
+    accuracy = float((probabilities.argmax(1) == views.labels["train"]).mean())
+    echo(f"probe: out-of-fold accuracy {accuracy:.4f} over {len(views.labels['train'])} training images "
+         f"({config.folds} folds)")
+    label_issues = tables.label_issue_rows(views, "train", probabilities)
+    if config.test_labels:
+        model = tables._probe().fit(views.features["train"], views.labels["train"])
+        test = np.zeros((len(views.labels["test"]), classes))
+        test[:, model.classes_] = model.predict_proba(views.features["test"])
+        label_issues += tables.label_issue_rows(views, "test", test)
+    duplicates = tables.duplicate_rows(views, config.top)
+    outliers = tables.outlier_rows(views, config.top)
+    kinds = [row["kind"] for row in duplicates]
+    summary = {"cache": str(path), "key": views.key, "images": {split: len(ids) for split, ids in views.ids.items()},
+               "probe": {"folds": config.folds, "seed": config.seed, "C": tables.PROBE_C,
+                         "out_of_fold_accuracy": accuracy},
+               "label_issues": {"train": sum(row["split"] == "train" for row in label_issues),
+                                "test": sum(row["split"] == "test" for row in label_issues) if config.test_labels
+                                else None},
+               "duplicates": {"exact": kinds.count("exact"), "near": kinds.count("near"),
+                              "near_cosine": tables.NEAR_COSINE,
+                              "leaked": sum(row["scope"] == "train-test" and row["kind"] != "similar"
+                                            for row in duplicates),
+                              "basis": "file digest" if views.files is not None else "clean-view features"},
+               "outliers": len(outliers), "seconds": time.perf_counter() - started}
+    index = {split: dict(zip(ids, files)) for split, ids, files in
+             ((split, views.ids[split], views.files[split]) for split in views.ids)} if views.files else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    contents = {
+        "label_issues.csv": csv_text(["rank", "split", "id", "given", "suggested", "given_probability",
+                                      "suggested_probability"], label_issues),
+        "duplicates.csv": csv_text(["scope", "kind", "cosine", "a_split", "a", "a_label", "b_split", "b", "b_label",
+                                    "basis"], duplicates),
+        "outliers.csv": csv_text(["rank", "split", "id", "label", "distance"], outliers),
+        "audit.html": audit_html(summary, label_issues, duplicates, outliers,
+                                 lambda split, name: index[split].get(name) if index else None),
+        "audit.json": json.dumps({"summary": summary, "label_issues": label_issues, "duplicates": duplicates,
+                                  "outliers": outliers}, indent=2) + "\n",
+    }
+    for name in AUDIT_FILES:
+        write_file(out / name, contents[name].encode())
+    echo(f"label issues: {summary['label_issues']['train']} training"
+         + (f", {summary['label_issues']['test']} test" if config.test_labels else "")
+         + f"; duplicates: {summary['duplicates']['exact']} exact, {summary['duplicates']['near']} near, "
+         f"{summary['duplicates']['leaked']} across training and test; written to {out}")
+    return {"label_issues": label_issues, "duplicates": duplicates, "outliers": outliers, "summary": summary,
+            "files": {name: out / name for name in AUDIT_FILES}}

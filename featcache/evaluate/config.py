@@ -66,3 +66,18 @@ class BenchConfig:
 
     def __post_init__(self):
         check_fields(self)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """What the cache tells you about your data (featcache.api.audit)."""
+
+    folds: int = setting(5, "Folds of the out-of-sample probe whose probabilities rank the label issues.", minimum=2)
+    seed: int = setting(0, "Seeds the folds.", minimum=0)
+    test_labels: bool = setting(False, "Check the test labels too (a probe fitted on every training image): a wrong "
+                                "test label moves every accuracy measured on it.")
+    top: int = setting(50, "Pairs of each scope (train-test, train-train, test-test) and outliers listed at least.",
+                       minimum=1)
+
+    def __post_init__(self):
+        check_fields(self)

@@ -1,0 +1,219 @@
+"""What the cache tells you about your data, from each image's clean-view features alone (no backbone
+runs): label-issue candidates, duplicates and leakage between the splits, and outliers.
+
+- **Label issues**: out-of-sample predicted probabilities from K-fold (stratified, seeded) runs of
+  featcache's logistic-regression probe (StandardScaler + LogisticRegression, C = 1) on the training
+  features, ranked by cleanlab's `find_label_issues` (self-confidence: the probability of the given
+  label). Out of sample matters: a probe fitted on a row memorises its label and hides the flip. Test
+  labels (on request) get the probe fitted on all training rows, out of sample by construction. The
+  probe's out-of-fold accuracy is reported: the weaker the probe, the more clean rows it flags.
+- **Duplicates and leakage**: exact copies (the same file digest, featcache.data.fingerprint; the same
+  clean-view features where there are no files, as for CIFAR-10) and near copies, ranked by the cosine
+  similarity of their clean-view features, within training, within test and across training and test.
+  A pair at or above NEAR_COSINE is marked near; the top `top` pairs of each scope are listed either way.
+  Similarities are computed BLOCK_ROWS queries at a time, so 100,000 images stay within a bounded memory.
+- **Outliers**: training images farthest from their class: one minus the mean cosine similarity to
+  their OUTLIER_NEIGHBOURS most similar images of the same class.
+
+numpy and scikit-learn; cleanlab (AGPL-3.0, with pandas) only for label issues, an optional extra.
+No torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FeatcacheError
+
+BLOCK_ROWS = 256  # queries per block: 256 x 100,000 similarities in float32 are 100 MB
+NEAR_COSINE = 0.95
+OUTLIER_NEIGHBOURS = 5
+PROBE_C = 1.0  # featcache's logreg probe where it does not choose C (train.logreg.FALLBACK_C)
+
+
+@dataclass
+class CleanViews:
+    """A cache's clean views: per split the ids, labels and L2-normalised features, and the image files
+    the ids name (None where the cache was made from arrays, as CIFAR-10's)."""
+
+    classes: list[str]
+    ids: dict[str, list[str]]
+    labels: dict[str, np.ndarray]
+    features: dict[str, np.ndarray]
+    files: dict[str, list[str]] | None
+    key: str
+
+
+def read_clean_views(path: Path) -> CleanViews:
+    """View 0 of every training row and every test row, read from the file's metadata-checked layout
+    (featcache.cache.layout: shapes and sizes before anything is allocated); a streamed cache reads as
+    any other, since only the clean view is read."""
+    from ..cache.key import open_complete_cache
+
+    with open_complete_cache(path) as handle:
+        attrs = dict(handle.attrs)
+        features = {"train": handle["train/features"][:, 0, :], "test": handle["test/features"][()]}
+        labels = {split: handle[f"{split}/labels"][()] for split in ("train", "test")}
+        ids = {split: [name.decode() if isinstance(name, bytes) else str(name) for name in handle[f"{split}/ids"][()]]
+               for split in ("train", "test")}
+    for split, rows in features.items():
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return CleanViews(json.loads(attrs["classes"]), ids, labels, features, _image_files(attrs, ids),
+                      str(attrs["key"]))
+
+
+def _image_files(attrs: dict, ids: dict[str, list[str]]) -> dict[str, list[str]] | None:
+    """The files the ids name (ids are paths relative to the data, featcache.data.layouts), or None where
+    they are not files, or no longer all there."""
+    try:
+        dataset = json.loads(attrs.get("dataset", "{}"))
+    except (TypeError, ValueError):
+        return None
+    root = dataset.get("path") if isinstance(dataset, dict) else None
+    if not isinstance(root, str):
+        return None
+    root = Path(root).parent if Path(root).is_file() else Path(root)
+    files = {split: [os.path.join(root, name) for name in names] for split, names in ids.items()}
+    if not all(os.path.isfile(path) for names in files.values() for path in names):
+        return None
+    return files
+
+
+def probe_probabilities(features: np.ndarray, labels: np.ndarray, classes: int, folds: int, seed: int
+                        ) -> np.ndarray:
+    """Out-of-fold class probabilities [N, C]: each row's from a probe fitted without it (stratified K-fold)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = np.bincount(labels, minlength=classes)
+    present = smallest[smallest > 0].min() if (smallest > 0).any() else 0
+    if present < folds:
+        raise FeatcacheError(f"a class has {present} training images, fewer than the {folds} folds: lower `folds`")
+    probabilities = np.zeros((len(labels), classes), dtype=np.float64)
+    for fitted, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
+        model = _probe().fit(features[fitted], labels[fitted])
+        probabilities[np.ix_(held, model.classes_)] = model.predict_proba(features[held])
+    return probabilities
+
+
+def _probe():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=2000))
+
+
+def ranked_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Indices cleanlab's find_label_issues flags, most likely wrong first (lowest self-confidence)."""
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        raise FeatcacheError("label issues need cleanlab (AGPL-3.0): pip install 'featcache[audit]'") from None
+    return np.asarray(find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence"),
+                      dtype=np.int64)
+
+
+def label_issue_rows(views: CleanViews, split: str, probabilities: np.ndarray) -> list[dict]:
+    """One row per flagged image of `split`: its given and suggested label and the probe's confidence."""
+    labels = views.labels[split]
+    rows = []
+    for rank, index in enumerate(ranked_label_issues(labels, probabilities), start=1):
+        suggested = int(probabilities[index].argmax())
+        rows.append({"rank": rank, "split": split, "id": views.ids[split][index],
+                     "given": views.classes[labels[index]], "suggested": views.classes[suggested],
+                     "given_probability": float(probabilities[index, labels[index]]),
+                     "suggested_probability": float(probabilities[index, suggested])})
+    return rows
+
+
+def nearest(queries: np.ndarray, targets: np.ndarray, k: int, same: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(indices [Q, k], cosines [Q, k]) of each query row's k most similar target rows, most similar first
+    (rows L2-normalised; `same`: queries are the targets, and a row is not its own neighbour)."""
+    k = min(k, len(targets) - (1 if same else 0))
+    indices = np.empty((len(queries), max(k, 0)), dtype=np.int64)
+    cosines = np.empty((len(queries), max(k, 0)), dtype=np.float32)
+    if k <= 0:
+        return indices, cosines
+    for start in range(0, len(queries), BLOCK_ROWS):
+        block = queries[start:start + BLOCK_ROWS] @ targets.T
+        if same:
+            block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        values = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        indices[start:start + len(block)] = np.take_along_axis(top, order, axis=1)
+        cosines[start:start + len(block)] = np.take_along_axis(values, order, axis=1)
+    return indices, cosines
+
+
+def duplicate_rows(views: CleanViews, top: int) -> list[dict]:
+    """Pairs within training, within test and across the two: exact copies, then pairs at or above
+    NEAR_COSINE and at least the `top` most similar of each scope, most similar first."""
+    digests = _digests(views)
+    rows = []
+    for scope, first, second in (("train-test", "test", "train"), ("train-train", "train", "train"),
+                                 ("test-test", "test", "test")):
+        same = first == second
+        neighbours, cosines = nearest(views.features[first], views.features[second], 1, same)
+        pairs = {}
+        for query, (target, cosine) in enumerate(zip(neighbours[:, 0], cosines[:, 0])) if neighbours.size else ():
+            a, b = (query, int(target)) if not same else (min(query, int(target)), max(query, int(target)))
+            pairs[(a, b)] = float(cosine)
+        if digests is not None:  # exact copies whatever their features' nearest neighbour
+            for a, b in _equal_digests(digests[first], digests[second], same):
+                pairs.setdefault((a, b), float(views.features[first][a] @ views.features[second][b]))
+        ranked = sorted(pairs.items(), key=lambda item: -item[1])
+        for rank, ((a, b), cosine) in enumerate(ranked, start=1):
+            exact = (digests[first][a] == digests[second][b]) if digests is not None else \
+                bool(np.array_equal(views.features[first][a], views.features[second][b]))
+            if not exact and cosine < NEAR_COSINE and rank > top:
+                continue
+            rows.append({"scope": scope, "a_split": first, "a": views.ids[first][a],
+                         "a_label": views.classes[views.labels[first][a]], "b_split": second,
+                         "b": views.ids[second][b], "b_label": views.classes[views.labels[second][b]],
+                         "cosine": cosine, "kind": "exact" if exact else "near" if cosine >= NEAR_COSINE else "similar",
+                         "basis": "file digest" if digests is not None else "clean-view features"})
+    kinds = {"exact": 0, "near": 1, "similar": 2}
+    rows.sort(key=lambda row: (kinds[row["kind"]], ["train-test", "train-train", "test-test"].index(row["scope"]),
+                               -row["cosine"]))
+    return rows
+
+
+def _digests(views: CleanViews) -> dict[str, np.ndarray] | None:
+    if views.files is None:
+        return None
+    from ..data.fingerprint import FileHashes
+
+    hashes = FileHashes()
+    return {split: hashes.digests(files) for split, files in views.files.items()}
+
+
+def _equal_digests(first: np.ndarray, second: np.ndarray, same: bool) -> list[tuple[int, int]]:
+    """Index pairs (a, b) whose digests are equal (a < b within one split)."""
+    where: dict[bytes, list[int]] = {}
+    for index, digest in enumerate(second.tolist()):
+        where.setdefault(digest, []).append(index)
+    pairs = []
+    for a, digest in enumerate(first.tolist()):
+        pairs += [(a, b) for b in where.get(digest, ()) if not same or a < b]
+    return pairs
+
+
+def outlier_rows(views: CleanViews, top: int) -> list[dict]:
+    """The `top` training images farthest from their own class."""
+    labels, features = views.labels["train"], views.features["train"]
+    distances = np.full(len(labels), np.nan)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < 2:
+            continue
+        _, cosines = nearest(features[members], features[members], OUTLIER_NEIGHBOURS, same=True)
+        distances[members] = 1 - cosines.mean(axis=1)
+    order = [int(index) for index in np.argsort(-np.nan_to_num(distances, nan=-1), kind="stable")
+             if not np.isnan(distances[index])][:top]
+    return [{"rank": rank, "split": "train", "id": views.ids["train"][index], "label": views.classes[labels[index]],
+             "distance": float(distances[index])} for rank, index in enumerate(order, start=1)]

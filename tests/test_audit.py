@@ -1,0 +1,196 @@
+"""featcache audit: label issues from out-of-fold probe probabilities, duplicates and leakage across the
+splits, outliers, and the self-contained page, from a cache's clean views alone."""
+import json
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import featcache
+from featcache.evaluate import audit as tables
+
+pytest.importorskip("cleanlab")
+
+
+def gaussian_rows(rows=1500, classes=3, dim=16, flip=0.05, seed=0):
+    """Well-separated Gaussian classes, `flip` of the labels moved to another class: (features, labels,
+    true labels, flipped indices)."""
+    rng = np.random.default_rng(seed)
+    truth = np.arange(rows) * classes // rows
+    means = rng.standard_normal((classes, dim)) * 4
+    features = (means[truth] + rng.standard_normal((rows, dim))).astype(np.float32)
+    flipped = rng.choice(rows, int(flip * rows), replace=False)
+    labels = truth.copy()
+    labels[flipped] = (truth[flipped] + rng.integers(1, classes, len(flipped))) % classes
+    return features, labels, truth, np.sort(flipped)
+
+
+def test_flipped_labels_are_found_with_few_clean_rows_flagged():
+    """1,500 rows of 3 well-separated Gaussian classes, 5% of labels flipped: recall of the flips at least
+    0.9, at most 1% of the clean rows flagged."""
+    features, labels, truth, flipped = gaussian_rows()
+    probabilities = tables.probe_probabilities(features, labels, 3, folds=5, seed=0)
+    flagged = set(tables.ranked_label_issues(labels, probabilities).tolist())
+    recall = len(flagged & set(flipped.tolist())) / len(flipped)
+    clean = set(range(len(labels))) - set(flipped.tolist())
+    assert recall >= 0.9, recall
+    assert len(flagged & clean) <= 0.01 * len(clean), len(flagged & clean)
+
+
+def test_k_fold_finds_a_flip_that_in_sample_probabilities_hide():
+    """Few rows in many dimensions: a probe fitted on every row memorises the flipped one (its given label
+    gets a high probability, nothing is flagged); out-of-fold probabilities find it."""
+    rng = np.random.default_rng(1)
+    rows, dim = 60, 200
+    truth = np.arange(rows) * 3 // rows
+    features = (rng.standard_normal((3, dim))[truth] * 1.5 + rng.standard_normal((rows, dim))).astype(np.float32)
+    labels = truth.copy()
+    labels[5] = 2  # a class-0 row labelled 2
+    in_sample = tables._probe().fit(features, labels).predict_proba(features)
+    assert in_sample[5, 2] > 0.5 and 5 not in tables.ranked_label_issues(labels, in_sample).tolist()
+    out_of_fold = tables.probe_probabilities(features, labels, 3, folds=5, seed=0)
+    assert 5 in tables.ranked_label_issues(labels, out_of_fold).tolist()
+
+
+def test_nearest_in_blocks_matches_the_whole_matrix(monkeypatch):
+    rng = np.random.default_rng(2)
+    rows = rng.standard_normal((70, 8)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    monkeypatch.setattr(tables, "BLOCK_ROWS", 16)  # several blocks and a short last one
+    indices, cosines = tables.nearest(rows, rows, 3, same=True)
+    whole = rows @ rows.T
+    np.fill_diagonal(whole, -np.inf)
+    expected = np.argsort(-whole, axis=1, kind="stable")[:, :3]
+    np.testing.assert_allclose(cosines, np.take_along_axis(whole, expected, axis=1), rtol=1e-6)
+    assert (indices != np.arange(70)[:, None]).all()
+
+
+def write(path, pixels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def leaky(tmp_path_factory):
+    """Split folders whose training split holds an exact copy and a resized, re-encoded copy of two test
+    images (smooth images, so that a copy at another size is the same picture), extracted at 32 px."""
+    root = tmp_path_factory.mktemp("leaky")
+    data = root / "data"
+    rng = np.random.default_rng(3)
+    grid = np.linspace(0, 1, 48)
+    for split, count in (("train", 10), ("test", 4)):
+        for label, name in enumerate(("ant", "bee", "cow")):
+            for index in range(count):
+                a, b, c = rng.uniform(0.5, 6, 3)
+                phase = rng.uniform(0, 6, 3)
+                pixels = np.stack([np.sin(a * grid[:, None] + phase[k] + b * grid[None, :] * (k + 1)) for k in range(3)],
+                                  axis=-1)
+                write(data / split / name / f"{index}.png", ((pixels * 0.5 + 0.5) * 255 * (0.6 + 0.1 * label))
+                      .clip(0, 255).astype(np.uint8))
+    shutil.copy(data / "test" / "bee" / "1.png", data / "train" / "bee" / "copy.png")
+    with Image.open(data / "test" / "cow" / "2.png") as image:
+        image.resize((40, 40), Image.Resampling.BICUBIC).save(data / "train" / "cow" / "resized.jpg", quality=90)
+    spec = featcache.CacheSpec(featcache.DataSpec(str(data)), weights="random", image_size=32, views=1,
+                               cache_dir=root / "cache")
+    path = featcache.extract(spec, progress=False).path
+    result = featcache.audit(path, root / "audit", folds=2, top=10)
+    return {"root": root, "data": data, "cache": path, "result": result}
+
+
+def test_an_exact_and_a_resized_copy_of_test_images_in_training_are_found_as_leakage(leaky):
+    rows = [row for row in leaky["result"]["duplicates"] if row["scope"] == "train-test"]
+    exact = [row for row in rows if row["kind"] == "exact"]
+    assert [(row["a"], row["b"]) for row in exact] == [("test/bee/1.png", "train/bee/copy.png")]
+    assert exact[0]["basis"] == "file digest"
+    pair = next(row for row in rows if row["b"] == "train/cow/resized.jpg")
+    assert pair["a"] == "test/cow/2.png"
+    others = [row["cosine"] for row in rows if row["b"] not in ("train/cow/resized.jpg", "train/bee/copy.png")]
+    assert pair["cosine"] > max(others)  # the resized copy ranks above every pair of distinct images
+    written = json.loads((leaky["root"] / "audit" / "audit.json").read_text())
+    assert written["duplicates"] == json.loads(json.dumps(leaky["result"]["duplicates"]))
+    summary = written["summary"]
+    assert summary["duplicates"]["exact"] == 1 and summary["duplicates"]["leaked"] >= 1 and summary["images"] == {"train": 32, "test": 12}
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.outside, self.tags = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "action", "data", "poster") and value and not value.startswith("data:image/png;base64,"):
+                self.outside.append((tag, name, value))
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_the_page_parses_embeds_its_thumbnails_and_links_nothing_outside(leaky):
+    text = (leaky["root"] / "audit" / "audit.html").read_text()
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert page.outside == [] and not {"script", "link", "iframe", "object", "embed"} & set(page.tags)
+    assert "url(" not in text and "@import" not in text
+    assert "test/bee/1.png" in text and "train/cow/resized.jpg" in text
+    for name in ("label_issues.csv", "duplicates.csv", "outliers.csv"):
+        assert featcache.read_csv(leaky["root"] / "audit" / name) is not None
+
+
+def test_a_streamed_and_a_non_resnet_cache_are_audited(tmp_path):
+    """A synthetic cache of 1,280-wide features (EfficientNet's width) too large to hold in memory under
+    a small budget is read as any other: only its clean view is read."""
+    from featcache.cache.synthetic import write_synthetic_cache
+
+    path = write_synthetic_cache(tmp_path / "wide.h5", 3000, views=3, test_rows=60, dim=1280, separation=1.0)
+    streamed = featcache.open_cache(path, max_memory="45MB")  # 61 MB of features: streamed under 45 MB
+    assert isinstance(streamed, featcache.cache.streaming.StreamedCache)
+    streamed.close()
+    result = featcache.audit(path, tmp_path / "out", folds=3, top=5)
+    assert result["summary"]["images"] == {"train": 3000, "test": 60}
+    assert result["summary"]["probe"]["out_of_fold_accuracy"] > 0.9
+    assert result["summary"]["duplicates"]["basis"] == "clean-view features"  # no image files
+    assert len(result["outliers"]) == 5 and (tmp_path / "out" / "audit.json").is_file()
+
+
+def test_the_audit_imports_neither_torchvision_nor_timm(leaky, tmp_path):
+    code = ("import sys, featcache; featcache.audit(sys.argv[1], sys.argv[2], folds=2); "
+            "loaded = [m for m in ('torchvision', 'timm') if m in sys.modules]; assert not loaded, loaded")
+    result = subprocess.run([sys.executable, "-c", code, str(leaky["cache"]), str(tmp_path / "a")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_command_prints_the_probe_and_the_counts(leaky, run_cli, tmp_path):
+    result = run_cli("audit", leaky["cache"], "--out", tmp_path / "cli", "--folds", 2, "--test-labels")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("probe: out-of-fold accuracy") and "2 folds" in lines[0]
+    assert "label issues:" in lines[-1] and "test" in lines[-1] and "across training and test" in lines[-1]
+
+
+def test_without_cleanlab_one_line_names_the_extra(leaky, run_cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cleanlab", None)
+    monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
+    result = run_cli("audit", leaky["cache"], "--out", tmp_path / "no", "--folds", 2)
+    assert result.exit_code == 1 and "featcache[audit]" in result.output
+
+
+def test_a_cache_of_another_backbone_is_audited(leaky, tmp_path):
+    """MobileNetV3-Small (torchvision, 1,024 features) extracted from the same images: the same copy found."""
+    spec = featcache.CacheSpec(featcache.DataSpec(str(leaky["data"])), weights="random", image_size=32, views=1,
+                               cache_dir=tmp_path / "cache", backbone="mobilenet_v3_small")
+    path = featcache.extract(spec, progress=False).path
+    assert featcache.open_cache(path).train_features.shape[-1] == 1024  # what its classifier sees
+    result = featcache.audit(path, tmp_path / "out", folds=2, top=5)
+    exact = [(row["a"], row["b"]) for row in result["duplicates"] if row["kind"] == "exact"
+             and row["scope"] == "train-test"]
+    assert exact == [("test/bee/1.png", "train/bee/copy.png")]
