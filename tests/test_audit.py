@@ -33,7 +33,8 @@ def test_flipped_labels_are_found_with_few_clean_rows_flagged():
     """1,500 rows of 3 well-separated Gaussian classes, 5% of labels flipped: recall of the flips at least
     0.9, at most 1% of the clean rows flagged."""
     features, labels, truth, flipped = gaussian_rows()
-    probabilities = tables.probe_probabilities(features, labels, 3, folds=5, seed=0)
+    C, _ = tables.choose_c(features, labels, 0)
+    probabilities = tables.probe_probabilities(features, labels, 3, folds=5, seed=0, C=C)
     flagged = set(tables.ranked_label_issues(labels, probabilities).tolist())
     recall = len(flagged & set(flipped.tolist())) / len(flipped)
     clean = set(range(len(labels))) - set(flipped.tolist())
@@ -50,9 +51,9 @@ def test_k_fold_finds_a_flip_that_in_sample_probabilities_hide():
     features = (rng.standard_normal((3, dim))[truth] * 1.5 + rng.standard_normal((rows, dim))).astype(np.float32)
     labels = truth.copy()
     labels[5] = 2  # a class-0 row labelled 2
-    in_sample = tables._probe().fit(features, labels).predict_proba(features)
+    in_sample = tables.probe(1.0).fit(features, labels).predict_proba(features)
     assert in_sample[5, 2] > 0.5 and 5 not in tables.ranked_label_issues(labels, in_sample).tolist()
-    out_of_fold = tables.probe_probabilities(features, labels, 3, folds=5, seed=0)
+    out_of_fold = tables.probe_probabilities(features, labels, 3, folds=5, seed=0, C=1.0)
     assert 5 in tables.ranked_label_issues(labels, out_of_fold).tolist()
 
 

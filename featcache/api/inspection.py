@@ -75,14 +75,15 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
     views = tables.read_clean_views(path)
     echo = echo or (lambda line: None)
     classes = len(views.classes)
+    C, grid = tables.choose_c(views.features["train"], views.labels["train"], config.seed)
     probabilities = tables.probe_probabilities(views.features["train"], views.labels["train"], classes, config.folds,
-                                               config.seed)
+                                               config.seed, C)
     accuracy = float((probabilities.argmax(1) == views.labels["train"]).mean())
     echo(f"probe: out-of-fold accuracy {accuracy:.4f} over {len(views.labels['train'])} training images "
-         f"({config.folds} folds)")
+         f"({config.folds} folds, C = {C:g} chosen on a validation split)")
     label_issues = tables.label_issue_rows(views, "train", probabilities)
     if config.test_labels:
-        model = tables._probe().fit(views.features["train"], views.labels["train"])
+        model = tables.probe(C).fit(views.features["train"], views.labels["train"])
         test = np.zeros((len(views.labels["test"]), classes))
         test[:, model.classes_] = model.predict_proba(views.features["test"])
         label_issues += tables.label_issue_rows(views, "test", test)
@@ -90,7 +91,7 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
     outliers = tables.outlier_rows(views, config.top)
     kinds = [row["kind"] for row in duplicates]
     summary = {"cache": str(path), "key": views.key, "images": {split: len(ids) for split, ids in views.ids.items()},
-               "probe": {"folds": config.folds, "seed": config.seed, "C": tables.PROBE_C,
+               "probe": {"folds": config.folds, "seed": config.seed, "C": C, "C_grid": grid,
                          "out_of_fold_accuracy": accuracy},
                "label_issues": {"train": sum(row["split"] == "train" for row in label_issues),
                                 "test": sum(row["split"] == "test" for row in label_issues) if config.test_labels
