@@ -194,3 +194,46 @@ def test_a_cache_of_another_backbone_is_audited(leaky, tmp_path):
     exact = [(row["a"], row["b"]) for row in result["duplicates"] if row["kind"] == "exact"
              and row["scope"] == "train-test"]
     assert exact == [("test/bee/1.png", "train/bee/copy.png")]
+
+
+def test_text_from_the_cache_cannot_inject_markup():
+    from featcache.evaluate.audit_page import audit_html
+
+    evil = '<script>alert(1)</script><img src="http://x/y.png">'
+    summary = {"cache": evil, "probe": {"out_of_fold_accuracy": 0.5, "folds": 2},
+               "duplicates": {"exact": 0, "near": 0, "near_cosine": 0.975}}
+    page = audit_html(summary, [{"split": "train", "id": evil, "given": evil, "suggested": evil,
+                                 "given_probability": 0.1}],
+                      [{"a_split": "test", "a": evil, "a_label": evil, "b_split": "train", "b": evil, "b_label": evil,
+                        "kind": "near", "scope": "train-test", "cosine": 0.99}],
+                      [{"split": "train", "id": evil, "label": evil, "distance": 0.5}], lambda split, name: None)
+    parser = Page()
+    parser.feed(page)
+    assert "script" not in parser.tags and parser.outside == [] and "&lt;script&gt;" in page
+
+
+def test_a_cache_naming_files_outside_its_data_gets_none_read(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "secret.png").write_bytes(b"x")
+    attrs = {"dataset": json.dumps({"path": str(tmp_path / "data")})}
+    for name in ("../secret.png", str(tmp_path / "secret.png"), "a/../../secret.png"):
+        assert tables._image_files(attrs, {"train": [name], "test": []}) is None
+
+
+def test_a_thousand_copies_are_one_row_each_not_every_pair():
+    digests = np.array([b"a" * 64] * 1000 + [b"b" * 64] * 3, dtype="S64")
+    within = tables._equal_digests(digests, digests, same=True)
+    assert len(within) == 999 + 2 and all(a < b for a, b in within)
+    across = tables._equal_digests(digests[:5], digests, same=False)
+    assert across == [(k, 0) for k in range(5)]
+
+
+def test_awkward_sizes_choose_c_and_fold_without_failing():
+    rng = np.random.default_rng(4)
+    labels = np.arange(10_001) % 3  # 10,001 rows: a sample of C_ROWS leaves 1 row, fewer than the classes
+    features = (rng.standard_normal((10_001, 4)) + labels[:, None]).astype(np.float32)
+    C, _ = tables.choose_c(features, labels, 0)
+    assert C > 0
+    small = np.array([0] * 30 + [1] * 30 + [2] * 2)  # a class of 2 images, 5 folds
+    probabilities = tables.probe_probabilities(features[:62], small, 3, folds=5, seed=0, C=1.0)
+    assert probabilities.shape == (62, 3) and np.allclose(probabilities.sum(1), 1)

@@ -63,6 +63,7 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
     import numpy as np
 
     from ..csvfiles import csv_text
+    from ..errors import FeatcacheError
     from ..evaluate import audit as tables
     from ..evaluate.audit_page import audit_html
     from ..files import write_file
@@ -71,6 +72,7 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
     require("cache", cache, (CacheSpec, str, Path), "a cache file's path or a featcache.CacheSpec")
     require("out", out, (str, Path), "a folder's path")
     started = time.perf_counter()
+    tables.require_cleanlab()  # before minutes of work, not after
     path = cache.locate()[2] if isinstance(cache, CacheSpec) else Path(cache)
     views = tables.read_clean_views(path)
     echo = echo or (lambda line: None)
@@ -82,7 +84,7 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
     echo(f"probe: out-of-fold accuracy {accuracy:.4f} over {len(views.labels['train'])} training images "
          f"({config.folds} folds, C = {C:g} chosen on a validation split)")
     label_issues = tables.label_issue_rows(views, "train", probabilities)
-    if config.test_labels:
+    if config.test_labels and len(views.labels["test"]):
         model = tables.probe(C).fit(views.features["train"], views.labels["train"])
         test = np.zeros((len(views.labels["test"]), classes))
         test[:, model.classes_] = model.predict_proba(views.features["test"])
@@ -105,7 +107,10 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
     index = {split: dict(zip(ids, files)) for split, ids, files in
              ((split, views.ids[split], views.files[split]) for split in views.ids)} if views.files else None
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FeatcacheError(f"cannot write the audit to {out}: {error.strerror}") from None
     contents = {
         "label_issues.csv": csv_text(["rank", "split", "id", "given", "suggested", "given_probability",
                                       "suggested_probability"], label_issues),

@@ -3,7 +3,8 @@ runs): label-issue candidates, duplicates and leakage between the splits, and ou
 
 - **Label issues**: out-of-sample predicted probabilities from K-fold (stratified, seeded) runs of
   featcache's logistic-regression probe (StandardScaler + LogisticRegression, C chosen from the probe's
-  grid on one stratified validation split of at most C_ROWS training rows) on the training features,
+  grid on one stratified validation split of at most C_ROWS training rows) on the training features
+  (standardised on the training split and scaled to unit length, as the duplicates use them),
   ranked by cleanlab's `find_label_issues` (self-confidence: the probability of the given label). C
   matters: on the reference task's stand-in features at 64 px the out-of-fold accuracy is 0.78 at
   C = 0.001 and 0.68 at scikit-learn's default C = 1, and precision falls with it. Out of sample matters: a probe fitted on a row memorises its label and hides the flip. Test
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +39,7 @@ import numpy as np
 from ..errors import FeatcacheError
 
 BLOCK_ROWS = 256  # queries per block: 256 x 100,000 similarities in float32 are 100 MB
-NEAR_COSINE = 0.975  # measured in docs/audit.md: resized re-encoded copies >= 0.98, distinct images <= 0.97
+NEAR_COSINE = 0.975  # docs/audit.md: a guide chosen on one measurement; the ranking is what to trust
 OUTLIER_NEIGHBOURS = 5
 C_ROWS = 10_000  # training rows C is chosen on (a grid of fits on 100,000 rows would take minutes)
 
@@ -52,6 +55,7 @@ class CleanViews:
     features: dict[str, np.ndarray]
     files: dict[str, list[str]] | None
     key: str
+    table_folder: Path | None = None  # where the file-hash table is (the cache's folder)
 
 
 def read_clean_views(path: Path) -> CleanViews:
@@ -72,7 +76,7 @@ def read_clean_views(path: Path) -> CleanViews:
         rows /= scale
         rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
     return CleanViews(json.loads(attrs["classes"]), ids, labels, features, _image_files(attrs, ids),
-                      str(attrs["key"]))
+                      str(attrs["key"]), Path(path).parent)
 
 
 def _image_files(attrs: dict, ids: dict[str, list[str]]) -> dict[str, list[str]] | None:
@@ -86,6 +90,9 @@ def _image_files(attrs: dict, ids: dict[str, list[str]]) -> dict[str, list[str]]
     if not isinstance(root, str):
         return None
     root = Path(root).parent if Path(root).is_file() else Path(root)
+    if any(os.path.isabs(name) or posixpath.normpath(name).startswith("../") or "\0" in name
+           for names in ids.values() for name in names):
+        return None  # ids are paths inside the data (layouts): a cache naming others gets no files read
     files = {split: [os.path.join(root, name) for name in names] for split, names in ids.items()}
     if not all(os.path.isfile(path) for names in files.values() for path in names):
         return None
@@ -105,9 +112,12 @@ def choose_c(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float
     if counts[counts > 0].min() < MIN_PER_CLASS_TO_CHOOSE:  # as the probe: too few to rank Cs
         return FALLBACK_C, []
     rows = np.arange(len(labels))
-    if len(rows) > C_ROWS:
-        rows = train_test_split(rows, train_size=C_ROWS, stratify=labels, random_state=seed)[0]
-    fitted, held = train_test_split(rows, test_size=0.2, stratify=labels[rows], random_state=seed)
+    try:
+        if len(rows) > C_ROWS:
+            rows = train_test_split(rows, train_size=C_ROWS, stratify=labels, random_state=seed)[0]
+        fitted, held = train_test_split(rows, test_size=0.2, stratify=labels[rows], random_state=seed)
+    except ValueError:  # a class too small to stratify in the sample: the probe's fixed C
+        return FALLBACK_C, []
     grid = [{"C": C, "val_acc": float(probe(C).fit(features[fitted], labels[fitted]).score(features[held], labels[held]))}
             for C in DEFAULT_LOGREG_CS]
     return max(grid, key=lambda row: row["val_acc"])["C"], grid
@@ -118,12 +128,16 @@ def probe_probabilities(features: np.ndarray, labels: np.ndarray, classes: int, 
     """Out-of-fold class probabilities [N, C]: each row's from a probe fitted without it (stratified K-fold)."""
     from sklearn.model_selection import StratifiedKFold
 
-    smallest = np.bincount(labels, minlength=classes)
-    present = smallest[smallest > 0].min() if (smallest > 0).any() else 0
-    if present < folds:
-        raise FeatcacheError(f"a class has {present} training images, fewer than the {folds} folds: lower `folds`")
     probabilities = np.zeros((len(labels), classes), dtype=np.float64)
-    for fitted, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
+    try:
+        with warnings.catch_warnings():  # a class smaller than `folds` is in fewer folds: its rows still get theirs
+            warnings.simplefilter("ignore", UserWarning)
+            splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels))
+    except ValueError as error:
+        raise FeatcacheError(f"cannot make {folds} folds of {len(labels)} training images: {error}") from None
+    for fitted, held in splits:
+        if len(np.unique(labels[fitted])) < 2:
+            raise FeatcacheError("a fold's training images are all of one class: too few images to audit labels")
         model = probe(C).fit(features[fitted], labels[fitted])
         probabilities[np.ix_(held, model.classes_)] = model.predict_proba(features[held])
     return probabilities
@@ -138,12 +152,18 @@ def probe(C: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
 
 
-def ranked_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Indices cleanlab's find_label_issues flags, most likely wrong first (lowest self-confidence)."""
+def require_cleanlab():
+    """cleanlab's find_label_issues, or one line naming the extra that installs it."""
     try:
         from cleanlab.filter import find_label_issues
     except ImportError:
         raise FeatcacheError("label issues need cleanlab (AGPL-3.0): pip install 'featcache[audit]'") from None
+    return find_label_issues
+
+
+def ranked_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Indices cleanlab's find_label_issues flags, most likely wrong first (lowest self-confidence)."""
+    find_label_issues = require_cleanlab()
     return np.asarray(find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence"),
                       dtype=np.int64)
 
@@ -224,18 +244,24 @@ def _digests(views: CleanViews) -> dict[str, np.ndarray] | None:
         return None
     from ..data.fingerprint import FileHashes
 
-    hashes = FileHashes()
-    return {split: hashes.digests(files) for split, files in views.files.items()}
+    hashes = FileHashes(views.table_folder)  # the cache folder's table: a repeated audit reads no file again
+    digests = {split: hashes.digests(files) for split, files in views.files.items()}
+    hashes.save()
+    return digests
 
 
 def _equal_digests(first: np.ndarray, second: np.ndarray, same: bool) -> list[tuple[int, int]]:
-    """Index pairs (a, b) whose digests are equal (a < b within one split)."""
-    where: dict[bytes, list[int]] = {}
+    """Index pairs (a, b) of equal digests, one per copy: each image of `first` with the first image of
+    `second` that has its digest (within one split, each later copy with the first), so that a thousand
+    copies of one placeholder image are 999 rows, not half a million."""
+    where: dict[bytes, int] = {}
     for index, digest in enumerate(second.tolist()):
-        where.setdefault(digest, []).append(index)
+        where.setdefault(digest, index)
     pairs = []
     for a, digest in enumerate(first.tolist()):
-        pairs += [(a, b) for b in where.get(digest, ()) if not same or a < b]
+        b = where.get(digest)
+        if b is not None and (not same or b < a):
+            pairs.append((b, a) if same else (a, b))
     return pairs
 
 

@@ -76,7 +76,8 @@ class AuditConfig:
     seed: int = setting(0, "Seeds the folds.", minimum=0)
     test_labels: bool = setting(False, "Check the test labels too (a probe fitted on every training image): a wrong "
                                 "test label moves every accuracy measured on it.")
-    top: int = setting(50, "Pairs of each scope (train-test, train-train, test-test) and outliers listed at least.",
+    top: int = setting(50, "Pairs of each scope (train-test, train-train, test-test) listed whatever their "
+                       "similarity (exact and near pairs are listed besides), and outliers listed.",
                        minimum=1)
 
     def __post_init__(self):
