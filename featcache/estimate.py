@@ -1,12 +1,12 @@
 """How long extraction or end-to-end training will take, from a short warm-up measured on this device,
 said in one line before the work starts.
 
-The warm-up runs the real work on one batch of the run's own size of real images (after an untimed one): decoding and resizing (extraction), the views, the
-backbone's forward (extraction) or a training step and a test forward (end to end). It runs on a copy of
-the network and a fresh optimizer, inside torch.random.fork_rng, and a view is a pure function of (seed,
-split, sample, view): it draws nothing from any run's random streams, so a run's numbers are the same
-with or without it (tested). Where the estimate is
-over 30 minutes the line names what shortens it.
+The warm-up runs the real work on batches of the run's own size of real images, after an untimed one:
+decoding and resizing (extraction), the views, the backbone's forward (extraction) or a training step
+and a test forward (end to end). It runs on a copy of the network and a fresh optimizer, inside
+torch.random.fork_rng, and a view is a pure function of (seed, split, sample, view): it draws nothing
+from any run's random streams, so a run's numbers are the same with or without it (tested). Where the
+estimate is over 30 minutes the line names what shortens it.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .backbone import synchronize
 from .data.images import DecodedSplit, ImageData
 from .data.views import make_views
 
@@ -71,18 +72,13 @@ def work_line(estimates: list[Estimate], image_size: int, device: torch.device, 
 def _timed(work, device: torch.device, batch: int) -> float:
     """Seconds per image of `work` on a batch of `batch` images, after one untimed call."""
     work()
-    _synchronize(device)
+    synchronize(device)
     calls = max(1, -(-TIMED_IMAGES // batch))
     started = time.perf_counter()
     for _ in range(calls):
         work()
-    _synchronize(device)
+    synchronize(device)
     return (time.perf_counter() - started) / (calls * batch)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _forks(device: torch.device):

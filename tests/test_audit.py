@@ -51,7 +51,9 @@ def test_k_fold_finds_a_flip_that_in_sample_probabilities_hide():
     features = (rng.standard_normal((3, dim))[truth] * 1.5 + rng.standard_normal((rows, dim))).astype(np.float32)
     labels = truth.copy()
     labels[5] = 2  # a class-0 row labelled 2
-    in_sample = tables.probe(1.0).fit(features, labels).predict_proba(features)
+    from featcache.train.logreg import probe_pipeline
+
+    in_sample = probe_pipeline(1.0).fit(features, labels).predict_proba(features)
     assert in_sample[5, 2] > 0.5 and 5 not in tables.ranked_label_issues(labels, in_sample).tolist()
     out_of_fold = tables.probe_probabilities(features, labels, 3, folds=5, seed=0, C=1.0)
     assert 5 in tables.ranked_label_issues(labels, out_of_fold).tolist()

@@ -252,7 +252,7 @@ def test_balanced_accuracy_by_hand_on_an_imbalanced_set():
         labels, predicted = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
         assert balanced_accuracy(labels, predicted, 4) == pytest.approx(balanced_accuracy_score(labels, predicted))
     probabilities = np.eye(3, dtype=np.float32)[[0] * 8 + [1, 0]]
-    record = prediction_record({"labels": np.array([0] * 8 + [1] * 2), "probabilities": probabilities}, 3)
+    record = prediction_record({"labels": np.array([0] * 8 + [1] * 2), "probabilities": probabilities})
     assert record == {"final_test_balanced_acc": 0.75, "test_class_counts": [8, 2, 0]}
 
 

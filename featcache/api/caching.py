@@ -57,10 +57,8 @@ def _with_tables(result: ExtractResult, spec: CacheSpec, dataset, provenance: di
     from ..ranks import is_main_process
 
     if dataset.description.get("class_counts") and is_main_process():
-        result.class_table, result.split_file = write_split_files(spec.cache_dir, dataset,
-                                                                  provenance["dataset_fingerprint"])[::-1]
-        if not dataset.description.get("split_made"):
-            result.split_file = None
+        result.split_file, result.class_table = write_split_files(spec.cache_dir, dataset,
+                                                                  provenance["dataset_fingerprint"])
     return result
 
 

@@ -85,7 +85,9 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
          f"({config.folds} folds, C = {C:g} chosen on a validation split)")
     label_issues = tables.label_issue_rows(views, "train", probabilities)
     if config.test_labels and len(views.labels["test"]):
-        model = tables.probe(C).fit(views.features["train"], views.labels["train"])
+        from ..train.logreg import probe_pipeline
+
+        model = probe_pipeline(C).fit(views.features["train"], views.labels["train"])
         test = np.zeros((len(views.labels["test"]), classes))
         test[:, model.classes_] = model.predict_proba(views.features["test"])
         label_issues += tables.label_issue_rows(views, "test", test)

@@ -259,21 +259,17 @@ class CacheSpec:
         return dataset, provenance, cache_path(self.cache_dir, dataset, provenance)
 
 
-def split_file_paths(cache_dir: Path, dataset, fingerprint: str) -> tuple[Path, Path]:
-    """(<name>-<fingerprint>-split.csv, <name>-<fingerprint>-classes.csv) beside the caches."""
-    stem = Path(cache_dir) / f"{dataset.name}-{fingerprint[:12]}"
-    return stem.with_name(stem.name + "-split.csv"), stem.with_name(stem.name + "-classes.csv")
-
-
-def write_split_files(cache_dir: Path, dataset, fingerprint: str) -> tuple[Path, Path]:
+def write_split_files(cache_dir: Path, dataset, fingerprint: str) -> tuple[Path | None, Path]:
     """Beside the caches: <name>-<fingerprint>-classes.csv (images per class and split) and, where
-    featcache made the test split, <name>-<fingerprint>-split.csv (path,label,split: a label file featcache
-    reads back as the same split). A folder that cannot be written only loses them."""
+    featcache made the test split, <name>-<fingerprint>-split.csv (path,label,split,id: a label file
+    featcache reads back as the same split, data.layouts.SPLIT_FILE). Returns (the split file, None where
+    featcache made no split; the class table). A folder that cannot be written only loses them."""
     from ..csvfiles import csv_text
     from ..data.datasets import class_table, split_rows
     from ..files import write_file
 
-    split_file, class_file = split_file_paths(cache_dir, dataset, fingerprint)
+    stem = Path(cache_dir) / f"{dataset.name}-{fingerprint[:12]}"
+    split_file, class_file = stem.with_name(stem.name + "-split.csv"), stem.with_name(stem.name + "-classes.csv")
     made = dataset.description.get("split_made")
     try:
         if made and not split_file.is_file():  # named by the fingerprint: written once
@@ -283,7 +279,7 @@ def write_split_files(cache_dir: Path, dataset, fingerprint: str) -> tuple[Path,
             write_file(class_file, csv_text(["class", "train", "test"], class_table(dataset)).encode())
     except FeatcacheError:
         pass
-    return split_file, class_file
+    return split_file if made else None, class_file
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from PIL import Image
 
 from ..errors import FeatcacheError
 from ..settings import ConfigError, check_fields, setting
-from .layouts import find_layout, skipped_text
+from .layouts import find_layout, skipped_text, split_file_name
 from .splits import DEFAULT_TEST_FRACTION, split_by_content
 
 # The formats Image.open may detect, by content, not name: the decoders of IMAGE_EXTENSIONS. Not EPS (it
@@ -269,8 +268,7 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
             labels += [label] * len(members)
         splits[split_name] = Split(ids=ids, labels=np.array(labels, dtype=np.int64), paths=paths)
         counts[split_name] = per_label
-    own_split = re.fullmatch(r"(.+)-[0-9a-f]{12}-split\.csv", data.name) if data.is_file() else None
-    name = own_split.group(1) if own_split else (data.parent if data.is_file() else data).resolve().name
+    name = (split_file_name(data) if data.is_file() else None) or (data.parent if data.is_file() else data).resolve().name
     description = {"source": found.layout, "path": str(data.resolve()), "per_class": per_class,
                    "test_per_class": test_per_class, "layout": found.layout, "split_rule": rule,
                    "split_sizes": {split: len(splits[split]) for split in splits}, "class_counts": counts,

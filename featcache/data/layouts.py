@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 VAL_NAMES = ("val", "valid", "validation")
 LABEL_FILE_SUFFIXES = (".csv", ".tsv")
 MAX_LABEL_FILE_BYTES = 1 << 30
+# featcache's own split file, <name>-<fingerprint>-split.csv beside the caches (cache/key.write_split_files)
+SPLIT_FILE = re.compile(r"(.+)-[0-9a-f]{12}-split\.csv")
+SPLIT_FILE_COLUMNS = ["path", "label", "split", "id"]
 
 
 # Why a file or folder found in the walk is not an image of the data: list_folder writes each as
@@ -62,6 +66,12 @@ def skipped_text(skipped: dict[str, int]) -> str:
         return "no files skipped"
     return (f"{total} file{'s' * (total != 1)} skipped ("
             + ", ".join(f"{count} {reason}" for reason, count in skipped.items() if count) + ")")
+
+
+def split_file_name(path: Path) -> str | None:
+    """The data's name where `path` is named like featcache's own split file, else None."""
+    match = SPLIT_FILE.fullmatch(path.name)
+    return match.group(1) if match else None
 
 
 def find_layout(data: Path, listings=None) -> Found:
@@ -164,7 +174,7 @@ def _label_file(path: Path) -> Found:
     has_split = "split" in rows[0]  # read_csv's rows are dicts keyed by the header row
     # featcache's own split file (cache/key.write_split_files) sits beside the caches and names the images
     # where they are; any other label file names images in its folder or below it
-    own_split_file = path.name.endswith("-split.csv") and list(rows[0]) == ["path", "label", "split", "id"]
+    own_split_file = split_file_name(path) is not None and list(rows[0]) == SPLIT_FILE_COLUMNS
     samples: dict[str, list] = {}
     seen = set()
     for line, row in enumerate(rows, start=2):

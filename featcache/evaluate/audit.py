@@ -106,7 +106,7 @@ def choose_c(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float
     from sklearn.model_selection import train_test_split
 
     from ..train.config import MIN_PER_CLASS_TO_CHOOSE
-    from ..train.logreg import DEFAULT_LOGREG_CS, FALLBACK_C
+    from ..train.logreg import DEFAULT_LOGREG_CS, FALLBACK_C, probe_pipeline
 
     counts = np.bincount(labels)
     if counts[counts > 0].min() < MIN_PER_CLASS_TO_CHOOSE:  # as the probe: too few to rank Cs
@@ -118,7 +118,7 @@ def choose_c(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float
         fitted, held = train_test_split(rows, test_size=0.2, stratify=labels[rows], random_state=seed)
     except ValueError:  # a class too small to stratify in the sample: the probe's fixed C
         return FALLBACK_C, []
-    grid = [{"C": C, "val_acc": float(probe(C).fit(features[fitted], labels[fitted]).score(features[held], labels[held]))}
+    grid = [{"C": C, "val_acc": float(probe_pipeline(C).fit(features[fitted], labels[fitted]).score(features[held], labels[held]))}
             for C in DEFAULT_LOGREG_CS]
     return max(grid, key=lambda row: row["val_acc"])["C"], grid
 
@@ -127,6 +127,8 @@ def probe_probabilities(features: np.ndarray, labels: np.ndarray, classes: int, 
                         C: float) -> np.ndarray:
     """Out-of-fold class probabilities [N, C]: each row's from a probe fitted without it (stratified K-fold)."""
     from sklearn.model_selection import StratifiedKFold
+
+    from ..train.logreg import probe_pipeline
 
     probabilities = np.zeros((len(labels), classes), dtype=np.float64)
     try:
@@ -138,18 +140,9 @@ def probe_probabilities(features: np.ndarray, labels: np.ndarray, classes: int, 
     for fitted, held in splits:
         if len(np.unique(labels[fitted])) < 2:
             raise FeatcacheError("a fold's training images are all of one class: too few images to audit labels")
-        model = probe(C).fit(features[fitted], labels[fitted])
+        model = probe_pipeline(C).fit(features[fitted], labels[fitted])
         probabilities[np.ix_(held, model.classes_)] = model.predict_proba(features[held])
     return probabilities
-
-
-def probe(C: float):
-    """featcache's logistic-regression probe (train.logreg): StandardScaler + LogisticRegression."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
 
 
 def require_cleanlab():

@@ -180,6 +180,7 @@ def per_class_results(groups: list[dict]) -> dict:
         matrix = sum(confusion_matrix(p["labels"], p["predicted"], labels=range(len(classes))) for p in stored)
         seeds = f" ({len(stored)} seeds, summed)" if len(stored) > 1 else ""
         results.append({"label": group["label"] + seeds, "approach": group["approach"], "classes": list(classes),
-                        "confusion": matrix, "test_images": np.bincount(stored[0]["labels"], minlength=len(classes)), "accuracy": {name: (matrix[k, k] / matrix[k].sum() if matrix[k].sum() else
-                                                                 float("nan")) for k, name in enumerate(classes)}})
+                        "confusion": matrix, "test_images": np.bincount(stored[0]["labels"], minlength=len(classes)),
+                        "accuracy": {name: (matrix[k, k] / matrix[k].sum() if matrix[k].sum() else float("nan"))
+                                     for k, name in enumerate(classes)}})
     return {"runs": results, "without_predictions": missing}

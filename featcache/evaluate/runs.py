@@ -40,15 +40,16 @@ def balanced_accuracy(labels, predicted, classes: int) -> float:
     return float(np.mean(hits[present] / counts[present])) if present.any() else float("nan")
 
 
-def prediction_record(predictions: dict | None, classes: int) -> dict:
-    """What history.json says of the last epoch's test predictions: balanced accuracy and the test images
-    per class (index = label)."""
+def prediction_record(predictions: dict | None) -> dict:
+    """What history.json says of the last epoch's test predictions (probabilities [M, C]): balanced accuracy
+    and the test images per class (index = label)."""
     import numpy as np
 
     if predictions is None:
         return {}
     labels = np.asarray(predictions["labels"], dtype=np.int64)
-    predicted = np.asarray(predictions["probabilities"]).argmax(1)
+    probabilities = np.asarray(predictions["probabilities"])
+    predicted, classes = probabilities.argmax(1), probabilities.shape[1]
     return {"final_test_balanced_acc": balanced_accuracy(labels, predicted, classes),
             "test_class_counts": np.bincount(labels, minlength=classes).tolist()}
 
@@ -91,8 +92,7 @@ def write_run(out: Path, approach: str, history: dict, config: dict, state_dict:
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
-        **prediction_record(predictions, len(extra.get("classes") or ()) or
-                            (np.asarray(predictions["probabilities"]).shape[1] if predictions is not None else 0)),
+        **prediction_record(predictions),
     }
     # An overwritten folder holds the old run whole, then no run (no history.json), then the new run
     # whole: history.json goes first and comes back last, each file written whole (featcache.files).
@@ -268,8 +268,7 @@ class Run:
         """The mean of per-class recall on the last epoch's test predictions (None without them)."""
         if self.predictions is None:
             return None
-        return prediction_record(self.predictions, len(self.record.get("classes") or ()) or
-                                 self.predictions["probabilities"].shape[1])["final_test_balanced_acc"]
+        return prediction_record(self.predictions)["final_test_balanced_acc"]
 
     @classmethod
     def load(cls, folder: str | Path) -> Run:

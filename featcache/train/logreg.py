@@ -16,6 +16,15 @@ DEFAULT_LOGREG_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 FALLBACK_C = 1.0  # scikit-learn's default C, for subsets too small to choose it
 
 
+def probe_pipeline(C: float):
+    """The probe's model: StandardScaler + LogisticRegression (max_iter 2000) at C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+
+
 def logreg_probe(features: np.ndarray, labels: np.ndarray, Cs=DEFAULT_LOGREG_CS, val_fraction: float = 0.2,
                  seed: int = 0) -> dict:
     """The logistic-regression probe, train-head's and few-shot's: StandardScaler + LogisticRegression
@@ -27,12 +36,8 @@ def logreg_probe(features: np.ndarray, labels: np.ndarray, Cs=DEFAULT_LOGREG_CS,
     FALLBACK_C. The chosen C is then refitted on every image. Returns the model, the grid, the best row and
     how C was chosen (as knn_probe says how k was).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     def fit(C, indices):
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+        model = probe_pipeline(C)
         rows = features[indices]
         return model.fit(rows.reshape(-1, rows.shape[-1]), np.repeat(labels[indices], rows.shape[1]))
 
