@@ -172,6 +172,7 @@ def data_options(function=None, *, per_class=dataclasses.MISSING, test_per_class
         option(api.DataSpec, "data_root"),
         option(api.DataSpec, "test_fraction"),
         option(api.DataSpec, "split_seed"),
+        option(api.DataSpec, "exclude"),
     )(function)
 
 
@@ -194,7 +195,8 @@ cache_options = stacked(option(api.CacheSpec, "views"), option(api.CacheSpec, "c
 
 def data_spec(options: dict) -> api.DataSpec:
     return api.DataSpec(options["data"], options["classes"] or None, options["per_class"], options["test_per_class"],
-                        options["download"], options["data_root"], options["test_fraction"], options["split_seed"])
+                        options["download"], options["data_root"], options["test_fraction"], options["split_seed"],
+                        options["exclude"])
 
 
 def cache_spec(options: dict, views: int | None = None) -> api.CacheSpec:

@@ -92,7 +92,10 @@ def weights_identity(weights: str, seed: int, backbone: str = DEFAULT_BACKBONE) 
 def cache_provenance(dataset, weights: str, seed: int, image_size: int, views: int,
                      precision: str = "fp32", hashes=None, backbone: str = DEFAULT_BACKBONE) -> dict:
     """Everything that determines the cached numbers; the cache key is a hash of exactly this.
-    `hashes` (fingerprint.FileHashes) remembers the files' content hashes between calls."""
+    `hashes` (fingerprint.FileHashes) remembers the files' content hashes between calls. Images left out
+    (data.exclusions) enter it by their ids' hash, so a cache made with exclusions is never reused
+    without them; without exclusions it is the key of every earlier release."""
+    excluded = dataset.description.get("excluded")
     return {
         "format_version": FORMAT_VERSION,
         "backbone": backbone_identity(backbone),  # torchvision.resnet18: the key of every 0.2 cache
@@ -106,6 +109,7 @@ def cache_provenance(dataset, weights: str, seed: int, image_size: int, views: i
         "views": views,
         "seed": seed,
         "precision": precision,  # bf16 autocast changes the features: another cache
+        **({"excluded": excluded["ids_sha256"]} if excluded and any(excluded["images"].values()) else {}),
     }
 
 

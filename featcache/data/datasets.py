@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..errors import FeatcacheError
 from ..settings import ConfigError, check_fields, setting
+from .exclusions import excluded_ids, exclusion_record, read_exclusions
 from .layouts import find_layout, skipped_text, split_file_name
 from .splits import DEFAULT_TEST_FRACTION, split_by_content
 
@@ -155,6 +156,7 @@ def load_dataset(
     test_fraction: float = DEFAULT_TEST_FRACTION,
     split_seed: int = 0,
     hashes=None,
+    exclude: str | Path | None = None,
 ) -> Dataset:
     """`data` is "cifar10" (torchvision) or a user's images in one of featcache.data.layouts' layouts.
 
@@ -163,7 +165,8 @@ def load_dataset(
     `test_per_class` says otherwise. Where the images have no test split, featcache.data.splits makes one
     (`test_fraction`, `split_seed`) from the files' content hashes (`hashes`, a fingerprint.FileHashes).
     Labels are 0..C-1 in the order of `classes`. `listings` (fingerprint.FolderListings) remembers
-    folders' listings between calls.
+    folders' listings between calls. `exclude` names a file of images to leave out of both splits
+    (featcache.data.exclusions), after the test split is made and before `per_class`.
     """
     if classes is not None:
         if len(set(classes)) != len(classes):
@@ -171,10 +174,12 @@ def load_dataset(
         if len(classes) < 2:
             raise FeatcacheError("`classes` needs at least two classes to classify")
     limit = None if per_class == "all" else per_class
+    entries = read_exclusions(exclude) if exclude is not None else None
     if data == "cifar10":
         return _load_cifar10(list(classes or CIFAR10_DEFAULT_CLASSES), CIFAR10_PER_CLASS if per_class is None else limit,
-                             test_per_class, download, Path(data_root or DEFAULT_CIFAR_ROOT))
-    return _load_images(Path(data), classes, limit, test_per_class, listings, test_fraction, split_seed, hashes)
+                             test_per_class, download, Path(data_root or DEFAULT_CIFAR_ROOT), entries, exclude)
+    return _load_images(Path(data), classes, limit, test_per_class, listings, test_fraction, split_seed, hashes,
+                        entries, exclude)
 
 
 def _check_classes(wanted: list[str], available: list[str], where: str) -> None:
@@ -184,19 +189,23 @@ def _check_classes(wanted: list[str], available: list[str], where: str) -> None:
             f"unknown class {', '.join(unknown)} in {where}; available: {', '.join(available)}")
 
 
-def _first_per_class(labels: np.ndarray, class_indices: list[int], limit: int | None) -> np.ndarray:
-    """Indices of the first `limit` samples of each wanted class, in dataset order."""
+def _first_per_class(labels: np.ndarray, class_indices: list[int], limit: int | None,
+                     left_out: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the first `limit` samples of each wanted class, in dataset order, none of `left_out`."""
     keep = []
+    allowed = np.ones(len(labels), dtype=bool)
+    if left_out is not None:
+        allowed[left_out] = False
     for class_index in class_indices:
-        members = np.flatnonzero(labels == class_index)
+        members = np.flatnonzero((labels == class_index) & allowed)
         keep.append(members[:limit] if limit is not None else members)
     return np.sort(np.concatenate(keep))
 
 
-def _load_cifar10(classes, per_class, test_per_class, download, root: Path) -> Dataset:
+def _load_cifar10(classes, per_class, test_per_class, download, root: Path, entries=None, exclude=None) -> Dataset:
     from torchvision.datasets import CIFAR10
 
-    splits = {}
+    splits, sources, removed = {}, {}, {}
     for split_name, train, limit in (("train", True, per_class), ("test", False, test_per_class)):
         try:
             source = CIFAR10(str(root), train=train, download=download)
@@ -207,20 +216,31 @@ def _load_cifar10(classes, per_class, test_per_class, download, root: Path) -> D
         except OSError as error:
             raise FeatcacheError(f"could not download CIFAR-10 to {root}: {error}") from None
         _check_classes(classes, source.classes, "CIFAR-10")
+        sources[split_name] = source
+    if entries is not None:  # ids train/<index> and test/<index>
+        chosen = excluded_ids(entries, [(f"{name}/{index}", None) for name, source in sources.items()
+                                        for index in range(len(source.targets))], "CIFAR-10")
+        removed = {name: sorted((identity for identity in chosen if identity.startswith(f"{name}/")),
+                                key=lambda identity: int(identity.split("/")[1])) for name in sources}
+    for split_name, limit in (("train", per_class), ("test", test_per_class)):
+        source = sources[split_name]
         wanted = [source.classes.index(name) for name in classes]
         targets = np.asarray(source.targets)
-        keep = _first_per_class(targets, wanted, limit)
+        left_out = np.array([int(identity.split("/")[1]) for identity in removed.get(split_name, [])], dtype=np.int64)
+        keep = _first_per_class(targets, wanted, limit, left_out)
         remap = {original: new for new, original in enumerate(wanted)}
         splits[split_name] = Split(
             ids=[f"{split_name}/{index}" for index in keep],
             labels=np.array([remap[t] for t in targets[keep]], dtype=np.int64),
             arrays=source.data[keep])
-    return Dataset("cifar10", classes, splits["train"], splits["test"],
-                   {"source": "torchvision CIFAR10", "per_class": per_class, "test_per_class": test_per_class})
+    description = {"source": "torchvision CIFAR10", "per_class": per_class, "test_per_class": test_per_class}
+    if entries is not None:
+        description["excluded"] = exclusion_record(exclude, removed)
+    return Dataset("cifar10", classes, splits["train"], splits["test"], description)
 
 
 def _load_images(data: Path, classes, per_class, test_per_class, listings, test_fraction: float, split_seed: int,
-                 hashes) -> Dataset:
+                 hashes, entries=None, exclude=None) -> Dataset:
     """A folder or label file (featcache.data.layouts), its test split made where it has none."""
     from .fingerprint import FileHashes
 
@@ -245,6 +265,12 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
     else:
         samples["test"] = samples.pop("val")
         rule = "the val split given, as the test split"
+    removed = None
+    if entries is not None:  # after the split: every other image keeps its side
+        chosen = excluded_ids(entries, [(identity, path) for split in samples.values() for identity, _, path in split],
+                              str(data))
+        removed = {name: [sample[0] for sample in samples[name] if sample[0] in chosen] for name in ("train", "test")}
+        samples = {name: [sample for sample in split if sample[0] not in chosen] for name, split in samples.items()}
     available = sorted({name for _, name, _ in samples["train"]})
     if classes is None:
         classes = available
@@ -274,13 +300,15 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
                    "split_sizes": {split: len(splits[split]) for split in splits}, "class_counts": counts,
                    "skipped": {reason: count for reason, count in found.skipped.items() if count}, "notes": notes,
                    "split_made": made}
+    if removed is not None:
+        description["excluded"] = exclusion_record(exclude, removed)
     return Dataset(name, list(classes), splits["train"], splits["test"], description)
 
 
 def layout_record(dataset: Dataset) -> dict:
     """What history.json records of how the images were found and split (not in any cache key)."""
-    return {key: dataset.description[key] for key in ("layout", "split_rule", "split_sizes", "class_counts")
-            if key in dataset.description}  # not the files skipped: a stray .DS_Store must not refuse a resume
+    return {key: dataset.description[key] for key in ("layout", "split_rule", "split_sizes", "class_counts",
+                                                      "excluded") if key in dataset.description}  # not the files skipped: a stray .DS_Store must not refuse a resume
 
 
 def class_table(dataset: Dataset) -> list[dict]:
@@ -302,15 +330,19 @@ def split_rows(dataset: Dataset, folder: Path) -> list[dict]:
 def summary_line(dataset: Dataset) -> str:
     """The one line a command prints before any work: layout, split rule, totals, classes, imbalance."""
     counts = dataset.description.get("class_counts")
+    excluded = dataset.description.get("excluded")
+    left_out = (f"; {sum(excluded['images'].values())} images excluded ({excluded['images'].get('train', 0)} "
+                f"training, {excluded['images'].get('test', 0)} test) by {excluded['file']}") if excluded else ""
     if not counts:
         return (f"{dataset.name}: {len(dataset.train)} training and {len(dataset.test)} test images of "
-                f"{len(dataset.classes)} classes")
+                f"{len(dataset.classes)} classes" + left_out)
     train = counts["train"]
     ratio = max(train.values()) / max(min(train.values()), 1)
     notes = [skipped_text(dataset.description.get("skipped") or {}), *(dataset.description.get("notes") or [])]
     return (f"{dataset.name} ({dataset.description['layout']}; test split: {dataset.description['split_rule']}): "
             f"{len(dataset.train)} training and {len(dataset.test)} test images, {len(dataset.classes)} classes, "
-            f"imbalance {ratio:.2f} (largest / smallest training class)" + "".join(f"; {note}" for note in notes))
+            f"imbalance {ratio:.2f} (largest / smallest training class)" + "".join(f"; {note}" for note in notes)
+            + left_out)
 
 
 @dataclass(frozen=True)
@@ -342,6 +374,10 @@ class DataSpec:
                                    "featcache puts in test, chosen by each image's content.", above=0, below=1)
     split_seed: int = setting(0, "Where your images have no test split: draws which images are in test (not "
                               "--seed, so that every training seed shares one split).", minimum=0)
+    exclude: Path | None = setting(None, "A file of images to leave out of both splits: a .csv/.tsv with a path "
+                                   "column (such as the audit's label_issues.csv, after review) or one path per "
+                                   "line; paths relative to the data folder, with /, or absolute. Recorded in the "
+                                   "cache key and in every run (docs/audit.md).", metavar="FILE")
 
     def __post_init__(self):
         check_fields(self)
@@ -351,7 +387,7 @@ class DataSpec:
     def load(self, listings=None, hashes=None) -> Dataset:
         return load_dataset(self.data, list(self.classes) if self.classes else None, self.per_class,
                             self.test_per_class, self.download, self.data_root, listings, self.test_fraction,
-                            self.split_seed, hashes)
+                            self.split_seed, hashes, self.exclude)
 
 
 def _check_per_class(value) -> None:
