@@ -66,7 +66,7 @@ def main() -> None:
     result = featcache.audit(path, work / "audit")
     seconds = time.perf_counter() - started
     flipped = set(planted["flipped"])
-    flagged = [row["id"] for row in result["label_issues"]]
+    flagged = [row["path"] for row in result["label_issues"]]
     found = [name for name in flagged if name in flipped]
     top = flagged[:round(0.05 * result["summary"]["images"]["train"])]
     pairs = [row for row in result["duplicates"] if row["scope"] == "train-test"]

@@ -120,6 +120,24 @@ def test_an_exact_and_a_resized_copy_of_test_images_in_training_are_found_as_lea
     assert summary["duplicates"]["exact"] == 1 and summary["duplicates"]["leaked"] >= 1 and summary["images"] == {"train": 32, "test": 12}
 
 
+def test_the_audits_own_csv_given_to_exclude_drops_the_leaked_copies(leaky, run_cli, tmp_path):
+    """duplicates.csv's path column names a leak's training copy: given back as --exclude (after keeping
+    only the leaks a user confirmed), the copies leave training and a new cache is made."""
+    rows = featcache.read_csv(leaky["root"] / "audit" / "duplicates.csv")
+    leaks = [row for row in rows if row["scope"] == "train-test" and row["b"] in ("train/bee/copy.png",
+                                                                                   "train/cow/resized.jpg")]
+    assert sorted(row["path"] for row in leaks) == ["train/bee/copy.png", "train/cow/resized.jpg"]
+    reviewed = tmp_path / "reviewed.csv"
+    reviewed.write_text(featcache.csvfiles.csv_text(list(rows[0]), leaks))
+    result = run_cli("extract", "--data", leaky["data"], "--weights", "random", "--image-size", 32, "--views", 1,
+                     "--cache-dir", tmp_path / "cache", "--exclude", reviewed)
+    assert result.exit_code == 0 and "2 images excluded (2 training, 0 test)" in result.output, result.output
+    again = featcache.audit(featcache.CacheSpec(featcache.DataSpec(str(leaky["data"]), exclude=reviewed),
+                                                weights="random", image_size=32, views=1,
+                                                cache_dir=tmp_path / "cache"), tmp_path / "again", folds=2)
+    assert again["summary"]["images"] == {"train": 30, "test": 12} and again["summary"]["duplicates"]["exact"] == 0
+
+
 class Page(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -204,11 +222,11 @@ def test_text_from_the_cache_cannot_inject_markup():
     evil = '<script>alert(1)</script><img src="http://x/y.png">'
     summary = {"cache": evil, "probe": {"out_of_fold_accuracy": 0.5, "folds": 2},
                "duplicates": {"exact": 0, "near": 0, "near_cosine": 0.975}}
-    page = audit_html(summary, [{"split": "train", "id": evil, "given": evil, "suggested": evil,
+    page = audit_html(summary, [{"split": "train", "path": evil, "given": evil, "suggested": evil,
                                  "given_probability": 0.1}],
                       [{"a_split": "test", "a": evil, "a_label": evil, "b_split": "train", "b": evil, "b_label": evil,
                         "kind": "near", "scope": "train-test", "cosine": 0.99}],
-                      [{"split": "train", "id": evil, "label": evil, "distance": 0.5}], lambda split, name: None)
+                      [{"split": "train", "path": evil, "label": evil, "distance": 0.5}], lambda split, name: None)
     parser = Page()
     parser.feed(page)
     assert "script" not in parser.tags and parser.outside == [] and "&lt;script&gt;" in page

@@ -114,11 +114,11 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
     except OSError as error:
         raise FeatcacheError(f"cannot write the audit to {out}: {error.strerror}") from None
     contents = {
-        "label_issues.csv": csv_text(["rank", "split", "id", "given", "suggested", "given_probability",
+        "label_issues.csv": csv_text(["rank", "split", "path", "given", "suggested", "given_probability",
                                       "suggested_probability"], label_issues),
         "duplicates.csv": csv_text(["scope", "kind", "cosine", "a_split", "a", "a_label", "b_split", "b", "b_label",
-                                    "basis"], duplicates),
-        "outliers.csv": csv_text(["rank", "split", "id", "label", "distance"], outliers),
+                                    "basis", "path"], duplicates),
+        "outliers.csv": csv_text(["rank", "split", "path", "label", "distance"], outliers),
         "audit.html": audit_html(summary, label_issues, duplicates, outliers,
                                  lambda split, name: index[split].get(name) if index else None),
         "audit.json": json.dumps({"summary": summary, "label_issues": label_issues, "duplicates": duplicates,

@@ -22,6 +22,10 @@ runs): label-issue candidates, duplicates and leakage between the splits, and ou
 - **Outliers**: training images farthest from their class: one minus the mean cosine similarity to
   their OUTLIER_NEIGHBOURS most similar images of the same class.
 
+Every row has a `path`: the image's id, its path relative to the data folder (data.layouts), which
+`--exclude` reads back (data.exclusions); for a pair, the copy to leave out (a leak's training image,
+a split's later copy).
+
 numpy and scikit-learn; cleanlab (AGPL-3.0, with pandas) only for label issues, an optional extra.
 Neither torchvision nor timm (tested).
 """
@@ -167,7 +171,7 @@ def label_issue_rows(views: CleanViews, split: str, probabilities: np.ndarray) -
     rows = []
     for rank, index in enumerate(ranked_label_issues(labels, probabilities), start=1):
         suggested = int(probabilities[index].argmax())
-        rows.append({"rank": rank, "split": split, "id": views.ids[split][index],
+        rows.append({"rank": rank, "split": split, "path": views.ids[split][index],
                      "given": views.classes[labels[index]], "suggested": views.classes[suggested],
                      "given_probability": float(probabilities[index, labels[index]]),
                      "suggested_probability": float(probabilities[index, suggested])})
@@ -224,6 +228,7 @@ def duplicate_rows(views: CleanViews, top: int) -> list[dict]:
             rows.append({"scope": scope, "a_split": first, "a": views.ids[first][a],
                          "a_label": views.classes[views.labels[first][a]], "b_split": second,
                          "b": views.ids[second][b], "b_label": views.classes[views.labels[second][b]],
+                         "path": views.ids[second][b],  # the copy --exclude would drop: a leak's training image
                          "cosine": cosine, "kind": "exact" if exact else "near" if cosine >= NEAR_COSINE else "similar",
                          "basis": "file digest" if digests is not None else "clean-view features"})
     kinds = {"exact": 0, "near": 1, "similar": 2}
@@ -270,5 +275,5 @@ def outlier_rows(views: CleanViews, top: int) -> list[dict]:
         distances[members] = 1 - cosines.mean(axis=1)
     order = [int(index) for index in np.argsort(-np.nan_to_num(distances, nan=-1), kind="stable")
              if not np.isnan(distances[index])][:top]
-    return [{"rank": rank, "split": "train", "id": views.ids["train"][index], "label": views.classes[labels[index]],
+    return [{"rank": rank, "split": "train", "path": views.ids["train"][index], "label": views.classes[labels[index]],
              "distance": float(distances[index])} for rank, index in enumerate(order, start=1)]

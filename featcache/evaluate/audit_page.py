@@ -42,8 +42,8 @@ def audit_html(summary: dict, label_issues: list[dict], duplicates: list[dict], 
         f"{len(label_issues)} flagged; the probe's out-of-fold accuracy is {probe['out_of_fold_accuracy']:.4f} "
         f"({probe['folds']} folds): the weaker the probe, the more clean images it flags.") + "</p>")
     sections.append('<div class="gallery">' + "".join(_card(
-        [thumbnail(file_of(row["split"], row["id"]))],
-        [row["id"], f"given {row['given']}", f"suggested {row['suggested']}",
+        [thumbnail(file_of(row["split"], row["path"]))],
+        [row["path"], f"given {row['given']}", f"suggested {row['suggested']}",
          f"p(given) {row['given_probability']:.3f}"]) for row in label_issues[:GALLERY]) + "</div>")
     sections.append("<h2>Duplicates and leakage</h2><p>" + html.escape(
         f"{summary['duplicates']['exact']} exact and {summary['duplicates']['near']} near pairs (cosine >= "
@@ -56,7 +56,7 @@ def audit_html(summary: dict, label_issues: list[dict], duplicates: list[dict], 
     sections.append("<h2>Outliers</h2><p>Training images farthest from their class (one minus the mean cosine "
                     "similarity to their nearest images of the same class).</p>")
     sections.append('<div class="gallery">' + "".join(_card(
-        [thumbnail(file_of(row["split"], row["id"]))], [row["id"], row["label"], f"distance {row['distance']:.4f}"])
+        [thumbnail(file_of(row["split"], row["path"]))], [row["path"], row["label"], f"distance {row['distance']:.4f}"])
         for row in outliers[:GALLERY]) + "</div>")
     style = ("body{font-family:sans-serif;margin:1em}.gallery{display:flex;flex-wrap:wrap;gap:8px}"
              "figure{margin:0;width:210px;font-size:12px;border:1px solid #ccc;padding:4px}"
