@@ -268,12 +268,17 @@ def inspect_command(out, **options):
 @stacked(*(option(api.AuditConfig, name) for name in field_names(api.AuditConfig)))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs") / "audit", show_default=True,
               help="Folder for audit.html, label_issues.csv, duplicates.csv, outliers.csv and audit.json.")
-def audit_command(cache, out, **options):
+@click.option("--run", "runs", type=click.Path(path_type=Path), multiple=True,
+              help="A run directory (train-head, finetune, scratch), folder of seeds or experiment folder whose "
+                   "mistakes to show: its --top highest-loss test images and most-confused class pairs, also in "
+                   "top_losses.csv and most_confused.csv. Repeat for several.")
+def audit_command(cache, out, runs, **options):
     """What a cache tells you about your data, from its clean views (no backbone runs): label-issue
     candidates (out-of-fold probe probabilities ranked by cleanlab: pip install 'featcache[audit]'), exact
     and near duplicates within training, within test and across the two (leakage), and outliers, as one
-    self-contained HTML page with thumbnails and as CSV and JSON (docs/audit.md)."""
-    api.audit(cache, out, echo=click.echo, **settings_of(api.AuditConfig, options))
+    self-contained HTML page with thumbnails and as CSV and JSON (docs/audit.md); with --run, a trained
+    run's mistakes beside them."""
+    api.audit(cache, out, runs=runs, echo=click.echo, **settings_of(api.AuditConfig, options))
 
 
 @main.command("experiment")

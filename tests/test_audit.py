@@ -257,3 +257,48 @@ def test_awkward_sizes_choose_c_and_fold_without_failing():
     small = np.array([0] * 30 + [1] * 30 + [2] * 2)  # a class of 2 images, 5 folds
     probabilities = tables.probe_probabilities(features[:62], small, 3, folds=5, seed=0, C=1.0)
     assert probabilities.shape == (62, 3) and np.allclose(probabilities.sum(1), 1)
+
+
+def test_a_runs_top_losses_and_most_confused_pairs(leaky, run_cli, tmp_path):
+    """--run: a train-head run, a folder of its seeds and an experiment folder (approach subfolders) read
+    from their predictions.npz; the losses and confusions match a hand computation."""
+    from sklearn.metrics import confusion_matrix
+
+    head = featcache.train_head(leaky["cache"], epochs=2, out=tmp_path / "head")
+    featcache.train_head_seeds(leaky["cache"], "0-1", epochs=2, out=tmp_path / "seeds")
+    experiment = tmp_path / "experiment"
+    shutil.copytree(tmp_path / "head", experiment / "feature-extraction")
+    featcache.finetune(featcache.DataSpec(str(leaky["data"])), "random", epochs=1, image_size=32,
+                       out=experiment / "fine-tuning")
+    result = run_cli("audit", leaky["cache"], "--out", tmp_path / "out", "--folds", 2, "--top", 5,
+                     "--run", tmp_path / "head", "--run", tmp_path / "seeds", "--run", experiment)
+    assert result.exit_code == 0, result.output
+    assert "test predictions wrong" in result.output.splitlines()[-1]
+    written = json.loads((tmp_path / "out" / "audit.json").read_text())
+    runs = written["summary"]["runs"]
+    assert [run["seeds"] for run in runs] == [1, 2, 1, 1] and all(run["in_this_cache"] == 12 for run in runs)
+    assert len({run["run"] for run in runs}) == 4  # the two feature-extraction runs told apart by folder
+    stored = np.load(tmp_path / "head" / "predictions.npz")
+    losses = -np.log(stored["probabilities"][np.arange(12), stored["labels"]])
+    mine = [row for row in written["top_losses"] if row["run"] == runs[0]["run"]]
+    assert [row["path"] for row in mine] == [str(stored["ids"][k]) for k in np.argsort(-losses, kind="stable")[:5]]
+    np.testing.assert_allclose([row["loss"] for row in mine], np.sort(losses)[::-1][:5], rtol=1e-5)
+    matrix = confusion_matrix(stored["labels"], stored["probabilities"].argmax(1), labels=range(3))
+    pairs = {(row["given"], row["predicted"]): row["count"] for row in written["most_confused"]
+             if row["run"] == runs[0]["run"]}
+    classes = head.record["classes"]
+    assert pairs == {(classes[a], classes[b]): int(matrix[a, b]) for a in range(3) for b in range(3)
+                     if a != b and matrix[a, b]}
+    assert runs[0]["wrong"] == int(matrix.sum() - np.trace(matrix))
+    seeds = [np.load(tmp_path / "seeds" / f"seed-{k}" / "predictions.npz") for k in (0, 1)]
+    mean = (seeds[0]["probabilities"] + seeds[1]["probabilities"]) / 2  # one test order for both seeds
+    top = next(row for row in written["top_losses"] if row["run"] == runs[1]["run"] and row["rank"] == 1)
+    assert top["loss"] == pytest.approx(float((-np.log(mean[np.arange(12), seeds[0]["labels"]])).max()), rel=1e-5)
+    for name in ("top_losses.csv", "most_confused.csv"):
+        assert featcache.read_csv(tmp_path / "out" / name)
+    page = Page()
+    page.feed((tmp_path / "out" / "audit.html").read_text())
+    assert len(page.images) > 30 and page.outside == []  # the top losses' thumbnails besides the audit's own
+    result = run_cli("audit", leaky["cache"], "--out", tmp_path / "bad", "--run", tmp_path)
+    assert result.exit_code == 1 and "not a featcache run directory" in result.output
+    assert not (tmp_path / "bad").exists()  # refused before the work

@@ -9,7 +9,7 @@ from typing import Callable
 from ..data.datasets import DataSpec
 from ..cache.key import CacheSpec
 from ..evaluate.config import AuditConfig, BenchConfig, InspectConfig
-from ..settings import built, require
+from ..settings import as_paths, built, require
 
 Log = Callable[[str], None]
 
@@ -50,13 +50,16 @@ AUDIT_FILES = ("label_issues.csv", "duplicates.csv", "outliers.csv", "audit.html
 
 
 def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | None = None, *,
-          echo: Log | None = None, **settings) -> dict:
+          runs=(), echo: Log | None = None, **settings) -> dict:
     """What the cache tells you about the data, from its clean views (no backbone runs;
     featcache.evaluate.audit): label-issue candidates (out-of-fold probe probabilities ranked by cleanlab,
     `pip install 'featcache[audit]'`), exact and near duplicates within and across the splits, outliers.
     Writes label_issues.csv, duplicates.csv, outliers.csv, audit.html (thumbnails embedded) and
     audit.json to `out`; returns the tables, the summary and the files. `cache` is a cache file or the
-    CacheSpec it was extracted from; `config` or AuditConfig's fields (folds, seed, test_labels, top)."""
+    CacheSpec it was extracted from; `config` or AuditConfig's fields (folds, seed, test_labels, top).
+    `runs`: run directories, folders of seeds or experiment folders whose mistakes to show
+    (featcache.evaluate.mistakes): their `top` highest-loss test images and most-confused class pairs,
+    also in top_losses.csv and most_confused.csv."""
     import json
     import time
 
@@ -68,11 +71,20 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
     from ..evaluate.audit_page import audit_html
     from ..files import write_file
 
+    from ..evaluate.mistakes import most_confused, run_groups, top_losses
+
     config = built(AuditConfig, config, settings, "audit")
     require("cache", cache, (CacheSpec, str, Path), "a cache file's path or a featcache.CacheSpec")
     require("out", out, (str, Path), "a folder's path")
     started = time.perf_counter()
     tables.require_cleanlab()  # before minutes of work, not after
+    groups = [group for folder in as_paths("runs", runs) for group in run_groups(folder)]
+    labels = [group["label"] for group in groups]
+    for group in groups:  # two runs of one name (a/fine-tuning, b/fine-tuning): told apart by their folders
+        group["label"] = group["folder"] if labels.count(group["label"]) > 1 else group["label"]
+    mistakes = [(group, top_losses(group, config.top), most_confused(group)) for group in groups]  # before the work
+    losses = [row for _, rows, _ in mistakes for row in rows]
+    confused = [row for _, _, rows in mistakes for row in rows]
     path = cache.locate()[2] if isinstance(cache, CacheSpec) else Path(cache)
     views = tables.read_clean_views(path)
     echo = echo or (lambda line: None)
@@ -105,7 +117,12 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
                               "leaked": sum(row["scope"] == "train-test" and row["kind"] != "similar"
                                             for row in duplicates),
                               "basis": "file digest" if views.files is not None else "clean-view features"},
-               "outliers": len(outliers), "seconds": time.perf_counter() - started}
+               "outliers": len(outliers),
+               "runs": [{"run": group["label"], "folder": group["folder"], "seeds": len(group["runs"]),
+                         "test_images": len(group["predictions"][0]["ids"]),
+                         "in_this_cache": len(set(group["predictions"][0]["ids"].tolist()) & set(views.ids["test"])),
+                         "wrong": sum(row["count"] for row in pairs)} for group, _, pairs in mistakes],
+               "seconds": time.perf_counter() - started}
     index = {split: dict(zip(ids, files)) for split, ids, files in
              ((split, views.ids[split], views.files[split]) for split in views.ids)} if views.files else None
     out = Path(out)
@@ -120,15 +137,24 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
                                     "basis", "path"], duplicates),
         "outliers.csv": csv_text(["rank", "split", "path", "label", "distance"], outliers),
         "audit.html": audit_html(summary, label_issues, duplicates, outliers,
-                                 lambda split, name: index[split].get(name) if index else None),
+                                 lambda split, name: index[split].get(name) if index else None, losses, confused),
         "audit.json": json.dumps({"summary": summary, "label_issues": label_issues, "duplicates": duplicates,
-                                  "outliers": outliers}, indent=2) + "\n",
+                                  "outliers": outliers, "top_losses": losses, "most_confused": confused},
+                                 indent=2) + "\n",
     }
-    for name in AUDIT_FILES:
+    if groups:
+        contents["top_losses.csv"] = csv_text(["run", "rank", "split", "path", "given", "predicted", "loss",
+                                               "given_probability", "predicted_probability", "correct"], losses)
+        contents["most_confused.csv"] = csv_text(["run", "given", "predicted", "count", "share_of_given", "seeds"],
+                                                 confused)
+    names = [*(name for name in contents if name not in AUDIT_FILES), *AUDIT_FILES]  # audit.json last
+    for name in names:
         write_file(out / name, contents[name].encode())
     echo(f"label issues: {summary['label_issues']['train']} training"
          + (f", {summary['label_issues']['test']} test" if config.test_labels else "")
          + f"; duplicates: {summary['duplicates']['exact']} exact, {summary['duplicates']['near']} near, "
-         f"{summary['duplicates']['leaked']} across training and test; written to {out}")
-    return {"label_issues": label_issues, "duplicates": duplicates, "outliers": outliers, "summary": summary,
-            "files": {name: out / name for name in AUDIT_FILES}}
+         f"{summary['duplicates']['leaked']} across training and test"
+         + "".join(f"; {run['run']}: {run['wrong']} of {run['test_images'] * run['seeds']} test predictions wrong"
+                   for run in summary["runs"]) + f"; written to {out}")
+    return {"label_issues": label_issues, "duplicates": duplicates, "outliers": outliers, "top_losses": losses,
+            "most_confused": confused, "summary": summary, "files": {name: out / name for name in names}}

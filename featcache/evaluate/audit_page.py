@@ -33,9 +33,34 @@ def _card(images: list[str], lines: list[str]) -> str:
     return f'<figure>{"".join(images)}<figcaption>{text}</figcaption></figure>'
 
 
+def _table(columns: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _mistakes(run: dict, losses: list[dict], confused: list[dict], file_of) -> str:
+    """One run's section: its most-confused class pairs as a table, its top losses as a gallery."""
+    seeds = f" (mean of {run['seeds']} seeds' probabilities)" if run["seeds"] > 1 else ""
+    note = (f"{run['wrong']} of {run['test_images'] * run['seeds']} test predictions wrong; "
+            f"{run['in_this_cache']} of its {run['test_images']} test images are in this cache (thumbnails "
+            f"only for those).")
+    return (f"<h2>{html.escape('Mistakes of ' + run['run'])}</h2><p>{html.escape(note)}</p>"
+            "<h3>Most-confused class pairs</h3>"
+            + _table(["given", "predicted", "count", "share of given"],
+                     [[row["given"], row["predicted"], row["count"], f"{row['share_of_given']:.3f}"]
+                      for row in confused[:GALLERY]])
+            + f"<h3>{html.escape('Top losses' + seeds)}</h3>" + '<div class="gallery">' + "".join(_card(
+                [thumbnail(file_of("test", row["path"]))],
+                [row["path"], f"given {row['given']}", f"predicted {row['predicted']}", f"loss {row['loss']:.3f}",
+                 f"p(given) {row['given_probability']:.3f}"]) for row in losses[:GALLERY]) + "</div>")
+
+
 def audit_html(summary: dict, label_issues: list[dict], duplicates: list[dict], outliers: list[dict],
-               file_of) -> str:
-    """The page; `file_of(split, id)` gives an image's file (None where there are no files)."""
+               file_of, losses: list[dict] = (), confused: list[dict] = ()) -> str:
+    """The page; `file_of(split, id)` gives an image's file (None where there are no files); `losses`
+    and `confused` the runs' top losses and most-confused pairs (featcache.evaluate.mistakes), in the
+    order of summary["runs"]."""
     sections = []
     probe = summary["probe"]
     sections.append("<h2>Label-issue candidates</h2><p>" + html.escape(
@@ -58,9 +83,13 @@ def audit_html(summary: dict, label_issues: list[dict], duplicates: list[dict], 
     sections.append('<div class="gallery">' + "".join(_card(
         [thumbnail(file_of(row["split"], row["path"]))], [row["path"], row["label"], f"distance {row['distance']:.4f}"])
         for row in outliers[:GALLERY]) + "</div>")
+    for run in summary.get("runs", []):
+        sections.append(_mistakes(run, [row for row in losses if row["run"] == run["run"]],
+                                  [row for row in confused if row["run"] == run["run"]], file_of))
     style = ("body{font-family:sans-serif;margin:1em}.gallery{display:flex;flex-wrap:wrap;gap:8px}"
              "figure{margin:0;width:210px;font-size:12px;border:1px solid #ccc;padding:4px}"
-             "figure img{margin-right:2px}.none{width:96px;height:40px;color:#888}")
+             "figure img{margin-right:2px}.none{width:96px;height:40px;color:#888}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}")
     title = html.escape(f"featcache audit of {summary['cache']}")
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>'
             f"<body><h1>{title}</h1>" + "".join(sections) + "</body></html>\n")

@@ -77,7 +77,8 @@ class AuditConfig:
     test_labels: bool = setting(False, "Check the test labels too (a probe fitted on every training image): a wrong "
                                 "test label moves every accuracy measured on it.")
     top: int = setting(50, "Pairs of each scope (train-test, train-train, test-test) listed whatever their "
-                       "similarity (exact and near pairs are listed besides), and outliers listed.",
+                       "similarity (exact and near pairs are listed besides), outliers listed, and with --run each run's top "
+                       "losses.",
                        minimum=1)
 
     def __post_init__(self):
