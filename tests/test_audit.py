@@ -2,6 +2,7 @@
 splits, outliers, and the self-contained page, from a cache's clean views alone."""
 import json
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -174,6 +175,16 @@ def test_a_streamed_and_a_non_resnet_cache_are_audited(tmp_path):
     streamed = featcache.open_cache(path, max_memory="45MB")  # 61 MB of features: streamed under 45 MB
     assert isinstance(streamed, featcache.cache.streaming.StreamedCache)
     streamed.close()
+    import tracemalloc
+
+    tracemalloc.start()  # numpy's and h5py's arrays are traced
+    try:
+        views = tables.read_clean_views(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    whole = 3000 * 4 * 1280 * 4  # every view: what an in-memory open would hold
+    assert views.features["train"].shape == (3000, 1280) and peak < whole / 1.5, peak
     result = featcache.audit(path, tmp_path / "out", folds=3, top=5)
     assert result["summary"]["images"] == {"train": 3000, "test": 60}
     assert result["summary"]["probe"]["out_of_fold_accuracy"] > 0.9
@@ -302,3 +313,18 @@ def test_a_runs_top_losses_and_most_confused_pairs(leaky, run_cli, tmp_path):
     result = run_cli("audit", leaky["cache"], "--out", tmp_path / "bad", "--run", tmp_path)
     assert result.exit_code == 1 and "not a featcache run directory" in result.output
     assert not (tmp_path / "bad").exists()  # refused before the work
+
+
+def test_a_damaged_cache_is_refused_before_anything_is_written(small_cache, tmp_path, run_cli):
+    """A byte flipped in an augmented view, which the audit never reads: every byte is checked all the same."""
+    import h5py
+
+    from test_shards import _flip_byte
+
+    path = Path(shutil.copy(small_cache.path, tmp_path))
+    with h5py.File(path, "r") as handle:
+        chunk = handle["train/features"].id.get_chunk_info_by_coord((0, 2, 0))
+    _flip_byte(path, chunk.byte_offset + 16 * 512 * 4 + 7)
+    result = run_cli("audit", path, "--out", tmp_path / "out", "--folds", 2)
+    assert result.exit_code == 1 and "is damaged" in result.output and "train rows" in result.output, result.output
+    assert not (tmp_path / "out").exists()

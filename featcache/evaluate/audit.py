@@ -64,10 +64,18 @@ class CleanViews:
 
 def read_clean_views(path: Path) -> CleanViews:
     """View 0 of every training row and every test row, read from the file's metadata-checked layout
-    (featcache.cache.layout: shapes and sizes before anything is allocated); a streamed cache reads as
-    any other, since only the clean view is read."""
+    (featcache.cache.layout: shapes and sizes before anything is allocated) once every feature byte has
+    matched its sha256, range by range, as a streamed head's cache is checked
+    (cache.streaming.open_streamed): a cache larger than memory is audited as any other, since only its
+    clean view is held."""
+    from ..cache.checksums import damaged_cache, verify_file
     from ..cache.key import open_complete_cache
 
+    with open_complete_cache(path) as handle:  # its structure checked before verify_file reads a byte
+        pass
+    mismatches = verify_file(Path(path))  # every feature byte against its sha256, one range at a time
+    if mismatches:
+        raise damaged_cache(path, mismatches)
     with open_complete_cache(path) as handle:
         attrs = dict(handle.attrs)
         features = {"train": handle["train/features"][:, 0, :], "test": handle["test/features"][()]}
