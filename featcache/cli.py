@@ -104,6 +104,9 @@ def train_head(cache, **options):
     the matching cache. Epoch e trains on augmented view 1 + e % V of every image. Writes history.json
     (per-epoch train_loss, train_acc, test_acc, config, cache key, wall time, device) and weights.pt.
     """
+    if cache is not None and options["exclude"] is not None:
+        raise click.UsageError("--exclude picks the images of the cache to find; CACHE was made with its own "
+                               "(they are in its key): give CACHE or --exclude, not both")
     settings = settings_of(api.HeadConfig, options)
     common = {"out": run_dir(options, "feature-extraction"), "overwrite": options["overwrite"],
               "progress": not options["quiet"]}

@@ -125,8 +125,7 @@ def test_the_audits_own_csv_given_to_exclude_drops_the_leaked_copies(leaky, run_
     """duplicates.csv's path column names a leak's training copy: given back as --exclude (after keeping
     only the leaks a user confirmed), the copies leave training and a new cache is made."""
     rows = featcache.read_csv(leaky["root"] / "audit" / "duplicates.csv")
-    leaks = [row for row in rows if row["scope"] == "train-test" and row["b"] in ("train/bee/copy.png",
-                                                                                   "train/cow/resized.jpg")]
+    leaks = [row for row in rows if row["scope"] == "train-test" and row["kind"] != "similar"]  # exact or near
     assert sorted(row["path"] for row in leaks) == ["train/bee/copy.png", "train/cow/resized.jpg"]
     reviewed = tmp_path / "reviewed.csv"
     reviewed.write_text(featcache.csvfiles.csv_text(list(rows[0]), leaks))
@@ -248,7 +247,50 @@ def test_a_cache_naming_files_outside_its_data_gets_none_read(tmp_path):
     (tmp_path / "secret.png").write_bytes(b"x")
     attrs = {"dataset": json.dumps({"path": str(tmp_path / "data")})}
     for name in ("../secret.png", str(tmp_path / "secret.png"), "a/../../secret.png"):
-        assert tables._image_files(attrs, {"train": [name], "test": []}) is None
+        files, _, why = tables._image_files(attrs, {"train": [name], "test": []},
+                                            {"train": np.zeros(1, np.int64), "test": np.zeros(0, np.int64)}, ["a"],
+                                            tmp_path)
+        assert files is None and "not paths inside" in why
+
+
+def test_images_changed_since_extraction_are_not_shown_beside_the_old_features(leaky, tmp_path):
+    """A cache names its files by path; the files are trusted only where they give back the dataset
+    fingerprint the cache records (a cache naming someone else's files, or an image edited since, does not)."""
+    data = shutil.copytree(leaky["data"], tmp_path / "data")
+    spec = featcache.CacheSpec(featcache.DataSpec(str(data)), weights="random", image_size=32, views=1,
+                               cache_dir=tmp_path / "cache")
+    path = featcache.extract(spec, progress=False).path
+    assert tables.read_clean_views(path).files_source.startswith("read from")
+    with Image.open(data / "train" / "ant" / "3.png") as image:
+        image.rotate(90).save(data / "train" / "ant" / "3.png")
+    views = tables.read_clean_views(path)
+    assert views.files is None and views.digests is None and "not those the cache was made from" in views.files_source
+    result = featcache.audit(path, tmp_path / "out", folds=2)
+    assert result["summary"]["duplicates"]["basis"] == "clean-view features"
+    assert "data:image/png" not in (tmp_path / "out" / "audit.html").read_text()
+
+
+def test_every_training_copy_of_a_test_image_is_a_row():
+    rng = np.random.default_rng(5)
+    train, test = rng.standard_normal((20, 8)).astype(np.float32), rng.standard_normal((4, 8)).astype(np.float32)
+    train[3] = train[7] = test[0]  # two copies in training
+    features = {"train": train, "test": test}
+    tables.standardise(features)
+    views = tables.CleanViews(["a", "b"], {"train": [f"train/{k}" for k in range(20)], "test": [f"test/{k}" for k in range(4)]},
+                              {"train": np.arange(20) % 2, "test": np.arange(4) % 2}, features, None, "key")
+    rows = [row for row in tables.duplicate_rows(views, top=1) if row["scope"] == "train-test" and row["kind"] == "exact"]
+    assert sorted(row["path"] for row in rows) == ["train/3", "train/7"] and {row["a"] for row in rows} == {"test/0"}
+
+
+def test_a_dimension_constant_in_training_does_not_swamp_the_rest():
+    train = np.ones((10, 3), dtype=np.float32)
+    train[:, 1:] = np.random.default_rng(6).standard_normal((10, 2))
+    test = train[:2].copy()
+    test[:, 0] = 5.0  # off the constant, where the training spread is nothing
+    features = {"train": train, "test": test}
+    tables.standardise(features)
+    assert (features["test"][:, 0] == 0).all()
+    np.testing.assert_allclose(features["test"], features["train"][:2], atol=1e-6)
 
 
 def test_a_thousand_copies_are_one_row_each_not_every_pair():

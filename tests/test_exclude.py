@@ -151,3 +151,18 @@ def test_cifar10_ids_are_excluded(monkeypatch, tmp_path):
     listed.write_text("train/40\n")
     with pytest.raises(featcache.FeatcacheError, match="'train/40'"):
         load_dataset("cifar10", exclude=listed)
+
+
+def test_excluding_a_whole_class_or_with_a_cache_file_is_refused(make_image_folder, tmp_path, run_cli, small_cache):
+    data = make_image_folder(3, 2)
+    listed = tmp_path / "drop.txt"
+    listed.write_text("".join(f"train/ant/{k:04d}{'.png' if k % 2 else '.jpg'}\n" for k in range(3)))
+    with pytest.raises(featcache.FeatcacheError, match="excludes every training image of ant"):
+        load_dataset(str(data), exclude=listed)  # else ant and its test images would vanish without a word
+    result = run_cli("train-head", small_cache.path, "--exclude", listed, "--out", tmp_path / "head")
+    assert result.exit_code == 2 and "give CACHE or --exclude, not both" in result.output
+    long = tmp_path / "long.txt"
+    long.write_text("x" * 5000 + "\n")
+    with pytest.raises(featcache.FeatcacheError) as error:
+        load_dataset(str(data), exclude=long)
+    assert len(str(error.value)) < 400  # the entry is cut in the one line

@@ -47,6 +47,7 @@ def bench(data: DataSpec, out: str | Path, config: BenchConfig | None = None, *,
 
 
 AUDIT_FILES = ("label_issues.csv", "duplicates.csv", "outliers.csv", "audit.html", "audit.json")  # json last
+RUN_FILES = ("top_losses.csv", "most_confused.csv")  # with `runs`
 
 
 def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | None = None, *,
@@ -69,22 +70,18 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
     from ..errors import FeatcacheError
     from ..evaluate import audit as tables
     from ..evaluate.audit_page import audit_html
-    from ..files import write_file
+    from ..files import remove, write_file
 
-    from ..evaluate.mistakes import most_confused, run_groups, top_losses
+    from ..evaluate.mistakes import read_mistakes, summarise
 
     config = built(AuditConfig, config, settings, "audit")
     require("cache", cache, (CacheSpec, str, Path), "a cache file's path or a featcache.CacheSpec")
     require("out", out, (str, Path), "a folder's path")
     started = time.perf_counter()
     tables.require_cleanlab()  # before minutes of work, not after
-    groups = [group for folder in as_paths("runs", runs) for group in run_groups(folder)]
-    labels = [group["label"] for group in groups]
-    for group in groups:  # two runs of one name (a/fine-tuning, b/fine-tuning): told apart by their folders
-        group["label"] = group["folder"] if labels.count(group["label"]) > 1 else group["label"]
-    mistakes = [(group, top_losses(group, config.top), most_confused(group)) for group in groups]  # before the work
-    losses = [row for _, rows, _ in mistakes for row in rows]
-    confused = [row for _, _, rows in mistakes for row in rows]
+    mistakes = read_mistakes(as_paths("runs", runs), config.top)  # a bad run folder: before the work too
+    losses = [row for mistake in mistakes for row in mistake["losses"]]
+    confused = [row for mistake in mistakes for row in mistake["confused"]]
     path = cache.locate()[2] if isinstance(cache, CacheSpec) else Path(cache)
     views = tables.read_clean_views(path)
     echo = echo or (lambda line: None)
@@ -117,11 +114,10 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
                               "leaked": sum(row["scope"] == "train-test" and row["kind"] != "similar"
                                             for row in duplicates),
                               "basis": "file digest" if views.files is not None else "clean-view features"},
+               "image_files": views.files_source,
                "outliers": len(outliers),
-               "runs": [{"run": group["label"], "folder": group["folder"], "seeds": len(group["runs"]),
-                         "test_images": len(group["predictions"][0]["ids"]),
-                         "in_this_cache": len(set(group["predictions"][0]["ids"].tolist()) & set(views.ids["test"])),
-                         "wrong": sum(row["count"] for row in pairs)} for group, _, pairs in mistakes],
+               "runs": summarise(mistakes, {name: views.classes[label] for name, label in
+                                            zip(views.ids["test"], views.labels["test"].tolist())}),
                "seconds": time.perf_counter() - started}
     index = {split: dict(zip(ids, files)) for split, ids, files in
              ((split, views.ids[split], views.files[split]) for split in views.ids)} if views.files else None
@@ -142,12 +138,15 @@ def audit(cache: CacheSpec | str | Path, out: str | Path, config: AuditConfig | 
                                   "outliers": outliers, "top_losses": losses, "most_confused": confused},
                                  indent=2) + "\n",
     }
-    if groups:
+    if mistakes:
         contents["top_losses.csv"] = csv_text(["run", "rank", "split", "path", "given", "predicted", "loss",
-                                               "given_probability", "predicted_probability", "correct"], losses)
+                                               "given_probability", "predicted_probability", "correct", "in_cache"],
+                                              losses)
         contents["most_confused.csv"] = csv_text(["run", "given", "predicted", "count", "share_of_given", "seeds"],
                                                  confused)
     names = [*(name for name in contents if name not in AUDIT_FILES), *AUDIT_FILES]  # audit.json last
+    for name in RUN_FILES:
+        remove(out / name)  # a previous audit's, with --run: never beside a summary without its runs
     for name in names:
         write_file(out / name, contents[name].encode())
     echo(f"label issues: {summary['label_issues']['train']} training"

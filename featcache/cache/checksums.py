@@ -33,12 +33,20 @@ def verify_file(path: Path) -> list[str]:
     is verified too); returns the ranges that do not match."""
     try:
         with h5py.File(path, "r") as handle:
-            checksums = json.loads(handle.attrs["checksums"])
-            counts = {split: handle[f"{split}/features"].shape[0] for split in SPLITS}
-            covered = {split: sum(stop - start for start, stop, _ in checksums.get(split, [])) for split in SPLITS}
-            missing = [f"{split} rows {covered[split]}-{counts[split] - 1} have no checksum"
-                       for split in SPLITS if covered[split] != counts[split]]
-            return missing + checksum_mismatches(checksums, lambda split, a, b: handle[f"{split}/features"][a:b])
+            return verify_open(handle)
+    except OSError as error:
+        return [f"the file cannot be read ({type(error).__name__}: {' '.join(str(error).split())})"]
+
+
+def verify_open(handle: h5py.File) -> list[str]:
+    """verify_file on a file already open, so that what is checked is what is then read."""
+    try:
+        checksums = json.loads(handle.attrs["checksums"])
+        counts = {split: handle[f"{split}/features"].shape[0] for split in SPLITS}
+        covered = {split: sum(stop - start for start, stop, _ in checksums.get(split, [])) for split in SPLITS}
+        missing = [f"{split} rows {covered[split]}-{counts[split] - 1} have no checksum"
+                   for split in SPLITS if covered[split] != counts[split]]
+        return missing + checksum_mismatches(checksums, lambda split, a, b: handle[f"{split}/features"][a:b])
     except (OSError, RuntimeError, KeyError) as error:  # h5py: unreadable chunks, truncated file
         return [f"the file cannot be read ({type(error).__name__}: {' '.join(str(error).split())})"]
 

@@ -270,7 +270,12 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
         chosen = excluded_ids(entries, [(identity, path) for split in samples.values() for identity, _, path in split],
                               str(data))
         removed = {name: [sample[0] for sample in samples[name] if sample[0] in chosen] for name in ("train", "test")}
+        before = {name for _, name, _ in samples["train"]}
         samples = {name: [sample for sample in split if sample[0] not in chosen] for name, split in samples.items()}
+        emptied = sorted(before - {name for _, name, _ in samples["train"]})
+        if emptied:  # else the class, and its test images with it, would vanish without a word
+            raise FeatcacheError(f"{exclude} excludes every training image of {', '.join(emptied)}: leave the class "
+                                 "out with `classes` instead, or keep some of its images")
     available = sorted({name for _, name, _ in samples["train"]})
     if classes is None:
         classes = available

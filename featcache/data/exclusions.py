@@ -22,9 +22,11 @@ from pathlib import Path
 
 from ..csvfiles import read_csv
 from ..errors import FeatcacheError
-from .layouts import LABEL_FILE_SUFFIXES, MAX_LABEL_FILE_BYTES
+from .layouts import LABEL_FILE_SUFFIXES
 
-SHOWN = 3  # unmatched entries named in the error
+MAX_EXCLUDE_FILE_BYTES = 64 << 20  # a million paths of 60 characters; read_csv holds every cell of every row
+SHOWN = 3  # unmatched entries named in the error, each cut to SHOWN_CHARACTERS
+SHOWN_CHARACTERS = 100
 
 
 def read_exclusions(path: str | Path) -> list[str]:
@@ -33,8 +35,8 @@ def read_exclusions(path: str | Path) -> list[str]:
     try:
         if not path.is_file():
             raise FeatcacheError(f"exclude file {path} " + ("is not a file" if path.exists() else "does not exist"))
-        if path.stat().st_size > MAX_LABEL_FILE_BYTES:
-            raise FeatcacheError(f"exclude file {path} is over {MAX_LABEL_FILE_BYTES:,} bytes")
+        if path.stat().st_size > MAX_EXCLUDE_FILE_BYTES:
+            raise FeatcacheError(f"exclude file {path} is over {MAX_EXCLUDE_FILE_BYTES:,} bytes")
         if path.suffix.lower() in LABEL_FILE_SUFFIXES:
             try:
                 rows = read_csv(path, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
@@ -71,7 +73,8 @@ def excluded_ids(entries: list[str], samples: list[tuple[str, str]], where: str)
         else:
             chosen.add(identity)
     if unknown:
-        shown = ", ".join(repr(entry) for entry in unknown[:SHOWN]) + (", ..." if len(unknown) > SHOWN else "")
+        shown = ", ".join(repr(entry[:SHOWN_CHARACTERS]) + ("..." if len(entry) > SHOWN_CHARACTERS else "")
+                          for entry in unknown[:SHOWN]) + (", ..." if len(unknown) > SHOWN else "")
         raise FeatcacheError(f"{len(unknown)} of the {len(entries)} excluded paths are not images of {where}: "
                              f"{shown} (paths are relative to the data folder, with /, or absolute)")
     return chosen

@@ -234,4 +234,5 @@ def data_record(images) -> dict | None:
     """The DataSpec the images come from, for history.json (None for ImageData built by hand)."""
     if not isinstance(images, DataSpec):
         return images.source
-    return {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(images).items()}
+    return {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(images).items()
+            if key != "exclude" or value is not None}  # no exclusions: the record of every earlier release

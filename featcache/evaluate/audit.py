@@ -59,7 +59,8 @@ class CleanViews:
     features: dict[str, np.ndarray]
     files: dict[str, list[str]] | None
     key: str
-    table_folder: Path | None = None  # where the file-hash table is (the cache's folder)
+    digests: dict[str, np.ndarray] | None = None  # the files' (data.fingerprint), where there are files
+    files_source: str = ""  # where the files were read from, or why there are none
 
 
 def read_clean_views(path: Path) -> CleanViews:
@@ -68,47 +69,70 @@ def read_clean_views(path: Path) -> CleanViews:
     matched its sha256, range by range, as a streamed head's cache is checked
     (cache.streaming.open_streamed): a cache larger than memory is audited as any other, since only its
     clean view is held."""
-    from ..cache.checksums import damaged_cache, verify_file
+    from ..cache.checksums import damaged_cache, verify_open
     from ..cache.key import open_complete_cache
 
-    with open_complete_cache(path) as handle:  # its structure checked before verify_file reads a byte
-        pass
-    mismatches = verify_file(Path(path))  # every feature byte against its sha256, one range at a time
-    if mismatches:
-        raise damaged_cache(path, mismatches)
-    with open_complete_cache(path) as handle:
+    with open_complete_cache(path) as handle:  # its structure checked before a feature byte is read
+        mismatches = verify_open(handle)  # every feature byte against its sha256, one range at a time
+        if mismatches:
+            raise damaged_cache(path, mismatches)
         attrs = dict(handle.attrs)
         features = {"train": handle["train/features"][:, 0, :], "test": handle["test/features"][()]}
         labels = {split: handle[f"{split}/labels"][()] for split in ("train", "test")}
         ids = {split: [name.decode() if isinstance(name, bytes) else str(name) for name in handle[f"{split}/ids"][()]]
                for split in ("train", "test")}
-    centre, scale = features["train"].mean(axis=0), features["train"].std(axis=0) + 1e-6
-    for split, rows in features.items():  # standardised on the training split, then to unit length
+    standardise(features)
+    classes = json.loads(attrs["classes"])
+    files, digests, source = _image_files(attrs, ids, labels, classes, Path(path).parent)
+    return CleanViews(classes, ids, labels, features, files, str(attrs["key"]), digests, source)
+
+
+def standardise(features: dict[str, np.ndarray]) -> None:
+    """In place: each split's rows standardised by the training split's mean and standard deviation (a
+    dimension with no spread in training is set to 0: it tells nothing, and divided by nearly nothing it
+    would swamp the rest), then scaled to unit length."""
+    centre, scale = features["train"].mean(axis=0), features["train"].std(axis=0)
+    constant = scale <= 1e-6 * max(float(scale.max(initial=0)), 1e-30)
+    scale[constant] = 1
+    for rows in features.values():
         rows -= centre
         rows /= scale
+        rows[:, constant] = 0
         rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-    return CleanViews(json.loads(attrs["classes"]), ids, labels, features, _image_files(attrs, ids),
-                      str(attrs["key"]), Path(path).parent)
 
 
-def _image_files(attrs: dict, ids: dict[str, list[str]]) -> dict[str, list[str]] | None:
-    """The files the ids name (ids are paths relative to the data, featcache.data.layouts), or None where
-    they are not files, or no longer all there."""
+def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.ndarray], classes: list[str],
+                 folder: Path) -> tuple[dict | None, dict | None, str]:
+    """(files, digests, where): the files the ids name (ids are paths relative to the data,
+    featcache.data.layouts) and their digests, where they are the very files the cache was made from (the
+    dataset fingerprint the cache records, recomputed from them: a crafted cache cannot pull in other
+    files, and an image changed since extraction is not shown beside features of the old one); else
+    None, None and why not."""
     try:
         dataset = json.loads(attrs.get("dataset", "{}"))
     except (TypeError, ValueError):
-        return None
+        dataset = None
     root = dataset.get("path") if isinstance(dataset, dict) else None
     if not isinstance(root, str):
-        return None
+        return None, None, "the cache was made without image files"
     root = Path(root).parent if Path(root).is_file() else Path(root)
     if any(os.path.isabs(name) or posixpath.normpath(name).startswith("../") or "\0" in name
-           for names in ids.values() for name in names):
-        return None  # ids are paths inside the data (layouts): a cache naming others gets no files read
+           for names in ids.values() for name in names):  # ids are paths inside the data (layouts)
+        return None, None, f"the cache's ids are not paths inside {root}"
     files = {split: [os.path.join(root, name) for name in names] for split, names in ids.items()}
     if not all(os.path.isfile(path) for names in files.values() for path in names):
-        return None
-    return files
+        return None, None, f"not every image the cache names is in {root}"
+    from ..data.datasets import Dataset, Split
+    from ..data.fingerprint import FileHashes
+
+    hashes = FileHashes(folder)  # the cache folder's table: a repeated audit reads no file again
+    made = Dataset("audit", classes, *(Split(ids[split], labels[split], paths=files[split]) for split in ("train", "test")))
+    fingerprint = made.fingerprint(hashes)
+    both = hashes.digests(files["train"] + files["test"])  # the fingerprint's order: looked up, not read again
+    hashes.save()
+    if fingerprint != dataset.get("fingerprint"):
+        return None, None, f"the images in {root} are not those the cache was made from"
+    return files, {"train": both[:len(files["train"])], "test": both[len(files["train"]):]}, f"read from {root}"
 
 
 def choose_c(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, list[dict]]:
@@ -213,8 +237,10 @@ def nearest(queries: np.ndarray, targets: np.ndarray, k: int, same: bool) -> tup
 
 def duplicate_rows(views: CleanViews, top: int) -> list[dict]:
     """Pairs within training, within test and across the two: exact copies, then pairs at or above
-    NEAR_COSINE and at least the `top` most similar of each scope, most similar first."""
-    digests = _digests(views)
+    NEAR_COSINE and at least the `top` most similar of each scope, most similar first. Each image is
+    paired with its most similar image of the scope; across the splits from both sides, so that every
+    training copy of a test image is a row of its own."""
+    digests = views.digests
     rows = []
     for scope, first, second in (("train-test", "test", "train"), ("train-train", "train", "train"),
                                  ("test-test", "test", "test")):
@@ -224,8 +250,15 @@ def duplicate_rows(views: CleanViews, top: int) -> list[dict]:
         for query, (target, cosine) in enumerate(zip(neighbours[:, 0], cosines[:, 0])) if neighbours.size else ():
             a, b = (query, int(target)) if not same else (min(query, int(target)), max(query, int(target)))
             pairs[(a, b)] = float(cosine)
+        if not same:  # and each training image's nearest test image: a test image's second copy in training
+            neighbours, cosines = nearest(views.features[second], views.features[first], 1, False)
+            for query, (target, cosine) in enumerate(zip(neighbours[:, 0], cosines[:, 0])) if neighbours.size else ():
+                pairs[(int(target), query)] = float(cosine)
         if digests is not None:  # exact copies whatever their features' nearest neighbour
-            for a, b in _equal_digests(digests[first], digests[second], same):
+            found = _equal_digests(digests[first], digests[second], same)
+            if not same:  # every training copy of a test image, not only the first
+                found += [(b, a) for a, b in _equal_digests(digests[second], digests[first], False)]
+            for a, b in found:
                 pairs.setdefault((a, b), float(views.features[first][a] @ views.features[second][b]))
         ranked = sorted(pairs.items(), key=lambda item: -item[1])
         for rank, ((a, b), cosine) in enumerate(ranked, start=1):
@@ -243,17 +276,6 @@ def duplicate_rows(views: CleanViews, top: int) -> list[dict]:
     rows.sort(key=lambda row: (kinds[row["kind"]], ["train-test", "train-train", "test-test"].index(row["scope"]),
                                -row["cosine"]))
     return rows
-
-
-def _digests(views: CleanViews) -> dict[str, np.ndarray] | None:
-    if views.files is None:
-        return None
-    from ..data.fingerprint import FileHashes
-
-    hashes = FileHashes(views.table_folder)  # the cache folder's table: a repeated audit reads no file again
-    digests = {split: hashes.digests(files) for split, files in views.files.items()}
-    hashes.save()
-    return digests
 
 
 def _equal_digests(first: np.ndarray, second: np.ndarray, same: bool) -> list[tuple[int, int]]:

@@ -43,15 +43,15 @@ def _mistakes(run: dict, losses: list[dict], confused: list[dict], file_of) -> s
     """One run's section: its most-confused class pairs as a table, its top losses as a gallery."""
     seeds = f" (mean of {run['seeds']} seeds' probabilities)" if run["seeds"] > 1 else ""
     note = (f"{run['wrong']} of {run['test_images'] * run['seeds']} test predictions wrong; "
-            f"{run['in_this_cache']} of its {run['test_images']} test images are in this cache (thumbnails "
-            f"only for those).")
+            f"{run['in_this_cache']} of its {run['test_images']} test images are in this cache's test split with "
+            "the same path and label (thumbnails only for those).")
     return (f"<h2>{html.escape('Mistakes of ' + run['run'])}</h2><p>{html.escape(note)}</p>"
             "<h3>Most-confused class pairs</h3>"
             + _table(["given", "predicted", "count", "share of given"],
                      [[row["given"], row["predicted"], row["count"], f"{row['share_of_given']:.3f}"]
                       for row in confused[:GALLERY]])
             + f"<h3>{html.escape('Top losses' + seeds)}</h3>" + '<div class="gallery">' + "".join(_card(
-                [thumbnail(file_of("test", row["path"]))],
+                [thumbnail(file_of("test", row["path"]) if row.get("in_cache") else None)],
                 [row["path"], f"given {row['given']}", f"predicted {row['predicted']}", f"loss {row['loss']:.3f}",
                  f"p(given) {row['given_probability']:.3f}"]) for row in losses[:GALLERY]) + "</div>")
 

@@ -9,6 +9,7 @@ over the seeds, as compare's confusion matrix.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,41 @@ def run_groups(folder: str | Path) -> list[dict]:
     return [load_group(part) for part in parts]
 
 
+def read_mistakes(folders: list, top: int) -> list[dict]:
+    """Per run group of `folders` (each folder once): its top losses and most-confused pairs. Labels are
+    told apart by folder where two share a name, and printable (a label comes from a stranger's file and
+    is echoed to a terminal)."""
+    groups, seen = [], set()
+    for folder in folders:
+        for group in run_groups(folder):
+            if os.path.realpath(group["folder"]) not in seen:
+                seen.add(os.path.realpath(group["folder"]))
+                groups.append(group)
+    labels = [group["label"] for group in groups]
+    for group in groups:
+        label = group["folder"] if labels.count(group["label"]) > 1 else group["label"]
+        group["label"] = "".join(character if character.isprintable() else "?" for character in label)
+    return [{"group": group, "losses": top_losses(group, top), "confused": most_confused(group)} for group in groups]
+
+
+def summarise(mistakes: list[dict], test: dict[str, str]) -> list[dict]:
+    """Each run's summary; marks each top loss `in_cache` where the cache's test split (`test`: id to class
+    name) holds that path with that label, the only images the page shows for it."""
+    rows = []
+    for mistake in mistakes:
+        group = mistake["group"]
+        predictions = mean_predictions(group)
+        name = class_names(group, predictions["probabilities"].shape[1])
+        for row in mistake["losses"]:
+            row["in_cache"] = test.get(row["path"]) == row["given"]
+        rows.append({"run": group["label"], "folder": group["folder"], "seeds": len(group["runs"]),
+                     "test_images": len(predictions["ids"]),
+                     "in_this_cache": sum(test.get(str(identity)) == name(label)
+                                          for identity, label in zip(predictions["ids"], predictions["labels"])),
+                     "wrong": sum(row["count"] for row in mistake["confused"])})
+    return rows
+
+
 def mean_predictions(group: dict) -> dict:
     """(ids, labels, probabilities) of a group: its seeds' probabilities averaged image by image."""
     stored = group["predictions"]
@@ -50,26 +86,27 @@ def mean_predictions(group: dict) -> dict:
     return {"ids": first["ids"], "labels": first["labels"], "probabilities": probabilities / len(stored)}
 
 
-def class_names(group: dict, count: int) -> list[str]:
-    """The run's class names (history.json's), or class <k> where it recorded none of that count."""
+def class_names(group: dict, count: int):
+    """name(k): the run's class names (history.json's), or class <k> where it recorded none of that count
+    (made on demand: a crafted file's class count allocates nothing)."""
     names = group["runs"][0].get("classes")
     if isinstance(names, list) and len(names) == count and all(isinstance(name, str) for name in names):
-        return names
-    return [f"class {k}" for k in range(count)]
+        return lambda k: names[k]
+    return lambda k: f"class {k}"
 
 
 def top_losses(group: dict, top: int) -> list[dict]:
     """The `top` test images of highest loss (cross-entropy of the given label), highest first."""
     predictions = mean_predictions(group)
     labels, probabilities = predictions["labels"], predictions["probabilities"]
-    classes = class_names(group, probabilities.shape[1])
+    name = class_names(group, probabilities.shape[1])
     given = probabilities[np.arange(len(labels)), labels]
     losses = -np.log(np.maximum(given, 1e-12))
     predicted = probabilities.argmax(1)
     rows = []
     for rank, index in enumerate(np.argsort(-losses, kind="stable")[:top].tolist(), start=1):
         rows.append({"run": group["label"], "rank": rank, "split": "test", "path": str(predictions["ids"][index]),
-                     "given": classes[labels[index]], "predicted": classes[predicted[index]],
+                     "given": name(labels[index]), "predicted": name(predicted[index]),
                      "loss": float(losses[index]), "given_probability": float(given[index]),
                      "predicted_probability": float(probabilities[index, predicted[index]]),
                      "correct": bool(predicted[index] == labels[index])})
@@ -78,16 +115,18 @@ def top_losses(group: dict, top: int) -> list[dict]:
 
 def most_confused(group: dict) -> list[dict]:
     """Every (given, predicted) pair of distinct classes the run confused, most often first: the count
-    summed over its seeds and its share of the given class's test images."""
+    summed over its seeds and its share of the given class's test images (counted from the pairs that
+    occur: no classes x classes matrix)."""
     stored = group["predictions"]
     mean_predictions(group)  # the same checks: predictions stored, the same images
-    count = stored[0]["probabilities"].shape[1]
-    classes = class_names(group, count)
-    matrix = np.zeros((count, count), dtype=np.int64)
-    for predictions in stored:
-        np.add.at(matrix, (predictions["labels"], predictions["predicted"]), 1)
-    totals = matrix.sum(1)
-    pairs = [(int(matrix[a, b]), a, b) for a in range(count) for b in range(count) if a != b and matrix[a, b]]
-    pairs.sort(key=lambda pair: (-pair[0], pair[1], pair[2]))
-    return [{"run": group["label"], "given": classes[a], "predicted": classes[b], "count": number,
-             "share_of_given": number / totals[a], "seeds": len(stored)} for number, a, b in pairs]
+    name = class_names(group, stored[0]["probabilities"].shape[1])
+    labels = np.concatenate([predictions["labels"] for predictions in stored])
+    predicted = np.concatenate([predictions["predicted"] for predictions in stored])
+    wrong = labels != predicted
+    pairs, counts = np.unique(np.stack([labels[wrong], predicted[wrong]], axis=1), axis=0, return_counts=True)
+    given_classes, totals = np.unique(labels, return_counts=True)
+    total = dict(zip(given_classes.tolist(), totals.tolist()))
+    order = sorted(range(len(counts)), key=lambda k: (-counts[k], *pairs[k].tolist()))
+    return [{"run": group["label"], "given": name(pairs[k][0]), "predicted": name(pairs[k][1]),
+             "count": int(counts[k]), "share_of_given": int(counts[k]) / total[int(pairs[k][0])],
+             "seeds": len(stored)} for k in order]

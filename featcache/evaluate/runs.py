@@ -24,6 +24,8 @@ WEIGHTS = "weights.pt"
 PREDICTIONS = "predictions.npz"
 SEEDS = "seeds.json"
 APPROACHES = ("scratch", "feature-extraction", "fine-tuning")
+MAX_RECORD_BYTES = 64 << 20  # history.json or seeds.json: kilobytes for 15 epochs, megabytes for thousands
+MAX_CLASSES = 100_000  # a run's predictions: ImageNet-21k has 21,841 classes
 HISTORY_KEYS = ("train_loss", "train_acc", "test_acc")
 
 
@@ -114,10 +116,7 @@ def read_run(folder: Path) -> dict:
     path = Path(folder) / HISTORY
     if not path.is_file():
         raise FeatcacheError(f"{folder} is not a featcache run directory (no {HISTORY})")
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise FeatcacheError(f"{path} is not valid JSON: {error}") from None
+    record = read_record(path)
     if not isinstance(record, dict):
         raise FeatcacheError(f"{path} holds a JSON {type(record).__name__}, not a featcache run history (an object)")
     missing = [key for key in ("approach", *HISTORY_KEYS) if key not in record]
@@ -135,6 +134,22 @@ def read_run(folder: Path) -> dict:
         raise FeatcacheError(f"{path} is not a featcache run history: {', '.join(wrong)} of the wrong type")
     record["run_dir"] = str(folder)
     return record
+
+
+def read_record(path: Path):
+    """A run's JSON record (history.json, seeds.json), any file from anyone: bounded in size, UTF-8, and
+    anything unreadable one FeatcacheError naming it."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_RECORD_BYTES:
+            raise FeatcacheError(f"{path} is {size:,} bytes, over featcache's bound of {MAX_RECORD_BYTES:,} for a run's record")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FeatcacheError(f"{path} is not valid JSON: {' '.join(str(error).split())[:200]}") from None
+    except RecursionError:
+        raise FeatcacheError(f"{path} nests too deeply to be a featcache run record") from None
+    except OSError as error:
+        raise FeatcacheError(f"cannot read {path}: {error.strerror}") from None
 
 
 def read_predictions(folder: Path) -> dict | None:
@@ -156,6 +171,8 @@ def read_predictions(folder: Path) -> dict | None:
             raise ValueError(f"its arrays are {ids.dtype} {ids.shape}, {labels.dtype} {labels.shape} and "
                              f"{probabilities.dtype} {probabilities.shape}, not ids [M], int64 labels [M] and "
                              "float32 probabilities [M, C]")
+        if probabilities.shape[1] > MAX_CLASSES:
+            raise ValueError(f"its {probabilities.shape[1]:,} classes are over featcache's bound of {MAX_CLASSES:,}")
         if len(labels) and (labels.min() < 0 or labels.max() >= probabilities.shape[1]):
             raise ValueError(f"its labels are outside its {probabilities.shape[1]} classes")
     except ValueError as error:
@@ -178,13 +195,12 @@ def read_seeds(folder: Path) -> dict:
     path = Path(folder) / SEEDS
     if not path.is_file():
         raise FeatcacheError(f"{folder} is not a folder of seeds (no {SEEDS})")
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise FeatcacheError(f"{path} is not valid JSON: {error}") from None
-    if not (isinstance(record, dict) and isinstance(record.get("seeds"), list)
-            and all(type(seed) is int and seed >= 0 for seed in record["seeds"])):
-        raise FeatcacheError(f"{path} is not a featcache seeds record (an object whose `seeds` is a list of seeds)")
+    record = read_record(path)
+    if not (isinstance(record, dict) and isinstance(record.get("seeds"), list) and record["seeds"]
+            and all(type(seed) is int and seed >= 0 for seed in record["seeds"])
+            and isinstance(record.get("approach"), str)):
+        raise FeatcacheError(f"{path} is not a featcache seeds record (an object whose `seeds` is a list of seeds "
+                             "and `approach` a name)")
     return record
 
 
