@@ -246,11 +246,13 @@ def test_a_cache_naming_files_outside_its_data_gets_none_read(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "secret.png").write_bytes(b"x")
     attrs = {"dataset": json.dumps({"path": str(tmp_path / "data")})}
-    for name in ("../secret.png", str(tmp_path / "secret.png"), "a/../../secret.png"):
-        files, _, why = tables._image_files(attrs, {"train": [name], "test": []},
-                                            {"train": np.zeros(1, np.int64), "test": np.zeros(0, np.int64)}, ["a"],
-                                            tmp_path)
-        assert files is None and "not paths inside" in why
+    (tmp_path / "data" / "shadow").write_bytes(b"x")
+    for names in (["../secret.png"], [str(tmp_path / "secret.png")], ["a/../../secret.png"], ["shadow"],
+                  ["x.png", "x.png"]):
+        files, _, why = tables._image_files(attrs, {"train": names, "test": []},
+                                            {"train": np.zeros(len(names), np.int64), "test": np.zeros(0, np.int64)},
+                                            ["a"], tmp_path)
+        assert files is None and "not distinct image paths inside" in why
 
 
 def test_images_changed_since_extraction_are_not_shown_beside_the_old_features(leaky, tmp_path):
@@ -280,6 +282,22 @@ def test_every_training_copy_of_a_test_image_is_a_row():
                               {"train": np.arange(20) % 2, "test": np.arange(4) % 2}, features, None, "key")
     rows = [row for row in tables.duplicate_rows(views, top=1) if row["scope"] == "train-test" and row["kind"] == "exact"]
     assert sorted(row["path"] for row in rows) == ["train/3", "train/7"] and {row["a"] for row in rows} == {"test/0"}
+
+
+def test_a_dimension_of_almost_no_spread_does_not_swamp_the_rest():
+    """0.7 in every training row is not exactly constant in float32 arithmetic, and one nonzero value in a
+    column is almost no spread (141 standard deviations for a test row that has it): neither may take most of
+    a 512-wide test row's length."""
+    rng = np.random.default_rng(7)
+    train = rng.standard_normal((20_000, 512)).astype(np.float32)
+    train[:, 0] = 0.7
+    train[:, 1] = 0.0
+    train[5, 1] = 1.0
+    test = train[:1].copy()
+    test[0, :2] = (0.8, 1.0)
+    features = {"train": train, "test": test}
+    tables.standardise(features)
+    assert np.abs(features["test"][0, :2]).max() < 0.5, features["test"][0]
 
 
 def test_a_dimension_constant_in_training_does_not_swamp_the_rest():

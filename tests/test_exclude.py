@@ -148,6 +148,10 @@ def test_cifar10_ids_are_excluded(monkeypatch, tmp_path):
     assert dataset.train.ids == ["train/5", "train/7", "train/13", "train/15", "train/17", "train/23"]  # cat 3 left out: 13, 23
     assert dataset.test.ids == ["test/3", "test/7", "test/13", "test/15", "test/17"]
     assert dataset.description["excluded"]["images"] == {"train": 1, "test": 1}
+    listed.write_text("train/3\ntrain/13\ntrain/23\ntrain/33\n")  # every cat
+    with pytest.raises(featcache.FeatcacheError, match="excludes every training image of cat"):
+        load_dataset("cifar10", exclude=listed)
+    assert "cat" not in load_dataset("cifar10", classes=["dog", "horse"], exclude=listed).classes  # not asked for
     listed.write_text("train/40\n")
     with pytest.raises(featcache.FeatcacheError, match="'train/40'"):
         load_dataset("cifar10", exclude=listed)
@@ -159,6 +163,7 @@ def test_excluding_a_whole_class_or_with_a_cache_file_is_refused(make_image_fold
     listed.write_text("".join(f"train/ant/{k:04d}{'.png' if k % 2 else '.jpg'}\n" for k in range(3)))
     with pytest.raises(featcache.FeatcacheError, match="excludes every training image of ant"):
         load_dataset(str(data), exclude=listed)  # else ant and its test images would vanish without a word
+    assert load_dataset(str(data), classes=["bee", "cow"], exclude=listed).classes == ["bee", "cow"]
     result = run_cli("train-head", small_cache.path, "--exclude", listed, "--out", tmp_path / "head")
     assert result.exit_code == 2 and "give CACHE or --exclude, not both" in result.output
     long = tmp_path / "long.txt"

@@ -48,6 +48,7 @@ def test_seeds_tested_in_another_order_are_averaged_image_by_image(tmp_path):
 @pytest.mark.parametrize("name,content,words", [
     ("seeds.json", {"seeds": [0]}, "not a featcache seeds record"),
     ("seeds.json", {"seeds": [], "approach": "x"}, "not a featcache seeds record"),
+    ("seeds.json", {"seeds": [0] * 1000, "approach": "x"}, "distinct seeds"),  # each read again, and held
     ("history.json", "[" * 100_000 + "]" * 100_000, "nests too deeply"),
     ("history.json", b"\xff\xfe{", "not valid JSON"),
 ])

@@ -228,6 +228,11 @@ def _load_cifar10(classes, per_class, test_per_class, download, root: Path, entr
         targets = np.asarray(source.targets)
         left_out = np.array([int(identity.split("/")[1]) for identity in removed.get(split_name, [])], dtype=np.int64)
         keep = _first_per_class(targets, wanted, limit, left_out)
+        emptied = [name for name, index in zip(classes, wanted) if split_name == "train" and entries is not None
+                   and not (targets[keep] == index).any()]
+        if emptied:
+            raise FeatcacheError(f"{exclude} excludes every training image of {', '.join(emptied)}: leave the class "
+                                 "out with `classes` instead, or keep some of its images")
         remap = {original: new for new, original in enumerate(wanted)}
         splits[split_name] = Split(
             ids=[f"{split_name}/{index}" for index in keep],
@@ -272,7 +277,7 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
         removed = {name: [sample[0] for sample in samples[name] if sample[0] in chosen] for name in ("train", "test")}
         before = {name for _, name, _ in samples["train"]}
         samples = {name: [sample for sample in split if sample[0] not in chosen] for name, split in samples.items()}
-        emptied = sorted(before - {name for _, name, _ in samples["train"]})
+        emptied = sorted((before - {name for _, name, _ in samples["train"]}) & set(classes or before))
         if emptied:  # else the class, and its test images with it, would vanish without a word
             raise FeatcacheError(f"{exclude} excludes every training image of {', '.join(emptied)}: leave the class "
                                  "out with `classes` instead, or keep some of its images")

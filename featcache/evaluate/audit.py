@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from ..errors import FeatcacheError
 BLOCK_ROWS = 256  # queries per block: 256 x 100,000 similarities in float32 are 100 MB
 NEAR_COSINE = 0.975  # docs/audit.md: a guide chosen on one measurement; the ranking is what to trust
 OUTLIER_NEIGHBOURS = 5
+SCALE_FLOOR = 0.1  # of the median dimension's standard deviation
 C_ROWS = 10_000  # training rows C is chosen on (a grid of fits on 100,000 rows would take minutes)
 
 
@@ -88,17 +88,33 @@ def read_clean_views(path: Path) -> CleanViews:
 
 
 def standardise(features: dict[str, np.ndarray]) -> None:
-    """In place: each split's rows standardised by the training split's mean and standard deviation (a
-    dimension with no spread in training is set to 0: it tells nothing, and divided by nearly nothing it
-    would swamp the rest), then scaled to unit length."""
-    centre, scale = features["train"].mean(axis=0), features["train"].std(axis=0)
-    constant = scale <= 1e-6 * max(float(scale.max(initial=0)), 1e-30)
-    scale[constant] = 1
+    """In place: each split's rows standardised by the training split's mean and standard deviation (in
+    float64), then scaled to unit length. A dimension with no spread in training is set to 0 (it tells
+    nothing), and no spread counts for less than SCALE_FLOOR of the median dimension's (divided by nearly
+    nothing, one dimension would swamp the rest)."""
+    centre, scale = _mean_std(features["train"])
+    spread = scale[scale > 0]
+    floor = SCALE_FLOOR * float(np.median(spread)) if spread.size else 1.0
+    constant = scale <= 1e-6 * floor
+    scale = np.maximum(scale, floor)  # a dimension of almost no spread does not take the whole cosine
     for rows in features.values():
-        rows -= centre
-        rows /= scale
+        rows -= centre.astype(np.float32)
+        rows /= scale.astype(np.float32)
         rows[:, constant] = 0
         rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def _mean_std(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's mean and standard deviation in float64, BLOCK_ROWS rows at a time (a float64 copy of
+    100,000 rows would double what the audit holds)."""
+    total = np.zeros(rows.shape[1])
+    for start in range(0, len(rows), BLOCK_ROWS):
+        total += rows[start:start + BLOCK_ROWS].sum(axis=0, dtype=np.float64)
+    mean = total / max(len(rows), 1)
+    squares = np.zeros(rows.shape[1])
+    for start in range(0, len(rows), BLOCK_ROWS):
+        squares += np.square(rows[start:start + BLOCK_ROWS] - mean).sum(axis=0)
+    return mean, np.sqrt(squares / max(len(rows), 1))
 
 
 def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.ndarray], classes: list[str],
@@ -116,19 +132,28 @@ def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.nd
     if not isinstance(root, str):
         return None, None, "the cache was made without image files"
     root = Path(root).parent if Path(root).is_file() else Path(root)
-    if any(os.path.isabs(name) or posixpath.normpath(name).startswith("../") or "\0" in name
-           for names in ids.values() for name in names):  # ids are paths inside the data (layouts)
-        return None, None, f"the cache's ids are not paths inside {root}"
+    from ..data.layouts import IMAGE_EXTENSIONS
+
+    every = [name for names in ids.values() for name in names]
+    if len(set(every)) != len(every) or any(
+            os.path.isabs(name) or "\0" in name or not name.lower().endswith(IMAGE_EXTENSIONS)
+            or any(part in ("", ".", "..") for part in name.split("/")) for name in every):
+        return None, None, f"the cache's ids are not distinct image paths inside {root}"  # as layouts makes them
     files = {split: [os.path.join(root, name) for name in names] for split, names in ids.items()}
     if not all(os.path.isfile(path) for names in files.values() for path in names):
         return None, None, f"not every image the cache names is in {root}"
     from ..data.datasets import Dataset, Split
     from ..data.fingerprint import FileHashes
 
+    from ..errors import FeatcacheError
+
     hashes = FileHashes(folder)  # the cache folder's table: a repeated audit reads no file again
     made = Dataset("audit", classes, *(Split(ids[split], labels[split], paths=files[split]) for split in ("train", "test")))
-    fingerprint = made.fingerprint(hashes)
-    both = hashes.digests(files["train"] + files["test"])  # the fingerprint's order: looked up, not read again
+    try:
+        fingerprint = made.fingerprint(hashes)
+        both = hashes.digests(files["train"] + files["test"])  # the fingerprint's order: looked up, not read again
+    except (OSError, FeatcacheError) as error:
+        return None, None, f"the images in {root} cannot all be read ({' '.join(str(error).split())[:200]})"
     hashes.save()
     if fingerprint != dataset.get("fingerprint"):
         return None, None, f"the images in {root} are not those the cache was made from"

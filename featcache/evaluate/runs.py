@@ -196,11 +196,14 @@ def read_seeds(folder: Path) -> dict:
     if not path.is_file():
         raise FeatcacheError(f"{folder} is not a folder of seeds (no {SEEDS})")
     record = read_record(path)
-    if not (isinstance(record, dict) and isinstance(record.get("seeds"), list) and record["seeds"]
+    from ..settings import MAX_SEEDS
+
+    if not (isinstance(record, dict) and isinstance(record.get("seeds"), list)
+            and 0 < len(record["seeds"]) <= MAX_SEEDS
             and all(type(seed) is int and seed >= 0 for seed in record["seeds"])
-            and isinstance(record.get("approach"), str)):
-        raise FeatcacheError(f"{path} is not a featcache seeds record (an object whose `seeds` is a list of seeds "
-                             "and `approach` a name)")
+            and len(set(record["seeds"])) == len(record["seeds"]) and isinstance(record.get("approach"), str)):
+        raise FeatcacheError(f"{path} is not a featcache seeds record (an object whose `seeds` is a list of 1 to "
+                             f"{MAX_SEEDS:,} distinct seeds and `approach` a name)")
     return record
 
 
