@@ -1,6 +1,7 @@
 """featcache audit: label issues from out-of-fold probe probabilities, duplicates and leakage across the
 splits, outliers, and the self-contained page, from a cache's clean views alone."""
 import json
+import os
 import shutil
 from pathlib import Path
 import subprocess
@@ -388,3 +389,23 @@ def test_a_damaged_cache_is_refused_before_anything_is_written(small_cache, tmp_
     result = run_cli("audit", path, "--out", tmp_path / "out", "--folds", 2)
     assert result.exit_code == 1 and "is damaged" in result.output and "train rows" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cache_made_from_featcaches_own_split_file_gets_its_thumbnails(tmp_path):
+    """The split file's ids are the original folder's relative paths, not paths under the split file: its
+    rows say where each image is, and the fingerprint check holds them to the cache's."""
+    from test_own_images import class_folders
+
+    data = class_folders(tmp_path / "pets")
+    featcache.extract(featcache.CacheSpec(featcache.DataSpec(str(data)), weights="random", image_size=32, views=1,
+                                          cache_dir=tmp_path / "first"), progress=False)
+    [split_file] = (tmp_path / "first").glob("pets-*-split.csv")
+    path = featcache.extract(featcache.CacheSpec(featcache.DataSpec(str(split_file)), weights="random", image_size=32,
+                                                 views=1, cache_dir=tmp_path / "second"), progress=False).path
+    assert json.loads(featcache.open_cache(path).attrs["dataset"])["path"] == str(split_file.resolve())
+    views = tables.read_clean_views(path)
+    assert views.files_source.startswith("read where the label file") and views.files is not None
+    assert os.path.realpath(views.files["train"][0]).startswith(str(data.resolve()))
+    result = featcache.audit(path, tmp_path / "out", folds=2)
+    assert result["summary"]["duplicates"]["basis"] == "file digest"
+    assert "data:image/png;base64," in (tmp_path / "out" / "audit.html").read_text()

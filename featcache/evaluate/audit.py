@@ -120,7 +120,7 @@ def _mean_std(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.ndarray], classes: list[str],
                  folder: Path) -> tuple[dict | None, dict | None, str]:
     """(files, digests, where): the files the ids name (ids are paths relative to the data,
-    featcache.data.layouts) and their digests, where they are the very files the cache was made from (the
+    featcache.data.layouts, or the id column of the label file the cache was made from) and their digests, where they are the very files the cache was made from (the
     dataset fingerprint the cache records, recomputed from them: a crafted cache cannot pull in other
     files, and an image changed since extraction is not shown beside features of the old one); else
     None, None and why not."""
@@ -139,13 +139,22 @@ def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.nd
             os.path.isabs(name) or "\0" in name or not name.lower().endswith(IMAGE_EXTENSIONS)
             or any(part in ("", ".", "..") for part in name.split("/")) for name in every):
         return None, None, f"the cache's ids are not distinct image paths inside {root}"  # as layouts makes them
-    files = {split: [os.path.join(root, name) for name in names] for split, names in ids.items()}
-    if not all(os.path.isfile(path) for names in files.values() for path in names):
-        return None, None, f"not every image the cache names is in {root}"
     from ..data.datasets import Dataset, Split
     from ..data.fingerprint import FileHashes
-
+    from ..data.layouts import find_layout
     from ..errors import FeatcacheError
+
+    located = None
+    if dataset.get("layout") == "label file" and Path(dataset["path"]).is_file():  # ids may not be its paths
+        try:  # (featcache's own split file): its rows say where each id is, checked as when it was read
+            found = find_layout(Path(dataset["path"]))
+        except (OSError, FeatcacheError) as error:
+            return None, None, f"the label file cannot be read again ({' '.join(str(error).split())[:200]})"
+        located = {identity: path for samples in found.samples.values() for identity, _, path in samples}
+    files = {split: [located.get(name) if located is not None else os.path.join(root, name) for name in names]
+             for split, names in ids.items()}
+    if not all(path is not None and os.path.isfile(path) for names in files.values() for path in names):
+        return None, None, f"not every image the cache names is in {root}"
 
     hashes = FileHashes(folder)  # the cache folder's table: a repeated audit reads no file again
     made = Dataset("audit", classes, *(Split(ids[split], labels[split], paths=files[split]) for split in ("train", "test")))
@@ -157,7 +166,8 @@ def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.nd
     hashes.save()
     if fingerprint != dataset.get("fingerprint"):
         return None, None, f"the images in {root} are not those the cache was made from"
-    return files, {"train": both[:len(files["train"])], "test": both[len(files["train"]):]}, f"read from {root}"
+    where = f"read where the label file {dataset['path']} puts them" if located is not None else f"read from {root}"
+    return files, {"train": both[:len(files["train"])], "test": both[len(files["train"]):]}, where
 
 
 def choose_c(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, list[dict]]:
