@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Iterator
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 
@@ -30,12 +31,27 @@ def csv_text(columns: list[str], rows, delimiter: str = ",") -> str:
     return buffer.getvalue()
 
 
-def read_csv(path: str | Path, delimiter: str = ",") -> list[dict[str, str]]:
+MAX_COLUMNS = 1000  # a header of more columns is not a table featcache reads (each row is a dict of them)
+
+
+def iter_csv(path: str | Path, delimiter: str = ",") -> Iterator[dict[str, str]]:
     """The rows of a CSV (one featcache wrote, or a user's: a cell behind featcache's apostrophe is given
-    back without it), as dicts keyed by the header row. A file that is not UTF-8 text raises ValueError."""
+    back without it), one at a time, as dicts keyed by the header row: a file's rows are never all held,
+    so a reader that checks each row stops at the first bad one. A file that is not UTF-8 text, or whose
+    header has over MAX_COLUMNS columns, raises ValueError."""
     try:
         with Path(path).open(newline="", encoding="utf-8-sig") as handle:
-            return [{key: value[1:] if isinstance(value, str) and value.startswith("'") else value
-                     for key, value in row.items()} for row in csv.DictReader(handle, delimiter=delimiter)]
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            if reader.fieldnames is not None and len(reader.fieldnames) > MAX_COLUMNS:
+                raise ValueError(f"{path} has {len(reader.fieldnames):,} columns, over featcache's bound of "
+                                 f"{MAX_COLUMNS:,}")
+            for row in reader:
+                yield {key: value[1:] if isinstance(value, str) and value.startswith("'") else value
+                       for key, value in row.items()}
     except (UnicodeDecodeError, csv.Error) as error:
         raise ValueError(f"{path} is not a readable CSV ({' '.join(str(error).split())[:100]})") from None
+
+
+def read_csv(path: str | Path, delimiter: str = ",") -> list[dict[str, str]]:
+    """Every row of a CSV (iter_csv), as a list."""
+    return list(iter_csv(path, delimiter))

@@ -252,7 +252,7 @@ def test_a_cache_naming_files_outside_its_data_gets_none_read(tmp_path):
                   ["x.png", "x.png"]):
         files, _, why = tables._image_files(attrs, {"train": names, "test": []},
                                             {"train": np.zeros(len(names), np.int64), "test": np.zeros(0, np.int64)},
-                                            ["a"], tmp_path)
+                                            ["a"])
         assert files is None and "not distinct image paths inside" in why
 
 
@@ -409,3 +409,32 @@ def test_a_cache_made_from_featcaches_own_split_file_gets_its_thumbnails(tmp_pat
     result = featcache.audit(path, tmp_path / "out", folds=2)
     assert result["summary"]["duplicates"]["basis"] == "file digest"
     assert "data:image/png;base64," in (tmp_path / "out" / "audit.html").read_text()
+
+
+def test_a_hash_table_beside_the_cache_vouches_for_nothing(leaky, tmp_path):
+    """A table of digests shipped beside a crafted cache, naming the user's files with their stat, could
+    make any files match the recorded fingerprint: the audit hashes the files itself."""
+    from featcache.data.fingerprint import FileHashes
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    path = Path(shutil.copy(leaky["cache"], folder))
+    files = tables.read_clean_views(path).files
+    forged = FileHashes(folder)
+    forged.digests(files["train"] + files["test"])
+    forged.columns["sha256"] = np.full_like(forged.columns["sha256"], b"f" * 64)
+    forged.changed = True
+    forged.save()
+    before = (folder / "file-hashes-2.npz").read_bytes()
+    views = tables.read_clean_views(path)
+    assert views.files_source.startswith("read from") and views.digests["train"][0] != b"f" * 64
+    assert (folder / "file-hashes-2.npz").read_bytes() == before  # nor written into a folder it was given
+
+
+def test_a_label_file_of_a_thousand_columns_and_more_is_one_line(tmp_path):
+    from featcache.data.datasets import load_dataset
+
+    wide = tmp_path / "labels.csv"
+    wide.write_text(",".join(["path", "label"] + [f"c{k}" for k in range(2000)]) + "\n" + "x.png,a\n" * 3)
+    with pytest.raises(featcache.FeatcacheError, match="2,002 columns, over featcache's bound"):
+        load_dataset(str(wide))

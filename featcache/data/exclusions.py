@@ -2,7 +2,8 @@
 after review. No torch here.
 
 The file is a CSV or TSV (by its suffix) with a `path` column, read through featcache.read_csv (a cell
-behind featcache's spreadsheet apostrophe, such as `'=x.png`, is read back as `=x.png`), or any other
+behind featcache's spreadsheet apostrophe, such as `'=x.png`, is read back as `=x.png`; row by row, the
+path alone kept), or any other
 text file of one path per line (blank lines skipped). A path is an image's id: its path relative to the
 data folder, with `/` (what the audit writes; `train/17` for CIFAR-10), or an image file's absolute
 path. Every entry must name an image of the data, so that a typo is an error and not an image silently
@@ -20,11 +21,11 @@ import os
 import posixpath
 from pathlib import Path
 
-from ..csvfiles import read_csv
+from ..csvfiles import iter_csv
 from ..errors import FeatcacheError
 from .layouts import LABEL_FILE_SUFFIXES
 
-MAX_EXCLUDE_FILE_BYTES = 64 << 20  # a million paths of 60 characters; read_csv holds every cell of every row
+MAX_EXCLUDE_FILE_BYTES = 64 << 20  # a million paths of 60 characters
 SHOWN = 3  # unmatched entries named in the error, each cut to SHOWN_CHARACTERS
 SHOWN_CHARACTERS = 100
 
@@ -38,14 +39,15 @@ def read_exclusions(path: str | Path) -> list[str]:
         if path.stat().st_size > MAX_EXCLUDE_FILE_BYTES:
             raise FeatcacheError(f"exclude file {path} is over {MAX_EXCLUDE_FILE_BYTES:,} bytes")
         if path.suffix.lower() in LABEL_FILE_SUFFIXES:
+            entries = []
             try:
-                rows = read_csv(path, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+                for row in iter_csv(path, delimiter="\t" if path.suffix.lower() == ".tsv" else ","):
+                    if "path" not in row:
+                        raise FeatcacheError(f"exclude file {path} needs a `path` column (a CSV's header row names "
+                                             "its columns); or give a text file of one path per line")
+                    entries.append((row["path"] or "").strip())  # the path alone is kept
             except ValueError as error:
                 raise FeatcacheError(f"exclude file {error}") from None
-            if rows and "path" not in rows[0]:
-                raise FeatcacheError(f"exclude file {path} needs a `path` column (a CSV's header row names its "
-                                     "columns); or give a text file of one path per line")
-            entries = [(row.get("path") or "").strip() for row in rows]
         else:
             try:
                 entries = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]

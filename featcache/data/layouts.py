@@ -21,13 +21,14 @@ listing the same relative paths have the same ids.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..csvfiles import read_csv
+from ..csvfiles import iter_csv
 from ..errors import FeatcacheError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -163,46 +164,47 @@ def _label_file(path: Path) -> Found:
     """A CSV or TSV of path,label[,split]: every row checked, a bad one named with its line."""
     if path.stat().st_size > MAX_LABEL_FILE_BYTES:
         raise FeatcacheError(f"label file {path} is over {MAX_LABEL_FILE_BYTES:,} bytes")
+    rows = iter_csv(path, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
     try:
-        rows = read_csv(path, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    except ValueError as error:
+        first = next(rows, None)
+        if first is None or not {"path", "label"} <= set(first):
+            raise FeatcacheError(f"label file {path} needs a header row naming its path and label columns "
+                                 "(and optionally split)")
+        root = path.parent
+        has_split = "split" in first  # iter_csv's rows are dicts keyed by the header row
+        # featcache's own split file (cache/key.write_split_files) sits beside the caches and names the images
+        # where they are; any other label file names images in its folder or below it
+        own_split_file = split_file_name(path) is not None and list(first) == SPLIT_FILE_COLUMNS
+        samples: dict[str, list] = {}
+        seen = set()
+        for line, row in enumerate(itertools.chain([first], rows), start=2):  # checked as read
+            relative, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            where = f"label file {path}, line {line}"
+            if not relative or not label:
+                raise FeatcacheError(f"{where}: an empty path or label")
+            if Path(relative).is_absolute():
+                raise FeatcacheError(f"{where}: {relative!r} is absolute; paths are relative to the label file")
+            if not relative.lower().endswith(IMAGE_EXTENSIONS):
+                raise FeatcacheError(f"{where}: {relative!r} is not an image featcache reads ({', '.join(IMAGE_EXTENSIONS)})")
+            full = root / relative
+            if not own_split_file and posixpath.normpath(Path(relative).as_posix()).startswith("../"):
+                raise FeatcacheError(f"{where}: {relative!r} leads outside the label file's folder; put the label "
+                                     "file in a folder above the images")
+            if not full.is_file():
+                raise FeatcacheError(f"{where}: {full} does not exist")
+            identity = posixpath.normpath(row.get("id") or Path(relative).as_posix())  # a split file's id column
+            if identity.startswith(("../", "/")) or identity == "..":
+                raise FeatcacheError(f"{where}: id {identity!r} is not relative to the data")
+            if identity in seen:
+                raise FeatcacheError(f"{where}: {relative!r} is listed twice")
+            seen.add(identity)
+            split = (row.get("split") or "").strip().lower() if has_split else "all"
+            split = "val" if split in VAL_NAMES else split
+            if split not in ("train", "test", "val", "all"):
+                raise FeatcacheError(f"{where}: split {split!r} is not train, test or val")
+            samples.setdefault(split, []).append((identity, label, str(full)))
+    except ValueError as error:  # iter_csv: not UTF-8, not CSV, too many columns
         raise FeatcacheError(f"label file {error}") from None
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise FeatcacheError(f"label file {path} needs a header row naming its path and label columns "
-                             "(and optionally split)")
-    root = path.parent
-    has_split = "split" in rows[0]  # read_csv's rows are dicts keyed by the header row
-    # featcache's own split file (cache/key.write_split_files) sits beside the caches and names the images
-    # where they are; any other label file names images in its folder or below it
-    own_split_file = split_file_name(path) is not None and list(rows[0]) == SPLIT_FILE_COLUMNS
-    samples: dict[str, list] = {}
-    seen = set()
-    for line, row in enumerate(rows, start=2):
-        relative, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-        where = f"label file {path}, line {line}"
-        if not relative or not label:
-            raise FeatcacheError(f"{where}: an empty path or label")
-        if Path(relative).is_absolute():
-            raise FeatcacheError(f"{where}: {relative!r} is absolute; paths are relative to the label file")
-        if not relative.lower().endswith(IMAGE_EXTENSIONS):
-            raise FeatcacheError(f"{where}: {relative!r} is not an image featcache reads ({', '.join(IMAGE_EXTENSIONS)})")
-        full = root / relative
-        if not own_split_file and posixpath.normpath(Path(relative).as_posix()).startswith("../"):
-            raise FeatcacheError(f"{where}: {relative!r} leads outside the label file's folder; put the label "
-                                 "file in a folder above the images")
-        if not full.is_file():
-            raise FeatcacheError(f"{where}: {full} does not exist")
-        identity = posixpath.normpath(row.get("id") or Path(relative).as_posix())  # a split file's id column
-        if identity.startswith(("../", "/")) or identity == "..":
-            raise FeatcacheError(f"{where}: id {identity!r} is not relative to the data")
-        if identity in seen:
-            raise FeatcacheError(f"{where}: {relative!r} is listed twice")
-        seen.add(identity)
-        split = (row.get("split") or "").strip().lower() if has_split else "all"
-        split = "val" if split in VAL_NAMES else split
-        if split not in ("train", "test", "val", "all"):
-            raise FeatcacheError(f"{where}: split {split!r} is not train, test or val")
-        samples.setdefault(split, []).append((identity, label, str(full)))
     if not samples:
         raise FeatcacheError(f"label file {path} lists no images")
     if has_split and "train" not in samples:

@@ -83,7 +83,7 @@ def read_clean_views(path: Path) -> CleanViews:
                for split in ("train", "test")}
     standardise(features)
     classes = json.loads(attrs["classes"])
-    files, digests, source = _image_files(attrs, ids, labels, classes, Path(path).parent)
+    files, digests, source = _image_files(attrs, ids, labels, classes)
     return CleanViews(classes, ids, labels, features, files, str(attrs["key"]), digests, source)
 
 
@@ -117,8 +117,8 @@ def _mean_std(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(squares / max(len(rows), 1))
 
 
-def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.ndarray], classes: list[str],
-                 folder: Path) -> tuple[dict | None, dict | None, str]:
+def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.ndarray],
+                 classes: list[str]) -> tuple[dict | None, dict | None, str]:
     """(files, digests, where): the files the ids name (ids are paths relative to the data,
     featcache.data.layouts, or the id column of the label file the cache was made from) and their digests, where they are the very files the cache was made from (the
     dataset fingerprint the cache records, recomputed from them: a crafted cache cannot pull in other
@@ -154,16 +154,16 @@ def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.nd
     files = {split: [located.get(name) if located is not None else os.path.join(root, name) for name in names]
              for split, names in ids.items()}
     if not all(path is not None and os.path.isfile(path) for names in files.values() for path in names):
-        return None, None, f"not every image the cache names is in {root}"
+        return None, None, (f"not every image the cache names is where the label file {dataset['path']} puts it"
+                            if located is not None else f"not every image the cache names is in {root}")
 
-    hashes = FileHashes(folder)  # the cache folder's table: a repeated audit reads no file again
+    hashes = FileHashes()  # every file read: a table beside a cache from someone else could vouch for anything
     made = Dataset("audit", classes, *(Split(ids[split], labels[split], paths=files[split]) for split in ("train", "test")))
     try:
         fingerprint = made.fingerprint(hashes)
         both = hashes.digests(files["train"] + files["test"])  # the fingerprint's order: looked up, not read again
     except (OSError, FeatcacheError) as error:
         return None, None, f"the images in {root} cannot all be read ({' '.join(str(error).split())[:200]})"
-    hashes.save()
     if fingerprint != dataset.get("fingerprint"):
         return None, None, f"the images in {root} are not those the cache was made from"
     where = f"read where the label file {dataset['path']} puts them" if located is not None else f"read from {root}"
