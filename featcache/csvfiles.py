@@ -31,20 +31,20 @@ def csv_text(columns: list[str], rows, delimiter: str = ",") -> str:
     return buffer.getvalue()
 
 
-MAX_COLUMNS = 1000  # a header of more columns is not a table featcache reads (each row is a dict of them)
+MAX_COLUMNS = 1000  # a label or exclude file of more columns is no table of images (each row is a dict of them)
 
 
-def iter_csv(path: str | Path, delimiter: str = ",") -> Iterator[dict[str, str]]:
+def iter_csv(path: str | Path, delimiter: str = ",", max_columns: int | None = None) -> Iterator[dict[str, str]]:
     """The rows of a CSV (one featcache wrote, or a user's: a cell behind featcache's apostrophe is given
     back without it), one at a time, as dicts keyed by the header row: a file's rows are never all held,
     so a reader that checks each row stops at the first bad one. A file that is not UTF-8 text, or whose
-    header has over MAX_COLUMNS columns, raises ValueError."""
+    header has over `max_columns` columns, raises ValueError."""
     try:
         with Path(path).open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle, delimiter=delimiter)
-            if reader.fieldnames is not None and len(reader.fieldnames) > MAX_COLUMNS:
+            if max_columns is not None and reader.fieldnames is not None and len(reader.fieldnames) > max_columns:
                 raise ValueError(f"{path} has {len(reader.fieldnames):,} columns, over featcache's bound of "
-                                 f"{MAX_COLUMNS:,}")
+                                 f"{max_columns:,}")
             for row in reader:
                 yield {key: value[1:] if isinstance(value, str) and value.startswith("'") else value
                        for key, value in row.items()}

@@ -438,3 +438,4 @@ def test_a_label_file_of_a_thousand_columns_and_more_is_one_line(tmp_path):
     wide.write_text(",".join(["path", "label"] + [f"c{k}" for k in range(2000)]) + "\n" + "x.png,a\n" * 3)
     with pytest.raises(featcache.FeatcacheError, match="2,002 columns, over featcache's bound"):
         load_dataset(str(wide))
+    assert len(featcache.read_csv(wide)[0]) == 2002  # the public reader keeps no such bound (predictions.csv)

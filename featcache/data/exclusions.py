@@ -21,7 +21,7 @@ import os
 import posixpath
 from pathlib import Path
 
-from ..csvfiles import iter_csv
+from ..csvfiles import MAX_COLUMNS, iter_csv
 from ..errors import FeatcacheError
 from .layouts import LABEL_FILE_SUFFIXES
 
@@ -41,7 +41,7 @@ def read_exclusions(path: str | Path) -> list[str]:
         if path.suffix.lower() in LABEL_FILE_SUFFIXES:
             entries = []
             try:
-                for row in iter_csv(path, delimiter="\t" if path.suffix.lower() == ".tsv" else ","):
+                for row in iter_csv(path, "\t" if path.suffix.lower() == ".tsv" else ",", MAX_COLUMNS):
                     if "path" not in row:
                         raise FeatcacheError(f"exclude file {path} needs a `path` column (a CSV's header row names "
                                              "its columns); or give a text file of one path per line")

@@ -21,6 +21,7 @@ listing the same relative paths have the same ids.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import posixpath
@@ -28,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..csvfiles import iter_csv
+from ..csvfiles import MAX_COLUMNS, iter_csv
 from ..errors import FeatcacheError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -160,12 +161,20 @@ def _skip(skipped: dict[str, int], entry: str) -> None:
     skipped[reason] = skipped.get(reason, 0) + 1
 
 
+def _label_rows(path: Path):
+    """A label file's rows, read as they are checked (csvfiles.iter_csv); not UTF-8, not CSV or too many
+    columns is one line naming the file."""
+    try:
+        yield from iter_csv(path, "\t" if path.suffix.lower() == ".tsv" else ",", MAX_COLUMNS)
+    except ValueError as error:
+        raise FeatcacheError(f"label file {error}") from None
+
+
 def _label_file(path: Path) -> Found:
     """A CSV or TSV of path,label[,split]: every row checked, a bad one named with its line."""
     if path.stat().st_size > MAX_LABEL_FILE_BYTES:
         raise FeatcacheError(f"label file {path} is over {MAX_LABEL_FILE_BYTES:,} bytes")
-    rows = iter_csv(path, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    try:
+    with contextlib.closing(_label_rows(path)) as rows:
         first = next(rows, None)
         if first is None or not {"path", "label"} <= set(first):
             raise FeatcacheError(f"label file {path} needs a header row naming its path and label columns "
@@ -203,8 +212,6 @@ def _label_file(path: Path) -> Found:
             if split not in ("train", "test", "val", "all"):
                 raise FeatcacheError(f"{where}: split {split!r} is not train, test or val")
             samples.setdefault(split, []).append((identity, label, str(full)))
-    except ValueError as error:  # iter_csv: not UTF-8, not CSV, too many columns
-        raise FeatcacheError(f"label file {error}") from None
     if not samples:
         raise FeatcacheError(f"label file {path} lists no images")
     if has_split and "train" not in samples:
