@@ -32,7 +32,7 @@ def test_seeds_tested_in_another_order_are_averaged_image_by_image(tmp_path):
     mean = mistakes.mean_predictions(group)
     expected = (np.array(first) + np.array(second)[[1, 2, 0]]) / 2  # x, y, z
     np.testing.assert_allclose(mean["probabilities"], expected, rtol=1e-6)
-    losses = mistakes.top_losses(group, 3)
+    losses = mistakes.top_losses(group, mean, 3)
     assert [row["path"] for row in losses] == ["y", "z", "x"]  # p(given): y 0.4, z 0.5, x 0.7
     assert losses[0]["loss"] == pytest.approx(-np.log(0.4), rel=1e-5) and losses[0]["predicted"] == "c"
     # seed 0 predicts y (b) as c, seed 1 gets all three: one confusion of b's two test predictions

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import FeatcacheError
 from ..settings import ConfigError, check_fields, setting
-from .exclusions import excluded_ids, exclusion_record, read_exclusions
+from .exclusions import leave_out
 from .layouts import find_layout, skipped_text, split_file_name
 from .splits import DEFAULT_TEST_FRACTION, split_by_content
 
@@ -130,9 +130,14 @@ class Dataset:
         from .fingerprint import FileHashes
 
         hashes = hashes if hashes is not None else FileHashes()
-        if self.train.paths is not None:  # one lookup over both splits: the table keeps it in this order
-            contents = hashes.digests(self.train.paths + self.test.paths)
-            contents = {"train": contents[:len(self.train)].tobytes(), "test": contents[len(self.train):].tobytes()}
+        # one lookup over both splits: the table keeps it in this order
+        return self.content_fingerprint(hashes.digests(self.train.paths + self.test.paths)
+                                        if self.train.paths is not None else None)
+
+    def content_fingerprint(self, digests: np.ndarray | None) -> str:
+        """fingerprint, given the files' digests (training then test paths; None for arrays)."""
+        if digests is not None:
+            contents = {"train": digests[:len(self.train)].tobytes(), "test": digests[len(self.train):].tobytes()}
         digest = hashlib.sha256(b"featcache fingerprint 2: per-file sha256 in hex")
         for split_name, split in (("train", self.train), ("test", self.test)):
             digest.update(split_name.encode())
@@ -174,12 +179,11 @@ def load_dataset(
         if len(classes) < 2:
             raise FeatcacheError("`classes` needs at least two classes to classify")
     limit = None if per_class == "all" else per_class
-    entries = read_exclusions(exclude) if exclude is not None else None
     if data == "cifar10":
         return _load_cifar10(list(classes or CIFAR10_DEFAULT_CLASSES), CIFAR10_PER_CLASS if per_class is None else limit,
-                             test_per_class, download, Path(data_root or DEFAULT_CIFAR_ROOT), entries, exclude)
+                             test_per_class, download, Path(data_root or DEFAULT_CIFAR_ROOT), exclude)
     return _load_images(Path(data), classes, limit, test_per_class, listings, test_fraction, split_seed, hashes,
-                        entries, exclude)
+                        exclude)
 
 
 def _check_classes(wanted: list[str], available: list[str], where: str) -> None:
@@ -202,11 +206,12 @@ def _first_per_class(labels: np.ndarray, class_indices: list[int], limit: int | 
     return np.sort(np.concatenate(keep))
 
 
-def _load_cifar10(classes, per_class, test_per_class, download, root: Path, entries=None, exclude=None) -> Dataset:
+def _load_cifar10(classes, per_class, test_per_class, download, root: Path, exclude=None) -> Dataset:
     from torchvision.datasets import CIFAR10
 
-    splits, sources, removed = {}, {}, {}
-    for split_name, train, limit in (("train", True, per_class), ("test", False, test_per_class)):
+    splits, sources, left_out = {}, {}, {}
+    description = {"source": "torchvision CIFAR10", "per_class": per_class, "test_per_class": test_per_class}
+    for split_name, train in (("train", True), ("test", False)):
         try:
             source = CIFAR10(str(root), train=train, download=download)
         except RuntimeError as error:
@@ -217,35 +222,27 @@ def _load_cifar10(classes, per_class, test_per_class, download, root: Path, entr
             raise FeatcacheError(f"could not download CIFAR-10 to {root}: {error}") from None
         _check_classes(classes, source.classes, "CIFAR-10")
         sources[split_name] = source
-    if entries is not None:  # ids train/<index> and test/<index>
-        chosen = excluded_ids(entries, [(f"{name}/{index}", None) for name, source in sources.items()
-                                        for index in range(len(source.targets))], "CIFAR-10")
-        removed = {name: sorted((identity for identity in chosen if identity.startswith(f"{name}/")),
-                                key=lambda identity: int(identity.split("/")[1])) for name in sources}
+    if exclude is not None:  # ids train/<index> and test/<index>
+        samples = {name: [(f"{name}/{index}", source.classes[target], None) for index, target in enumerate(source.targets)]
+                   for name, source in sources.items()}
+        kept, description["excluded"] = leave_out(exclude, samples, classes, "CIFAR-10")
+        left_out = {name: np.setdiff1d(np.arange(len(sources[name].targets)),
+                                       [int(sample[0].split("/")[1]) for sample in kept[name]]) for name in sources}
     for split_name, limit in (("train", per_class), ("test", test_per_class)):
         source = sources[split_name]
         wanted = [source.classes.index(name) for name in classes]
         targets = np.asarray(source.targets)
-        left_out = np.array([int(identity.split("/")[1]) for identity in removed.get(split_name, [])], dtype=np.int64)
-        keep = _first_per_class(targets, wanted, limit, left_out)
-        emptied = [name for name, index in zip(classes, wanted) if split_name == "train" and entries is not None
-                   and not (targets[keep] == index).any()]
-        if emptied:
-            raise FeatcacheError(f"{exclude} excludes every training image of {', '.join(emptied)}: leave the class "
-                                 "out with `classes` instead, or keep some of its images")
+        keep = _first_per_class(targets, wanted, limit, left_out.get(split_name))
         remap = {original: new for new, original in enumerate(wanted)}
         splits[split_name] = Split(
             ids=[f"{split_name}/{index}" for index in keep],
             labels=np.array([remap[t] for t in targets[keep]], dtype=np.int64),
             arrays=source.data[keep])
-    description = {"source": "torchvision CIFAR10", "per_class": per_class, "test_per_class": test_per_class}
-    if entries is not None:
-        description["excluded"] = exclusion_record(exclude, removed)
     return Dataset("cifar10", classes, splits["train"], splits["test"], description)
 
 
 def _load_images(data: Path, classes, per_class, test_per_class, listings, test_fraction: float, split_seed: int,
-                 hashes, entries=None, exclude=None) -> Dataset:
+                 hashes, exclude=None) -> Dataset:
     """A folder or label file (featcache.data.layouts), its test split made where it has none."""
     from .fingerprint import FileHashes
 
@@ -270,17 +267,9 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
     else:
         samples["test"] = samples.pop("val")
         rule = "the val split given, as the test split"
-    removed = None
-    if entries is not None:  # after the split: every other image keeps its side
-        chosen = excluded_ids(entries, [(identity, path) for split in samples.values() for identity, _, path in split],
-                              str(data))
-        removed = {name: [sample[0] for sample in samples[name] if sample[0] in chosen] for name in ("train", "test")}
-        before = {name for _, name, _ in samples["train"]}
-        samples = {name: [sample for sample in split if sample[0] not in chosen] for name, split in samples.items()}
-        emptied = sorted((before - {name for _, name, _ in samples["train"]}) & set(classes or before))
-        if emptied:  # else the class, and its test images with it, would vanish without a word
-            raise FeatcacheError(f"{exclude} excludes every training image of {', '.join(emptied)}: leave the class "
-                                 "out with `classes` instead, or keep some of its images")
+    excluded = None
+    if exclude is not None:  # after the split: every other image keeps its side
+        samples, excluded = leave_out(exclude, samples, classes, str(data))
     available = sorted({name for _, name, _ in samples["train"]})
     if classes is None:
         classes = available
@@ -310,8 +299,8 @@ def _load_images(data: Path, classes, per_class, test_per_class, listings, test_
                    "split_sizes": {split: len(splits[split]) for split in splits}, "class_counts": counts,
                    "skipped": {reason: count for reason, count in found.skipped.items() if count}, "notes": notes,
                    "split_made": made}
-    if removed is not None:
-        description["excluded"] = exclusion_record(exclude, removed)
+    if excluded is not None:
+        description["excluded"] = excluded
     return Dataset(name, list(classes), splits["train"], splits["test"], description)
 
 

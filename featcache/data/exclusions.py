@@ -21,9 +21,8 @@ import os
 import posixpath
 from pathlib import Path
 
-from ..csvfiles import MAX_COLUMNS, iter_csv
 from ..errors import FeatcacheError
-from .layouts import LABEL_FILE_SUFFIXES
+from .layouts import LABEL_FILE_SUFFIXES, table_rows
 
 MAX_EXCLUDE_FILE_BYTES = 64 << 20  # a million paths of 60 characters
 SHOWN = 3  # unmatched entries named in the error, each cut to SHOWN_CHARACTERS
@@ -40,14 +39,11 @@ def read_exclusions(path: str | Path) -> list[str]:
             raise FeatcacheError(f"exclude file {path} is over {MAX_EXCLUDE_FILE_BYTES:,} bytes")
         if path.suffix.lower() in LABEL_FILE_SUFFIXES:
             entries = []
-            try:
-                for row in iter_csv(path, "\t" if path.suffix.lower() == ".tsv" else ",", MAX_COLUMNS):
-                    if "path" not in row:
-                        raise FeatcacheError(f"exclude file {path} needs a `path` column (a CSV's header row names "
-                                             "its columns); or give a text file of one path per line")
-                    entries.append((row["path"] or "").strip())  # the path alone is kept
-            except ValueError as error:
-                raise FeatcacheError(f"exclude file {error}") from None
+            for row in table_rows(path, "exclude file"):
+                if "path" not in row:
+                    raise FeatcacheError(f"exclude file {path} needs a `path` column (a CSV's header row names "
+                                         "its columns); or give a text file of one path per line")
+                entries.append((row["path"] or "").strip())  # the path alone is kept
         else:
             try:
                 entries = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
@@ -80,6 +76,22 @@ def excluded_ids(entries: list[str], samples: list[tuple[str, str]], where: str)
         raise FeatcacheError(f"{len(unknown)} of the {len(entries)} excluded paths are not images of {where}: "
                              f"{shown} (paths are relative to the data folder, with /, or absolute)")
     return chosen
+
+
+def leave_out(exclude: str | Path, samples: dict[str, list[tuple]], classes, where: str) -> tuple[dict, dict]:
+    """(samples without the images the file `exclude` names, the record): `samples` per split are (id,
+    class name, file path or None); excluding every training image of a class in `classes` (every class
+    where None) is a FeatcacheError, since the class and its test images would vanish without a word."""
+    chosen = excluded_ids(read_exclusions(exclude),
+                          [(identity, path) for split in samples.values() for identity, _, path in split], where)
+    removed = {name: [sample[0] for sample in samples.get(name, []) if sample[0] in chosen] for name in ("train", "test")}
+    kept = {name: [sample for sample in split if sample[0] not in chosen] for name, split in samples.items()}
+    before = {name for _, name, _ in samples["train"]}
+    emptied = sorted((before - {name for _, name, _ in kept["train"]}) & set(classes or before))
+    if emptied:
+        raise FeatcacheError(f"{exclude} excludes every training image of {', '.join(emptied)}: leave the class "
+                             "out with `classes` instead, or keep some of its images")
+    return kept, exclusion_record(exclude, removed)
 
 
 def exclusion_record(path: str | Path, removed: dict[str, list[str]]) -> dict:

@@ -161,20 +161,21 @@ def _skip(skipped: dict[str, int], entry: str) -> None:
     skipped[reason] = skipped.get(reason, 0) + 1
 
 
-def _label_rows(path: Path):
-    """A label file's rows, read as they are checked (csvfiles.iter_csv); not UTF-8, not CSV or too many
-    columns is one line naming the file."""
+def table_rows(path: Path, what: str):
+    """The rows of a CSV or TSV (by its suffix) a user gives (a label file, an exclude file), read as they
+    are checked (csvfiles.iter_csv, at most MAX_COLUMNS columns); not UTF-8, not CSV or too many columns
+    is one line naming `what` and the file."""
     try:
         yield from iter_csv(path, "\t" if path.suffix.lower() == ".tsv" else ",", MAX_COLUMNS)
     except ValueError as error:
-        raise FeatcacheError(f"label file {error}") from None
+        raise FeatcacheError(f"{what} {error}") from None
 
 
 def _label_file(path: Path) -> Found:
     """A CSV or TSV of path,label[,split]: every row checked, a bad one named with its line."""
     if path.stat().st_size > MAX_LABEL_FILE_BYTES:
         raise FeatcacheError(f"label file {path} is over {MAX_LABEL_FILE_BYTES:,} bytes")
-    with contextlib.closing(_label_rows(path)) as rows:
+    with contextlib.closing(table_rows(path, "label file")) as rows:
         first = next(rows, None)
         if first is None or not {"path", "label"} <= set(first):
             raise FeatcacheError(f"label file {path} needs a header row naming its path and label columns "

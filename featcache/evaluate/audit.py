@@ -7,7 +7,8 @@ runs): label-issue candidates, duplicates and leakage between the splits, and ou
   (standardised on the training split and scaled to unit length, as the duplicates use them),
   ranked by cleanlab's `find_label_issues` (self-confidence: the probability of the given label). C
   matters: on the reference task's stand-in features at 64 px the out-of-fold accuracy is 0.78 at
-  C = 0.001 and 0.68 at scikit-learn's default C = 1, and precision falls with it. Out of sample matters: a probe fitted on a row memorises its label and hides the flip. Test
+  C = 0.001 and 0.68 at scikit-learn's default C = 1, and precision falls with it. Out of sample
+  matters: a probe fitted on a row memorises its label and hides the flip. Test
   labels (on request) get the probe fitted on all training rows, out of sample by construction. The
   probe's out-of-fold accuracy is reported: the weaker the probe, the more clean rows it flags.
 - **Duplicates and leakage**: exact copies (the same file digest, featcache.data.fingerprint; the same
@@ -120,10 +121,10 @@ def _mean_std(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.ndarray],
                  classes: list[str]) -> tuple[dict | None, dict | None, str]:
     """(files, digests, where): the files the ids name (ids are paths relative to the data,
-    featcache.data.layouts, or the id column of the label file the cache was made from) and their digests, where they are the very files the cache was made from (the
-    dataset fingerprint the cache records, recomputed from them: a crafted cache cannot pull in other
-    files, and an image changed since extraction is not shown beside features of the old one); else
-    None, None and why not."""
+    featcache.data.layouts, or the id column of the label file the cache was made from) and their
+    digests, where they are the very files the cache was made from (the dataset fingerprint the cache
+    records, recomputed from them: a crafted cache cannot pull in other files, and an image changed
+    since extraction is not shown beside features of the old one); else None, None and why not."""
     try:
         dataset = json.loads(attrs.get("dataset", "{}"))
     except (TypeError, ValueError):
@@ -142,7 +143,6 @@ def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.nd
     from ..data.datasets import Dataset, Split
     from ..data.fingerprint import FileHashes
     from ..data.layouts import find_layout
-    from ..errors import FeatcacheError
 
     located = None
     if dataset.get("layout") == "label file" and Path(dataset["path"]).is_file():  # ids may not be its paths
@@ -157,14 +157,12 @@ def _image_files(attrs: dict, ids: dict[str, list[str]], labels: dict[str, np.nd
         return None, None, (f"not every image the cache names is where the label file {dataset['path']} puts it"
                             if located is not None else f"not every image the cache names is in {root}")
 
-    hashes = FileHashes()  # every file read: a table beside a cache from someone else could vouch for anything
     made = Dataset("audit", classes, *(Split(ids[split], labels[split], paths=files[split]) for split in ("train", "test")))
-    try:
-        fingerprint = made.fingerprint(hashes)
-        both = hashes.digests(files["train"] + files["test"])  # the fingerprint's order: looked up, not read again
+    try:  # every file read: a table of digests beside a cache from someone else could vouch for anything
+        both = FileHashes().digests(files["train"] + files["test"])
     except (OSError, FeatcacheError) as error:
         return None, None, f"the images in {root} cannot all be read ({' '.join(str(error).split())[:200]})"
-    if fingerprint != dataset.get("fingerprint"):
+    if made.content_fingerprint(both) != dataset.get("fingerprint"):
         return None, None, f"the images in {root} are not those the cache was made from"
     where = f"read where the label file {dataset['path']} puts them" if located is not None else f"read from {root}"
     return files, {"train": both[:len(files["train"])], "test": both[len(files["train"]):]}, where

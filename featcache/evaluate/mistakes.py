@@ -46,7 +46,9 @@ def read_mistakes(folders: list, top: int) -> list[dict]:
     for group in groups:
         label = group["folder"] if labels.count(group["label"]) > 1 else group["label"]
         group["label"] = "".join(character if character.isprintable() else "?" for character in label)
-    return [{"group": group, "losses": top_losses(group, top), "confused": most_confused(group)} for group in groups]
+    means = [mean_predictions(group) for group in groups]  # checks too: predictions stored, the same images
+    return [{"group": group, "mean": mean, "losses": top_losses(group, mean, top), "confused": most_confused(group)}
+            for group, mean in zip(groups, means)]
 
 
 def summarise(mistakes: list[dict], test: dict[str, str]) -> list[dict]:
@@ -54,8 +56,7 @@ def summarise(mistakes: list[dict], test: dict[str, str]) -> list[dict]:
     name) holds that path with that label, the only images the page shows for it."""
     rows = []
     for mistake in mistakes:
-        group = mistake["group"]
-        predictions = mean_predictions(group)
+        group, predictions = mistake["group"], mistake["mean"]
         name = class_names(group, predictions["probabilities"].shape[1])
         for row in mistake["losses"]:
             row["in_cache"] = test.get(row["path"]) == row["given"]
@@ -95,9 +96,9 @@ def class_names(group: dict, count: int):
     return lambda k: f"class {k}"
 
 
-def top_losses(group: dict, top: int) -> list[dict]:
-    """The `top` test images of highest loss (cross-entropy of the given label), highest first."""
-    predictions = mean_predictions(group)
+def top_losses(group: dict, predictions: dict, top: int) -> list[dict]:
+    """The `top` test images of highest loss (cross-entropy of the given label) by the group's mean
+    predictions (mean_predictions), highest first."""
     labels, probabilities = predictions["labels"], predictions["probabilities"]
     name = class_names(group, probabilities.shape[1])
     given = probabilities[np.arange(len(labels)), labels]
@@ -116,9 +117,8 @@ def top_losses(group: dict, top: int) -> list[dict]:
 def most_confused(group: dict) -> list[dict]:
     """Every (given, predicted) pair of distinct classes the run confused, most often first: the count
     summed over its seeds and its share of the given class's test images (counted from the pairs that
-    occur: no classes x classes matrix)."""
+    occur: no classes x classes matrix). For a group mean_predictions has checked."""
     stored = group["predictions"]
-    mean_predictions(group)  # the same checks: predictions stored, the same images
     name = class_names(group, stored[0]["probabilities"].shape[1])
     labels = np.concatenate([predictions["labels"] for predictions in stored])
     predicted = np.concatenate([predictions["predicted"] for predictions in stored])

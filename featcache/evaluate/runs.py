@@ -17,7 +17,7 @@ from .._version import __version__
 from ..errors import FeatcacheError
 from ..files import real_folder, remove, write_file
 from ..npz import check_torch_file
-from ..settings import DEFAULT_BACKBONE
+from ..settings import DEFAULT_BACKBONE, MAX_SEEDS
 
 HISTORY = "history.json"
 WEIGHTS = "weights.pt"
@@ -196,8 +196,6 @@ def read_seeds(folder: Path) -> dict:
     if not path.is_file():
         raise FeatcacheError(f"{folder} is not a folder of seeds (no {SEEDS})")
     record = read_record(path)
-    from ..settings import MAX_SEEDS
-
     if not (isinstance(record, dict) and isinstance(record.get("seeds"), list)
             and 0 < len(record["seeds"]) <= MAX_SEEDS
             and all(type(seed) is int and seed >= 0 for seed in record["seeds"])
