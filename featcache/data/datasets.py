@@ -330,7 +330,8 @@ def summary_line(dataset: Dataset) -> str:
     """The one line a command prints before any work: layout, split rule, totals, classes, imbalance."""
     counts = dataset.description.get("class_counts")
     excluded = dataset.description.get("excluded")
-    left_out = (f"; {sum(excluded['images'].values())} images excluded ({excluded['images'].get('train', 0)} "
+    count = sum(excluded["images"].values()) if excluded else 0
+    left_out = (f"; {count} image{'' if count == 1 else 's'} excluded ({excluded['images'].get('train', 0)} "
                 f"training, {excluded['images'].get('test', 0)} test) by {excluded['file']}") if excluded else ""
     if not counts:
         return (f"{dataset.name}: {len(dataset.train)} training and {len(dataset.test)} test images of "
